@@ -1,0 +1,407 @@
+"""The MQTT contract: topic scheme and the reading-batch codec (JSON and binary), status and config.
+
+Binary batch, version 1, little-endian (docs/wire-format.md has a worked example)::
+
+    offset  size   field
+    0       3      magic b"CCB"
+    3       1      version (1)
+    4       1      flags: bit 0 = humidity column present, bit 1 = extras block present
+    5       1      L = length of the device id
+    6       L      device id, ASCII
+    6+L     8      seq, uint64
+    14+L    8      sent, int64 epoch milliseconds (device clock)
+    22+L    4      n = number of readings, uint32
+    26+L    8n     t, int64 epoch milliseconds (device clock)
+    ...     4n     temperature, float32 °C
+    ...     4n     relative humidity, float32 % (only with flag bit 0; NaN = not measured)
+    ...     4+E    extras: uint32 E then E bytes of a JSON array, one object or null per reading
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import numpy as np
+import orjson
+
+from coldchain.domain import DEVICE_ID_RE, ReadingBatch, validate_device_id
+from coldchain.errors import DecodeError, ValidationError
+
+FORMAT_VERSION: Final = 1
+BINARY_MAGIC: Final = b"CCB"
+MAX_PAYLOAD_BYTES: Final = 1 << 20
+MAX_READINGS: Final = 20_000
+_EXTRA_KEYS_MAX: Final = 16
+
+_HEAD = struct.Struct("<3sBBB")
+_NUMBERS = struct.Struct("<QqI")
+_FLAG_RH: Final = 1
+_FLAG_EXTRAS: Final = 2
+
+# --------------------------------------------------------------------------- topics
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """The topic scheme, with an optional prefix so tests and tenants can share one broker."""
+
+    prefix: str = ""
+
+    def __post_init__(self) -> None:
+        if self.prefix and not self.prefix.endswith("/"):
+            raise ValidationError("a topic prefix must end with '/'", field="prefix")
+        if any(c in self.prefix for c in "+#"):
+            raise ValidationError("a topic prefix must not hold wildcards", field="prefix")
+
+    @property
+    def root(self) -> str:
+        return f"{self.prefix}coldchain/v1"
+
+    def readings(self, device_id: str) -> str:
+        return f"{self.root}/{validate_device_id(device_id)}/readings"
+
+    def status(self, device_id: str) -> str:
+        return f"{self.root}/{validate_device_id(device_id)}/status"
+
+    def config(self, device_id: str) -> str:
+        return f"{self.root}/{validate_device_id(device_id)}/config"
+
+    @property
+    def all_readings(self) -> str:
+        return f"{self.root}/+/readings"
+
+    @property
+    def all_status(self) -> str:
+        return f"{self.root}/+/status"
+
+    def shared_readings(self, group: str = "ingest") -> str:
+        """The shared subscription that spreads readings over every ingest worker of `group`."""
+        return f"$share/{group}/{self.all_readings}"
+
+    def device_of(self, topic: str) -> str | None:
+        """The device id in a topic of this scheme, or None when the topic is not ours."""
+        root = self.root + "/"
+        if not topic.startswith(root):
+            return None
+        parts = topic[len(root) :].split("/")
+        if len(parts) != 2:
+            return None
+        return parts[0] if DEVICE_ID_RE.match(parts[0]) else None
+
+
+
+# --------------------------------------------------------------------------- time
+
+
+def parse_time_ms(value: object, *, field: str = "t") -> int:
+    """RFC 3339 with an offset, or integer epoch milliseconds, to epoch milliseconds."""
+    if isinstance(value, bool):
+        raise DecodeError(f"{field} must be a time, not a boolean", reason="bad_time", field=field)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise DecodeError(
+                f"{field} {value[:40]!r} is not RFC 3339", reason="bad_time", field=field
+            ) from None
+        if parsed.tzinfo is None:
+            raise DecodeError(
+                f"{field} {value[:40]!r} has no UTC offset", reason="bad_time", field=field
+            )
+        return int(parsed.timestamp() * 1000)
+    raise DecodeError(f"{field} must be RFC 3339 text or epoch ms", reason="bad_time", field=field)
+
+
+def format_time_ms(ms: int) -> str:
+    """Epoch milliseconds as RFC 3339 UTC text with a 'Z'."""
+    text = datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
+    return text.replace("+00:00", "Z")
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def decode_batch(payload: bytes, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> ReadingBatch:
+    """Decode a reading batch in either form; every failure is a DecodeError with a reason."""
+    if len(payload) > max_bytes:
+        raise DecodeError(
+            f"payload of {len(payload)} bytes exceeds {max_bytes}", reason="oversize"
+        )
+    if payload[:3] == BINARY_MAGIC:
+        return decode_binary(payload)
+    if payload[:1] in (b"{", b" ", b"\n", b"\t", b"\r"):
+        return decode_json(payload)
+    raise DecodeError("payload is neither a JSON object nor a binary batch", reason="bad_format")
+
+
+def encode_json(batch: ReadingBatch) -> bytes:
+    """The JSON form; times as epoch ms (the compact choice CONTRACT.md allows)."""
+    readings: list[dict[str, Any]] = []
+    extras = batch.extras
+    for i in range(len(batch)):
+        item: dict[str, Any] = {"t": int(batch.t_ms[i]), "c": float(batch.celsius[i])}
+        rh = float(batch.rh[i])
+        if not math.isnan(rh):
+            item["rh"] = rh
+        if extras is not None and extras[i]:
+            item.update(extras[i] or {})
+        readings.append(item)
+    doc = {
+        "v": batch.version,
+        "device": batch.device,
+        "seq": batch.seq,
+        "sent": format_time_ms(batch.sent_ms),
+        "readings": readings,
+    }
+    return orjson.dumps(doc)
+
+
+def decode_json(payload: bytes) -> ReadingBatch:
+    """Decode the JSON form of CONTRACT.md."""
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(f"invalid JSON: {exc}", reason="bad_json") from None
+    if not isinstance(doc, dict):
+        raise DecodeError("a batch must be a JSON object", reason="bad_json")
+    version = doc.get("v")
+    if version != FORMAT_VERSION or isinstance(version, bool):
+        raise DecodeError(f"unsupported format version {version!r}", reason="bad_version", field="v")
+    device = doc.get("device")
+    if not isinstance(device, str):
+        raise DecodeError("device must be a string", reason="bad_device", field="device")
+    try:
+        validate_device_id(device)
+    except ValidationError as exc:
+        raise DecodeError(str(exc), reason="bad_device", field="device") from None
+    seq = doc.get("seq")
+    if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq < 1 << 63:
+        raise DecodeError("seq must be a non-negative integer", reason="bad_seq", field="seq")
+    sent_ms = parse_time_ms(doc.get("sent"), field="sent")
+    readings = doc.get("readings")
+    if not isinstance(readings, list):
+        raise DecodeError("readings must be a list", reason="bad_readings", field="readings")
+    if len(readings) > MAX_READINGS:
+        raise DecodeError(f"more than {MAX_READINGS} readings", reason="oversize")
+    n = len(readings)
+    t = np.empty(n, dtype=np.int64)
+    c = np.empty(n, dtype=np.float64)
+    rh = np.full(n, np.nan, dtype=np.float64)
+    extras: list[dict[str, Any] | None] = [None] * n
+    any_extra = False
+    for i, item in enumerate(readings):
+        if not isinstance(item, dict):
+            raise DecodeError(f"reading {i} is not an object", reason="bad_readings")
+        t[i] = _reading_time(item.get("t"), i)
+        c[i] = _number(item.get("c"), i, "c")
+        h = item.get("rh")
+        if h is not None:
+            rh[i] = _number(h, i, "rh")
+        if len(item) > 2 + (h is not None):
+            extra = {k: v for k, v in item.items() if k not in ("t", "c", "rh")}
+            if len(extra) > _EXTRA_KEYS_MAX or not all(
+                isinstance(v, (int, float, str, bool)) or v is None for v in extra.values()
+            ):
+                raise DecodeError(
+                    f"reading {i} has too many or non-scalar extra fields", reason="bad_readings"
+                )
+            if extra:
+                extras[i] = extra
+                any_extra = True
+    return ReadingBatch(
+        device=device,
+        seq=seq,
+        sent_ms=sent_ms,
+        t_ms=t,
+        celsius=c,
+        rh=rh,
+        extras=tuple(extras) if any_extra else None,
+        version=version,
+    )
+
+
+def _reading_time(value: object, i: int) -> int:
+    ms = parse_time_ms(value, field=f"readings[{i}].t")
+    if not -(1 << 62) < ms < 1 << 62:
+        raise DecodeError(f"reading {i} time is out of range", reason="bad_time")
+    return ms
+
+
+def _number(value: object, i: int, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DecodeError(
+            f"reading {i} field {name!r} must be a number", reason="bad_value", field=name
+        )
+    return float(value)
+
+
+def encode_binary(batch: ReadingBatch) -> bytes:
+    """The compact binary form (about 16 bytes a reading)."""
+    device = batch.device.encode("ascii")
+    n = len(batch)
+    has_rh = bool(n) and not bool(np.isnan(batch.rh).all())
+    has_extras = batch.extras is not None and any(batch.extras)
+    flags = (_FLAG_RH if has_rh else 0) | (_FLAG_EXTRAS if has_extras else 0)
+    parts = [
+        _HEAD.pack(BINARY_MAGIC, FORMAT_VERSION, flags, len(device)),
+        device,
+        _NUMBERS.pack(batch.seq, batch.sent_ms, n),
+        np.ascontiguousarray(batch.t_ms, dtype="<i8").tobytes(),
+        np.ascontiguousarray(batch.celsius, dtype="<f4").tobytes(),
+    ]
+    if has_rh:
+        parts.append(np.ascontiguousarray(batch.rh, dtype="<f4").tobytes())
+    if has_extras:
+        blob = orjson.dumps(list(batch.extras or ()))
+        parts.append(struct.pack("<I", len(blob)))
+        parts.append(blob)
+    return b"".join(parts)
+
+
+def decode_binary(payload: bytes) -> ReadingBatch:
+    """Decode the binary form; lengths are checked before any array is read."""
+    if len(payload) < _HEAD.size:
+        raise DecodeError("binary batch is truncated", reason="truncated")
+    magic, version, flags, dev_len = _HEAD.unpack_from(payload, 0)
+    if magic != BINARY_MAGIC:
+        raise DecodeError("bad magic", reason="bad_format")
+    if version != FORMAT_VERSION:
+        raise DecodeError(f"unsupported format version {version}", reason="bad_version")
+    if flags & ~(_FLAG_RH | _FLAG_EXTRAS):
+        raise DecodeError(f"unknown flags {flags:#x}", reason="bad_format")
+    pos = _HEAD.size
+    if len(payload) < pos + dev_len + _NUMBERS.size:
+        raise DecodeError("binary batch is truncated", reason="truncated")
+    try:
+        device = payload[pos : pos + dev_len].decode("ascii")
+        validate_device_id(device)
+    except (UnicodeDecodeError, ValidationError):
+        raise DecodeError("device id is not valid", reason="bad_device") from None
+    pos += dev_len
+    seq, sent_ms, n = _NUMBERS.unpack_from(payload, pos)
+    pos += _NUMBERS.size
+    if seq >= 1 << 63:
+        raise DecodeError("seq is out of range", reason="bad_seq")
+    if n > MAX_READINGS:
+        raise DecodeError(f"more than {MAX_READINGS} readings", reason="oversize")
+    has_rh = bool(flags & _FLAG_RH)
+    need = pos + n * (8 + 4 + (4 if has_rh else 0))
+    if len(payload) < need:
+        raise DecodeError("binary batch is truncated", reason="truncated")
+    t = np.frombuffer(payload, dtype="<i8", count=n, offset=pos).astype(np.int64)
+    pos += 8 * n
+    c = np.frombuffer(payload, dtype="<f4", count=n, offset=pos).astype(np.float64)
+    pos += 4 * n
+    if has_rh:
+        rh = np.frombuffer(payload, dtype="<f4", count=n, offset=pos).astype(np.float64)
+        pos += 4 * n
+    else:
+        rh = np.full(n, np.nan)
+    extras: tuple[dict[str, Any] | None, ...] | None = None
+    if flags & _FLAG_EXTRAS:
+        if len(payload) < pos + 4:
+            raise DecodeError("binary batch is truncated", reason="truncated")
+        (size,) = struct.unpack_from("<I", payload, pos)
+        pos += 4
+        if len(payload) < pos + size:
+            raise DecodeError("binary batch is truncated", reason="truncated")
+        try:
+            items = orjson.loads(payload[pos : pos + size])
+        except orjson.JSONDecodeError:
+            raise DecodeError("extras block is not JSON", reason="bad_format") from None
+        pos += size
+        if not isinstance(items, list) or len(items) != n:
+            raise DecodeError("extras block does not match readings", reason="bad_format")
+        if not all(item is None or isinstance(item, dict) for item in items):
+            raise DecodeError("extras must be objects or null", reason="bad_format")
+        extras = tuple(items)
+    if pos != len(payload):
+        raise DecodeError(f"{len(payload) - pos} trailing bytes", reason="trailing_bytes")
+    return ReadingBatch(
+        device=device, seq=seq, sent_ms=sent_ms, t_ms=t, celsius=c, rh=rh, extras=extras
+    )
+
+
+# --------------------------------------------------------------------------- status and config
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceStatus:
+    """The retained status a device publishes (and its last will: state offline)."""
+
+    state: str
+    battery: float | None = None
+    queue: int | None = None
+    fw: str | None = None
+    signal_dbm: float | None = None
+    applied_config: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.state not in ("online", "offline"):
+            raise ValidationError("state must be 'online' or 'offline'", field="state")
+
+    def encode(self) -> bytes:
+        doc = {k: getattr(self, k) for k in self.__slots__ if getattr(self, k) is not None}
+        return orjson.dumps(doc)
+
+    @classmethod
+    def decode(cls, payload: bytes) -> DeviceStatus:
+        try:
+            doc = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            raise DecodeError("status is not JSON", reason="bad_json") from None
+        if not isinstance(doc, dict):
+            raise DecodeError("status must be an object", reason="bad_json")
+        known = {k: doc[k] for k in cls.__slots__ if k in doc}
+        try:
+            return cls(**known)
+        except (TypeError, ValidationError) as exc:
+            raise DecodeError(str(exc), reason="bad_status") from None
+
+
+OFFLINE_STATUS: Final = DeviceStatus(state="offline").encode()
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceConfig:
+    """What the platform asks of a device (retained on its config topic); `version` grows."""
+
+    version: int = 0
+    interval_s: int = 60
+    batch_size: int = 10
+    batch_age_s: int = 600
+    shipment: str | None = None
+    profile: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.interval_s <= 86_400:
+            raise ValidationError("interval_s must be between 1 and 86400", field="interval_s")
+        if not 1 <= self.batch_size <= MAX_READINGS:
+            raise ValidationError(f"batch_size must be between 1 and {MAX_READINGS}", field="batch_size")
+        if not 1 <= self.batch_age_s <= 86_400:
+            raise ValidationError("batch_age_s must be between 1 and 86400", field="batch_age_s")
+
+    def encode(self) -> bytes:
+        return orjson.dumps({k: getattr(self, k) for k in self.__slots__})
+
+    @classmethod
+    def decode(cls, payload: bytes) -> DeviceConfig:
+        try:
+            doc = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            raise DecodeError("config is not JSON", reason="bad_json") from None
+        if not isinstance(doc, dict):
+            raise DecodeError("config must be an object", reason="bad_json")
+        unknown = set(doc) - set(cls.__slots__)
+        if unknown:
+            raise DecodeError(f"unknown config keys {sorted(unknown)}", reason="bad_config")
+        try:
+            return cls(**doc)
+        except (TypeError, ValidationError) as exc:
+            raise DecodeError(str(exc), reason="bad_config") from None

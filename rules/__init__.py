@@ -1,0 +1,1 @@
+"""Rules: alarm engine, alert lifecycle, notifications and escalation."""

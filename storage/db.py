@@ -1,0 +1,39 @@
+"""Connections: one pool per process, opened where the service starts and closed when it stops."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+CONNECT_TIMEOUT_S = 10
+
+
+def connect(dsn: str, *, autocommit: bool = False) -> psycopg.Connection:
+    """A single connection with a connect timeout (for migrations, tools and the ingest writer)."""
+    return psycopg.connect(dsn, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT_S)
+
+
+def open_pool(dsn: str, *, min_size: int = 1, max_size: int = 8, name: str = "coldchain") -> ConnectionPool:
+    """An open pool; the caller closes it (use it as a context manager)."""
+    pool = ConnectionPool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        name=name,
+        open=False,
+        timeout=30,
+        kwargs={"connect_timeout": CONNECT_TIMEOUT_S},
+        check=ConnectionPool.check_connection,
+    )
+    pool.open(wait=True, timeout=30)
+    return pool
+
+
+@contextmanager
+def transaction(pool: ConnectionPool) -> Iterator[psycopg.Connection]:
+    """A connection from the pool inside one transaction (committed on success)."""
+    with pool.connection() as conn, conn.transaction():
+        yield conn
