@@ -28,9 +28,7 @@ class Permission(StrEnum):
 
 _GRANTS: dict[Role, frozenset[Permission]] = {
     Role.ADMIN: frozenset(Permission),
-    Role.QA: frozenset(
-        {Permission.READ, Permission.ACKNOWLEDGE, Permission.RESOLVE, Permission.DISPOSITION}
-    ),
+    Role.QA: frozenset({Permission.READ, Permission.ACKNOWLEDGE, Permission.RESOLVE, Permission.DISPOSITION}),
     Role.LOGISTICS: frozenset(
         {Permission.READ, Permission.REGISTER, Permission.ACKNOWLEDGE, Permission.RESOLVE}
     ),

@@ -24,9 +24,7 @@ FloatArray = npt.NDArray[np.float64]
 def validate_device_id(device_id: str) -> str:
     """Device ids appear in MQTT topics, so they are restricted to a topic-safe alphabet."""
     if not isinstance(device_id, str) or not DEVICE_ID_RE.match(device_id):
-        raise ValidationError(
-            f"device id {device_id!r} must match [A-Za-z0-9_.-]{{1,64}}", field="device"
-        )
+        raise ValidationError(f"device id {device_id!r} must match [A-Za-z0-9_.-]{{1,64}}", field="device")
     return device_id
 
 

@@ -1,13 +1,13 @@
 """The exception tree every package raises; the API maps it to HTTP in one handler.
 
-    ColdchainError
-    ├── ValidationError          input that breaks a rule of the domain (HTTP 422)
-    │   └── DecodeError          a wire payload that cannot be decoded (dead letter)
-    ├── NotFoundError            a record that does not exist for this organization (HTTP 404)
-    ├── ConflictError            a record that already exists or a state change not allowed (409)
-    ├── AuthError                missing or wrong credentials (401)
-    │   └── PermissionDeniedError  a valid identity without the role for the act (403)
-    └── ConfigurationError       settings that cannot work (refused at start-up)
+ColdchainError
+├── ValidationError          input that breaks a rule of the domain (HTTP 422)
+│   └── DecodeError          a wire payload that cannot be decoded (dead letter)
+├── NotFoundError            a record that does not exist for this organization (HTTP 404)
+├── ConflictError            a record that already exists or a state change not allowed (409)
+├── AuthError                missing or wrong credentials (401)
+│   └── PermissionDeniedError  a valid identity without the role for the act (403)
+└── ConfigurationError       settings that cannot work (refused at start-up)
 """
 
 from __future__ import annotations

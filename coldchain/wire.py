@@ -93,7 +93,6 @@ class Topics:
         return parts[0] if DEVICE_ID_RE.match(parts[0]) else None
 
 
-
 # --------------------------------------------------------------------------- time
 
 
@@ -111,9 +110,7 @@ def parse_time_ms(value: object, *, field: str = "t") -> int:
                 f"{field} {value[:40]!r} is not RFC 3339", reason="bad_time", field=field
             ) from None
         if parsed.tzinfo is None:
-            raise DecodeError(
-                f"{field} {value[:40]!r} has no UTC offset", reason="bad_time", field=field
-            )
+            raise DecodeError(f"{field} {value[:40]!r} has no UTC offset", reason="bad_time", field=field)
         return int(parsed.timestamp() * 1000)
     raise DecodeError(f"{field} must be RFC 3339 text or epoch ms", reason="bad_time", field=field)
 
@@ -130,9 +127,7 @@ def format_time_ms(ms: int) -> str:
 def decode_batch(payload: bytes, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> ReadingBatch:
     """Decode a reading batch in either form; every failure is a DecodeError with a reason."""
     if len(payload) > max_bytes:
-        raise DecodeError(
-            f"payload of {len(payload)} bytes exceeds {max_bytes}", reason="oversize"
-        )
+        raise DecodeError(f"payload of {len(payload)} bytes exceeds {max_bytes}", reason="oversize")
     if payload[:3] == BINARY_MAGIC:
         return decode_binary(payload)
     if payload[:1] in (b"{", b" ", b"\n", b"\t", b"\r"):
@@ -235,9 +230,7 @@ def _reading_time(value: object, i: int) -> int:
 
 def _number(value: object, i: int, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise DecodeError(
-            f"reading {i} field {name!r} must be a number", reason="bad_value", field=name
-        )
+        raise DecodeError(f"reading {i} field {name!r} must be a number", reason="bad_value", field=name)
     return float(value)
 
 
@@ -323,9 +316,7 @@ def decode_binary(payload: bytes) -> ReadingBatch:
         extras = tuple(items)
     if pos != len(payload):
         raise DecodeError(f"{len(payload) - pos} trailing bytes", reason="trailing_bytes")
-    return ReadingBatch(
-        device=device, seq=seq, sent_ms=sent_ms, t_ms=t, celsius=c, rh=rh, extras=extras
-    )
+    return ReadingBatch(device=device, seq=seq, sent_ms=sent_ms, t_ms=t, celsius=c, rh=rh, extras=extras)
 
 
 # --------------------------------------------------------------------------- status and config

@@ -96,7 +96,9 @@ class MosquittoServer:
             wait_for_port(self.port, timeout=30, proc=self._proc)
         except ServerError:
             self.stop()
-            raise ServerError(f"mosquitto did not start: {log_path.read_text(errors='replace')[-800:]}") from None
+            raise ServerError(
+                f"mosquitto did not start: {log_path.read_text(errors='replace')[-800:]}"
+            ) from None
         return self
 
     @property

@@ -91,8 +91,18 @@ class PostgresServer:
         os.chmod(self.data_dir, 0o700)
         if self.user is not None:
             chown_tree(self.data_dir, self.user)
-        args = [str(self.bindir / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
-                "-A", "trust", "-E", "UTF8", "--locale=C"]
+        args = [
+            str(self.bindir / "initdb"),
+            "-D",
+            str(self.data_dir),
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+        ]
         if self.fast_and_unsafe:
             args.append("--no-sync")
         done = self._run(args)
@@ -142,7 +152,8 @@ class PostgresServer:
         while time.monotonic() < deadline:
             done = subprocess.run(
                 [str(self.bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres"],
-                capture_output=True, check=False,
+                capture_output=True,
+                check=False,
             )
             if done.returncode == 0:
                 return

@@ -1,0 +1,76 @@
+"""The FastAPI application: built from Settings, owning one connection pool through its lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from psycopg_pool import ConnectionPool
+
+from api import errors
+from api.deps import Conn
+from api.routes import alerts, lots, registry
+from coldchain import __version__
+from coldchain.settings import Settings
+from storage.db import open_pool
+
+API_PREFIX = "/api/v1"
+
+
+def create_app(settings: Settings, *, pool: ConnectionPool | None = None) -> FastAPI:
+    """An app for these settings; given a pool it uses it (and leaves closing it to the caller)."""
+    if settings.database_url is None and pool is None:
+        raise ValueError("the API needs DATABASE_URL or a pool")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        if pool is not None:
+            yield {"pool": pool, "settings": settings}
+            return
+        assert settings.database_url is not None
+        own = open_pool(settings.database_url, min_size=1, max_size=10, name="api")
+        try:
+            yield {"pool": own, "settings": settings}
+        finally:
+            own.close()
+
+    app = FastAPI(
+        title="coldchain",
+        version=__version__,
+        description="Cold-chain telemetry and excursion alerting: devices, shipments, lots, alerts.",
+        lifespan=lifespan,
+        openapi_url="/openapi.json",
+        docs_url="/docs",
+    )
+    errors.install(app)
+
+    v1 = APIRouter(prefix=API_PREFIX)
+
+    @v1.get("/health", tags=["health"])
+    def health(conn: Conn) -> JSONResponse:
+        """Liveness and database reachability; needs no token (load balancers call it)."""
+        conn.execute("SELECT 1")
+        return JSONResponse({"status": "ok", "database": "ok", "version": __version__})
+
+    for module in (registry, lots, alerts):
+        v1.include_router(module.router)
+    app.include_router(v1)
+
+    @app.get("/health", include_in_schema=False)
+    def health_root() -> JSONResponse:
+        return JSONResponse({"status": "ok", "version": __version__})
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("/dashboard")
+
+    @app.get("/dashboard", include_in_schema=False)
+    def dashboard() -> HTMLResponse:
+        page = (resources.files("api") / "static" / "dashboard.html").read_text(encoding="utf-8")
+        return HTMLResponse(page, headers={"Cache-Control": "no-store"})
+
+    return app

@@ -1,0 +1,101 @@
+"""Devices, shipments and alarm profiles: what the ERP and logistics register."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Body, status
+
+from api.deps import Caller, Conn
+from api.schemas import DeviceCreate, DevicePublic, ShipmentCreate
+from coldchain.access import Permission
+from coldchain.alarm_profile import AlarmProfile
+from storage import profiles, registry
+from storage.registry import DeviceRecord, ShipmentRecord, shipment_document
+
+router = APIRouter()
+
+
+def _device(rec: DeviceRecord) -> DevicePublic:
+    return DevicePublic(
+        id=rec.device.id,
+        kind=rec.device.kind,
+        interval_s=rec.device.interval_s,
+        name=rec.device.name,
+        created_at=rec.created_at,
+        last_seen_at=rec.last_seen_at,
+        last_seq=rec.last_seq,
+        clock_offset_ms=rec.clock_offset_ms,
+        status=rec.status,
+    )
+
+
+def _shipment(rec: ShipmentRecord) -> dict[str, Any]:
+    doc = shipment_document(rec.shipment)
+    doc["profile_version"] = rec.profile_version
+    doc["created_at"] = rec.created_at
+    return doc
+
+
+@router.post("/devices", status_code=status.HTTP_201_CREATED, response_model=DevicePublic)
+def create_device(body: DeviceCreate, conn: Conn, caller: Caller) -> DevicePublic:
+    caller.require(Permission.REGISTER)
+    with conn.transaction():
+        rec = registry.create_device(
+            conn, org=caller.org_id, device=body.to_domain(caller.organization), actor=caller.name
+        )
+    return _device(rec)
+
+
+@router.get("/devices", response_model=list[DevicePublic])
+def list_devices(conn: Conn, caller: Caller) -> list[DevicePublic]:
+    return [_device(r) for r in registry.list_devices(conn, org=caller.org_id)]
+
+
+@router.get("/devices/{device_id}", response_model=DevicePublic)
+def get_device(device_id: str, conn: Conn, caller: Caller) -> DevicePublic:
+    return _device(registry.get_device(conn, org=caller.org_id, device_id=device_id))
+
+
+@router.post("/shipments", status_code=status.HTTP_201_CREATED)
+def create_shipment(body: ShipmentCreate, conn: Conn, caller: Caller) -> dict[str, Any]:
+    caller.require(Permission.REGISTER)
+    shipment = body.to_domain(caller.organization)
+    with conn.transaction():
+        profile = profiles.resolve(conn, org=caller.org_id, profile_id=shipment.profile)
+        registry.create_shipment(
+            conn,
+            org=caller.org_id,
+            shipment=shipment,
+            profile_version=profile.version,
+            actor=caller.name,
+        )
+    return _shipment(registry.get_shipment(conn, org=caller.org_id, shipment_id=shipment.id))
+
+
+@router.get("/shipments")
+def list_shipments(conn: Conn, caller: Caller) -> list[dict[str, Any]]:
+    return [_shipment(r) for r in registry.list_shipments(conn, org=caller.org_id)]
+
+
+@router.get("/shipments/{shipment_id}")
+def get_shipment(shipment_id: str, conn: Conn, caller: Caller) -> dict[str, Any]:
+    return _shipment(registry.get_shipment(conn, org=caller.org_id, shipment_id=shipment_id))
+
+
+@router.get("/profiles")
+def list_profiles(conn: Conn, caller: Caller) -> list[dict[str, Any]]:
+    return [p.to_dict() for p in profiles.list_profiles(conn, org=caller.org_id)]
+
+
+@router.get("/profiles/{profile_id}")
+def get_profile(profile_id: str, conn: Conn, caller: Caller, version: int | None = None) -> dict[str, Any]:
+    return profiles.resolve(conn, org=caller.org_id, profile_id=profile_id, version=version).to_dict()
+
+
+@router.post("/profiles", status_code=status.HTTP_201_CREATED)
+def create_profile(conn: Conn, caller: Caller, body: dict[str, Any] = Body(...)) -> dict[str, Any]:  # noqa: B008
+    """A new custom profile, or a new version of one (the version number is assigned here)."""
+    caller.require(Permission.REGISTER)
+    profile = AlarmProfile.from_dict({**body, "version": body.get("version", 1)})
+    return profiles.save(conn, org=caller.org_id, profile=profile, actor=caller.name).to_dict()

@@ -1,0 +1,181 @@
+"""The thin runner around the pure engine: queued work in, alerts and carried state out.
+
+Each series (one logger on one shipment) is evaluated in one transaction under an advisory lock:
+the engine continues from the carried state when the new readings all come after it, and starts
+over from the first reading when late data lands inside what was already evaluated — so the
+result always equals one pass over the whole series (the engine's own guarantee).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import psycopg
+
+from coldchain.alarm_profile import AlarmProfile, Excursion, ExcursionKind
+from coldchain.domain import AlertState
+from rules.engine import EngineState, SensorSeries, evaluate
+from storage import alerts, profiles, rules_store
+from storage.alerts import NewAlert
+from storage.rules_store import SeriesWork
+
+log = logging.getLogger(__name__)
+RULES_ACTOR = "rules"
+
+
+@dataclass(slots=True)
+class RunStats:
+    series: int = 0
+    readings: int = 0
+    reevaluated: int = 0
+    alerts_opened: int = 0
+    alerts_resolved: int = 0
+
+
+def _utc(ms: int | None) -> datetime | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def episode_key(shipment_key: int, device_key: int, excursion: Excursion) -> str:
+    kind, limit, start = excursion.key
+    return f"x:{shipment_key}:{device_key}:{kind}:{limit}:{start}"
+
+
+def describe(excursion: Excursion, profile: AlarmProfile, device_id: str | None) -> str:
+    """A sentence a dispatcher understands at 3 a.m."""
+    limit = next((x for x in profile.limits if x.id == excursion.limit_id), None)
+    since = _utc(excursion.start_ms)
+    when = since.strftime("%Y-%m-%d %H:%M UTC") if since else "?"
+    who = f"{device_id}: " if device_id else ""
+    minutes = round(excursion.duration_s / 60)
+    if excursion.kind is ExcursionKind.SINGLE and limit is not None:
+        word = "above" if limit.side == "high" else "below"
+        return (
+            f"{who}{word} {limit.threshold_c:g} °C ({limit.id}) for {minutes} min since {when},"
+            f" peak {excursion.peak_value:.1f} °C"
+        )
+    if excursion.kind is ExcursionKind.CUMULATIVE:
+        return f"{who}cumulative time beyond {excursion.limit_id} reached {minutes} min (budget spent)"
+    if excursion.kind is ExcursionKind.MKT:
+        return f"{who}mean kinetic temperature {excursion.peak_value:.2f} °C over {excursion.limit_id}"
+    if excursion.kind is ExcursionKind.RATE:
+        return f"{who}temperature changing {excursion.peak_value:.2f} °C/min since {when}"
+    if excursion.kind is ExcursionKind.HUMIDITY:
+        return f"{who}humidity {excursion.peak_value:.0f} % beyond {excursion.limit_id} since {when}"
+    return f"{who}{excursion.kind.value} excursion {excursion.limit_id} since {when}"
+
+
+def evaluate_series(conn: psycopg.Connection, work: SeriesWork, stats: RunStats) -> None:
+    """Evaluate one series' new readings and turn its excursions into alerts, in one transaction."""
+    with conn.transaction():
+        ctx = rules_store.lock_series(conn, shipment_key=work.shipment_key, device_key=work.device_key)
+        profile = profiles.resolve(
+            conn, org=work.org_id, profile_id=ctx.profile_id, version=ctx.profile_version
+        )
+        state = EngineState.from_dict(ctx.state) if ctx.state is not None else None
+        restart = state is None or (state.last_ms is not None and work.from_ms <= state.last_ms)
+        if restart and state is not None:
+            stats.reevaluated += 1
+        after = None if restart or state is None else state.last_ms
+        readings = rules_store.series_readings(
+            conn, shipment_key=work.shipment_key, device_key=work.device_key, after_ms=after
+        )
+        stats.series += 1
+        if len(readings.times_ms) == 0:
+            return
+        stats.readings += len(readings.times_ms)
+        series = SensorSeries(
+            times_ms=readings.times_ms,
+            temps_c=readings.temps_c,
+            rh_pct=readings.rh_pct,
+            door_open=readings.door_open,
+        )
+        result = evaluate(series, profile, None if restart else state)
+        _apply(conn, work, profile, result.excursions, stats)
+        rules_store.save_series_state(
+            conn,
+            org_id=work.org_id,
+            shipment_key=work.shipment_key,
+            device_key=work.device_key,
+            profile_id=profile.id,
+            profile_version=profile.version,
+            state=result.state.to_dict(),
+            last_ms=result.state.last_ms,
+        )
+
+
+def _apply(
+    conn: psycopg.Connection,
+    work: SeriesWork,
+    profile: AlarmProfile,
+    excursions: list[Excursion],
+    stats: RunStats,
+) -> None:
+    if not excursions:
+        return
+    row = conn.execute("SELECT id FROM devices WHERE key = %s", (work.device_key,)).fetchone()
+    device_id = row[0] if row else None
+    for excursion in excursions:
+        key = episode_key(work.shipment_key, work.device_key, excursion)
+        alert_id, opened = alerts.raise_alert(
+            conn,
+            NewAlert(
+                org_id=work.org_id,
+                episode_key=key,
+                kind=excursion.kind.value,
+                severity=excursion.tier,
+                message=describe(excursion, profile, device_id),
+                device_key=work.device_key,
+                shipment_key=work.shipment_key,
+                limit_id=excursion.limit_id,
+                profile_id=profile.id,
+                profile_version=profile.version,
+                started_at=_utc(excursion.start_ms),
+                ended_at=_utc(excursion.end_ms),
+                peak_c=excursion.peak_value,
+            ),
+        )
+        if opened:
+            stats.alerts_opened += 1
+            log.info("alert %d opened: %s", alert_id, key, extra={"device": device_id, "alert": alert_id})
+        else:
+            alerts.update_episode(
+                conn, alert_id, ended_at=_utc(excursion.end_ms), peak_c=excursion.peak_value
+            )
+        if excursion.resolved_ms is not None:
+            current = alerts.get_alert(conn, org=work.org_id, alert_id=alert_id)
+            if current.state in (AlertState.OPEN, AlertState.ACKNOWLEDGED):
+                back = _utc(excursion.resolved_ms)
+                alerts.transition(
+                    conn,
+                    org=work.org_id,
+                    alert_id=alert_id,
+                    action="resolve",
+                    actor=RULES_ACTOR,
+                    comment=f"back within limits (hysteresis held) at {back:%Y-%m-%d %H:%M UTC}"
+                    if back
+                    else "back within limits",
+                )
+                stats.alerts_resolved += 1
+
+
+def drain(conn: psycopg.Connection, *, batch: int = 500) -> RunStats:
+    """Evaluate everything queued now; returns what was done. Safe to run on several workers."""
+    stats = RunStats()
+    while True:
+        with conn.transaction():
+            work = rules_store.take_work(conn, limit=batch)
+            for item in work:
+                try:
+                    evaluate_series(conn, item, stats)
+                except Exception:
+                    # The series' state was not saved, so its next batch re-covers these readings.
+                    log.exception(
+                        "evaluation failed for shipment key %d device key %d",
+                        item.shipment_key,
+                        item.device_key,
+                    )
+        if len(work) == 0:
+            return stats

@@ -1,0 +1,106 @@
+"""The rules service: evaluates every committed batch as soon as ingest signals it, and checks
+for silent loggers on a schedule. Several can run at once; the queue and locks keep them apart."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import psycopg
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from coldchain.settings import Settings
+from rules.runner import RunStats, drain
+from rules.silence import check_silence
+from storage.db import connect
+
+log = logging.getLogger(__name__)
+
+
+class RulesService:
+    """Background threads: the runner (LISTEN rules + drain the queue) and the scheduler."""
+
+    def __init__(
+        self,
+        *,
+        dsn: str,
+        settings: Settings | None = None,
+        clock_ms: Callable[[], int] | None = None,
+        poll_s: float = 1.0,
+    ) -> None:
+        self._dsn = dsn
+        self._settings = settings or Settings()
+        self._clock_ms = clock_ms or (lambda: int(time.time() * 1000))
+        self._poll_s = poll_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._scheduler: BackgroundScheduler | None = None
+        self.stats = RunStats()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="rules-runner", daemon=True)
+        self._thread.start()
+        self._scheduler = BackgroundScheduler(timezone="UTC")
+        self._scheduler.add_job(
+            self.check_silence_now,
+            "interval",
+            seconds=self._settings.rules_no_data_check_s,
+            id="no-data-check",
+            max_instances=1,
+            coalesce=True,
+        )
+        self._scheduler.start()
+
+    def check_silence_now(self) -> tuple[int, int]:
+        try:
+            with connect(self._dsn) as conn:
+                return check_silence(conn, now_ms=self._clock_ms())
+        except psycopg.OperationalError as exc:
+            log.warning("silence check skipped, database unavailable: %s", exc)
+            return 0, 0
+
+    def _run(self) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                with connect(self._dsn, autocommit=True) as listener, connect(self._dsn) as worker:
+                    listener.execute("LISTEN rules")
+                    backoff = 0.5
+                    while not self._stop.is_set():
+                        self._merge(drain(worker))
+                        # Wake on ingest's NOTIFY, or poll anyway (a NOTIFY sent while we were
+                        # draining is also seen here, and the queue is the truth either way).
+                        for _ in listener.notifies(timeout=self._poll_s, stop_after=1):
+                            pass
+            except psycopg.OperationalError as exc:
+                log.warning("rules runner lost the database (%s); retrying in %.1f s", exc, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 15.0)
+
+    def _merge(self, done: RunStats) -> None:
+        for name in ("series", "readings", "reevaluated", "alerts_opened", "alerts_resolved"):
+            setattr(self.stats, name, getattr(self.stats, name) + getattr(done, name))
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def __enter__(self) -> RulesService:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def run(settings: Settings, stop: threading.Event) -> None:
+    """`coldchain rules`: run until `stop` is set."""
+    if not settings.database_url:
+        raise SystemExit("DATABASE_URL is not set")
+    with RulesService(dsn=settings.database_url, settings=settings):
+        stop.wait()

@@ -1,0 +1,266 @@
+"""Alerts: one row per episode, every transition recorded with who, when and why."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from coldchain.alert_lifecycle import next_state
+from coldchain.domain import Alert, AlertState, Disposition, Severity
+from coldchain.errors import NotFoundError, ValidationError
+from storage.audit import record
+
+_ALERT_COLUMNS = (
+    "a.id, o.slug, a.kind, a.severity, a.state, d.id, s.id, a.limit_id, a.message, a.opened_at,"
+    " a.started_at, a.ended_at, a.peak_c, a.acknowledged_at, a.acknowledged_by, a.resolved_at,"
+    " a.closed_at, a.disposition, a.assignee, a.profile_id, a.profile_version,"
+    " coalesce((SELECT array_agg(sl.gtin || '/' || sl.lot ORDER BY sl.gtin, sl.lot)"
+    "           FROM shipment_lots sl WHERE sl.shipment_key = a.shipment_key), '{}')"
+)
+_ALERT_FROM = (
+    " FROM alerts a JOIN organizations o ON o.id = a.org_id"
+    " LEFT JOIN devices d ON d.key = a.device_key LEFT JOIN shipments s ON s.key = a.shipment_key"
+)
+
+
+def _alert(row: tuple[Any, ...]) -> Alert:
+    return Alert(
+        id=row[0],
+        organization=row[1],
+        kind=row[2],
+        severity=Severity(row[3]),
+        state=AlertState(row[4]),
+        device_id=row[5],
+        shipment_id=row[6],
+        limit_id=row[7],
+        message=row[8],
+        opened_at=row[9],
+        started_at=row[10],
+        ended_at=row[11],
+        peak_c=None if row[12] is None else float(row[12]),
+        acknowledged_at=row[13],
+        acknowledged_by=row[14],
+        resolved_at=row[15],
+        closed_at=row[16],
+        disposition=Disposition(row[17]) if row[17] else None,
+        assignee=row[18],
+        profile_id=row[19],
+        profile_version=row[20],
+        lots=tuple((x.split("/", 1)[0], x.split("/", 1)[1]) for x in row[21]),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class NewAlert:
+    """What the rules engine knows when it raises an alert; `episode_key` makes it idempotent."""
+
+    org_id: int
+    episode_key: str
+    kind: str
+    severity: Severity
+    message: str
+    device_key: int | None = None
+    shipment_key: int | None = None
+    limit_id: str | None = None
+    profile_id: str | None = None
+    profile_version: int | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    peak_c: float | None = None
+
+
+def raise_alert(conn: psycopg.Connection, alert: NewAlert, *, actor: str = "rules") -> tuple[int, bool]:
+    """Open the alert of an episode unless it exists; (id, True when opened now)."""
+    row = conn.execute(
+        "INSERT INTO alerts (org_id, episode_key, kind, severity, state, device_key, shipment_key,"
+        " limit_id, profile_id, profile_version, message, started_at, ended_at, peak_c)"
+        " VALUES (%s, %s, %s, %s, 'open', %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        " ON CONFLICT (org_id, episode_key) DO NOTHING RETURNING id",
+        (
+            alert.org_id,
+            alert.episode_key,
+            alert.kind,
+            alert.severity.value,
+            alert.device_key,
+            alert.shipment_key,
+            alert.limit_id,
+            alert.profile_id,
+            alert.profile_version,
+            alert.message,
+            alert.started_at,
+            alert.ended_at,
+            alert.peak_c,
+        ),
+    ).fetchone()
+    if row is None:
+        existing = conn.execute(
+            "SELECT id FROM alerts WHERE org_id = %s AND episode_key = %s",
+            (alert.org_id, alert.episode_key),
+        ).fetchone()
+        assert existing is not None
+        return int(existing[0]), False
+    alert_id = int(row[0])
+    conn.execute(
+        "INSERT INTO alert_events (alert_id, actor, action, to_state, comment)"
+        " VALUES (%s, %s, 'open', 'open', %s)",
+        (alert_id, actor, alert.message),
+    )
+    record(
+        conn,
+        org_id=alert.org_id,
+        actor=actor,
+        action="open",
+        entity="alert",
+        key=str(alert_id),
+        new={
+            "kind": alert.kind,
+            "severity": alert.severity.value,
+            "limit": alert.limit_id,
+            "profile": alert.profile_id,
+            "profile_version": alert.profile_version,
+        },
+    )
+    conn.execute("SELECT pg_notify('alerts', %s)", (str(alert_id),))
+    return alert_id, True
+
+
+def update_episode(
+    conn: psycopg.Connection, alert_id: int, *, ended_at: datetime | None, peak_c: float | None
+) -> None:
+    """Keep the episode's end and peak current while it runs (not a lifecycle transition)."""
+    conn.execute(
+        "UPDATE alerts SET ended_at = %s, peak_c = CASE WHEN %s::real IS NULL THEN peak_c"
+        " ELSE %s::real END WHERE id = %s",
+        (ended_at, peak_c, peak_c, alert_id),
+    )
+
+
+def get_alert(conn: psycopg.Connection, *, org: int, alert_id: int) -> Alert:
+    row = conn.execute(
+        f"SELECT {_ALERT_COLUMNS}{_ALERT_FROM} WHERE a.org_id = %s AND a.id = %s", (org, alert_id)
+    ).fetchone()
+    if row is None:
+        raise NotFoundError("alert", str(alert_id))
+    return _alert(row)
+
+
+def list_alerts(
+    conn: psycopg.Connection,
+    *,
+    org: int,
+    states: list[AlertState] | None = None,
+    shipment_keys: list[int] | None = None,
+    limit: int = 500,
+) -> list[Alert]:
+    where = ["a.org_id = %(org)s"]
+    params: dict[str, Any] = {"org": org, "limit": limit}
+    if states:
+        where.append("a.state = ANY(%(states)s)")
+        params["states"] = [s.value for s in states]
+    if shipment_keys is not None:
+        where.append("a.shipment_key = ANY(%(keys)s)")
+        params["keys"] = shipment_keys
+    rows = conn.execute(
+        f"SELECT {_ALERT_COLUMNS}{_ALERT_FROM} WHERE {' AND '.join(where)}"
+        " ORDER BY a.opened_at DESC, a.id DESC LIMIT %(limit)s",
+        params,
+    ).fetchall()
+    return [_alert(r) for r in rows]
+
+
+def transition(
+    conn: psycopg.Connection,
+    *,
+    org: int,
+    alert_id: int,
+    action: str,
+    actor: str,
+    comment: str | None = None,
+    disposition: Disposition | None = None,
+) -> Alert:
+    """Apply a lifecycle action under a row lock, with its event and audit rows, in one transaction."""
+    with conn.transaction():
+        row = conn.execute(
+            "SELECT state FROM alerts WHERE org_id = %s AND id = %s FOR UPDATE", (org, alert_id)
+        ).fetchone()
+        if row is None:
+            raise NotFoundError("alert", str(alert_id))
+        current = AlertState(row[0])
+        target = next_state(current, action)
+        if action == "close" and disposition is None:
+            raise ValidationError("closing an alert needs a QA disposition", field="disposition")
+        stamp = {
+            AlertState.ACKNOWLEDGED: "acknowledged_at = now(), acknowledged_by = %(actor)s,",
+            AlertState.RESOLVED: "resolved_at = now(), resolved_by = %(actor)s,",
+            AlertState.CLOSED: "closed_at = now(), closed_by = %(actor)s, disposition = %(disp)s,",
+            AlertState.OPEN: "resolved_at = NULL, resolved_by = NULL,",
+        }[target]
+        conn.execute(
+            f"UPDATE alerts SET {stamp} state = %(state)s WHERE id = %(id)s",
+            {
+                "actor": actor,
+                "disp": disposition.value if disposition else None,
+                "state": target.value,
+                "id": alert_id,
+            },
+        )
+        conn.execute(
+            "INSERT INTO alert_events (alert_id, actor, action, from_state, to_state, comment)"
+            " VALUES (%s, %s, %s, %s, %s, %s)",
+            (alert_id, actor, action, current.value, target.value, comment),
+        )
+        new: dict[str, Any] = {"state": target.value}
+        if disposition is not None:
+            new["disposition"] = disposition.value
+        record(
+            conn,
+            org_id=org,
+            actor=actor,
+            action=action,
+            entity="alert",
+            key=str(alert_id),
+            old={"state": current.value},
+            new=new,
+            reason=comment,
+        )
+        conn.execute("SELECT pg_notify('alerts', %s)", (str(alert_id),))
+    return get_alert(conn, org=org, alert_id=alert_id)
+
+
+def assign(conn: psycopg.Connection, *, org: int, alert_id: int, assignee: str | None, actor: str) -> Alert:
+    with conn.transaction():
+        row = conn.execute(
+            "UPDATE alerts SET assignee = %s WHERE org_id = %s AND id = %s RETURNING id",
+            (assignee, org, alert_id),
+        ).fetchone()
+        if row is None:
+            raise NotFoundError("alert", str(alert_id))
+        conn.execute(
+            "INSERT INTO alert_events (alert_id, actor, action, comment) VALUES (%s, %s, 'assign', %s)",
+            (alert_id, actor, assignee),
+        )
+        record(
+            conn,
+            org_id=org,
+            actor=actor,
+            action="assign",
+            entity="alert",
+            key=str(alert_id),
+            new={"assignee": assignee},
+        )
+    return get_alert(conn, org=org, alert_id=alert_id)
+
+
+def alert_history(conn: psycopg.Connection, *, org: int, alert_id: int) -> list[dict[str, Any]]:
+    get_alert(conn, org=org, alert_id=alert_id)  # scope check
+    rows = conn.execute(
+        "SELECT at, actor, action, from_state, to_state, comment FROM alert_events"
+        " WHERE alert_id = %s ORDER BY id",
+        (alert_id,),
+    ).fetchall()
+    return [
+        {"at": r[0], "actor": r[1], "action": r[2], "from": r[3], "to": r[4], "comment": r[5]} for r in rows
+    ]

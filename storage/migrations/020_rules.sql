@@ -1,0 +1,14 @@
+-- Rules engine state that must survive a restart: the engine's carried state per series
+-- (one logger on one shipment), so any rules worker resumes exactly where the last one stopped.
+CREATE TABLE rule_series_state (
+    shipment_key    integer NOT NULL REFERENCES shipments ON DELETE CASCADE,
+    device_key      integer NOT NULL REFERENCES devices,
+    org_id          smallint NOT NULL,
+    profile_id      text NOT NULL,
+    profile_version integer NOT NULL,
+    state           jsonb NOT NULL,
+    last_ms         bigint,
+    evaluations     bigint NOT NULL DEFAULT 0,
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (shipment_key, device_key)
+);

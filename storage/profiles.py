@@ -1,0 +1,78 @@
+"""Alarm profiles: built-in presets from code, custom ones versioned in the database."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from coldchain.alarm_profile import AlarmProfile, get_preset, list_presets
+from coldchain.errors import ConflictError, NotFoundError, ValidationError
+from storage.audit import record
+
+
+def _preset(profile_id: str) -> AlarmProfile | None:
+    try:
+        return get_preset(profile_id)
+    except (KeyError, NotFoundError, ValidationError):
+        return None
+
+
+def resolve(
+    conn: psycopg.Connection, *, org: int, profile_id: str, version: int | None = None
+) -> AlarmProfile:
+    """The profile in force (latest version unless one is named): custom first, then presets."""
+    if version is None:
+        row = conn.execute(
+            "SELECT body FROM alarm_profiles WHERE org_id = %s AND id = %s ORDER BY version DESC LIMIT 1",
+            (org, profile_id),
+        ).fetchone()
+    else:
+        row = conn.execute(
+            "SELECT body FROM alarm_profiles WHERE org_id = %s AND id = %s AND version = %s",
+            (org, profile_id, version),
+        ).fetchone()
+    if row is not None:
+        return AlarmProfile.from_dict(row[0])
+    preset = _preset(profile_id)
+    if preset is not None and (version is None or version == preset.version):
+        return preset
+    raise NotFoundError("alarm profile", profile_id if version is None else f"{profile_id} v{version}")
+
+
+def list_profiles(conn: psycopg.Connection, *, org: int) -> list[AlarmProfile]:
+    """Every preset and the latest version of every custom profile of the organization."""
+    rows = conn.execute(
+        "SELECT DISTINCT ON (id) body FROM alarm_profiles WHERE org_id = %s ORDER BY id, version DESC",
+        (org,),
+    ).fetchall()
+    custom = [AlarmProfile.from_dict(r[0]) for r in rows]
+    return [*list_presets(), *custom]
+
+
+def save(conn: psycopg.Connection, *, org: int, profile: AlarmProfile, actor: str) -> AlarmProfile:
+    """Store a new version of a custom profile; presets cannot be overwritten."""
+    if _preset(profile.id) is not None:
+        raise ConflictError(f"{profile.id!r} is a built-in preset; choose another id")
+    with conn.transaction():
+        row = conn.execute(
+            "SELECT coalesce(max(version), 0) FROM alarm_profiles WHERE org_id = %s AND id = %s",
+            (org, profile.id),
+        ).fetchone()
+        version = int(row[0]) + 1 if row else 1
+        stored = dataclasses.replace(profile, version=version)
+        conn.execute(
+            "INSERT INTO alarm_profiles (org_id, id, version, body, created_by) VALUES (%s, %s, %s, %s, %s)",
+            (org, stored.id, version, Jsonb(stored.to_dict()), actor),
+        )
+        record(
+            conn,
+            org_id=org,
+            actor=actor,
+            action="create",
+            entity="alarm_profile",
+            key=f"{stored.id} v{version}",
+            new=stored.to_dict(),
+        )
+    return stored

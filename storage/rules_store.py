@@ -1,0 +1,172 @@
+"""What the rules runner reads and writes: queued work, series readings, carried engine state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import psycopg
+from psycopg.types.json import Jsonb
+
+from storage.readings import FLAG_DOOR_OPEN
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesWork:
+    """Readings of one logger on one shipment changed between `from_ms` and `to_ms`."""
+
+    org_id: int
+    device_key: int
+    shipment_key: int
+    from_ms: int
+    to_ms: int
+    late: bool
+
+
+def take_work(conn: psycopg.Connection, *, limit: int = 1000) -> list[SeriesWork]:
+    """Claim queued work inside the caller's transaction (rows return if it rolls back).
+
+    Several rows for the same series fold into one: the earliest start, the latest end, late if any.
+    """
+    rows = conn.execute(
+        "DELETE FROM rule_queue WHERE id IN (SELECT id FROM rule_queue WHERE shipment_key IS NOT NULL"
+        " ORDER BY id FOR UPDATE SKIP LOCKED LIMIT %s)"
+        " RETURNING org_id, device_key, shipment_key, (extract(epoch FROM from_t) * 1000)::bigint,"
+        " (extract(epoch FROM to_t) * 1000)::bigint, late",
+        (limit,),
+    ).fetchall()
+    conn.execute(
+        "DELETE FROM rule_queue WHERE id IN (SELECT id FROM rule_queue WHERE shipment_key IS NULL"
+        " FOR UPDATE SKIP LOCKED LIMIT %s)",
+        (limit,),
+    )
+    folded: dict[tuple[int, int], SeriesWork] = {}
+    for org, device, shipment, start, end, late in rows:
+        key = (shipment, device)
+        prev = folded.get(key)
+        if prev is None:
+            folded[key] = SeriesWork(org, device, shipment, int(start), int(end), bool(late))
+        else:
+            folded[key] = SeriesWork(
+                org,
+                device,
+                shipment,
+                min(prev.from_ms, int(start)),
+                max(prev.to_ms, int(end)),
+                prev.late or bool(late),
+            )
+    return list(folded.values())
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesReadings:
+    times_ms: npt.NDArray[np.int64]
+    temps_c: npt.NDArray[np.float64]
+    rh_pct: npt.NDArray[np.float64]
+    door_open: npt.NDArray[np.bool_]
+
+
+def series_readings(
+    conn: psycopg.Connection, *, shipment_key: int, device_key: int, after_ms: int | None = None
+) -> SeriesReadings:
+    """One logger's readings on one shipment in time order, one per instant (a repeated instant
+    from a duplicated send keeps its first stored value)."""
+    params: list[Any] = [shipment_key, device_key]
+    where = ""
+    if after_ms is not None:
+        where = " AND t > to_timestamp(%s / 1000.0)"
+        params.append(after_ms)
+    rows = conn.execute(
+        "SELECT DISTINCT ON (t) (extract(epoch FROM t) * 1000)::bigint, c, rh, flags FROM readings"
+        f" WHERE shipment_key = %s AND device_key = %s{where} ORDER BY t",
+        params,
+    ).fetchall()
+    if not rows:
+        empty = np.empty(0)
+        return SeriesReadings(empty.astype(np.int64), empty, empty, empty.astype(bool))
+    t, c, rh, flags = zip(*rows, strict=True)
+    return SeriesReadings(
+        times_ms=np.array(t, dtype=np.int64),
+        temps_c=np.array(c, dtype=np.float64),
+        rh_pct=np.array([np.nan if x is None else x for x in rh], dtype=np.float64),
+        door_open=(np.array(flags, dtype=np.int16) & FLAG_DOOR_OPEN) != 0,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesContext:
+    """The shipment's profile and the series' carried state (None: evaluate from the start)."""
+
+    profile_id: str
+    profile_version: int
+    state: dict[str, Any] | None
+    last_ms: int | None
+
+
+def lock_series(conn: psycopg.Connection, *, shipment_key: int, device_key: int) -> SeriesContext:
+    """The series' state, locked for this transaction so two workers never evaluate it at once."""
+    conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (shipment_key, device_key))
+    row = conn.execute(
+        "SELECT s.profile_id, s.profile_version, r.state, r.last_ms FROM shipments s"
+        " LEFT JOIN rule_series_state r ON r.shipment_key = s.key AND r.device_key = %s"
+        " WHERE s.key = %s",
+        (device_key, shipment_key),
+    ).fetchone()
+    assert row is not None, "queued work for a shipment that does not exist"
+    return SeriesContext(row[0], int(row[1]), row[2], row[3])
+
+
+def save_series_state(
+    conn: psycopg.Connection,
+    *,
+    org_id: int,
+    shipment_key: int,
+    device_key: int,
+    profile_id: str,
+    profile_version: int,
+    state: dict[str, Any],
+    last_ms: int | None,
+) -> None:
+    conn.execute(
+        "INSERT INTO rule_series_state (shipment_key, device_key, org_id, profile_id, profile_version,"
+        " state, last_ms) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+        " ON CONFLICT (shipment_key, device_key) DO UPDATE SET state = EXCLUDED.state,"
+        " last_ms = EXCLUDED.last_ms, profile_id = EXCLUDED.profile_id,"
+        " profile_version = EXCLUDED.profile_version,"
+        " evaluations = rule_series_state.evaluations + 1, updated_at = now()",
+        (shipment_key, device_key, org_id, profile_id, profile_version, Jsonb(state), last_ms),
+    )
+
+
+def open_episode_alerts(conn: psycopg.Connection, *, org_id: int, prefix: str) -> dict[str, tuple[int, str]]:
+    """Alerts of a series not yet resolved: episode key -> (alert id, state)."""
+    rows = conn.execute(
+        "SELECT episode_key, id, state FROM alerts WHERE org_id = %s AND episode_key LIKE %s"
+        " AND state IN ('open', 'acknowledged')",
+        (org_id, prefix.replace("%", r"\%") + "%"),
+    ).fetchall()
+    return {r[0]: (int(r[1]), r[2]) for r in rows}
+
+
+@dataclass(frozen=True, slots=True)
+class SilentDevice:
+    org_id: int
+    device_key: int
+    device_id: str
+    shipment_key: int
+    interval_s: int
+    last_seen_ms: int | None
+
+
+def devices_on_shipments(conn: psycopg.Connection) -> list[tuple[SilentDevice, str, int]]:
+    """Every logger currently assigned to a shipment, with the shipment's profile (id, version)."""
+    rows = conn.execute(
+        "SELECT d.org_id, d.key, d.id, a.shipment_key, d.interval_s,"
+        " (extract(epoch FROM coalesce(d.last_seen_at, lower(a.during))) * 1000)::bigint,"
+        " s.profile_id, s.profile_version"
+        " FROM device_assignments a JOIN devices d ON d.key = a.device_key"
+        " JOIN shipments s ON s.key = a.shipment_key WHERE a.during @> now()"
+    ).fetchall()
+    return [(SilentDevice(r[0], r[1], r[2], r[3], r[4], r[5]), r[6], int(r[7])) for r in rows]

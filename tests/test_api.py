@@ -1,0 +1,139 @@
+"""The HTTP API against a real PostgreSQL: auth and roles, registry, lots, alerts, precise errors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from coldchain.access import Role
+from coldchain.domain import Device, Severity
+from coldchain.settings import Settings
+from storage import alerts, auth, registry
+from storage.db import open_pool
+
+GTIN = "09506000134352"
+
+
+@pytest.fixture
+def admin_token(db: psycopg.Connection) -> str:
+    return auth.create_token(db, org=1, name="admin", role=Role.ADMIN, actor="test")
+
+
+@pytest.fixture
+def client(db_dsn: str) -> Iterator[TestClient]:
+    with open_pool(db_dsn, max_size=4) as pool:
+        app = create_app(Settings(database_url=db_dsn), pool=pool)
+        with TestClient(app) as c:
+            yield c
+
+
+def _h(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_health_needs_no_token_everything_else_does(client: TestClient) -> None:
+    assert client.get("/api/v1/health").json()["database"] == "ok"
+    res = client.get("/api/v1/devices")
+    assert res.status_code == 401 and "Bearer" in res.json()["message"]
+    assert client.get("/api/v1/devices", headers=_h("cc_wrong")).status_code == 401
+
+
+def test_register_device_and_shipment_then_read_lot(client: TestClient, admin_token: str) -> None:
+    h = _h(admin_token)
+    res = client.post(
+        "/api/v1/devices", json={"id": "TRK-0042-L1", "kind": "usb-logger", "interval_s": 60}, headers=h
+    )
+    assert res.status_code == 201, res.text
+    assert client.post("/api/v1/devices", json={"id": "TRK-0042-L1"}, headers=h).status_code == 409
+    body = {
+        "id": "SO-1001",
+        "origin": "Plant A",
+        "destination": "Hospital B",
+        "profile": "2-8C",
+        "lots": [{"gtin": GTIN, "lot": "A123", "expiry": "2027-05-31", "quantity": 400}],
+        "devices": [{"id": "TRK-0042-L1", "from": "2026-11-24T08:00:00Z", "to": None}],
+    }
+    res = client.post("/api/v1/shipments", json=body, headers=h)
+    assert res.status_code == 201, res.text
+    assert res.json()["lots"][0]["lot"] == "A123"
+    lot = client.get(f"/api/v1/lots/{GTIN}/A123", headers=h).json()
+    assert lot["shipments"] == ["SO-1001"] and lot["devices"] == ["TRK-0042-L1"]
+    assert lot["digital_link"] == f"https://id.gs1.org/01/{GTIN}/10/A123"
+    assert client.get(f"/api/v1/lots/{GTIN}/A123/readings?bucket=5m", headers=h).json()["readings"] == []
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "field"),
+    [
+        ({"lots": [{"gtin": "09506000134353", "lot": "A1"}]}, 422, "gtin"),
+        ({"profile": "no-such-profile"}, 404, None),
+        ({"devices": [{"id": "UNKNOWN", "from": "2026-11-24T08:00:00Z"}]}, 422, "devices"),
+        ({"surprise": 1}, 422, "surprise"),
+    ],
+)
+def test_bad_shipments_get_precise_errors(
+    client: TestClient, admin_token: str, change: dict[str, object], status: int, field: str | None
+) -> None:
+    body = {"id": "SO-9", **change}
+    res = client.post("/api/v1/shipments", json=body, headers=_h(admin_token))
+    assert res.status_code == status, res.text
+    assert res.json()["message"]
+    if field:
+        assert field in (res.json().get("field") or res.json()["message"])
+
+
+def test_roles_are_enforced(client: TestClient, db: psycopg.Connection) -> None:
+    viewer = auth.create_token(db, org=1, name="viewer", role=Role.VIEWER, actor="t")
+    res = client.post("/api/v1/devices", json={"id": "X1"}, headers=_h(viewer))
+    assert res.status_code == 403
+
+
+def test_alert_lifecycle_over_http(client: TestClient, db: psycopg.Connection, admin_token: str) -> None:
+    registry.create_device(db, org=1, device=Device(id="D1"), actor="t")
+    with db.transaction():
+        alert_id, created = alerts.raise_alert(
+            db,
+            alerts.NewAlert(
+                org_id=1,
+                episode_key="k1",
+                kind="single",
+                severity=Severity.ALARM,
+                message="above 8 °C for 30 min",
+                started_at=datetime.now(UTC),
+            ),
+        )
+    assert created
+    h = _h(admin_token)
+    assert [a["id"] for a in client.get("/api/v1/alerts?state=open", headers=h).json()] == [alert_id]
+    res = client.post(
+        f"/api/v1/alerts/{alert_id}/close", json={"disposition": "release", "comment": "x"}, headers=h
+    )
+    assert res.status_code == 409  # must be resolved first
+    assert (
+        client.post(f"/api/v1/alerts/{alert_id}/ack", json={"comment": "on it"}, headers=h).json()["state"]
+        == "acknowledged"
+    )
+    assert client.post(f"/api/v1/alerts/{alert_id}/resolve", json={}, headers=h).json()["state"] == "resolved"
+    res = client.post(
+        f"/api/v1/alerts/{alert_id}/close",
+        json={"disposition": "release", "comment": "MKT within label"},
+        headers=h,
+    )
+    assert res.json()["state"] == "closed" and res.json()["disposition"] == "release"
+    history = client.get(f"/api/v1/alerts/{alert_id}", headers=h).json()["history"]
+    assert [e["action"] for e in history] == ["open", "acknowledge", "resolve", "close"]
+    assert history[1]["actor"] == "admin" and history[1]["comment"] == "on it"
+    # Other organizations cannot see it.
+    other = auth.create_organization(db, "acme", "Acme")
+    acme = auth.create_token(db, org=other, name="acme-admin", role=Role.ADMIN, actor="t")
+    assert client.get(f"/api/v1/alerts/{alert_id}", headers=_h(acme)).status_code == 404
+
+
+def test_dashboard_is_served(client: TestClient) -> None:
+    res = client.get("/dashboard")
+    assert res.status_code == 200 and "Open alerts" in res.text
