@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--data-dir", type=Path, help="where the private servers keep their data (./.coldchain)")
     up.add_argument("--http-port", type=int, help="dashboard and API port (8000)")
     up.add_argument("--mqtt-port", type=int, help="port of the private broker (1883, or a free one)")
-    up.add_argument("--time-scale", type=float, default=60.0, help="demo: simulated seconds per second")
+    up.add_argument("--time-scale", type=float, default=120.0, help="demo: simulated seconds per second")
 
     for name, text in (
         ("ingest", "the MQTT ingest service"),
@@ -127,13 +128,13 @@ def run_platform(settings: Settings, *, demo: bool, mqtt_port: int | None, time_
 
     import psycopg
     import uvicorn
-    from ingest.service import IngestService
-    from rules.service import RulesService
 
     from api.app import create_app
     from coldchain.wire import Topics
     from embedded import MosquittoServer, PostgresServer
     from embedded.process import free_port, port_is_free
+    from ingest.service import IngestService
+    from rules.service import RulesService
     from storage.db import open_pool
     from storage.migrate import migrate
 
@@ -183,11 +184,22 @@ def run_platform(settings: Settings, *, demo: bool, mqtt_port: int | None, time_
         if fresh:
             print(f"  admin token (shown once, also in {data_dir / 'admin-token'}): {token}", flush=True)
         print("Press Ctrl-C to stop.", flush=True)
-        server = uvicorn.Server(
+
+        class _OwnSignalsServer(uvicorn.Server):
+            """uvicorn re-raises the signal it caught after shutting down, which would kill this
+            process before the services and servers below are stopped; we own the signals."""
+
+            @contextlib.contextmanager
+            def capture_signals(self) -> Iterator[None]:
+                yield
+
+        server = _OwnSignalsServer(
             uvicorn.Config(
                 app, host=settings.http_host, port=settings.http_port, log_config=None, access_log=False
             )
         )
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: setattr(server, "should_exit", True))
         server.run()
         print("stopping ...", flush=True)
     print("stopped.", flush=True)
@@ -230,10 +242,9 @@ def _start_demo(dsn: str, mqtt_url: str, topics: Any, time_scale: float) -> Any:
     import time
     from datetime import UTC, datetime, timedelta
 
-    from firmware_sim.fleet import Fleet, LoggerSpec
-
     from coldchain.demo import demo_fleet
     from coldchain.errors import ConflictError
+    from firmware_sim.fleet import Fleet, LoggerSpec
     from storage import registry
     from storage.db import connect
 
@@ -278,10 +289,15 @@ def _start_demo(dsn: str, mqtt_url: str, topics: Any, time_scale: float) -> Any:
         )
         for lg in loggers
     ]
-    fleet = Fleet(
-        mqtt_url=mqtt_url,
-        topics=topics,
-        loggers=specs,
+    fleet = _DemoFleet(
+        lambda scale, begin, seqs: Fleet(
+            mqtt_url=mqtt_url,
+            topics=topics,
+            loggers=specs,
+            time_scale=scale,
+            start_ms=begin,
+            seq_start=seqs,
+        ),
         time_scale=time_scale,
         start_ms=start_ms,
         seq_start=seq_start,
@@ -289,6 +305,39 @@ def _start_demo(dsn: str, mqtt_url: str, topics: Any, time_scale: float) -> Any:
     fleet.start()
     print(f"demo fleet: {len(specs)} loggers on {len(shipments)} shipments, {time_scale:g}x time", flush=True)
     return fleet
+
+
+class _DemoFleet:
+    """Plays the demo fast until simulated time reaches the wall clock, then in real time:
+    a logger never reports readings from the future (ingest would rightly refuse them)."""
+
+    def __init__(self, make: Any, *, time_scale: float, start_ms: int, seq_start: dict[str, int]) -> None:
+        self._make = make
+        self._fleet = make(time_scale, start_ms, seq_start)
+        self._fast = time_scale > 1
+        self._stop = threading.Event()
+        self._watch = threading.Thread(target=self._run, name="demo-clock", daemon=True)
+
+    def start(self) -> None:
+        self._fleet.start()
+        self._watch.start()
+
+    def _run(self) -> None:
+        import time
+
+        while self._fast and not self._stop.wait(1.0):
+            if self._fleet.sim_ms >= int(time.time() * 1000) - 30_000:
+                fast = self._fleet
+                fast.stop()
+                self._fleet = self._make(1.0, fast.sim_ms, fast.next_seq)
+                self._fleet.start()
+                self._fast = False
+                log.info("demo fleet caught up with the clock; now in real time")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._watch.join(timeout=5)
+        self._fleet.stop()
 
 
 def _require(value: str | None, name: str) -> str:

@@ -130,7 +130,7 @@ def decode_batch(payload: bytes, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> Readi
         raise DecodeError(f"payload of {len(payload)} bytes exceeds {max_bytes}", reason="oversize")
     if payload[:3] == BINARY_MAGIC:
         return decode_binary(payload)
-    if payload[:1] in (b"{", b" ", b"\n", b"\t", b"\r"):
+    if payload[:1] in (b"{", b"[", b" ", b"\n", b"\t", b"\r"):
         return decode_json(payload)
     raise DecodeError("payload is neither a JSON object nor a binary batch", reason="bad_format")
 

@@ -136,4 +136,4 @@ def test_alert_lifecycle_over_http(client: TestClient, db: psycopg.Connection, a
 
 def test_dashboard_is_served(client: TestClient) -> None:
     res = client.get("/dashboard")
-    assert res.status_code == 200 and "Open alerts" in res.text
+    assert res.status_code == 200 and "Alerts needing attention" in res.text

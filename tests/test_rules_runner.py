@@ -114,7 +114,7 @@ def test_late_data_is_reevaluated_as_one_pass(db: psycopg.Connection) -> None:
 
 
 def test_silence_raises_and_clears(db: psycopg.Connection) -> None:
-    dev, shp = _setup(db)
+    dev, _ = _setup(db)
     now = T0 + 30 * MIN
     db.execute("UPDATE devices SET last_seen_at = to_timestamp(%s / 1000.0) WHERE key = %s", (now, dev))
     assert check_silence(db, now_ms=now + 4 * MIN) == (0, 0)
