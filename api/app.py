@@ -13,7 +13,7 @@ from psycopg_pool import ConnectionPool
 
 from api import errors
 from api.deps import Conn
-from api.routes import alerts, lots, registry
+from api.routes import alerts, lots, notify, registry
 from coldchain import __version__
 from coldchain.settings import Settings
 from storage.db import open_pool
@@ -56,9 +56,10 @@ def create_app(settings: Settings, *, pool: ConnectionPool | None = None) -> Fas
         conn.execute("SELECT 1")
         return JSONResponse({"status": "ok", "database": "ok", "version": __version__})
 
-    for module in (registry, lots, alerts):
+    for module in (registry, lots, alerts, notify):
         v1.include_router(module.router)
     app.include_router(v1)
+    app.include_router(notify.ack_router)  # /ack/{token}: the signed link is the credential
 
     @app.get("/health", include_in_schema=False)
     def health_root() -> JSONResponse:

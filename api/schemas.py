@@ -43,6 +43,7 @@ class LotIn(_Strict):
     lot: str = Field(examples=["A123"])
     expiry: date | None = None
     quantity: int | None = Field(default=None, ge=0)
+    stability_budget_s: int | None = Field(default=None, ge=0)
 
 
 class AssignmentIn(_Strict):
@@ -56,18 +57,20 @@ class ShipmentCreate(_Strict):
     id: str = Field(examples=["SO-1001"])
     origin: str | None = None
     destination: str | None = None
-    profile: str = "2-8C"
+    profile: str | None = Field(default=None, description="default: the products' default profile, else 2-8C")
     lots: list[LotIn] = []
     devices: list[AssignmentIn] = []
 
-    def to_domain(self, organization: str) -> Shipment:
+    def to_domain(self, organization: str, *, profile: str) -> Shipment:
         return Shipment(
             id=self.id,
             origin=self.origin,
             destination=self.destination,
-            profile=self.profile,
+            profile=profile,
             organization=organization,
-            lots=tuple(ShipmentLot(Lot(x.gtin, x.lot, x.expiry), x.quantity) for x in self.lots),
+            lots=tuple(
+                ShipmentLot(Lot(x.gtin, x.lot, x.expiry, x.stability_budget_s), x.quantity) for x in self.lots
+            ),
             devices=tuple(DeviceAssignment(d.id, d.from_, d.to) for d in self.devices),
         )
 
@@ -109,3 +112,7 @@ def alert_public(alert: Alert) -> dict[str, Any]:
         "assignee": alert.assignee,
         "lots": [{"gtin": g, "lot": lot} for g, lot in alert.lots],
     }
+
+
+class ProductProfileBody(_Strict):
+    profile: str = Field(min_length=1, max_length=64)

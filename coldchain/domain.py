@@ -46,15 +46,22 @@ class Device:
 
 @dataclass(frozen=True, slots=True)
 class Lot:
-    """A production lot of a trade item: GS1 AI (01) GTIN and AI (10) batch/lot, AI (17) expiry."""
+    """A production lot of a trade item: GS1 AI (01) GTIN and AI (10) batch/lot, AI (17) expiry.
+
+    `stability_budget_s` is how long the lot may spend outside its labelled range over its
+    whole journey (from the product's stability data), when known.
+    """
 
     gtin: str
     lot: str
     expiry: date | None = None
+    stability_budget_s: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "gtin", normalize_gtin(self.gtin))
         validate_lot(self.lot)
+        if self.stability_budget_s is not None and self.stability_budget_s < 0:
+            raise ValidationError("stability_budget_s must not be negative", field="stability_budget_s")
 
 
 @dataclass(frozen=True, slots=True)

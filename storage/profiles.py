@@ -76,3 +76,48 @@ def save(conn: psycopg.Connection, *, org: int, profile: AlarmProfile, actor: st
             new=stored.to_dict(),
         )
     return stored
+
+
+FALLBACK_PROFILE = "2-8C"
+
+
+def set_product_default(
+    conn: psycopg.Connection, *, org: int, gtin: str, profile_id: str, actor: str
+) -> None:
+    """Make `profile_id` the default for shipments of this product (GTIN) that name none."""
+    resolve(conn, org=org, profile_id=profile_id)  # it must exist
+    with conn.transaction():
+        old = conn.execute(
+            "SELECT profile_id FROM product_profiles WHERE org_id = %s AND gtin = %s", (org, gtin)
+        ).fetchone()
+        conn.execute(
+            "INSERT INTO product_profiles (org_id, gtin, profile_id) VALUES (%s, %s, %s)"
+            " ON CONFLICT (org_id, gtin) DO UPDATE SET profile_id = EXCLUDED.profile_id, updated_at = now()",
+            (org, gtin, profile_id),
+        )
+        record(
+            conn,
+            org_id=org,
+            actor=actor,
+            action="set_default_profile",
+            entity="product",
+            key=gtin,
+            old={"profile": old[0]} if old else None,
+            new={"profile": profile_id},
+        )
+
+
+def default_for(conn: psycopg.Connection, *, org: int, gtins: list[str]) -> str:
+    """The profile for a shipment that names none: its first product's default, else 2-8 °C.
+
+    Products with different defaults in one shipment are refused: the shipment must name one.
+    """
+    rows = conn.execute(
+        "SELECT DISTINCT profile_id FROM product_profiles WHERE org_id = %s AND gtin = ANY(%s)", (org, gtins)
+    ).fetchall()
+    if len(rows) > 1:
+        found = ", ".join(sorted(r[0] for r in rows))
+        raise ValidationError(
+            f"the shipment's products default to different profiles ({found}); name one", field="profile"
+        )
+    return str(rows[0][0]) if rows else FALLBACK_PROFILE

@@ -58,8 +58,15 @@ def create_device(
             )
     except pg_errors.UniqueViolation:
         raise ConflictError(f"device {device.id!r} is already registered") from None
-    record(conn, org_id=org, actor=actor, action="create", entity="device", key=device.id,
-           new={"kind": device.kind, "interval_s": device.interval_s, "name": device.name})
+    record(
+        conn,
+        org_id=org,
+        actor=actor,
+        action="create",
+        entity="device",
+        key=device.id,
+        new={"kind": device.kind, "interval_s": device.interval_s, "name": device.name},
+    )
     return get_device(conn, org=org, device_id=device.id)
 
 
@@ -91,15 +98,20 @@ def upsert_lot(conn: psycopg.Connection, *, org: int, lot: Lot, actor: str) -> N
     ).fetchone()
     if row is None:
         conn.execute(
-            "INSERT INTO lots (org_id, gtin, lot, expiry) VALUES (%s, %s, %s, %s)",
-            (org, lot.gtin, lot.lot, lot.expiry),
+            "INSERT INTO lots (org_id, gtin, lot, expiry, stability_budget_s) VALUES (%s, %s, %s, %s, %s)",
+            (org, lot.gtin, lot.lot, lot.expiry, lot.stability_budget_s),
         )
-        record(conn, org_id=org, actor=actor, action="create", entity="lot",
-               key=f"{lot.gtin}/{lot.lot}", new={"expiry": _iso(lot.expiry)})
+        record(
+            conn,
+            org_id=org,
+            actor=actor,
+            action="create",
+            entity="lot",
+            key=f"{lot.gtin}/{lot.lot}",
+            new={"expiry": _iso(lot.expiry), "stability_budget_s": lot.stability_budget_s},
+        )
     elif lot.expiry is not None and row[0] is not None and row[0] != lot.expiry:
-        raise ConflictError(
-            f"lot {lot.gtin}/{lot.lot} is registered with expiry {row[0].isoformat()}"
-        )
+        raise ConflictError(f"lot {lot.gtin}/{lot.lot} is registered with expiry {row[0].isoformat()}")
 
 
 def create_shipment(
@@ -111,8 +123,7 @@ def create_shipment(
             row = conn.execute(
                 "INSERT INTO shipments (org_id, id, origin, destination, profile_id, profile_version)"
                 " VALUES (%s, %s, %s, %s, %s, %s) RETURNING key",
-                (org, shipment.id, shipment.origin, shipment.destination, shipment.profile,
-                 profile_version),
+                (org, shipment.id, shipment.origin, shipment.destination, shipment.profile, profile_version),
             ).fetchone()
             assert row is not None
             key = int(row[0])
@@ -127,8 +138,15 @@ def create_shipment(
                 _assign(conn, org=org, shipment_key=key, assignment=assignment)
     except pg_errors.UniqueViolation:
         raise ConflictError(f"shipment {shipment.id!r} already exists") from None
-    record(conn, org_id=org, actor=actor, action="create", entity="shipment", key=shipment.id,
-           new=shipment_document(shipment))
+    record(
+        conn,
+        org_id=org,
+        actor=actor,
+        action="create",
+        entity="shipment",
+        key=shipment.id,
+        new=shipment_document(shipment),
+    )
 
 
 def assign_device(
@@ -137,8 +155,15 @@ def assign_device(
     key = _shipment_key(conn, org=org, shipment_id=shipment_id)
     with conn.transaction():
         _assign(conn, org=org, shipment_key=key, assignment=assignment)
-    record(conn, org_id=org, actor=actor, action="assign_device", entity="shipment", key=shipment_id,
-           new={"device": assignment.device_id, "from": _iso(assignment.start), "to": _iso(assignment.end)})
+    record(
+        conn,
+        org_id=org,
+        actor=actor,
+        action="assign_device",
+        entity="shipment",
+        key=shipment_id,
+        new={"device": assignment.device_id, "from": _iso(assignment.start), "to": _iso(assignment.end)},
+    )
 
 
 def _assign(conn: psycopg.Connection, *, org: int, shipment_key: int, assignment: DeviceAssignment) -> None:
@@ -268,9 +293,7 @@ def shipment_document(shipment: Shipment) -> dict[str, Any]:
             {"gtin": sl.lot.gtin, "lot": sl.lot.lot, "expiry": _iso(sl.lot.expiry), "quantity": sl.quantity}
             for sl in shipment.lots
         ],
-        "devices": [
-            {"id": a.device_id, "from": _iso(a.start), "to": _iso(a.end)} for a in shipment.devices
-        ],
+        "devices": [{"id": a.device_id, "from": _iso(a.start), "to": _iso(a.end)} for a in shipment.devices],
     }
 
 

@@ -170,3 +170,100 @@ def devices_on_shipments(conn: psycopg.Connection) -> list[tuple[SilentDevice, s
         " JOIN shipments s ON s.key = a.shipment_key WHERE a.during @> now()"
     ).fetchall()
     return [(SilentDevice(r[0], r[1], r[2], r[3], r[4], r[5]), r[6], int(r[7])) for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class LegReadings:
+    """One shipment's loggers' readings, for lot figures and evidence."""
+
+    shipment_key: int
+    shipment_id: str
+    profile_id: str
+    profile_version: int
+    loggers: dict[str, tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]]
+
+
+def lot_legs(conn: psycopg.Connection, *, org: int, shipment_keys: list[int]) -> list[LegReadings]:
+    """Every shipment of a lot in time order, with each logger's readings (one per instant)."""
+    shipments = conn.execute(
+        "SELECT key, id, profile_id, profile_version FROM shipments WHERE org_id = %s AND key = ANY(%s)"
+        " ORDER BY created_at, key",
+        (org, shipment_keys),
+    ).fetchall()
+    legs: list[LegReadings] = []
+    for key, shipment_id, profile_id, version in shipments:
+        rows = conn.execute(
+            "SELECT d.id, array_agg((extract(epoch FROM r.t) * 1000)::bigint ORDER BY r.t),"
+            " array_agg(r.c ORDER BY r.t) FROM (SELECT DISTINCT ON (device_key, t) device_key, t, c"
+            " FROM readings WHERE shipment_key = %s ORDER BY device_key, t) r"
+            " JOIN devices d ON d.key = r.device_key GROUP BY d.id ORDER BY d.id",
+            (key,),
+        ).fetchall()
+        legs.append(
+            LegReadings(
+                shipment_key=key,
+                shipment_id=shipment_id,
+                profile_id=profile_id,
+                profile_version=int(version),
+                loggers={
+                    dev: (np.array(t, dtype=np.int64), np.array(c, dtype=np.float64)) for dev, t, c in rows
+                },
+            )
+        )
+    return legs
+
+
+@dataclass(frozen=True, slots=True)
+class DataLoss:
+    """A gap in a device's batch sequence, with the shipment the device was on when it was found."""
+
+    event_id: int
+    org_id: int
+    device_key: int
+    device_id: str
+    shipment_key: int | None
+    from_seq: int
+    to_seq: int
+    missing: int
+    recovered: int
+    resolved: bool
+
+
+def data_loss_to_alert(conn: psycopg.Connection, *, limit: int = 500) -> list[DataLoss]:
+    """Open gaps with no alert yet, and resolved gaps whose alert is still open."""
+    rows = conn.execute(
+        "SELECT e.id, e.org_id, e.device_key, d.id,"
+        " (SELECT a.shipment_key FROM device_assignments a WHERE a.device_key = e.device_key"
+        "   AND a.during @> e.detected_at LIMIT 1),"
+        " e.from_seq, e.to_seq, e.missing, e.recovered, e.resolved_at IS NOT NULL"
+        " FROM data_loss_events e JOIN devices d ON d.key = e.device_key"
+        " LEFT JOIN alerts al ON al.org_id = e.org_id AND al.episode_key = 'loss:' || e.id"
+        " WHERE (e.resolved_at IS NULL AND al.id IS NULL)"
+        "    OR (e.resolved_at IS NOT NULL AND al.state IN ('open', 'acknowledged'))"
+        " ORDER BY e.id LIMIT %s",
+        (limit,),
+    ).fetchall()
+    return [DataLoss(*r) for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class BatteryReading:
+    org_id: int
+    device_key: int
+    device_id: str
+    shipment_key: int
+    profile_id: str
+    profile_version: int
+    battery_pct: float
+
+
+def batteries_on_shipments(conn: psycopg.Connection) -> list[BatteryReading]:
+    """The last reported battery of every logger on a shipment now (status 'battery' is 0..1)."""
+    rows = conn.execute(
+        "SELECT d.org_id, d.key, d.id, a.shipment_key, s.profile_id, s.profile_version,"
+        " (d.status->>'battery')::float8 * 100"
+        " FROM device_assignments a JOIN devices d ON d.key = a.device_key"
+        " JOIN shipments s ON s.key = a.shipment_key"
+        " WHERE a.during @> now() AND jsonb_typeof(d.status->'battery') = 'number'"
+    ).fetchall()
+    return [BatteryReading(r[0], r[1], r[2], r[3], r[4], int(r[5]), float(r[6])) for r in rows]

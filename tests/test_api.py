@@ -137,3 +137,18 @@ def test_alert_lifecycle_over_http(client: TestClient, db: psycopg.Connection, a
 def test_dashboard_is_served(client: TestClient) -> None:
     res = client.get("/dashboard")
     assert res.status_code == 200 and "Alerts needing attention" in res.text
+
+
+def test_products_default_the_shipment_profile(client: TestClient, admin_token: str) -> None:
+    h = _h(admin_token)
+    res = client.put(f"/api/v1/products/{GTIN}/profile", json={"profile": "15-25C"}, headers=h)
+    assert res.status_code == 200, res.text
+    body = {"id": "SO-CRT", "lots": [{"gtin": GTIN, "lot": "B1"}]}
+    assert client.post("/api/v1/shipments", json=body, headers=h).json()["profile"] == "15-25C"
+    body = {"id": "SO-NAMED", "profile": "frozen-20C", "lots": [{"gtin": GTIN, "lot": "B2"}]}
+    assert client.post("/api/v1/shipments", json=body, headers=h).json()["profile"] == "frozen-20C"
+    body = {"id": "SO-OTHER", "lots": [{"gtin": "09506000134376", "lot": "C1"}]}
+    assert client.post("/api/v1/shipments", json=body, headers=h).json()["profile"] == "2-8C"
+    assert (
+        client.put(f"/api/v1/products/{GTIN}/profile", json={"profile": "nope"}, headers=h).status_code == 404
+    )

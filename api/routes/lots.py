@@ -12,7 +12,8 @@ from api.deps import Caller, Conn
 from api.schemas import alert_public
 from coldchain.errors import ValidationError
 from coldchain.gs1 import digital_link, normalize_gtin
-from storage import alerts, readings, registry
+from rules.lot_figures import Leg, LoggerSeries, lot_figures
+from storage import alerts, profiles, readings, registry, rules_store
 
 router = APIRouter()
 _BUCKET = re.compile(r"^(\d{1,6})(s|m|h|d)$")
@@ -33,6 +34,17 @@ def parse_bucket(text: str | None) -> timedelta | None:
 def get_lot(gtin: str, lot: str, conn: Conn, caller: Caller) -> dict[str, Any]:
     rec = registry.get_lot(conn, org=caller.org_id, gtin=normalize_gtin(gtin), lot=lot)
     excursions = alerts.list_alerts(conn, org=caller.org_id, shipment_keys=list(rec.shipment_keys))
+    legs = [
+        Leg(
+            shipment_id=leg.shipment_id,
+            profile=profiles.resolve(
+                conn, org=caller.org_id, profile_id=leg.profile_id, version=leg.profile_version
+            ),
+            loggers=tuple(LoggerSeries(dev, t, c) for dev, (t, c) in leg.loggers.items()),
+        )
+        for leg in rules_store.lot_legs(conn, org=caller.org_id, shipment_keys=list(rec.shipment_keys))
+    ]
+    figures = lot_figures(legs, stability_budget_s=rec.stability_budget_s)
     return {
         "gtin": rec.lot.gtin,
         "lot": rec.lot.lot,
@@ -41,6 +53,12 @@ def get_lot(gtin: str, lot: str, conn: Conn, caller: Caller) -> dict[str, Any]:
         "shipments": list(rec.shipments),
         "devices": list(rec.devices),
         "excursions": [alert_public(a) for a in excursions],
+        "mkt_c": figures.mkt_c,
+        "time_out_of_range_s": figures.time_out_of_range_s,
+        "outside_labelled_range_s": figures.outside_labelled_range_s,
+        "stability_budget_s": figures.stability_budget_s,
+        "stability_budget_remaining_s": figures.stability_budget_remaining_s,
+        "worst_logger_per_shipment": figures.worst_logger,
     }
 
 

@@ -7,9 +7,10 @@ from typing import Any
 from fastapi import APIRouter, Body, status
 
 from api.deps import Caller, Conn
-from api.schemas import DeviceCreate, DevicePublic, ShipmentCreate
+from api.schemas import DeviceCreate, DevicePublic, ProductProfileBody, ShipmentCreate
 from coldchain.access import Permission
 from coldchain.alarm_profile import AlarmProfile
+from coldchain.gs1 import normalize_gtin
 from storage import profiles, registry
 from storage.registry import DeviceRecord, ShipmentRecord, shipment_document
 
@@ -60,7 +61,9 @@ def get_device(device_id: str, conn: Conn, caller: Caller) -> DevicePublic:
 @router.post("/shipments", status_code=status.HTTP_201_CREATED)
 def create_shipment(body: ShipmentCreate, conn: Conn, caller: Caller) -> dict[str, Any]:
     caller.require(Permission.REGISTER)
-    shipment = body.to_domain(caller.organization)
+    gtins = [normalize_gtin(x.gtin) for x in body.lots]
+    chosen = body.profile or profiles.default_for(conn, org=caller.org_id, gtins=gtins)
+    shipment = body.to_domain(caller.organization, profile=chosen)
     with conn.transaction():
         profile = profiles.resolve(conn, org=caller.org_id, profile_id=shipment.profile)
         registry.create_shipment(
@@ -99,3 +102,14 @@ def create_profile(conn: Conn, caller: Caller, body: dict[str, Any] = Body(...))
     caller.require(Permission.REGISTER)
     profile = AlarmProfile.from_dict({**body, "version": body.get("version", 1)})
     return profiles.save(conn, org=caller.org_id, profile=profile, actor=caller.name).to_dict()
+
+
+@router.put("/products/{gtin}/profile")
+def set_product_profile(gtin: str, body: ProductProfileBody, conn: Conn, caller: Caller) -> dict[str, Any]:
+    """The alarm profile shipments of this product travel under when they name none."""
+    caller.require(Permission.REGISTER)
+    normalized = normalize_gtin(gtin)
+    profiles.set_product_default(
+        conn, org=caller.org_id, gtin=normalized, profile_id=body.profile, actor=caller.name
+    )
+    return {"gtin": normalized, "profile": body.profile}

@@ -12,3 +12,12 @@ CREATE TABLE rule_series_state (
     updated_at      timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (shipment_key, device_key)
 );
+
+-- The alarm profile a product travels under unless its shipment names one.
+CREATE TABLE product_profiles (
+    org_id      smallint NOT NULL REFERENCES organizations,
+    gtin        char(14) NOT NULL CHECK (gtin ~ '^[0-9]{14}$'),
+    profile_id  text NOT NULL,
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (org_id, gtin)
+);

@@ -1,0 +1,103 @@
+"""Device conditions that are alarms too: lost data (a gap in the batch sequence) and a low
+battery. Checked on a schedule from what ingest recorded; each condition is one alert per episode."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+import psycopg
+
+from coldchain.domain import AlertState, Severity
+from storage import alerts, profiles, rules_store
+from storage.alerts import NewAlert
+
+log = logging.getLogger(__name__)
+BATTERY_RECOVERY_MARGIN_PCT = 5.0
+
+
+def check_data_loss(conn: psycopg.Connection) -> tuple[int, int]:
+    """Raise an alert per sequence gap and resolve it when the missing batches arrive."""
+    raised = resolved = 0
+    with conn.transaction():
+        for gap in rules_store.data_loss_to_alert(conn):
+            key = f"loss:{gap.event_id}"
+            if gap.resolved:
+                found = conn.execute(
+                    "SELECT id, state FROM alerts WHERE org_id = %s AND episode_key = %s", (gap.org_id, key)
+                ).fetchone()
+                if found and AlertState(found[1]) in (AlertState.OPEN, AlertState.ACKNOWLEDGED):
+                    alerts.transition(
+                        conn,
+                        org=gap.org_id,
+                        alert_id=int(found[0]),
+                        action="resolve",
+                        actor="rules",
+                        comment="the missing batches arrived",
+                    )
+                    resolved += 1
+                continue
+            what = (
+                f"batch {gap.from_seq}"
+                if gap.from_seq == gap.to_seq
+                else f"batches {gap.from_seq}-{gap.to_seq}"
+            )
+            _, opened = alerts.raise_alert(
+                conn,
+                NewAlert(
+                    org_id=gap.org_id,
+                    episode_key=key,
+                    kind="data_loss",
+                    severity=Severity.WARNING,
+                    message=f"{gap.device_id}: {what} never arrived ({gap.missing} missing)",
+                    device_key=gap.device_key,
+                    shipment_key=gap.shipment_key,
+                    started_at=datetime.now(UTC),
+                ),
+            )
+            raised += int(opened)
+    return raised, resolved
+
+
+def check_batteries(conn: psycopg.Connection, *, now_ms: int) -> tuple[int, int]:
+    """Raise a low-battery alert under the profile's threshold; resolve it once clearly above."""
+    raised = resolved = 0
+    with conn.transaction():
+        for battery in rules_store.batteries_on_shipments(conn):
+            profile = profiles.resolve(
+                conn, org=battery.org_id, profile_id=battery.profile_id, version=battery.profile_version
+            )
+            if profile.low_battery_pct is None:
+                continue
+            prefix = f"battery:{battery.device_key}:"
+            current = rules_store.open_episode_alerts(conn, org_id=battery.org_id, prefix=prefix)
+            if battery.battery_pct < profile.low_battery_pct and not current:
+                _, opened = alerts.raise_alert(
+                    conn,
+                    NewAlert(
+                        org_id=battery.org_id,
+                        episode_key=f"{prefix}{now_ms}",
+                        kind="low_battery",
+                        severity=Severity.WARNING,
+                        message=f"{battery.device_id}: battery at {battery.battery_pct:.0f} %"
+                        f" (below {profile.low_battery_pct:g} %)",
+                        device_key=battery.device_key,
+                        shipment_key=battery.shipment_key,
+                        profile_id=profile.id,
+                        profile_version=profile.version,
+                        started_at=datetime.fromtimestamp(now_ms / 1000, tz=UTC),
+                    ),
+                )
+                raised += int(opened)
+            elif battery.battery_pct >= profile.low_battery_pct + BATTERY_RECOVERY_MARGIN_PCT:
+                for alert_id, _ in current.values():
+                    alerts.transition(
+                        conn,
+                        org=battery.org_id,
+                        alert_id=alert_id,
+                        action="resolve",
+                        actor="rules",
+                        comment=f"battery back at {battery.battery_pct:.0f} %",
+                    )
+                    resolved += 1
+    return raised, resolved
