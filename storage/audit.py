@@ -62,7 +62,15 @@ def trail(conn: psycopg.Connection, org_id: int, entity: str, key: str) -> list[
         (org_id, entity, key),
     ).fetchall()
     return [
-        {"id": r[0], "at": r[1], "actor": r[2], "action": r[3], "old": r[4], "new": r[5],
-         "reason": r[6], "hash": bytes(r[7]).hex()}
+        {
+            "id": r[0],
+            "at": r[1],
+            "actor": r[2],
+            "action": r[3],
+            "old": r[4],
+            "new": r[5],
+            "reason": r[6],
+            "hash": bytes(r[7]).hex(),
+        }
         for r in rows
     ]

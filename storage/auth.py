@@ -48,16 +48,21 @@ def create_token(
         " ON CONFLICT (token_hash) DO NOTHING",
         (org, name, role.value, token_digest(value)),
     )
-    record(conn, org_id=org, actor=actor, action="create", entity="api_token", key=name,
-           new={"name": name, "role": role.value})
+    record(
+        conn,
+        org_id=org,
+        actor=actor,
+        action="create",
+        entity="api_token",
+        key=name,
+        new={"name": name, "role": role.value},
+    )
     return value
 
 
 def ensure_token(conn: psycopg.Connection, *, org: int, name: str, role: Role, token: str) -> bool:
     """Register `token` unless its digest is known already; True when it was added now."""
-    known = conn.execute(
-        "SELECT 1 FROM api_tokens WHERE token_hash = %s", (token_digest(token),)
-    ).fetchone()
+    known = conn.execute("SELECT 1 FROM api_tokens WHERE token_hash = %s", (token_digest(token),)).fetchone()
     if known:
         return False
     create_token(conn, org=org, name=name, role=role, actor="system", token=token)

@@ -17,9 +17,7 @@ _LOCK_ID = 0x636F6C64  # "cold"
 
 
 def timescale_available(conn: psycopg.Connection) -> bool:
-    row = conn.execute(
-        "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"
-    ).fetchone()
+    row = conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'").fetchone()
     return row is not None
 
 
