@@ -60,7 +60,7 @@ class MosquittoServer:
             "persistence true",
             f"persistence_location {self.data_dir / 'persistence'}/",
             "autosave_interval 30",
-            "max_inflight_messages 1000",
+            "max_inflight_messages 10000",
             "max_queued_messages 1000000",
             "max_queued_bytes 0",
             "max_packet_size 2097152",

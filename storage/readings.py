@@ -36,6 +36,7 @@ class KnownDevice:
     interval_s: int
     last_seq: int | None
     assignments: tuple[Assignment, ...]
+    clock_offset_ms: int | None = None
 
     def shipments_at(self, t_ms: npt.NDArray[np.int64]) -> npt.NDArray[np.int32]:
         """The shipment key each reading time falls in (-1 where the device was on none)."""
@@ -51,7 +52,7 @@ _OPEN_END_MS = 1 << 62
 def load_devices(conn: psycopg.Connection, device_ids: list[str]) -> dict[str, KnownDevice]:
     """The registered devices among `device_ids`, with their assignment windows."""
     rows = conn.execute(
-        "SELECT d.id, d.key, d.org_id, d.interval_s, d.last_seq,"
+        "SELECT d.id, d.key, d.org_id, d.interval_s, d.last_seq, d.clock_offset_ms,"
         " coalesce(array_agg(a.shipment_key ORDER BY lower(a.during)) FILTER (WHERE a.id IS NOT NULL), '{}'),"
         " coalesce(array_agg((extract(epoch FROM lower(a.during)) * 1000)::bigint ORDER BY lower(a.during))"
         "   FILTER (WHERE a.id IS NOT NULL), '{}'),"
@@ -62,13 +63,14 @@ def load_devices(conn: psycopg.Connection, device_ids: list[str]) -> dict[str, K
         (device_ids,),
     ).fetchall()
     found: dict[str, KnownDevice] = {}
-    for dev_id, key, org, interval, last_seq, shipments, starts, ends in rows:
+    for dev_id, key, org, interval, last_seq, offset, shipments, starts, ends in rows:
         found[dev_id] = KnownDevice(
             id=dev_id,
             key=key,
             org_id=org,
             interval_s=interval,
             last_seq=last_seq,
+            clock_offset_ms=offset,
             assignments=tuple(
                 Assignment(int(s), int(a), int(b) if b is not None else _OPEN_END_MS)
                 for s, a, b in zip(shipments, starts, ends, strict=True)
@@ -96,7 +98,7 @@ class ReadingRows:
     @staticmethod
     def concat(parts: list[ReadingRows]) -> ReadingRows:
         return ReadingRows(
-            *(np.concatenate([getattr(p, f) for p in parts]) for f in ReadingRows.__slots__)  # type: ignore[arg-type]
+            *(np.concatenate([getattr(p, f) for p in parts]) for f in ReadingRows.__slots__)
         )
 
 

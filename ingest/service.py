@@ -1,0 +1,470 @@
+"""The ingest service: MQTT in (paho, QoS 1, persistent session, shared subscription), groups of
+batches out to PostgreSQL, acknowledgements only after the group's commit.
+
+Three threads, so that receiving and writing overlap and the paho loop never waits on the database:
+
+    paho-mqtt-...   paho's network loop; on_message only appends the raw message to the inbox
+    ingest-decode   takes up to `ingest_group_max_batches` messages (or what came within
+                    `ingest_group_max_wait_ms`), decodes them, hands the group on
+    ingest-writer   one transaction per group (ingest.writer), commit, then PUBACK every message
+                    of the group; polls the quarantine for devices registered since
+
+The broker never has more than `receive_maximum` unacknowledged messages out to us (MQTT v5
+Receive Maximum), so the inbox is bounded and a stalled database pushes back on the broker, which
+keeps the messages in the session until we catch up.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from types import TracebackType
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import psycopg
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from coldchain.errors import ConfigurationError
+from coldchain.mqtt_url import BrokerAddress
+from coldchain.settings import Settings
+from coldchain.wire import Topics
+from ingest.core import Limits, Message, MessageKind, Prepared, decode_message
+from ingest.metrics import IngestMetrics
+from ingest.writer import GroupResult, GroupWriter, wall_clock_ms
+from storage import ingest_store
+from storage.db import connect
+
+log = logging.getLogger(__name__)
+
+SESSION_EXPIRY_S = 7 * 86_400
+RELEASE_POLL_S = 1.0
+_STOP = object()
+
+
+@dataclass(slots=True)
+class IngestStats:
+    """Running totals since start (a snapshot is returned by IngestService.stats)."""
+
+    received: int = 0
+    stored: int = 0  # readings committed
+    batches: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    quarantined: int = 0
+    released: int = 0
+    statuses: int = 0
+    gaps: int = 0
+    groups: int = 0
+    db_errors: int = 0
+
+    def add(self, result: GroupResult) -> None:
+        self.stored += result.readings
+        self.batches += result.batches
+        self.duplicates += result.duplicates
+        self.dead_letters += result.dead_letters
+        self.quarantined += result.quarantined
+        self.released += result.released
+        self.statuses += result.statuses
+        self.gaps += result.gaps
+        self.groups += 1
+
+    def copy(self) -> IngestStats:
+        return IngestStats(**{f.name: getattr(self, f.name) for f in fields(self)})
+
+
+class IngestService:
+    """One ingest worker. Several may run against the same broker: they share the subscription."""
+
+    def __init__(
+        self,
+        *,
+        dsn: str,
+        mqtt_url: str,
+        topics: Topics,
+        settings: Settings | None = None,
+        client_id: str | None = None,
+        metrics_port: int | None = None,
+        receive_maximum: int | None = None,
+    ) -> None:
+        self.settings = settings if settings is not None else Settings()
+        self.dsn = dsn
+        self.broker = BrokerAddress.parse(mqtt_url)
+        self.topics = topics
+        self.client_id = client_id or f"coldchain-ingest-{socket.gethostname()}"
+        self.metrics_port = metrics_port
+        self.limits = Limits.from_settings(self.settings)
+        self.group_max = max(1, self.settings.ingest_group_max_batches)
+        self.group_wait_s = max(0, self.settings.ingest_group_max_wait_ms) / 1000
+        # Two groups' worth in flight: one being written while the next one arrives.
+        self.receive_maximum = min(65_535, receive_maximum or max(100, 2 * self.group_max))
+        self.metrics = IngestMetrics()
+        self._writer = GroupWriter(limits=self.limits)
+        self._stats = IngestStats()
+        self._stats_lock = threading.Lock()
+        self._inbox: queue.Queue[Message] = queue.Queue(maxsize=2 * self.receive_maximum + 1000)
+        self._groups: queue.Queue[Any] = queue.Queue(maxsize=2)
+        self._ack_lock = threading.Lock()
+        self._generation = 0
+        self._ready = threading.Event()
+        self._stopping = threading.Event()
+        self._abort = threading.Event()
+        self._client: mqtt.Client | None = None
+        self._conn: psycopg.Connection | None = None
+        self._threads: list[threading.Thread] = []
+        self._first_receive = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def stats(self) -> IngestStats:
+        with self._stats_lock:
+            return self._stats.copy()
+
+    def start(self) -> IngestService:
+        """Connect and start the threads; returns at once (see wait_ready)."""
+        if self._threads:
+            raise RuntimeError("ingest service already started")
+        if self.metrics_port is not None:
+            self.metrics.serve(self.metrics_port)
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=MQTTProtocolVersion.MQTTv5,
+            manual_ack=True,
+        )
+        if self.broker.username:
+            client.username_pw_set(self.broker.username, self.broker.password)
+        if self.broker.tls:
+            client.tls_set()
+        # Reconnect quickly: Mosquitto (2.0.x) does not restore shared subscriptions from its
+        # persistence file, so after a broker restart readings published before the first worker
+        # has subscribed again have no subscriber (docs/ingest.md, "Broker restarts").
+        client.reconnect_delay_set(min_delay=0.1, max_delay=1)  # type: ignore[arg-type]
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        props.ReceiveMaximum = self.receive_maximum
+        client.connect_async(
+            self.broker.host, self.broker.port, keepalive=30, clean_start=False, properties=props
+        )
+        self._client = client
+        self._threads = [
+            threading.Thread(target=self._decode_loop, name="ingest-decode", daemon=True),
+            threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+        # paho's own thread (named paho-mqtt-client-<id>): paho only treats acks sent from other
+        # threads as thread-safe when it runs the loop itself.
+        client.loop_start()
+        log.info(
+            "ingest %s started on %s, topics %s", self.client_id, self.broker.display(),
+            self.topics.shared_readings(),
+        )
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> bool:
+        """Block until the subscriptions are in place (True) or the timeout passes (False)."""
+        return self._ready.wait(timeout)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Drain: write and acknowledge what was received, then disconnect (the session stays)."""
+        if not self._threads:
+            return
+        self._stopping.set()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.1, deadline - time.monotonic()))
+        if any(t.is_alive() for t in self._threads):
+            log.warning(
+                "ingest did not drain within %.0f s; unacknowledged messages stay with the broker",
+                timeout,
+            )
+            self._abort.set()
+            for thread in self._threads:
+                thread.join(5)
+        client = self._client
+        if client is not None:
+            client.disconnect()
+            client.loop_stop()
+        self._threads = []
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        self.metrics.close()
+        log.info("ingest %s stopped", self.client_id, extra={"count": self.stats.stored})
+
+    def __enter__(self) -> IngestService:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ MQTT callbacks (paho thread)
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags,
+        reason: ReasonCode, properties: Properties | None,
+    ) -> None:
+        if reason.is_failure:
+            log.error("broker refused the connection: %s", reason)
+            return
+        with self._ack_lock:
+            self._generation += 1
+        log.info("connected to %s (session present: %s)", self.broker.display(), flags.session_present)
+        client.subscribe(
+            [
+                (self.topics.shared_readings(), SubscribeOptions(qos=1)),
+                (self.topics.all_status, SubscribeOptions(qos=1)),
+            ]
+        )
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: mqtt.DisconnectFlags,
+        reason: ReasonCode, properties: Properties | None,
+    ) -> None:
+        # Acks of messages received on the lost connection must not go out on the next one: the
+        # broker redelivers those messages, maybe under packet ids reused since.
+        with self._ack_lock:
+            self._generation += 1
+        if not self._stopping.is_set():
+            log.warning("lost the broker (%s); reconnecting", reason)
+
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int,
+        reasons: list[ReasonCode], properties: Properties | None,
+    ) -> None:
+        if any(r.is_failure for r in reasons):
+            log.error("subscription refused: %s", [str(r) for r in reasons])
+            return
+        self._ready.set()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            topic = msg.topic
+            kind: MessageKind = "status" if topic.endswith("/status") else "readings"
+            self._inbox.put(
+                Message(
+                    topic=topic, payload=bytes(msg.payload), received_ms=wall_clock_ms(),
+                    kind=kind, mid=msg.mid, qos=msg.qos, generation=self._generation,
+                )
+            )
+            if not self._first_receive:
+                self._first_receive = True
+                self.metrics.first_receive.set(time.time())
+        except Exception:  # never let a callback error stop paho's loop
+            log.exception("could not take a message in")
+
+    # ------------------------------------------------------------------ decode stage
+
+    def _decode_loop(self) -> None:
+        inbox = self._inbox
+        while True:
+            try:
+                first = inbox.get(timeout=0.1)
+            except queue.Empty:
+                if self._stopping.is_set():
+                    break
+                continue
+            group = [first]
+            deadline = time.monotonic() + self.group_wait_s
+            while len(group) < self.group_max:
+                try:
+                    group.append(inbox.get_nowait())
+                except queue.Empty:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or self._stopping.is_set():
+                        break
+                    try:
+                        group.append(inbox.get(timeout=remaining))
+                    except queue.Empty:
+                        break
+            with self._stats_lock:
+                self._stats.received += len(group)
+            self.metrics.queue_depth.set(inbox.qsize())
+            prepared = [
+                Prepared(m, decode_message(m, topics=self.topics, limits=self.limits)) for m in group
+            ]
+            for m in group:
+                self.metrics.messages.labels(m.kind).inc()
+            self._put_group(prepared)
+        self._put_group(_STOP)
+
+    def _put_group(self, item: Any) -> None:
+        while True:
+            try:
+                self._groups.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                if self._abort.is_set():
+                    return
+
+    # ------------------------------------------------------------------ write stage
+
+    def _write_loop(self) -> None:
+        next_release = time.monotonic()
+        while not self._abort.is_set():
+            try:
+                group = self._groups.get(timeout=0.2)
+            except queue.Empty:
+                group = None
+            if group is _STOP:
+                break
+            if group:
+                self._commit(group)
+            if time.monotonic() >= next_release and not self._stopping.is_set():
+                next_release = time.monotonic() + RELEASE_POLL_S
+                self._release_held()
+
+    def _connection(self) -> psycopg.Connection:
+        """The writer's connection, reopened with jittered backoff after a failure."""
+        delay = 0.2
+        while self._conn is None or self._conn.closed:
+            try:
+                self._conn = connect(self.dsn)
+                self._conn.execute("SET synchronous_commit = on")
+                self._conn.commit()
+            except psycopg.OperationalError as exc:
+                if self._abort.is_set():
+                    raise
+                log.warning("database unavailable (%s); retrying in %.1f s", exc, delay)
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 5.0)
+        return self._conn
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def _commit(self, group: Sequence[Prepared]) -> None:
+        started = time.monotonic()
+        delay = 0.2
+        while True:
+            try:
+                conn = self._connection()
+                try:
+                    result = self._writer.write(conn, group)
+                except psycopg.OperationalError:
+                    raise
+                except Exception as exc:  # a poison message: find it, store it as a dead letter
+                    log.warning("group of %d failed (%s); storing one by one", len(group), exc)
+                    result = self._one_by_one(conn, group)
+                break
+            except psycopg.OperationalError as exc:
+                self._drop_connection()
+                with self._stats_lock:
+                    self._stats.db_errors += 1
+                self.metrics.db_errors.inc()
+                if self._abort.is_set():
+                    return  # not acknowledged: the broker keeps the messages
+                log.warning("database error (%s); retrying the group in %.1f s", exc, delay)
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 5.0)
+        self._ack(group)
+        elapsed = time.monotonic() - started
+        oldest = min((p.message.received_ms for p in group), default=wall_clock_ms())
+        self.metrics.observe(result, seconds=elapsed, lag_s=(wall_clock_ms() - oldest) / 1000)
+        if result.readings:
+            self.metrics.last_commit.set(time.time())
+        with self._stats_lock:
+            self._stats.add(result)
+        log.debug(
+            "group committed: %d messages, %d readings, %d duplicates, %d dead letters",
+            result.messages, result.readings, result.duplicates, result.dead_letters,
+        )
+
+    def _one_by_one(self, conn: psycopg.Connection, group: Sequence[Prepared]) -> GroupResult:
+        total = GroupResult()
+        for item in group:
+            try:
+                one = self._writer.write(conn, [item])
+            except psycopg.OperationalError:
+                raise
+            except Exception as exc:
+                log.error(
+                    "message on %s cannot be stored: %s", item.message.topic, exc,
+                    extra={"reason": "store_failed"},
+                )
+                one = self._writer.dead_letter_only(
+                    conn, item, reason="store_failed", detail=f"{type(exc).__name__}: {exc}"[:500]
+                )
+            for f in fields(GroupResult):
+                if f.name != "reasons":
+                    setattr(total, f.name, getattr(total, f.name) + getattr(one, f.name))
+            total.reasons.update(one.reasons)
+        return total
+
+    def _ack(self, group: Sequence[Prepared]) -> None:
+        client = self._client
+        if client is None:
+            return
+        with self._ack_lock:
+            generation = self._generation
+            for item in group:
+                m = item.message
+                if m.held_id is None and m.qos > 0 and m.generation == generation:
+                    client.ack(m.mid, m.qos)
+
+    def _release_held(self) -> None:
+        """Move batches held for devices that are registered now through the normal write path."""
+        try:
+            conn = self._connection()
+            with conn.transaction():
+                held = ingest_store.take_releasable(conn)
+                if not held:
+                    return
+                group = [
+                    Prepared(m, decode_message(m, topics=self.topics, limits=self.limits))
+                    for m in (
+                        Message(topic=h.topic, payload=h.payload, received_ms=h.received_ms, held_id=h.id)
+                        for h in held
+                    )
+                ]
+                result = self._writer.write(conn, group)
+            log.info("released %d held batches", result.released, extra={"count": result.released})
+            with self._stats_lock:
+                self._stats.released += result.released
+                self._stats.stored += result.readings
+                self._stats.batches += result.batches
+                self._stats.duplicates += result.duplicates
+                self._stats.dead_letters += result.dead_letters
+            self.metrics.observe(result, seconds=0.0, lag_s=0.0)
+        except psycopg.OperationalError as exc:
+            self._drop_connection()
+            log.warning("quarantine release postponed: %s", exc)
+        except Exception:
+            log.exception("quarantine release failed")
+            self._drop_connection()
+
+
+def run(settings: Settings, stop: threading.Event) -> None:
+    """Run one ingest worker until `stop` is set (the `coldchain ingest` command)."""
+    if not settings.database_url or not settings.mqtt_url:
+        raise ConfigurationError("ingest needs DATABASE_URL and MQTT_URL")
+    service = IngestService(
+        dsn=settings.database_url,
+        mqtt_url=settings.mqtt_url,
+        topics=Topics(prefix=settings.topic_prefix),
+        settings=settings,
+        metrics_port=settings.ingest_metrics_port,
+    )
+    with service:
+        stop.wait()

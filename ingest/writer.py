@@ -1,0 +1,403 @@
+"""One group of prepared messages into PostgreSQL in one transaction: batch dedupe, validation,
+clock correction, lot linking, one binary COPY, and the dead letters, quarantine, data-loss events,
+device state and rules queue that go with it."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+import psycopg
+
+from coldchain.domain import ReadingBatch
+from ingest.core import (
+    FAULT_REASON,
+    ClockTracker,
+    Limits,
+    Message,
+    Prepared,
+    ReadingFault,
+    Rejection,
+    StatusUpdate,
+    account_seqs,
+    check_readings,
+    door_open,
+    extras_json,
+)
+from storage import ingest_store as store
+from storage.readings import FLAG_CLOCK_CORRECTED, FLAG_DOOR_OPEN, FLAG_LATE, ReadingRows, copy_rows
+
+log = logging.getLogger(__name__)
+_I64_MIN = np.iinfo(np.int64).min
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(slots=True)
+class GroupResult:
+    """What one committed group did (the service adds these up into its stats and metrics)."""
+
+    messages: int = 0
+    batches: int = 0
+    readings: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    quarantined: int = 0
+    released: int = 0
+    statuses: int = 0
+    gaps: int = 0
+    late_batches: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass(slots=True)
+class _Known:
+    message: Message
+    batch: ReadingBatch
+    device: store.DeviceState
+
+
+class GroupWriter:
+    """Writes groups; keeps the per-device clock estimate between groups."""
+
+    def __init__(
+        self, *, limits: Limits, clock: ClockTracker | None = None,
+        now_ms: Callable[[], int] = wall_clock_ms,
+    ) -> None:
+        self.limits = limits
+        self.clock = clock or ClockTracker(
+            threshold_ms=limits.clock_correct_ms, evidence_ms=limits.clock_evidence_ms
+        )
+        self.now_ms = now_ms
+
+    def write(self, conn: psycopg.Connection, group: Sequence[Prepared]) -> GroupResult:
+        """Everything of the group, or nothing: one transaction, committed on return."""
+        with conn.transaction():
+            return self._write(conn, group)
+
+    def dead_letter_only(
+        self, conn: psycopg.Connection, item: Prepared, *, reason: str, detail: str
+    ) -> GroupResult:
+        """Store one message as a dead letter (used when storing it failed for a reason of its own)."""
+        device = item.outcome.device if isinstance(item.outcome, ReadingBatch) else None
+        letter = self._letter(item.message, device, reason, detail)
+        with conn.transaction():
+            store.insert_dead_letters(conn, [letter])
+            if item.message.held_id is not None:
+                store.mark_released(conn, [item.message.held_id])
+        result = GroupResult(messages=1, dead_letters=1)
+        result.reasons[reason] += 1
+        return result
+
+    def _letter(
+        self, m: Message, device: str | None, reason: str, detail: str
+    ) -> store.DeadLetterRow:
+        return store.DeadLetterRow(
+            topic=m.topic,
+            device_id=device,
+            reason=reason,
+            detail=detail,
+            payload=m.payload[: self.limits.dead_letter_bytes],
+            payload_size=len(m.payload),
+            received_ms=m.received_ms,
+        )
+
+    def _write(self, conn: psycopg.Connection, group: Sequence[Prepared]) -> GroupResult:
+        result = GroupResult(messages=len(group))
+        decoded: list[tuple[Message, ReadingBatch]] = []
+        letters: list[store.DeadLetterRow] = []
+        statuses: list[tuple[Message, StatusUpdate]] = []
+        for item in group:
+            outcome = item.outcome
+            if isinstance(outcome, ReadingBatch):
+                decoded.append((item.message, outcome))
+            elif isinstance(outcome, Rejection):
+                letters.append(
+                    self._letter(item.message, outcome.device_id, outcome.reason, outcome.detail)
+                )
+            elif isinstance(outcome, StatusUpdate):
+                statuses.append((item.message, outcome))
+
+        names = {b.device for _, b in decoded} | {s.device_id for _, s in statuses}
+        names |= {d.device_id for d in letters if d.device_id is not None}
+        devices = store.lock_devices(conn, sorted(names))
+
+        known: list[_Known] = []
+        held: list[store.QuarantineRow] = []
+        released: list[int] = []
+        seen: set[tuple[int, int]] = set()
+        for m, b in decoded:
+            state = devices.get(b.device)
+            if state is None:
+                if m.held_id is None:  # a released batch whose device went away stays held
+                    held.append(store.QuarantineRow(m.topic, b.device, b.seq, m.payload, m.received_ms))
+                continue
+            if m.held_id is not None:
+                released.append(m.held_id)
+            if (state.key, b.seq) in seen:
+                result.duplicates += 1
+                continue
+            seen.add((state.key, b.seq))
+            known.append(_Known(m, b, state))
+
+        if known:
+            letters.extend(self._write_batches(conn, known, result))
+        store.insert_dead_letters(conn, letters)
+        result.dead_letters = len(letters)
+        result.reasons.update(d.reason for d in letters)
+        store.insert_quarantine(conn, held)
+        result.quarantined = len(held)
+        store.mark_released(conn, released)
+        result.released = len(released)
+        for m, s in statuses:
+            if s.device_id in devices:
+                store.update_status(
+                    conn, device_id=s.device_id, status=s.status, received_ms=m.received_ms
+                )
+                result.statuses += 1
+        return result
+
+    def _write_batches(
+        self, conn: psycopg.Connection, known: list[_Known], result: GroupResult
+    ) -> list[store.DeadLetterRow]:
+        limits = self.limits
+        nb = len(known)
+        counts = np.fromiter((len(k.batch) for k in known), np.int64, nb)
+        starts = np.zeros(nb, dtype=np.int64)
+        np.cumsum(counts[:-1], out=starts[1:])
+        bidx = np.repeat(np.arange(nb), counts)
+        t_dev = np.concatenate([k.batch.t_ms for k in known])
+        celsius = np.concatenate([k.batch.celsius for k in known])
+        rh = np.concatenate([k.batch.rh for k in known])
+        dev_b = np.fromiter((k.device.key for k in known), np.int32, nb)
+        org_b = np.fromiter((k.device.org_id for k in known), np.int16, nb)
+        seq_b = np.fromiter((k.batch.seq for k in known), np.int64, nb)
+        recv_b = np.fromiter((k.message.received_ms for k in known), np.int64, nb)
+        sent_b = np.fromiter((k.batch.sent_ms for k in known), np.int64, nb)
+        last_b = np.fromiter(
+            (-1 if k.device.last_seq is None else k.device.last_seq for k in known), np.int64, nb
+        )
+
+        # Clock: the device's filtered offset, when there is evidence enough to apply it.
+        applied_b = np.fromiter(
+            (
+                self.clock.observe(
+                    k.device.key, received_ms=k.message.received_ms, sent_ms=k.batch.sent_ms,
+                    seed=k.device.clock_offset_ms,
+                )
+                for k in known
+            ),
+            np.int64, nb,
+        )
+        corrected_b = applied_b != 0
+
+        t, fault = check_readings(
+            t_device_ms=t_dev, offset_ms=applied_b[bidx], celsius=celsius, rh=rh,
+            now_ms=self.now_ms(), limits=limits,
+        )
+        ok = fault == ReadingFault.OK
+        kept_b = np.bincount(bidx[ok], minlength=nb)
+        newest_b = np.full(nb, _I64_MIN, dtype=np.int64)
+        nonempty = counts > 0
+        if nonempty.any():
+            newest_b[nonempty] = np.maximum.reduceat(
+                np.where(ok, t, _I64_MIN), starts[nonempty]
+            )
+        late_b = ((last_b >= 0) & (seq_b < last_b)) | (
+            (kept_b > 0) & (recv_b - newest_b > limits.late_after_ms)
+        )
+
+        inserted = store.insert_batches(
+            conn,
+            store.BatchRows(
+                device_key=dev_b, seq=seq_b, org_id=org_b, received_ms=recv_b, sent_ms=sent_b,
+                readings=kept_b.astype(np.int32), clock_offset_ms=applied_b, late=late_b,
+                extras=[extras_json(k.batch) for k in known],
+            ),
+        )
+        new_b = np.fromiter(
+            ((int(d), int(s)) in inserted for d, s in zip(dev_b, seq_b, strict=True)), bool, nb
+        )
+        result.duplicates += int(nb - new_b.sum())
+        result.batches = int(new_b.sum())
+        result.late_batches = int((late_b & new_b).sum())
+
+        letters = self._reading_letters(known, bidx, fault, new_b)
+        rows_mask = ok & new_b[bidx]
+        n_rows = int(rows_mask.sum())
+        if n_rows:
+            flags_b = (np.where(late_b, FLAG_LATE, 0) | np.where(corrected_b, FLAG_CLOCK_CORRECTED, 0))
+            flags = flags_b.astype(np.int16)[bidx]
+            for i, k in enumerate(known):
+                door = door_open(k.batch) if new_b[i] else None
+                if door is not None:
+                    flags[starts[i] : starts[i] + counts[i]] |= np.where(door, FLAG_DOOR_OPEN, 0).astype(
+                        np.int16
+                    )
+            shipment = self._link(conn, known, t, bidx, starts, counts, rows_mask, new_b & (kept_b > 0))
+            rows = ReadingRows(
+                org_id=org_b[bidx][rows_mask],
+                device_key=dev_b[bidx][rows_mask],
+                shipment_key=shipment[rows_mask],
+                seq=seq_b[bidx][rows_mask],
+                t_ms=t[rows_mask],
+                celsius=celsius[rows_mask].astype(np.float32),
+                rh=rh[rows_mask].astype(np.float32),
+                flags=flags[rows_mask],
+            )
+            copy_rows(conn, rows)
+            result.readings = n_rows
+            self._enqueue_rules(conn, rows, late_b[bidx][rows_mask])
+
+        self._account(conn, known, new_b, result)
+        return letters
+
+    def _reading_letters(
+        self,
+        known: list[_Known],
+        bidx: npt.NDArray[np.int64],
+        fault: npt.NDArray[np.uint8],
+        new_b: npt.NDArray[np.bool_],
+    ) -> list[store.DeadLetterRow]:
+        """One dead letter per new batch and fault kind, naming the refused readings."""
+        bad = np.nonzero((fault != ReadingFault.OK) & new_b[bidx])[0]
+        if not len(bad):
+            return []
+        letters: list[store.DeadLetterRow] = []
+        keys = bidx[bad] * 8 + fault[bad]
+        uniq, first, n = np.unique(keys, return_index=True, return_counts=True)
+        for key, lo, count in zip(uniq.tolist(), first.tolist(), n.tolist(), strict=True):
+            b, code = divmod(key, 8)
+            k = known[b]
+            base = int(np.searchsorted(bidx, b))
+            idx = (bad[lo : lo + count] - base)[:20].tolist()
+            detail = (
+                f"{count} of {len(k.batch)} readings refused ({FAULT_REASON[ReadingFault(code)]})"
+                f" at index {idx}{' ...' if count > 20 else ''}; batch seq {k.batch.seq}"
+            )
+            letters.append(
+                self._letter(k.message, k.batch.device, FAULT_REASON[ReadingFault(code)], detail)
+            )
+        return letters
+
+    def _link(
+        self,
+        conn: psycopg.Connection,
+        known: list[_Known],
+        t: npt.NDArray[np.int64],
+        bidx: npt.NDArray[np.int64],
+        starts: npt.NDArray[np.int64],
+        counts: npt.NDArray[np.int64],
+        rows_mask: npt.NDArray[np.bool_],
+        linked_b: npt.NDArray[np.bool_],
+    ) -> npt.NDArray[np.int32]:
+        """The shipment of every reading (-1: none), from assignment windows read in this transaction.
+
+        Most batches lie inside one window, so the whole batch is labelled at once; only a batch
+        that straddles a window edge is labelled reading by reading.
+        """
+        shipment = np.full(len(t), -1, dtype=np.int32)
+        t_ok = t[rows_mask]
+        keys = sorted({known[i].device.key for i in np.nonzero(linked_b)[0].tolist()})
+        windows = store.load_assignments(
+            conn, keys, start_ms=int(t_ok.min()), end_ms=int(t_ok.max())
+        )
+        if not windows:
+            return shipment
+        masked_hi = np.where(rows_mask, t, _I64_MIN)
+        nonempty = counts > 0
+        lo_b = np.zeros(len(known), dtype=np.int64)
+        hi_b = np.zeros(len(known), dtype=np.int64)
+        big = np.where(rows_mask, t, np.iinfo(np.int64).max)
+        lo_b[nonempty] = np.minimum.reduceat(big, starts[nonempty])
+        hi_b[nonempty] = np.maximum.reduceat(masked_hi, starts[nonempty])
+        for i in np.nonzero(linked_b)[0].tolist():
+            assignments = windows.get(known[i].device.key)
+            if not assignments:
+                continue
+            lo, hi = int(lo_b[i]), int(hi_b[i])
+            s, n = int(starts[i]), int(counts[i])
+            whole = next((a for a in assignments if a.start_ms <= lo and hi < a.end_ms), None)
+            if whole is not None:
+                shipment[s : s + n] = whole.shipment_key
+            else:
+                part = shipment[s : s + n]
+                for a in assignments:
+                    part[(t[s : s + n] >= a.start_ms) & (t[s : s + n] < a.end_ms)] = a.shipment_key
+        return shipment
+
+    def _enqueue_rules(
+        self, conn: psycopg.Connection, rows: ReadingRows, late: npt.NDArray[np.bool_]
+    ) -> None:
+        """One rules work item per (device, shipment) the group touched, spanning its readings."""
+        key = (rows.device_key.astype(np.int64) << 32) | (rows.shipment_key.astype(np.int64) + 1)
+        uniq, inverse = np.unique(key, return_inverse=True)
+        n = len(uniq)
+        lo = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+        hi = np.full(n, _I64_MIN, dtype=np.int64)
+        np.minimum.at(lo, inverse, rows.t_ms)
+        np.maximum.at(hi, inverse, rows.t_ms)
+        any_late = np.zeros(n, dtype=bool)
+        np.logical_or.at(any_late, inverse, late)
+        org = np.zeros(n, dtype=np.int16)
+        org[inverse] = rows.org_id
+        store.enqueue_rules(
+            conn,
+            store.RuleWork(
+                org_id=org,
+                device_key=(uniq >> 32).astype(np.int32),
+                shipment_key=((uniq & 0xFFFFFFFF) - 1).astype(np.int32),
+                from_ms=lo,
+                to_ms=hi,
+                late=any_late,
+            ),
+        )
+
+    def _account(
+        self,
+        conn: psycopg.Connection,
+        known: list[_Known],
+        new_b: npt.NDArray[np.bool_],
+        result: GroupResult,
+    ) -> None:
+        """Sequence gaps, late fills and the devices' last-seen state, for the new batches."""
+        per_device: dict[int, list[_Known]] = {}
+        for i, k in enumerate(known):
+            if new_b[i]:
+                per_device.setdefault(k.device.key, []).append(k)
+        gaps: list[store.SeqGap] = []
+        fill_keys: list[int] = []
+        fill_seqs: list[int] = []
+        keys: list[int] = []
+        seen_ms: list[int] = []
+        highest: list[int] = []
+        offsets: list[int] = []
+        for key, items in per_device.items():
+            state = items[0].device
+            account = account_seqs(state.last_seq, (k.batch.seq for k in items))
+            for lo, hi in account.gaps:
+                gaps.append(store.SeqGap(state.org_id, key, lo, hi))
+                log.warning(
+                    "device %s skipped batches %d..%d", state.id, lo, hi,
+                    extra={"device": state.id, "seq": lo, "count": hi - lo + 1},
+                )
+            fill_keys += [key] * len(account.fills)
+            fill_seqs += account.fills
+            keys.append(key)
+            seen_ms.append(max(k.message.received_ms for k in items))
+            highest.append(account.highest)
+            current = self.clock.estimate(key)
+            offsets.append(0 if current is None else current)
+        store.record_gaps(conn, gaps)
+        store.recover_gaps(conn, fill_keys, fill_seqs)
+        store.update_devices(
+            conn, device_keys=keys, last_seen_ms=seen_ms, last_seq=highest, clock_offset_ms=offsets
+        )
+        result.gaps = len(gaps)
