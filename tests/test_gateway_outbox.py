@@ -1,0 +1,190 @@
+"""The edge agent's pure parts: outbox sealing/ack/bound policy, local alarm, GPIO output, config."""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from coldchain.errors import ConfigurationError
+from coldchain.wire import DeviceConfig, decode_batch, encode_binary
+from gateway_agent.agent import Agent
+from gateway_agent.alarm import ConsoleOutput, GpioOutput, LocalAlarm, LocalProfile, SysfsGpioPin
+from gateway_agent.clock import ManualClock
+from gateway_agent.config import AgentSettings, DeviceSettings
+from gateway_agent.drivers.base import Sample
+from gateway_agent.outbox import Outbox
+from gateway_agent.publisher import backoff_delays
+
+T0 = 1_795_000_000_000
+
+
+def _samples(device: str, n: int, *, start: int = 0, step_ms: int = 60_000) -> list[Sample]:
+    return [
+        Sample(device, T0 + (start + i) * step_ms, 4.0 + (start + i) % 7 * 0.1, 60.0)
+        for i in range(n)
+    ]
+
+
+def test_seal_assigns_consecutive_seqs_and_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    with Outbox(path) as outbox:
+        assert outbox._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert outbox._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        outbox.add(_samples("A", 25))
+        assert outbox.seal("A", batch_size=10, max_age_s=3600, now_ms=T0) == 2
+        assert outbox.depth("A").raw_readings == 5
+    with Outbox(path) as outbox:  # a restart keeps the numbering and the remainder
+        outbox.add(_samples("A", 5, start=25))
+        assert outbox.seal("A", batch_size=10, max_age_s=3600, now_ms=T0) == 1
+        pending = outbox.pending("A")
+        assert [b.seq for b in pending] == [1, 2, 3]
+        assert np.array_equal(
+            np.concatenate([b.t_ms for b in pending]), [s.t_ms for s in _samples("A", 30)]
+        )
+        outbox.acknowledge([pending[0].id])
+        assert [b.seq for b in outbox.pending("A")] == [2, 3]
+        # The acked seq is never given again.
+        outbox.add(_samples("A", 10, start=30))
+        outbox.seal("A", batch_size=10, max_age_s=3600, now_ms=T0)
+        assert [b.seq for b in outbox.pending("A")] == [2, 3, 4]
+
+
+def test_partial_batch_leaves_by_age_and_seq_floor(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.sqlite3") as outbox:
+        outbox.add(_samples("B", 3))
+        assert outbox.seal("B", batch_size=10, max_age_s=600, now_ms=T0 + 300_000) == 0
+        assert outbox.seal("B", batch_size=10, max_age_s=600, now_ms=T0 + 600_000, seq_floor=500) == 1
+        [batch] = outbox.pending("B")
+        assert (batch.seq, len(batch)) == (500, 3)
+        wire = decode_batch(encode_binary(batch.to_wire(sent_ms=T0)))
+        assert wire.device == "B" and wire.seq == 500 and len(wire) == 3
+
+
+def test_full_outbox_summarises_oldest_readings_never_drops(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.sqlite3", max_readings=1000, summary_bucket_s=900) as outbox:
+        samples = _samples("C", 1500)
+        for i in range(0, 1500, 100):
+            outbox.add(samples[i : i + 100])
+            outbox.seal("C", batch_size=60, max_age_s=86_400, now_ms=T0)
+        depth = outbox.depth("C")
+        assert depth.readings <= 1000
+        pending = outbox.pending("C", limit=1000)
+        assert [b.seq for b in pending] == list(range(1, 26))  # every batch still there
+        # Every original reading is accounted for: raw, or inside a summary's n.
+        counted = 0
+        for batch in pending:
+            for extra in batch.extras or (None,) * len(batch):
+                counted += (extra or {}).get("n", 1)
+        assert counted == 1500
+        first = pending[0]
+        assert first.extras is not None and first.extras[0]["summary"] == 1
+        originals = [s.celsius for s in samples[:15]]  # the first 15-minute bucket
+        assert first.extras[0]["min_c"] == pytest.approx(min(originals))
+        assert first.extras[0]["max_c"] == pytest.approx(max(originals))
+        assert first.celsius[0] == pytest.approx(sum(originals) / 15)
+        assert int(outbox.meta("summarised_readings") or 0) > 0
+
+
+def test_local_alarm_delay_hysteresis_and_outputs(tmp_path: Path) -> None:
+    gpio = tmp_path / "gpio"
+    (gpio / "gpio17").mkdir(parents=True)
+    (gpio / "export").write_text("")
+    console = io.StringIO()
+    alarm = LocalAlarm([ConsoleOutput(console), GpioOutput(SysfsGpioPin(17, root=gpio))])
+    profile = LocalProfile.from_dict(
+        {
+            "id": "2-8C",
+            "future_key": True,
+            "hysteresis_c": 0.5,
+            "limits": [
+                {"id": "H1", "side": "high", "threshold_c": 8.0, "single_event_delay_s": 1800,
+                 "tier": "alarm"},
+                {"id": "L1", "side": "low", "threshold_c": 2.0, "single_event_delay_s": 0},
+                {"id": "CUM", "side": "high", "threshold_c": 8.0, "cumulative_budget_s": 60},
+            ],
+        }
+    )
+    assert [limit.id for limit in profile.limits] == ["H1", "L1"]
+    alarm.set_profile("D", profile)
+    temps = [5.0] + [8.0] * 30 + [8.2, 7.8, 7.4]  # inclusive threshold; 30 min to raise
+    events = []
+    for i, c in enumerate(temps):
+        events += alarm.observe(Sample("D", T0 + i * 60_000, c))
+    assert [(e.limit_id, e.raised, (e.t_ms - T0) // 60_000) for e in events] == [
+        ("H1", True, 31),
+        ("H1", False, 33),  # 7.8 is within the 0.5 hysteresis; 7.4 clears
+    ]
+    assert (gpio / "gpio17" / "value").read_text() == "0"
+    assert (gpio / "gpio17" / "direction").read_text() == "out"
+    alarm.observe(Sample("D", T0 + 40 * 60_000, 1.5))
+    assert alarm.active("D") == ["L1"]
+    assert (gpio / "gpio17" / "value").read_text() == "1"
+    assert "ALARM: D limit L1" in console.getvalue()
+
+
+def test_config_applies_without_restart_and_refuses_bad_settings(tmp_path: Path) -> None:
+    settings = AgentSettings(
+        data_dir=tmp_path,
+        console_alarm=False,
+        devices=(
+            DeviceSettings(id="D1", driver="simulated", profile="2-8C", options={"celsius": 9.0}),
+        ),
+    )
+    clock = ManualClock(T0)
+    with Agent(settings, clock=clock) as agent:
+        assert agent.configs["D1"].profile is not None  # the 2-8C preset until the platform speaks
+        agent.apply_config(
+            "D1",
+            DeviceConfig(version=3, interval_s=30, batch_size=2,
+                         profile={"limits": [{"id": "HX", "side": "high", "threshold_c": 8.5,
+                                              "single_event_delay_s": 0}]}),
+        )
+        agent.sample_once()
+        clock.advance(30)
+        agent.sample_once()
+        assert agent.alarm.active("D1") == ["HX"]
+        assert agent.outbox.depth("D1").batches == 1  # batch size 2 applied
+        snap = agent.refresh_snapshot()
+        assert snap["devices"]["D1"]["config_version"] == 3
+        assert snap["devices"]["D1"]["c"] == 9.0
+    with pytest.raises(ConfigurationError):
+        AgentSettings.from_dict({"device": [{"id": "D1", "driver": "thermocouple"}]})
+    with pytest.raises(ConfigurationError):
+        AgentSettings.from_dict({"mqtt_url": "http://x", "device": []})
+    with pytest.raises(ConfigurationError, match="unknown"):
+        AgentSettings.from_dict({"device": [{"id": "D1", "driver": "simulated", "colour": 1}]})
+
+
+def test_backoff_grows_with_jitter_and_caps() -> None:
+    import random
+
+    delay = backoff_delays(1.0, 60.0, rng=random.Random(4))
+    values = [delay(n) for n in range(12)]
+    assert 0.5 <= values[0] <= 1.0
+    assert all(30.0 <= v <= 60.0 for v in values[7:])
+    assert values[3] > values[0] and not math.isclose(values[9], values[10])
+
+
+def test_local_status_page_serves_text_and_json() -> None:
+    import json
+    import urllib.request
+
+    from gateway_agent.status import StatusServer
+
+    snapshot = {"updated_ms": T0, "alarms": ["D:H1"],
+                "devices": {"D": {"c": 9.5, "t_ms": T0, "alarms": ["H1"], "queue_readings": 3}}}
+    server = StatusServer(port=0, snapshot=lambda: snapshot)
+    server.start()
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        with urllib.request.urlopen(f"{base}/status.json", timeout=5) as resp:
+            assert json.loads(resp.read()) == snapshot
+        with urllib.request.urlopen(f"{base}/", timeout=5) as resp:
+            page = resp.read().decode()
+        assert "ALARM: D:H1" in page and "9.50 °C" in page and "queue 3 readings" in page
+    finally:
+        server.stop()
