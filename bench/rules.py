@@ -1,8 +1,12 @@
-"""Benchmark of the pure rules core: excursion engine throughput and MKT over 10 million readings.
+"""Benchmark of the rules: the pure engine, MKT over 10 million readings, and alert latency.
 
-Prints one JSON line last: {"excursion_samples_per_s": ..., "mkt_10m_samples_s": ...}.
-`pure_figures()` is the part a full-pipeline benchmark calls and extends with its own figures.
-Run: python bench/rules.py [--quick] (numpy is pinned to one thread before it is imported).
+Prints one JSON line last: {"excursion_samples_per_s": ..., "mkt_10m_samples_s": ...,
+"alert_latency_p99_s": ...}. Alert latency is measured through the real pipeline (publisher ->
+Mosquitto -> ingest process -> PostgreSQL -> rules process -> alert row committed, seen by a
+LISTEN on the `alerts` channel, which PostgreSQL delivers at commit) while a background fleet
+publishes at half the pipeline's capacity, measured first in the same run as the rate at which
+ingest stores readings published as fast as they go.
+Run: python bench/rules.py [--quick] [--no-pipeline] (numpy is pinned to one thread).
 """
 
 from __future__ import annotations
@@ -56,9 +60,7 @@ def pure_figures(*, samples: int = 10_000_000, repeats: int = 3) -> dict[str, An
         repeats,
         lambda: evaluate(SensorSeries(series.times_ms, series.temps_c), profile, EngineState()),
     )
-    mkt_s = best_of(
-        repeats, lambda: mean_kinetic_temperature(series.times_ms, series.temps_c)
-    )
+    mkt_s = best_of(repeats, lambda: mean_kinetic_temperature(series.times_ms, series.temps_c))
     return {
         "samples": samples,
         "profile": profile.id,
@@ -69,12 +71,166 @@ def pure_figures(*, samples: int = 10_000_000, repeats: int = 3) -> dict[str, An
     }
 
 
+def alert_latency_figures(*, quick: bool, background_fraction: float = 0.5) -> dict[str, Any]:
+    """p50/p99 from a hot reading's publish to its alert's commit, under half-capacity load."""
+    import subprocess
+    import threading
+
+    import psycopg
+
+    from bench.pipeline import Publisher, fridge_batch, register_fleet, servers, wait_for_rows
+    from coldchain.alarm_profile import AlarmProfile, Limit
+    from coldchain.domain import ReadingBatch, Severity
+    from coldchain.wire import Topics, encode_binary
+
+    topics = Topics()
+    step = 10_000
+    since = (int(time.time() * 1000) // 60_000 - 7 * 24 * 60) * 60_000
+    background = [f"BG-{i:03d}" for i in range(100)]
+    probe_profile = AlarmProfile(
+        id="probe",
+        version=1,
+        name="latency probe",
+        limits=(
+            Limit(id="HOT", side="high", threshold_c=25.0, tier=Severity.CRITICAL, single_event_delay_s=0),
+        ),
+    )
+    with servers(durable=True) as srv:
+        register_fleet(srv.dsn, devices=background, shipment="SO-BG", since_ms=since)
+        register_fleet(
+            srv.dsn, devices=["PROBE-1"], shipment="SO-PROBE", since_ms=since, profile=probe_profile
+        )
+        env = {**os.environ, "DATABASE_URL": srv.dsn, "MQTT_URL": srv.broker.url, "LOG_LEVEL": "WARNING"}
+        root = Path(__file__).resolve().parents[1]
+        ingest = subprocess.Popen(
+            [sys.executable, "-m", "ingest", "--client-id", "bench-ingest"],
+            env=env,
+            cwd=root,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        rules = subprocess.Popen([sys.executable, "-m", "coldchain.cli", "rules"], env=env, cwd=root)
+        try:
+            assert ingest.stdout is not None and "ready" in ingest.stdout.readline()
+            pub = Publisher(srv.broker.port, client_id="bench-publisher")
+            seqs = dict.fromkeys(background, 0)
+            cursor = dict.fromkeys(background, since)
+
+            def batch_for(dev: str) -> bytes:
+                seqs[dev] += 1
+                payload = fridge_batch(dev, seqs[dev], cursor[dev], 50, step_ms=step)
+                cursor[dev] += 50 * step
+                return payload
+
+            # 1. capacity: as fast as the pipeline takes it
+            rounds = 20 if quick else 60
+            started = time.monotonic()
+            for _ in range(rounds):
+                for dev in background:
+                    pub.publish(topics.readings(dev), batch_for(dev))
+            stored = wait_for_rows(srv.dsn, rounds * len(background) * 50)
+            capacity = rounds * len(background) * 50 / (stored - started)
+            with psycopg.connect(srv.dsn) as conn:  # let the rules catch up before probing
+                while (row := conn.execute("SELECT count(*) FROM rule_queue").fetchone()) and row[0]:
+                    time.sleep(0.05)
+
+            # 2. probes under a background load of half that capacity
+            notified: dict[int, float] = {}
+            stop = threading.Event()
+
+            def listen() -> None:
+                with psycopg.connect(srv.dsn, autocommit=True) as conn:
+                    conn.execute("LISTEN alerts")
+                    while not stop.is_set():
+                        for note in conn.notifies(timeout=0.2):
+                            notified.setdefault(int(note.payload), time.monotonic())
+
+            listener = threading.Thread(target=listen, name="bench-listen", daemon=True)
+            listener.start()
+            time.sleep(0.5)
+            duration = 15.0 if quick else 45.0
+            per_s = max(1e-3, capacity * background_fraction / 50)  # background messages a second
+            published: dict[int, float] = {}
+            probe_t = since + 1000
+            began = time.monotonic()
+            next_msg = next_probe = began
+            sent = probe_seq = 0
+            devices = iter(background * 100_000)
+            while time.monotonic() - began < duration:
+                now = time.monotonic()
+                if now >= next_probe:
+                    probe_seq += 1
+                    t = np.array([probe_t, probe_t + 1000], dtype=np.int64)  # back inside, then hot
+                    payload = encode_binary(
+                        ReadingBatch(
+                            device="PROBE-1",
+                            seq=probe_seq,
+                            sent_ms=int(t[-1]),
+                            t_ms=t,
+                            celsius=np.array([5.0, 30.0]),
+                            rh=np.full(2, np.nan),
+                        )
+                    )
+                    published[probe_t + 1000] = time.monotonic()
+                    pub.publish(topics.readings("PROBE-1"), payload)
+                    probe_t += 2000
+                    next_probe += 0.5
+                if now >= next_msg:
+                    dev = next(devices)
+                    pub.publish(topics.readings(dev), batch_for(dev))
+                    sent += 1
+                    next_msg = began + sent / per_s
+                time.sleep(max(0.0, min(next_msg, next_probe) - time.monotonic()))
+            time.sleep(3.0)
+            stop.set()
+            listener.join()
+            with psycopg.connect(srv.dsn) as conn:
+                rows = conn.execute(
+                    "SELECT a.id, (extract(epoch FROM a.started_at) * 1000)::bigint FROM alerts a"
+                    " JOIN devices d ON d.key = a.device_key WHERE d.id = 'PROBE-1'"
+                ).fetchall()
+            if os.environ.get("BENCH_STAGES"):
+                with psycopg.connect(srv.dsn) as conn:
+                    for row in conn.execute(
+                        "SELECT b.seq, b.received_at, a.opened_at, a.id FROM batches b"
+                        " JOIN devices d ON d.key = b.device_key"
+                        " LEFT JOIN alerts a ON a.device_key = b.device_key"
+                        "  AND a.started_at = b.sent_at WHERE d.id = 'PROBE-1' ORDER BY b.seq"
+                    ):
+                        print("stage", row, file=sys.stderr)
+            latencies = sorted(
+                notified[i] - published[int(ms)] for i, ms in rows if i in notified and int(ms) in published
+            )
+            pub.close()
+        finally:
+            for proc in (ingest, rules):
+                proc.terminate()
+                proc.wait(timeout=30)
+    lat = np.array(latencies)
+    return {
+        "pipeline_capacity_rps": round(capacity),
+        "background_rps": round(capacity / 2),
+        "probes": probe_seq,
+        "alerts_seen": int(lat.size),
+        "alert_latency_p50_s": round(float(np.percentile(lat, 50)), 3) if lat.size else None,
+        "alert_latency_p99_s": round(float(np.percentile(lat, 99)), 3) if lat.size else None,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1 million readings, one repeat")
+    parser.add_argument("--quick", action="store_true", help="1 million readings, one repeat, short load")
+    parser.add_argument("--no-pipeline", action="store_true", help="the pure engine and MKT only")
+    parser.add_argument("--background-fraction", type=float, default=0.5, help="background load / capacity")
     args = parser.parse_args(argv)
     figures = pure_figures(samples=1000000, repeats=1) if args.quick else pure_figures()
-    figures["targets"] = {"excursion_samples_per_s": 2e7, "mkt_10m_samples_s": 0.5}
+    if not args.no_pipeline:
+        figures.update(alert_latency_figures(quick=args.quick, background_fraction=args.background_fraction))
+    figures["targets"] = {
+        "excursion_samples_per_s": 2e7,
+        "mkt_10m_samples_s": 0.5,
+        "alert_latency_p99_s": 1.0,
+    }
     print(json.dumps(figures))
     return 0
 

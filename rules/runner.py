@@ -12,11 +12,13 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import numpy as np
+import numpy.typing as npt
 import psycopg
 
 from coldchain.alarm_profile import AlarmProfile, Excursion, ExcursionKind
 from coldchain.domain import AlertState
-from rules.engine import EngineState, SensorSeries, evaluate
+from rules.engine import RELEASE, EngineState, SensorSeries, evaluate
 from storage import alerts, profiles, rules_store
 from storage.alerts import NewAlert
 from storage.rules_store import SeriesWork
@@ -32,6 +34,7 @@ class RunStats:
     reevaluated: int = 0
     alerts_opened: int = 0
     alerts_resolved: int = 0
+    deferred: int = 0
 
 
 def _utc(ms: int | None) -> datetime | None:
@@ -71,9 +74,7 @@ def evaluate_series(conn: psycopg.Connection, work: SeriesWork, stats: RunStats)
     """Evaluate one series' new readings and turn its excursions into alerts, in one transaction."""
     with conn.transaction():
         ctx = rules_store.lock_series(conn, shipment_key=work.shipment_key, device_key=work.device_key)
-        profile = profiles.resolve(
-            conn, org=work.org_id, profile_id=ctx.profile_id, version=ctx.profile_version
-        )
+        profile = _profile(conn, work.org_id, ctx.profile_id, ctx.profile_version)
         state = EngineState.from_dict(ctx.state) if ctx.state is not None else None
         restart = state is None or (state.last_ms is not None and work.from_ms <= state.last_ms)
         if restart and state is not None:
@@ -161,21 +162,136 @@ def _apply(
                 stats.alerts_resolved += 1
 
 
-def drain(conn: psycopg.Connection, *, batch: int = 500) -> RunStats:
-    """Evaluate everything queued now; returns what was done. Safe to run on several workers."""
+_profiles: dict[tuple[int, str, int], AlarmProfile] = {}
+
+
+def _profile(conn: psycopg.Connection, org: int, profile_id: str, version: int) -> AlarmProfile:
+    """A profile version never changes once stored, so each process reads it once."""
+    key = (org, profile_id, version)
+    found = _profiles.get(key)
+    if found is None:
+        found = profiles.resolve(conn, org=org, profile_id=profile_id, version=version)
+        if len(_profiles) > 1000:
+            _profiles.clear()
+        _profiles[key] = found
+    return found
+
+
+def needs_evaluation_now(
+    profile: AlarmProfile,
+    state: EngineState | None,
+    temps_c: npt.NDArray[np.float64],
+    rh_pct: npt.NDArray[np.float64],
+) -> bool:
+    """Whether new readings could change an alert now (the fast lane), judged without the engine.
+
+    A series at rest (every rule back inside its limits, no episode open) whose new readings all
+    stay inside the innermost limits by the hysteresis cannot open, end or extend an excursion;
+    its evaluation can wait for the next bulk pass, which only delays it, never skips it.
+    """
+    if state is None or profile.rate_of_change_c_per_min is not None:
+        return True
+    if any(sig.open is not None or sig.last_class != RELEASE for sig in state.signals.values()):
+        return True
+    highs = [x.threshold_c for x in profile.limits if x.side == "high"]
+    lows = [x.threshold_c for x in profile.limits if x.side == "low"]
+    h = profile.hysteresis_c
+    if (highs and float(temps_c.max()) >= min(highs) - h) or (lows and float(temps_c.min()) <= max(lows) + h):
+        return True
+    if profile.humidity_limits and not bool(np.isnan(rh_pct).all()):
+        hh = profile.humidity_hysteresis_pct
+        rh_highs = [x.threshold_pct for x in profile.humidity_limits if x.side == "high"]
+        rh_lows = [x.threshold_pct for x in profile.humidity_limits if x.side == "low"]
+        if (rh_highs and float(np.nanmax(rh_pct)) >= min(rh_highs) - hh) or (
+            rh_lows and float(np.nanmin(rh_pct)) <= max(rh_lows) + hh
+        ):
+            return True
+    return False
+
+
+def evaluate_many(
+    conn: psycopg.Connection, work: list[SeriesWork], stats: RunStats, *, defer_quiet: bool = False
+) -> None:
+    """Evaluate many series with a fixed number of queries: lock all, read all states and all new
+    readings at once, run the engine per series, store all states at once. With `defer_quiet`,
+    series that cannot change an alert now go back to the queue for the next bulk pass."""
+    by_key = {(w.shipment_key, w.device_key): w for w in work}
+    contexts = rules_store.lock_and_load(conn, list(by_key))
+    after: dict[tuple[int, int], int | None] = {}
+    states: dict[tuple[int, int], EngineState | None] = {}
+    for key, item in by_key.items():
+        ctx = contexts[key]
+        state = EngineState.from_dict(ctx.state) if ctx.state is not None else None
+        restart = state is None or (state.last_ms is not None and item.from_ms <= state.last_ms)
+        if restart and state is not None:
+            stats.reevaluated += 1
+        states[key] = None if restart else state
+        after[key] = None if restart or state is None else state.last_ms
+    fetched = rules_store.readings_of_many(conn, after)
+    saved: list[rules_store.SeriesStateRow] = []
+    deferred: list[SeriesWork] = []
+    for key, (a, b) in fetched.ranges().items():
+        item, ctx = by_key[key], contexts[key]
+        profile = _profile(conn, item.org_id, ctx.profile_id, ctx.profile_version)
+        if defer_quiet and not needs_evaluation_now(
+            profile, states[key], fetched.temps_c[a:b], fetched.rh_pct[a:b]
+        ):
+            deferred.append(item)
+            stats.deferred += 1
+            continue
+        series = SensorSeries(
+            times_ms=fetched.times_ms[a:b],
+            temps_c=fetched.temps_c[a:b],
+            rh_pct=fetched.rh_pct[a:b],
+            door_open=fetched.door_open[a:b],
+        )
+        result = evaluate(series, profile, states[key])
+        stats.readings += b - a
+        _apply(conn, item, profile, result.excursions, stats)
+        saved.append(
+            rules_store.SeriesStateRow(
+                org_id=item.org_id,
+                shipment_key=item.shipment_key,
+                device_key=item.device_key,
+                profile_id=profile.id,
+                profile_version=profile.version,
+                state=result.state.to_dict(),
+                last_ms=result.state.last_ms,
+            )
+        )
+    stats.series += len(saved)
+    rules_store.save_states(conn, saved)
+    rules_store.requeue(conn, deferred)
+
+
+def drain(conn: psycopg.Connection, *, batch: int = 500, defer_quiet: bool = False) -> RunStats:
+    """Evaluate what is queued now; returns what was done. Safe to run on several workers.
+
+    Claimed work and its results commit together, so a crash returns the work to the queue. If the
+    batch as a whole fails, each series is tried on its own, so one bad series cannot hold up the rest.
+    A pass takes only the work queued when it started, so a steady stream of new work cannot keep
+    it from returning; with `defer_quiet` (the fast lane) quiet series go back to the queue.
+    """
     stats = RunStats()
+    head = rules_store.queue_head(conn)
+    conn.commit()
     while True:
         with conn.transaction():
-            work = rules_store.take_work(conn, limit=batch)
-            for item in work:
-                try:
-                    evaluate_series(conn, item, stats)
-                except Exception:
-                    # The series' state was not saved, so its next batch re-covers these readings.
-                    log.exception(
-                        "evaluation failed for shipment key %d device key %d",
-                        item.shipment_key,
-                        item.device_key,
-                    )
-        if len(work) == 0:
-            return stats
+            work = rules_store.take_work(conn, limit=batch, up_to=head)
+            if not work:
+                return stats
+            try:
+                with conn.transaction():
+                    evaluate_many(conn, work, stats, defer_quiet=defer_quiet)
+            except Exception:
+                log.exception("batch evaluation failed; evaluating %d series one by one", len(work))
+                for item in work:
+                    try:
+                        evaluate_series(conn, item, stats)
+                    except Exception:
+                        # Its state was not saved, so the series' next batch re-covers these readings.
+                        log.exception(
+                            "evaluation failed for shipment key %d device key %d",
+                            item.shipment_key,
+                            item.device_key,
+                        )

@@ -12,6 +12,8 @@ import psycopg
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from coldchain.settings import Settings
+from rules.device_health import check_batteries, check_data_loss
+from rules.notify.outbox import NotificationService, OutboxOptions
 from rules.runner import RunStats, drain
 from rules.silence import check_silence
 from storage.db import connect
@@ -29,15 +31,28 @@ class RulesService:
         settings: Settings | None = None,
         clock_ms: Callable[[], int] | None = None,
         poll_s: float = 1.0,
+        bulk_s: float = 1.0,
+        notifications: bool = True,
+        notify_options: OutboxOptions | None = None,
     ) -> None:
         self._dsn = dsn
         self._settings = settings or Settings()
         self._clock_ms = clock_ms or (lambda: int(time.time() * 1000))
         self._poll_s = poll_s
+        self._bulk_s = bulk_s  # quiet series are evaluated at least this often
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._scheduler: BackgroundScheduler | None = None
         self.stats = RunStats()
+        # Notifications and escalation (rules.notify.outbox): planner + outbox worker threads,
+        # and the escalation tick on this service's scheduler.
+        self.notifications: NotificationService | None = (
+            NotificationService(
+                dsn=dsn, settings=self._settings, clock_ms=self._clock_ms, options=notify_options
+            )
+            if notifications
+            else None
+        )
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="rules-runner", daemon=True)
@@ -51,14 +66,31 @@ class RulesService:
             max_instances=1,
             coalesce=True,
         )
+        if self.notifications is not None:
+            self.notifications.start()
+            self._scheduler.add_job(
+                self.notifications.tick,
+                "interval",
+                seconds=self.notifications.options.tick_s,
+                id="escalation-tick",
+                max_instances=1,
+                coalesce=True,
+            )
         self._scheduler.start()
 
     def check_silence_now(self) -> tuple[int, int]:
+        """The scheduled device checks: silence, lost data, low battery; (raised, cleared) in all."""
         try:
             with connect(self._dsn) as conn:
-                return check_silence(conn, now_ms=self._clock_ms())
+                now = self._clock_ms()
+                checks = [
+                    check_silence(conn, now_ms=now),
+                    check_data_loss(conn),
+                    check_batteries(conn, now_ms=now),
+                ]
+                return sum(c[0] for c in checks), sum(c[1] for c in checks)
         except psycopg.OperationalError as exc:
-            log.warning("silence check skipped, database unavailable: %s", exc)
+            log.warning("device checks skipped, database unavailable: %s", exc)
             return 0, 0
 
     def _run(self) -> None:
@@ -68,8 +100,13 @@ class RulesService:
                 with connect(self._dsn, autocommit=True) as listener, connect(self._dsn) as worker:
                     listener.execute("LISTEN rules")
                     backoff = 0.5
+                    last_bulk = 0.0
                     while not self._stop.is_set():
-                        self._merge(drain(worker))
+                        # Fast lane on every wake-up; a full (bulk) pass at most every bulk_s.
+                        bulk = time.monotonic() - last_bulk >= self._bulk_s
+                        self._merge(drain(worker, defer_quiet=not bulk))
+                        if bulk:
+                            last_bulk = time.monotonic()
                         # Wake on ingest's NOTIFY, or poll anyway (a NOTIFY sent while we were
                         # draining is also seen here, and the queue is the truth either way).
                         for _ in listener.notifies(timeout=self._poll_s, stop_after=1):
@@ -80,7 +117,7 @@ class RulesService:
                 backoff = min(backoff * 2, 15.0)
 
     def _merge(self, done: RunStats) -> None:
-        for name in ("series", "readings", "reevaluated", "alerts_opened", "alerts_resolved"):
+        for name in ("series", "readings", "reevaluated", "alerts_opened", "alerts_resolved", "deferred"):
             setattr(self.stats, name, getattr(self.stats, name) + getattr(done, name))
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -89,6 +126,8 @@ class RulesService:
             self._scheduler.shutdown(wait=False)
         if self._thread is not None:
             self._thread.join(timeout)
+        if self.notifications is not None:
+            self.notifications.stop(timeout)
 
     def __enter__(self) -> RulesService:
         self.start()

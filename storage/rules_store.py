@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 import psycopg
 from psycopg.types.json import Jsonb
 
@@ -25,17 +26,23 @@ class SeriesWork:
     late: bool
 
 
-def take_work(conn: psycopg.Connection, *, limit: int = 1000) -> list[SeriesWork]:
+def queue_head(conn: psycopg.Connection) -> int:
+    """The newest queued id now: a pass that stops there cannot be kept busy by new arrivals."""
+    row = conn.execute("SELECT coalesce(max(id), 0) FROM rule_queue").fetchone()
+    return int(row[0]) if row else 0
+
+
+def take_work(conn: psycopg.Connection, *, limit: int = 1000, up_to: int | None = None) -> list[SeriesWork]:
     """Claim queued work inside the caller's transaction (rows return if it rolls back).
 
     Several rows for the same series fold into one: the earliest start, the latest end, late if any.
     """
     rows = conn.execute(
         "DELETE FROM rule_queue WHERE id IN (SELECT id FROM rule_queue WHERE shipment_key IS NOT NULL"
-        " ORDER BY id FOR UPDATE SKIP LOCKED LIMIT %s)"
+        " AND id <= %s ORDER BY id FOR UPDATE SKIP LOCKED LIMIT %s)"
         " RETURNING org_id, device_key, shipment_key, (extract(epoch FROM from_t) * 1000)::bigint,"
         " (extract(epoch FROM to_t) * 1000)::bigint, late",
-        (limit,),
+        (up_to if up_to is not None else (1 << 62), limit),
     ).fetchall()
     conn.execute(
         "DELETE FROM rule_queue WHERE id IN (SELECT id FROM rule_queue WHERE shipment_key IS NULL"
@@ -267,3 +274,141 @@ def batteries_on_shipments(conn: psycopg.Connection) -> list[BatteryReading]:
         " WHERE a.during @> now() AND jsonb_typeof(d.status->'battery') = 'number'"
     ).fetchall()
     return [BatteryReading(r[0], r[1], r[2], r[3], r[4], int(r[5]), float(r[6])) for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesBatch:
+    """Many series' readings fetched in one query: row ranges per (shipment, device)."""
+
+    shipment_key: npt.NDArray[np.int32]
+    device_key: npt.NDArray[np.int32]
+    times_ms: npt.NDArray[np.int64]
+    temps_c: npt.NDArray[np.float64]
+    rh_pct: npt.NDArray[np.float64]
+    door_open: npt.NDArray[np.bool_]
+
+    def ranges(self) -> dict[tuple[int, int], tuple[int, int]]:
+        """(shipment, device) -> (first row, end row); rows are sorted by series, then time."""
+        if self.times_ms.size == 0:
+            return {}
+        change = np.flatnonzero((np.diff(self.shipment_key) != 0) | (np.diff(self.device_key) != 0)) + 1
+        starts = np.concatenate(([0], change))
+        ends = np.concatenate((change, [self.times_ms.size]))
+        return {
+            (int(self.shipment_key[a]), int(self.device_key[a])): (int(a), int(b))
+            for a, b in zip(starts, ends, strict=True)
+        }
+
+
+def lock_and_load(
+    conn: psycopg.Connection, keys: list[tuple[int, int]]
+) -> dict[tuple[int, int], SeriesContext]:
+    """Lock many series (in key order, so workers never deadlock) and read their contexts."""
+    ordered = sorted(keys)
+    shipments = [k[0] for k in ordered]
+    devices = [k[1] for k in ordered]
+    conn.execute(
+        "SELECT count(pg_advisory_xact_lock(s, d)) FROM"
+        " (SELECT s, d FROM unnest(%s::int[], %s::int[]) AS w(s, d) ORDER BY s, d) AS x",
+        (shipments, devices),
+    )
+    rows = conn.execute(
+        "SELECT w.s, w.d, sh.profile_id, sh.profile_version, r.state, r.last_ms"
+        " FROM unnest(%s::int[], %s::int[]) AS w(s, d) JOIN shipments sh ON sh.key = w.s"
+        " LEFT JOIN rule_series_state r ON r.shipment_key = w.s AND r.device_key = w.d",
+        (shipments, devices),
+    ).fetchall()
+    return {(r[0], r[1]): SeriesContext(r[2], int(r[3]), r[4], r[5]) for r in rows}
+
+
+def readings_of_many(conn: psycopg.Connection, after: dict[tuple[int, int], int | None]) -> SeriesBatch:
+    """Readings of many series after each one's own point (None: from the start), one per instant."""
+    keys = sorted(after)
+    floor = -(1 << 62)
+    rows = conn.execute(
+        "SELECT DISTINCT ON (r.shipment_key, r.device_key, r.t) r.shipment_key, r.device_key,"
+        " (extract(epoch FROM r.t) * 1000)::bigint, r.c, r.rh, r.flags"
+        " FROM unnest(%s::int[], %s::int[], %s::bigint[]) AS w(s, d, after)"
+        " JOIN readings r ON r.shipment_key = w.s AND r.device_key = w.d"
+        "  AND r.t > to_timestamp(greatest(w.after, -62135596800000) / 1000.0)"
+        " ORDER BY r.shipment_key, r.device_key, r.t",
+        (
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            [after[k] if after[k] is not None else floor for k in keys],
+        ),
+    ).fetchall()
+    if not rows:
+        e = np.empty(0)
+        return SeriesBatch(e.astype(np.int32), e.astype(np.int32), e.astype(np.int64), e, e, e.astype(bool))
+    s, d, t, c, rh, flags = zip(*rows, strict=True)
+    return SeriesBatch(
+        shipment_key=np.array(s, dtype=np.int32),
+        device_key=np.array(d, dtype=np.int32),
+        times_ms=np.array(t, dtype=np.int64),
+        temps_c=np.array(c, dtype=np.float64),
+        rh_pct=np.array([np.nan if x is None else x for x in rh], dtype=np.float64),
+        door_open=(np.array(flags, dtype=np.int16) & FLAG_DOOR_OPEN) != 0,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesStateRow:
+    org_id: int
+    shipment_key: int
+    device_key: int
+    profile_id: str
+    profile_version: int
+    state: dict[str, Any]
+    last_ms: int | None
+
+
+def save_states(conn: psycopg.Connection, rows: list[SeriesStateRow]) -> None:
+    """Store many series' engine states in one statement (one JSON document, parsed by the server)."""
+    if not rows:
+        return
+    doc = orjson.dumps(
+        [
+            {
+                "s": r.shipment_key,
+                "d": r.device_key,
+                "o": r.org_id,
+                "p": r.profile_id,
+                "v": r.profile_version,
+                "state": r.state,
+                "last": r.last_ms,
+            }
+            for r in rows
+        ]
+    ).decode()
+    conn.execute(
+        "INSERT INTO rule_series_state (shipment_key, device_key, org_id, profile_id, profile_version,"
+        " state, last_ms)"
+        " SELECT (x->>'s')::int, (x->>'d')::int, (x->>'o')::smallint, x->>'p', (x->>'v')::int, x->'state',"
+        " (x->>'last')::bigint FROM jsonb_array_elements(%s::jsonb) AS x"
+        " ON CONFLICT (shipment_key, device_key) DO UPDATE SET state = EXCLUDED.state,"
+        " last_ms = EXCLUDED.last_ms, profile_id = EXCLUDED.profile_id,"
+        " profile_version = EXCLUDED.profile_version,"
+        " evaluations = rule_series_state.evaluations + 1, updated_at = now()",
+        (doc,),
+    )
+
+
+def requeue(conn: psycopg.Connection, work: list[SeriesWork]) -> None:
+    """Put work back (deferred to the next bulk pass) in the caller's transaction."""
+    if not work:
+        return
+    conn.execute(
+        "INSERT INTO rule_queue (org_id, device_key, shipment_key, from_t, to_t, late)"
+        " SELECT o, d, s, to_timestamp(f / 1000.0), to_timestamp(t / 1000.0), l"
+        " FROM unnest(%s::smallint[], %s::int[], %s::int[], %s::bigint[], %s::bigint[], %s::bool[])"
+        " AS w(o, d, s, f, t, l)",
+        (
+            [w.org_id for w in work],
+            [w.device_key for w in work],
+            [w.shipment_key for w in work],
+            [w.from_ms for w in work],
+            [w.to_ms for w in work],
+            [w.late for w in work],
+        ),
+    )

@@ -125,3 +125,22 @@ def test_silence_raises_and_clears(db: psycopg.Connection) -> None:
     )
     assert check_silence(db, now_ms=now + 13 * MIN) == (0, 1)
     assert [a[0] for a in _alerts(db)] == ["no_data"]
+
+
+def test_quiet_series_wait_for_the_bulk_pass_but_are_never_skipped(db: psycopg.Connection) -> None:
+    dev, shp = _setup(db)
+    whole = _trip()
+    _write(db, dev, shp, np.arange(0, 60), whole)
+    drain(db)  # the first evaluation of a series always runs
+    _write(db, dev, shp, np.arange(60, 90), whole)  # quiet readings
+    fast = drain(db, defer_quiet=True)
+    assert (fast.series, fast.deferred) == (0, 1)
+    assert db.execute("SELECT count(*) FROM rule_queue").fetchone() == (1,)
+    _write(db, dev, shp, np.arange(90, 110), whole)  # the door opens at minute 100
+    fast = drain(db, defer_quiet=True)
+    assert (fast.series, fast.deferred) == (1, 0)  # hot: evaluated at once, with the quiet backlog
+    _write(db, dev, shp, np.arange(110, 240), whole)
+    drain(db, defer_quiet=True)
+    drain(db)  # the bulk pass
+    assert _alerts(db) == [("single", "H1", "resolved", 11.0)]
+    assert db.execute("SELECT count(*) FROM rule_queue").fetchone() == (0,)
