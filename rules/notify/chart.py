@@ -122,9 +122,7 @@ def _text(canvas: Canvas, text: str, x: int, y: int, color: tuple[int, ...], sca
                 if ink == "#":
                     top = y + row * scale
                     left = x + (i * 4 + col) * scale
-                    canvas[
-                        max(top, 0) : max(top + scale, 0), max(left, 0) : max(left + scale, 0)
-                    ] = color
+                    canvas[max(top, 0) : max(top + scale, 0), max(left, 0) : max(left + scale, 0)] = color
 
 
 def _label(value: float) -> str:

@@ -12,10 +12,21 @@ ColdchainError
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Final
 
 from coldchain.errors import AuthError, ColdchainError, ValidationError
+
+E164_RE: Final = re.compile(r"^\+[1-9][0-9]{6,14}$")
+
+
+def validate_e164(number: str) -> str:
+    """Phone numbers are stored and sent in E.164 (`+` and up to 15 digits)."""
+    if not isinstance(number, str) or not E164_RE.match(number):
+        raise ValidationError(f"phone number {number!r} is not E.164", field="phone")
+    return number
 
 
 class Channel(StrEnum):

@@ -138,18 +138,25 @@ def build_alert_email(
     message["X-Coldchain-Notification"] = idempotency_key
     message["X-Coldchain-Alert"] = str(alert.id)
     message["Auto-Submitted"] = "auto-generated"
-    message.set_content(text)
-    message.add_alternative("".join(parts), subtype="html")
-    if chart_png is not None:
-        # Turns the multipart/alternative into multipart/related [alternative, image/png].
-        message.add_related(
-            chart_png,
-            maintype="image",
-            subtype="png",
-            cid=f"<{CHART_CID}>",
-            disposition="inline",
-            filename="excursion.png",
-        )
+    if chart_png is None:
+        message.set_content(text)
+        message.add_alternative("".join(parts), subtype="html")
+        return message
+    alternative = EmailMessage()
+    alternative.set_content(text)
+    alternative.add_alternative("".join(parts), subtype="html")
+    del alternative["MIME-Version"]  # a body part, not a message
+    message.make_related()
+    message.set_param("type", "multipart/alternative")
+    message.attach(alternative)
+    message.add_related(
+        chart_png,
+        maintype="image",
+        subtype="png",
+        cid=f"<{CHART_CID}>",
+        disposition="inline",
+        filename="excursion.png",
+    )
     return message
 
 
@@ -208,9 +215,7 @@ class SmtpEmail:
 
     def _connect(self) -> smtplib.SMTP:
         if self.security is SmtpSecurity.TLS:
-            return smtplib.SMTP_SSL(
-                self.host, self.port, timeout=self.timeout_s, context=self._context()
-            )
+            return smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout_s, context=self._context())
         smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout_s)
         try:
             if self.security is SmtpSecurity.STARTTLS:
@@ -224,9 +229,7 @@ class SmtpEmail:
         """Hand one message to the SMTP server; SENT once it accepted it, else DeliveryError."""
         recipients = [parseaddr(a)[1] for a in message.get_all("To", [])]
         if not recipients or not all("@" in r for r in recipients):
-            raise DeliveryError(
-                "message has no valid recipient", channel=self.channel, retryable=False
-            )
+            raise DeliveryError("message has no valid recipient", channel=self.channel, retryable=False)
         if message["From"] is None:
             message["From"] = self.from_address
         sender = Address(addr_spec=parseaddr(self.from_address)[1]).addr_spec
@@ -246,9 +249,7 @@ class SmtpEmail:
         except smtplib.SMTPRecipientsRefused as exc:
             codes = [code for code, _ in exc.recipients.values()]
             retryable = bool(codes) and all(400 <= c < 500 for c in codes)
-            raise self._error(
-                "recipient refused", exc, retryable, codes[0] if codes else None
-            ) from exc
+            raise self._error("recipient refused", exc, retryable, codes[0] if codes else None) from exc
         except smtplib.SMTPResponseException as exc:
             # 4xx is a temporary refusal, 5xx permanent (535 is wrong credentials).
             retryable = 400 <= exc.smtp_code < 500
@@ -274,7 +275,5 @@ class SmtpEmail:
             retryable=retryable,
             status=code,
         )
-        logger.warning(
-            "email to %s:%s failed: %s (retryable=%s)", self.host, self.port, error, retryable
-        )
+        logger.warning("email to %s:%s failed: %s (retryable=%s)", self.host, self.port, error, retryable)
         return error

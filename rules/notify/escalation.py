@@ -208,9 +208,7 @@ def due_notifications(
                         contact_id=contact.id,
                         channel=channel,
                         due_at=due_at,
-                        idempotency_key=escalation_key(
-                            alert_id, policy.id, number, k, contact.id, channel
-                        ),
+                        idempotency_key=escalation_key(alert_id, policy.id, number, k, contact.id, channel),
                     )
                 )
     due.sort(key=lambda d: (d.due_at, d.tier, d.repeat_index, d.contact_id, d.channel.value))

@@ -20,8 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from coldchain.domain import Severity
 from coldchain.errors import ValidationError
-from rules.notify.delivery import Channel
-from rules.notify.sms import validate_e164
+from rules.notify.delivery import Channel, validate_e164
 
 __all__ = [
     "AlertScope",
@@ -85,9 +84,7 @@ class TimeWindow:
         """The first end of the window after `local`, in the same zone as `local`."""
         candidate = datetime.combine(local.date(), self.end, tzinfo=local.tzinfo)
         if candidate <= local:
-            candidate = datetime.combine(
-                local.date() + timedelta(days=1), self.end, tzinfo=local.tzinfo
-            )
+            candidate = datetime.combine(local.date() + timedelta(days=1), self.end, tzinfo=local.tzinfo)
         return candidate
 
 
@@ -113,16 +110,12 @@ class Contact:
             raise ValidationError(f"contact id {self.id!r} is not valid", field="id")
         if self.phone is not None:
             validate_e164(self.phone)
-        if self.email is not None and (
-            "@" not in self.email or any(ch in self.email for ch in " \r\n<>,;")
-        ):
+        if self.email is not None and ("@" not in self.email or any(ch in self.email for ch in " \r\n<>,;")):
             raise ValidationError(f"not an e-mail address: {self.email!r}", field="email")
         try:
             zone = ZoneInfo(self.timezone)
         except (ZoneInfoNotFoundError, ValueError):
-            raise ValidationError(
-                f"unknown time zone {self.timezone!r}", field="timezone"
-            ) from None
+            raise ValidationError(f"unknown time zone {self.timezone!r}", field="timezone") from None
         object.__setattr__(self, "zone", zone)
 
     def address_for(self, channel: Channel) -> str | None:
@@ -238,9 +231,7 @@ def route_alert(
             if rule.window is not None and not rule.window.contains(contact.local_time(now)):
                 continue
             for channel in rule.channels:
-                chosen.setdefault(
-                    (contact.id, channel), RoutedRecipient(contact, channel, rule.name)
-                )
+                chosen.setdefault((contact.id, channel), RoutedRecipient(contact, channel, rule.name))
     return list(chosen.values())
 
 

@@ -36,6 +36,7 @@ from rules.notify.delivery import (
     DeliveryReceipt,
     DeliveryState,
     SignatureError,
+    validate_e164,
 )
 
 __all__ = [
@@ -57,7 +58,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 CALLBACK_KEY_PARAM: Final = "notification"
-E164_RE: Final = re.compile(r"^\+[1-9][0-9]{6,14}$")
 DEFAULT_TIMEOUT_S: Final = 10.0
 
 # "ACK 1234", "ack #1234", " Ack 1234 ", "ACK: 1234.", "acknowledge 1234"
@@ -86,13 +86,6 @@ _CALL_STATES: Final[Mapping[str, DeliveryState]] = {
     "failed": DeliveryState.FAILED,
     "canceled": DeliveryState.FAILED,
 }
-
-
-def validate_e164(number: str) -> str:
-    """Phone numbers are stored and sent in E.164 (`+` and up to 15 digits)."""
-    if not isinstance(number, str) or not E164_RE.match(number):
-        raise ValidationError(f"phone number {number!r} is not E.164", field="phone")
-    return number
 
 
 def alert_sms_text(alert: Alert, *, escalated_tier: int | None = None) -> str:
@@ -161,9 +154,7 @@ def _http_client(api_base_url: str | None, timeout_s: float) -> Any:
     return TwilioHttpClient(timeout=timeout_s, logger=logging.getLogger(f"{__name__}.http"))
 
 
-def _twilio_client(
-    account_sid: str, auth_token: str, api_base_url: str | None, timeout_s: float
-) -> Any:
+def _twilio_client(account_sid: str, auth_token: str, api_base_url: str | None, timeout_s: float) -> Any:
     if not account_sid or not auth_token:
         raise ConfigurationError("TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN are both required")
     # An explicit environment keeps TWILIO_EDGE/TWILIO_REGION from the process out of the way:
@@ -266,9 +257,7 @@ class TwilioSms:
         timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> None:
         if (from_number is None) == (messaging_service_sid is None):
-            raise ConfigurationError(
-                "set exactly one of TWILIO_FROM and TWILIO_MESSAGING_SERVICE_SID"
-            )
+            raise ConfigurationError("set exactly one of TWILIO_FROM and TWILIO_MESSAGING_SERVICE_SID")
         if from_number is not None:
             try:
                 validate_e164(from_number)
@@ -298,9 +287,7 @@ class TwilioSms:
             message = self._client.messages.create(**kwargs)
         except Exception as exc:
             error = _delivery_error(exc, self.channel)
-            logger.warning(
-                "sms %s failed: %s (retryable=%s)", idempotency_key, error, error.retryable
-            )
+            logger.warning("sms %s failed: %s (retryable=%s)", idempotency_key, error, error.retryable)
             raise error from exc
         state = _MESSAGE_STATES.get(str(message.status), DeliveryState.QUEUED)
         logger.info("sms %s accepted as %s (%s)", idempotency_key, message.sid, message.status)
@@ -379,9 +366,7 @@ class TwilioVoice:
             call = self._client.calls.create(**kwargs)
         except Exception as exc:
             error = _delivery_error(exc, self.channel)
-            logger.warning(
-                "call %s failed: %s (retryable=%s)", idempotency_key, error, error.retryable
-            )
+            logger.warning("call %s failed: %s (retryable=%s)", idempotency_key, error, error.retryable)
             raise error from exc
         logger.info("call %s placed as %s (%s)", idempotency_key, call.sid, call.status)
         return DeliveryReceipt(

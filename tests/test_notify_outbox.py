@@ -1,0 +1,486 @@
+"""The notification outbox against a real PostgreSQL, the real Twilio SDK (talking to the local
+Twilio stub) and aiosmtpd: planning, delivery, retries, failures per alert, reconciliation of
+unconfirmed sends by status callback, and exactly-once delivery across a kill -9 of the notifier."""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import psycopg
+import pytest
+import uvicorn
+from aiosmtpd.controller import Controller
+
+from api.app import create_app
+from coldchain.domain import Severity, Shipment
+from coldchain.settings import Settings
+from rules.notify.outbox import NotificationService, OutboxOptions
+from storage import notifications as store
+from storage import registry
+from storage.alerts import NewAlert, raise_alert
+from storage.db import open_pool
+from storage.notifications import ContactRow
+
+try:
+    from tests.twilio_stub import TwilioStub
+except ImportError:  # tests/ run as a plain directory
+    from twilio_stub import TwilioStub  # type: ignore[no-redef]
+
+ROOT = Path(__file__).resolve().parents[1]
+ACCOUNT_SID = "AC" + "3c" * 16
+AUTH_TOKEN = "outbox-test-auth-token-0123456789"
+SECRET_KEY = "s" * 40
+FROM = "+15005550006"
+DRIVER = "+4915100000001"
+DISPATCHER = "+4915100000002"
+QA = "+4915100000003"
+
+
+# -- shared helpers (the other notification test modules import these) ------------------------
+
+
+class Clock:
+    """Real time plus an offset the test moves forward: `clock.advance(600)` is ten minutes on."""
+
+    def __init__(self) -> None:
+        self.offset_ms = 0
+
+    def __call__(self) -> int:
+        return int(time.time() * 1000) + self.offset_ms
+
+    def advance(self, seconds: float) -> None:
+        self.offset_ms += int(seconds * 1000)
+
+    def set(self, moment: datetime) -> None:
+        self.offset_ms = int(moment.timestamp() * 1000) - int(time.time() * 1000)
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self() / 1000, tz=UTC)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def notify_settings(
+    dsn: str, stub: TwilioStub, *, public_url: str | None = None, smtp_port: int | None = None
+) -> Settings:
+    return Settings(
+        database_url=dsn,
+        secret_key=SECRET_KEY,
+        public_url=public_url,
+        twilio_account_sid=ACCOUNT_SID,
+        twilio_auth_token=AUTH_TOKEN,
+        twilio_from=FROM,
+        twilio_api_base_url=stub.base_url,
+        smtp_host="127.0.0.1" if smtp_port else None,
+        smtp_port=smtp_port or 587,
+        smtp_from="Coldchain <alerts@coldchain.example>",
+        smtp_security="none",
+    )
+
+
+def add_contact(db: psycopg.Connection, contact_id: str, roles: tuple[str, ...], **fields: Any) -> None:
+    store.upsert_contact(
+        db, ContactRow(org_id=1, id=contact_id, name=contact_id.title(), roles=roles, **fields), actor="test"
+    )
+
+
+def add_shipment(db: psycopg.Connection, shipment_id: str = "SO-1", origin: str = "Plant A") -> int:
+    with db.transaction():
+        registry.create_shipment(
+            db,
+            org=1,
+            shipment=Shipment(id=shipment_id, origin=origin, destination="Hospital B"),
+            profile_version=1,
+            actor="test",
+        )
+    return registry.get_shipment(db, org=1, shipment_id=shipment_id).key
+
+
+def open_alert(
+    db: psycopg.Connection, shipment_key: int, episode: str, severity: Severity = Severity.CRITICAL
+) -> int:
+    with db.transaction():
+        alert_id, opened = raise_alert(
+            db,
+            NewAlert(
+                org_id=1,
+                episode_key=episode,
+                kind="single",
+                severity=severity,
+                message="above 8 °C (H1) for 31 min, peak 11.0 °C",
+                shipment_key=shipment_key,
+                limit_id="H1",
+                peak_c=11.0,
+            ),
+        )
+    assert opened
+    return alert_id
+
+
+def set_policy(db: psycopg.Connection, tiers: list[dict[str, Any]], **extra: Any) -> None:
+    store.put_policy(db, org=1, policy_id="night", body={"tiers": tiers, **extra}, actor="test", default=True)
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float = 15.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def outbox_states(dsn: str) -> dict[str, int]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return store.outbox_counts(conn)
+
+
+def settled(dsn: str, clock: Clock | None = None) -> bool:
+    """Nothing is mid-send and nothing pending is due (by `clock`, else real time)."""
+    now = clock.now() if clock is not None else datetime.now(UTC)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM notify_outbox WHERE state = 'sending'"
+            " OR (state = 'pending' AND next_attempt_at <= %s)",
+            (now,),
+        ).fetchone()
+    return row is not None and row[0] == 0
+
+
+def sms_to(stub: TwilioStub, number: str) -> int:
+    return sum(1 for r in stub.requests if r.kind == "Messages" and r.sid and r.field("To") == number)
+
+
+def complete_requests(stub: TwilioStub) -> list[Any]:
+    """Messages the stub accepted whose form arrived whole. A kill -9 mid-request can leave the
+    stub a truncated body (it does not check Content-Length against what arrived); Twilio would
+    refuse such a request, so it is no message."""
+    return [r for r in stub.requests if r.sid and r.field("StatusCallback")]
+
+
+def callback_key(request: Any) -> str | None:
+    url = request.field("StatusCallback") or ""
+    return dict(parse_qsl(urlsplit(url).query)).get("notification")
+
+
+class Mailbox:
+    """An aiosmtpd handler keeping every message it receives."""
+
+    def __init__(self) -> None:
+        self.messages: list[EmailMessage] = []
+        self.lock = threading.Lock()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        parsed = message_from_bytes(envelope.content, policy=policy.default)
+        assert isinstance(parsed, EmailMessage)
+        with self.lock:
+            self.messages.append(parsed)
+        return "250 OK"
+
+
+class ApiServer:
+    """The real API on a free port (uvicorn in a thread), for Twilio's callbacks to reach."""
+
+    def __init__(self, settings: Settings, dsn: str) -> None:
+        self._pool = open_pool(dsn, max_size=4, name="notify-test-api")
+        port = int(urlsplit(settings.public_url or "").port or 0)
+        config = uvicorn.Config(
+            create_app(settings, pool=self._pool), host="127.0.0.1", port=port, log_level="warning"
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name="test-api", daemon=True)
+
+    def __enter__(self) -> ApiServer:
+        self._thread.start()
+        wait_until(lambda: self._server.started, what="the API to start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(10)
+        self._pool.close()
+
+
+class Carrier:
+    """Plays Twilio's side after a send: every message the stub accepted gets a signed `sent`
+    status callback to the API, as Twilio reports delivery progress."""
+
+    def __init__(self, stub: TwilioStub) -> None:
+        self._stub = stub
+        self._done: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="carrier", daemon=True)
+        self.statuses: collections.Counter[int] = collections.Counter()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for request in complete_requests(self._stub):
+                if request.sid not in self._done:
+                    self._done.add(request.sid)
+                    self.statuses[self._stub.send_status_callback(request.sid, "sent")] += 1
+            self._stop.wait(0.01)
+
+    def __enter__(self) -> Carrier:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+# -- fixtures ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def stub() -> Iterator[TwilioStub]:
+    with TwilioStub(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN) as running:
+        yield running
+
+
+@pytest.fixture
+def mailbox() -> Iterator[tuple[Mailbox, int]]:
+    box = Mailbox()
+    port = free_port()
+    controller = Controller(box, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield box, port
+    finally:
+        controller.stop()
+
+
+def _service(dsn: str, settings: Settings, clock: Clock, **options: Any) -> NotificationService:
+    opts = {"poll_s": 0.05, "tick_s": 3600.0, "backoff_base_s": 30.0, "ambiguous_grace_s": 60.0, **options}
+    return NotificationService(dsn=dsn, settings=settings, clock_ms=clock, options=OutboxOptions(**opts))
+
+
+# -- tests ------------------------------------------------------------------------------------
+
+
+def test_alert_to_sms_and_email_with_chart_and_ack_link(
+    db_dsn: str, db: psycopg.Connection, stub: TwilioStub, mailbox: tuple[Mailbox, int]
+) -> None:
+    box, smtp_port = mailbox
+    settings = notify_settings(db_dsn, stub, public_url="https://cc.example", smtp_port=smtp_port)
+    add_contact(db, "driver-1", ("driver",), phone=DRIVER, email="driver@example.com")
+    set_policy(db, [{"delay_s": 0, "channels": ["sms", "email"], "roles": ["driver"]}])
+    shipment = add_shipment(db)
+    clock = Clock()
+    with _service(db_dsn, settings, clock):
+        alert_id = open_alert(db, shipment, "x:1")  # NOTIFY alerts wakes the planner
+        wait_until(lambda: sms_to(stub, DRIVER) == 1 and len(box.messages) == 1, what="SMS and e-mail")
+        wait_until(lambda: settled(db_dsn), what="the outbox to settle")
+    (sms,) = stub.requests
+    assert f"Reply ACK {alert_id}" in (sms.field("Body") or "")
+    assert callback_key(sms) == f"esc:{alert_id}:night@1:t1:r0:driver-1:sms"
+    assert (sms.field("StatusCallback") or "").startswith("https://cc.example/api/v1/notify/twilio/status?")
+    (mail,) = box.messages
+    assert mail["To"] == "driver@example.com" and f"Alert {alert_id}" in str(mail["Subject"])
+    text = mail.get_body(("plain",))
+    assert text is not None and "https://cc.example/ack/" in text.get_content()
+    rows = store.notifications_for_alert(db, org=1, alert_id=alert_id)
+    assert sorted((r.channel, r.state) for r in rows) == [("email", "sent"), ("sms", "queued")]
+    assert all(r.attempts == 1 for r in rows)
+
+
+def test_retryable_failure_backs_off_then_sends_and_permanent_failure_is_visible(
+    db_dsn: str, db: psycopg.Connection, stub: TwilioStub
+) -> None:
+    settings = notify_settings(db_dsn, stub)
+    add_contact(db, "driver-1", ("driver",), phone=DRIVER)
+    add_contact(db, "driver-2", ("driver",), phone="+4915100000009")
+    set_policy(db, [{"delay_s": 0, "channels": ["sms"], "roles": ["driver"]}])
+    shipment = add_shipment(db)
+    clock = Clock()
+    stub.fail_next(503, code=20503)  # driver-1 goes first (contacts in id order)
+    stub.fail_next(400, code=21211, message="The 'To' number is not a valid phone number.")
+    with _service(db_dsn, settings, clock, send_threads=1) as service:
+        alert_id = open_alert(db, shipment, "x:2")
+        wait_until(lambda: len(stub.requests) == 2, what="both first attempts")
+        wait_until(lambda: settled(db_dsn, clock), what="the first attempts to be recorded")
+        rows = {r.contact_id: r for r in store.notifications_for_alert(db, org=1, alert_id=alert_id)}
+        assert rows["driver-1"].state == "pending" and "503" in (rows["driver-1"].last_error or "")
+        assert rows["driver-2"].state == "failed" and "21211" in (rows["driver-2"].last_error or "")
+        retry_at = rows["driver-1"].next_attempt_at
+        assert clock.now() + timedelta(seconds=14) < retry_at  # backoff 30 s with jitter >= 15 s
+        time.sleep(0.3)
+        assert len(stub.requests) == 2  # not before its time
+        clock.set(retry_at + timedelta(seconds=1))
+        with psycopg.connect(db_dsn) as conn:
+            service.worker.deliver_due(conn)
+        wait_until(lambda: sms_to(stub, DRIVER) == 1, what="the retry")
+    rows = {r.contact_id: r for r in store.notifications_for_alert(db, org=1, alert_id=alert_id)}
+    assert (rows["driver-1"].state, rows["driver-1"].attempts) == ("queued", 2)
+    assert (rows["driver-2"].state, rows["driver-2"].attempts) == ("failed", 1)
+    assert len(stub.requests) == 3
+
+
+def test_unconfirmed_send_waits_for_a_callback_before_sending_again(
+    db_dsn: str, db: psycopg.Connection, stub: TwilioStub
+) -> None:
+    """Two rows left `sending` by a crash: one is confirmed by Twilio's status callback during the
+    grace period and never sent again; the other, unconfirmed, is sent once after the grace."""
+    port = free_port()
+    settings = notify_settings(db_dsn, stub, public_url=f"http://127.0.0.1:{port}")
+    add_contact(db, "driver-1", ("driver",), phone=DRIVER)
+    add_contact(db, "driver-2", ("driver",), phone="+4915100000009")
+    set_policy(db, [{"delay_s": 0, "channels": ["sms"], "roles": ["driver"]}])
+    shipment = add_shipment(db)
+    clock = Clock()
+    service = _service(db_dsn, settings, clock)
+    alert_id = open_alert(db, shipment, "x:3")
+    with psycopg.connect(db_dsn) as conn:
+        service.planner.plan_alert(conn, alert_id, now=clock.now())
+        with conn.transaction():
+            claimed = store.claim_due(conn, now=clock.now(), limit=10, grace=timedelta(seconds=60))
+    assert len(claimed) == 2  # both `sending`, committed: then the "crash"
+    first = next(r for r in claimed if r.contact_id == "driver-1")
+    # Twilio did get driver-1's message before the crash: send it as the SDK would have.
+    from rules.notify.sms import TwilioSms
+
+    with TwilioSms(
+        account_sid=ACCOUNT_SID,
+        auth_token=AUTH_TOKEN,
+        from_number=FROM,
+        api_base_url=stub.base_url,
+        status_callback_url=f"http://127.0.0.1:{port}/api/v1/notify/twilio/status",
+    ) as sms:
+        receipt = sms.send(to=DRIVER, body="alert", idempotency_key=first.idempotency_key)
+    with ApiServer(settings, db_dsn), service:
+        time.sleep(0.3)
+        assert len(stub.requests) == 1  # within the grace period nothing is sent again
+        assert stub.send_status_callback(receipt.provider_id or "", "delivered") == 204
+        clock.advance(61)
+        with psycopg.connect(db_dsn) as conn:
+            service.worker.deliver_due(conn)
+        wait_until(lambda: sms_to(stub, "+4915100000009") == 1, what="the unconfirmed row's resend")
+        time.sleep(0.2)
+    assert sms_to(stub, DRIVER) == 1
+    rows = {r.contact_id: r for r in store.notifications_for_alert(db, org=1, alert_id=alert_id)}
+    assert (rows["driver-1"].state, rows["driver-1"].provider_id) == ("delivered", receipt.provider_id)
+    assert (rows["driver-2"].state, rows["driver-2"].attempts) == ("queued", 2)
+
+
+def test_quiet_hours_fold_a_warning_into_a_digest_but_critical_goes_at_once(
+    db_dsn: str, db: psycopg.Connection, stub: TwilioStub
+) -> None:
+    settings = notify_settings(db_dsn, stub)
+    from datetime import time as clock_time
+
+    add_contact(
+        db,
+        "dispatcher-1",
+        ("dispatcher",),
+        phone=DISPATCHER,
+        timezone="Europe/Berlin",
+        quiet_start=clock_time(22, 0),
+        quiet_end=clock_time(6, 0),
+    )
+    set_policy(db, [{"delay_s": 0, "channels": ["sms"], "roles": ["dispatcher"]}])
+    shipment = add_shipment(db)
+    clock = Clock()
+    clock.set(datetime(2026, 1, 15, 23, 30, tzinfo=UTC))  # 00:30 in Berlin
+    service = _service(db_dsn, settings, clock)
+    warning = open_alert(db, shipment, "x:w1", Severity.WARNING)
+    warning2 = open_alert(db, shipment, "x:w2", Severity.WARNING)
+    critical = open_alert(db, shipment, "x:c1", Severity.CRITICAL)
+    # The alerts opened "now" in the database; move them to the test's clock.
+    db.execute("UPDATE alerts SET opened_at = %s", (clock.now() - timedelta(seconds=5),))
+    with service:
+        service.tick()
+        wait_until(lambda: len(stub.requests) == 1, what="the critical SMS")
+        rows = store.notifications_for_alert(db, org=1, alert_id=warning)
+        assert [(r.state, r.gate_reason) for r in rows] == [("held", "quiet_hours")]
+        assert rows[0].next_attempt_at == datetime(2026, 1, 16, 5, 0, tzinfo=UTC)  # 06:00 Berlin
+        clock.set(datetime(2026, 1, 16, 5, 0, 30, tzinfo=UTC))
+        service.tick()
+        wait_until(lambda: len(stub.requests) == 2, what="the digest")
+        wait_until(lambda: settled(db_dsn), what="the outbox to settle")
+    first, digest = stub.requests
+    assert f"CRITICAL alert {critical}" in (first.field("Body") or "")
+    body = digest.field("Body") or ""
+    assert body.startswith("Coldchain digest: 2 alert(s).") and str(warning2) in body
+    members = store.notifications_for_alert(db, org=1, alert_id=warning)
+    assert [r.state for r in members] == ["digested", "queued"]  # the row and its digest
+
+
+def test_kill_9_of_the_notifier_during_a_burst_delivers_each_notification_exactly_once(
+    db_dsn: str, db: psycopg.Connection, stub: TwilioStub
+) -> None:
+    port = free_port()
+    public = f"http://127.0.0.1:{port}"
+    settings = notify_settings(db_dsn, stub, public_url=public)
+    add_contact(db, "driver-1", ("driver",), phone=DRIVER)
+    set_policy(db, [{"delay_s": 0, "channels": ["sms"], "roles": ["driver"]}])
+    shipment = add_shipment(db)
+    burst = 240
+    with db.transaction():
+        ids = [open_alert(db, shipment, f"x:burst:{i}") for i in range(burst)]
+    stub.set_delay(0.02)  # a realistic provider: the burst takes a while
+    env = {
+        **os.environ,
+        "DATABASE_URL": db_dsn,
+        "PUBLIC_URL": public,
+        "SECRET_KEY": SECRET_KEY,
+        "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+        "TWILIO_FROM": FROM,
+        "TWILIO_API_BASE_URL": stub.base_url,
+    }
+
+    def notifier() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "rules.notify.outbox", "--grace-s", "3", "--tick-s", "1"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    with ApiServer(settings, db_dsn), Carrier(stub) as carrier:
+        first = notifier()
+        try:
+            wait_until(lambda: len(stub.requests) >= burst // 3, timeout_s=30, what="the burst to start")
+        finally:
+            first.send_signal(signal.SIGKILL)
+            first.wait(10)
+        at_kill = len(stub.requests)
+        assert at_kill < burst, "the notifier finished before it could be killed"
+        second = notifier()
+        try:
+            wait_until(
+                lambda: len(complete_requests(stub)) >= burst and settled(db_dsn),
+                timeout_s=60,
+                what="recovery",
+            )
+            wait_until(lambda: sum(carrier.statuses.values()) >= burst, what="every status callback")
+            time.sleep(0.5)
+        finally:
+            second.terminate()
+            second.wait(10)
+    keys = collections.Counter(callback_key(r) for r in complete_requests(stub))
+    expected = {f"esc:{i}:night@1:t1:r0:driver-1:sms" for i in ids}
+    assert set(keys) == expected  # none lost
+    assert max(keys.values()) == 1  # none duplicated
+    assert len(complete_requests(stub)) == burst
+    assert carrier.statuses[204] == burst
+    assert outbox_states(db_dsn) == {"sent": burst}
