@@ -4,8 +4,8 @@ Prints one JSON line last: {"excursion_samples_per_s": ..., "mkt_10m_samples_s":
 "alert_latency_p99_s": ...}. Alert latency is measured through the real pipeline (publisher ->
 Mosquitto -> ingest process -> PostgreSQL -> rules process -> alert row committed, seen by a
 LISTEN on the `alerts` channel, which PostgreSQL delivers at commit) while a background fleet
-publishes at half the pipeline's capacity, measured first in the same run as the rate at which
-ingest stores readings published as fast as they go.
+publishes at half the pipeline's capacity, measured first in the same run: readings published as
+fast as they go, stored by ingest and evaluated by the rules (the queue drained), per second.
 Run: python bench/rules.py [--quick] [--no-pipeline] (numpy is pinned to one thread).
 """
 
@@ -128,11 +128,13 @@ def alert_latency_figures(*, quick: bool, background_fraction: float = 0.5) -> d
             for _ in range(rounds):
                 for dev in background:
                     pub.publish(topics.readings(dev), batch_for(dev))
-            stored = wait_for_rows(srv.dsn, rounds * len(background) * 50)
-            capacity = rounds * len(background) * 50 / (stored - started)
-            with psycopg.connect(srv.dsn) as conn:  # let the rules catch up before probing
+            total = rounds * len(background) * 50
+            stored = wait_for_rows(srv.dsn, total)
+            ingest_capacity = total / (stored - started)
+            with psycopg.connect(srv.dsn) as conn:  # the pipeline is done when the rules are too
                 while (row := conn.execute("SELECT count(*) FROM rule_queue").fetchone()) and row[0]:
-                    time.sleep(0.05)
+                    time.sleep(0.02)
+            capacity = total / (time.monotonic() - started)
 
             # 2. probes under a background load of half that capacity
             notified: dict[int, float] = {}
@@ -151,6 +153,7 @@ def alert_latency_figures(*, quick: bool, background_fraction: float = 0.5) -> d
             duration = 15.0 if quick else 45.0
             per_s = max(1e-3, capacity * background_fraction / 50)  # background messages a second
             published: dict[int, float] = {}
+            published_wall: dict[int, float] = {}
             probe_t = since + 1000
             began = time.monotonic()
             next_msg = next_probe = began
@@ -172,6 +175,7 @@ def alert_latency_figures(*, quick: bool, background_fraction: float = 0.5) -> d
                         )
                     )
                     published[probe_t + 1000] = time.monotonic()
+                    published_wall[probe_seq] = time.time()
                     pub.publish(topics.readings("PROBE-1"), payload)
                     probe_t += 2000
                     next_probe += 0.5
@@ -197,7 +201,9 @@ def alert_latency_figures(*, quick: bool, background_fraction: float = 0.5) -> d
                         " LEFT JOIN alerts a ON a.device_key = b.device_key"
                         "  AND a.started_at = b.sent_at WHERE d.id = 'PROBE-1' ORDER BY b.seq"
                     ):
-                        print("stage", row, file=sys.stderr)
+                        seq, received, opened = row[0], row[1].timestamp(), row[2].timestamp() if row[2] else None
+                        print(f"stage seq={seq} to_ingest={received - published_wall.get(seq, received):.3f}"
+                              f" to_rules={(opened - received) if opened else -1:.3f}", file=sys.stderr)
             latencies = sorted(
                 notified[i] - published[int(ms)] for i, ms in rows if i in notified and int(ms) in published
             )
@@ -208,8 +214,9 @@ def alert_latency_figures(*, quick: bool, background_fraction: float = 0.5) -> d
                 proc.wait(timeout=30)
     lat = np.array(latencies)
     return {
+        "ingest_capacity_rps": round(ingest_capacity),
         "pipeline_capacity_rps": round(capacity),
-        "background_rps": round(capacity / 2),
+        "background_rps": round(capacity * background_fraction),
         "probes": probe_seq,
         "alerts_seen": int(lat.size),
         "alert_latency_p50_s": round(float(np.percentile(lat, 50)), 3) if lat.size else None,

@@ -68,7 +68,10 @@ class GroupWriter:
     """Writes groups; keeps the per-device clock estimate between groups."""
 
     def __init__(
-        self, *, limits: Limits, clock: ClockTracker | None = None,
+        self,
+        *,
+        limits: Limits,
+        clock: ClockTracker | None = None,
         now_ms: Callable[[], int] = wall_clock_ms,
     ) -> None:
         self.limits = limits
@@ -96,9 +99,7 @@ class GroupWriter:
         result.reasons[reason] += 1
         return result
 
-    def _letter(
-        self, m: Message, device: str | None, reason: str, detail: str
-    ) -> store.DeadLetterRow:
+    def _letter(self, m: Message, device: str | None, reason: str, detail: str) -> store.DeadLetterRow:
         return store.DeadLetterRow(
             topic=m.topic,
             device_id=device,
@@ -119,9 +120,7 @@ class GroupWriter:
             if isinstance(outcome, ReadingBatch):
                 decoded.append((item.message, outcome))
             elif isinstance(outcome, Rejection):
-                letters.append(
-                    self._letter(item.message, outcome.device_id, outcome.reason, outcome.detail)
-                )
+                letters.append(self._letter(item.message, outcome.device_id, outcome.reason, outcome.detail))
             elif isinstance(outcome, StatusUpdate):
                 statuses.append((item.message, outcome))
 
@@ -158,9 +157,7 @@ class GroupWriter:
         result.released = len(released)
         for m, s in statuses:
             if s.device_id in devices:
-                store.update_status(
-                    conn, device_id=s.device_id, status=s.status, received_ms=m.received_ms
-                )
+                store.update_status(conn, device_id=s.device_id, status=s.status, received_ms=m.received_ms)
                 result.statuses += 1
         return result
 
@@ -189,27 +186,32 @@ class GroupWriter:
         applied_b = np.fromiter(
             (
                 self.clock.observe(
-                    k.device.key, received_ms=k.message.received_ms, sent_ms=k.batch.sent_ms,
+                    k.device.key,
+                    received_ms=k.message.received_ms,
+                    sent_ms=k.batch.sent_ms,
                     seed=k.device.clock_offset_ms,
                 )
                 for k in known
             ),
-            np.int64, nb,
+            np.int64,
+            nb,
         )
         corrected_b = applied_b != 0
 
         t, fault = check_readings(
-            t_device_ms=t_dev, offset_ms=applied_b[bidx], celsius=celsius, rh=rh,
-            now_ms=self.now_ms(), limits=limits,
+            t_device_ms=t_dev,
+            offset_ms=applied_b[bidx],
+            celsius=celsius,
+            rh=rh,
+            now_ms=self.now_ms(),
+            limits=limits,
         )
         ok = fault == ReadingFault.OK
         kept_b = np.bincount(bidx[ok], minlength=nb)
         newest_b = np.full(nb, _I64_MIN, dtype=np.int64)
         nonempty = counts > 0
         if nonempty.any():
-            newest_b[nonempty] = np.maximum.reduceat(
-                np.where(ok, t, _I64_MIN), starts[nonempty]
-            )
+            newest_b[nonempty] = np.maximum.reduceat(np.where(ok, t, _I64_MIN), starts[nonempty])
         late_b = ((last_b >= 0) & (seq_b < last_b)) | (
             (kept_b > 0) & (recv_b - newest_b > limits.late_after_ms)
         )
@@ -217,8 +219,14 @@ class GroupWriter:
         inserted = store.insert_batches(
             conn,
             store.BatchRows(
-                device_key=dev_b, seq=seq_b, org_id=org_b, received_ms=recv_b, sent_ms=sent_b,
-                readings=kept_b.astype(np.int32), clock_offset_ms=applied_b, late=late_b,
+                device_key=dev_b,
+                seq=seq_b,
+                org_id=org_b,
+                received_ms=recv_b,
+                sent_ms=sent_b,
+                readings=kept_b.astype(np.int32),
+                clock_offset_ms=applied_b,
+                late=late_b,
                 extras=[extras_json(k.batch) for k in known],
             ),
         )
@@ -233,7 +241,7 @@ class GroupWriter:
         rows_mask = ok & new_b[bidx]
         n_rows = int(rows_mask.sum())
         if n_rows:
-            flags_b = (np.where(late_b, FLAG_LATE, 0) | np.where(corrected_b, FLAG_CLOCK_CORRECTED, 0))
+            flags_b = np.where(late_b, FLAG_LATE, 0) | np.where(corrected_b, FLAG_CLOCK_CORRECTED, 0)
             flags = flags_b.astype(np.int16)[bidx]
             for i, k in enumerate(known):
                 door = door_open(k.batch) if new_b[i] else None
@@ -282,9 +290,7 @@ class GroupWriter:
                 f"{count} of {len(k.batch)} readings refused ({FAULT_REASON[ReadingFault(code)]})"
                 f" at index {idx}{' ...' if count > 20 else ''}; batch seq {k.batch.seq}"
             )
-            letters.append(
-                self._letter(k.message, k.batch.device, FAULT_REASON[ReadingFault(code)], detail)
-            )
+            letters.append(self._letter(k.message, k.batch.device, FAULT_REASON[ReadingFault(code)], detail))
         return letters
 
     def _link(
@@ -306,9 +312,7 @@ class GroupWriter:
         shipment = np.full(len(t), -1, dtype=np.int32)
         t_ok = t[rows_mask]
         keys = sorted({known[i].device.key for i in np.nonzero(linked_b)[0].tolist()})
-        windows = store.load_assignments(
-            conn, keys, start_ms=int(t_ok.min()), end_ms=int(t_ok.max())
-        )
+        windows = store.load_assignments(conn, keys, start_ms=int(t_ok.min()), end_ms=int(t_ok.max()))
         if not windows:
             return shipment
         masked_hi = np.where(rows_mask, t, _I64_MIN)
@@ -348,6 +352,15 @@ class GroupWriter:
         np.logical_or.at(any_late, inverse, late)
         org = np.zeros(n, dtype=np.int16)
         org[inverse] = rows.org_id
+        # Extremes per range let the rules' fast lane skip ranges that cannot change an alert.
+        min_c = np.full(n, np.inf, dtype=np.float32)
+        max_c = np.full(n, -np.inf, dtype=np.float32)
+        np.minimum.at(min_c, inverse, rows.celsius)
+        np.maximum.at(max_c, inverse, rows.celsius)
+        min_rh = np.full(n, np.nan, dtype=np.float32)
+        max_rh = np.full(n, np.nan, dtype=np.float32)
+        np.fmin.at(min_rh, inverse, rows.rh)
+        np.fmax.at(max_rh, inverse, rows.rh)
         store.enqueue_rules(
             conn,
             store.RuleWork(
@@ -357,6 +370,10 @@ class GroupWriter:
                 from_ms=lo,
                 to_ms=hi,
                 late=any_late,
+                min_c=min_c,
+                max_c=max_c,
+                min_rh=min_rh,
+                max_rh=max_rh,
             ),
         )
 
@@ -385,7 +402,10 @@ class GroupWriter:
             for lo, hi in account.gaps:
                 gaps.append(store.SeqGap(state.org_id, key, lo, hi))
                 log.warning(
-                    "device %s skipped batches %d..%d", state.id, lo, hi,
+                    "device %s skipped batches %d..%d",
+                    state.id,
+                    lo,
+                    hi,
                     extra={"device": state.id, "seq": lo, "count": hi - lo + 1},
                 )
             fill_keys += [key] * len(account.fills)

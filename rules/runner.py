@@ -12,8 +12,6 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import numpy as np
-import numpy.typing as npt
 import psycopg
 
 from coldchain.alarm_profile import AlarmProfile, Excursion, ExcursionKind
@@ -34,7 +32,6 @@ class RunStats:
     reevaluated: int = 0
     alerts_opened: int = 0
     alerts_resolved: int = 0
-    deferred: int = 0
 
 
 def _utc(ms: int | None) -> datetime | None:
@@ -177,44 +174,36 @@ def _profile(conn: psycopg.Connection, org: int, profile_id: str, version: int) 
     return found
 
 
-def needs_evaluation_now(
-    profile: AlarmProfile,
-    state: EngineState | None,
-    temps_c: npt.NDArray[np.float64],
-    rh_pct: npt.NDArray[np.float64],
-) -> bool:
-    """Whether new readings could change an alert now (the fast lane), judged without the engine.
+def at_rest(profile: AlarmProfile, state: EngineState) -> bool:
+    """Every rule back inside its limits with no episode open: only a reading near a limit (or
+    late data) can change an alert for this series now."""
+    if profile.rate_of_change_c_per_min is not None:
+        return False  # a steep change anywhere in the range matters
+    return all(sig.open is None and sig.last_class == RELEASE for sig in state.signals.values())
 
-    A series at rest (every rule back inside its limits, no episode open) whose new readings all
-    stay inside the innermost limits by the hysteresis cannot open, end or extend an excursion;
-    its evaluation can wait for the next bulk pass, which only delays it, never skips it.
+
+def hot_thresholds(profile: AlarmProfile) -> tuple[float | None, float | None, float | None, float | None]:
+    """(°C high, °C low, %RH high, %RH low): a reading at or beyond one needs the engine at once.
+
+    They are the innermost limits moved inwards by the hysteresis, so a reading in the release
+    band of any limit still counts as near it.
     """
-    if state is None or profile.rate_of_change_c_per_min is not None:
-        return True
-    if any(sig.open is not None or sig.last_class != RELEASE for sig in state.signals.values()):
-        return True
     highs = [x.threshold_c for x in profile.limits if x.side == "high"]
     lows = [x.threshold_c for x in profile.limits if x.side == "low"]
-    h = profile.hysteresis_c
-    if (highs and float(temps_c.max()) >= min(highs) - h) or (lows and float(temps_c.min()) <= max(lows) + h):
-        return True
-    if profile.humidity_limits and not bool(np.isnan(rh_pct).all()):
-        hh = profile.humidity_hysteresis_pct
-        rh_highs = [x.threshold_pct for x in profile.humidity_limits if x.side == "high"]
-        rh_lows = [x.threshold_pct for x in profile.humidity_limits if x.side == "low"]
-        if (rh_highs and float(np.nanmax(rh_pct)) >= min(rh_highs) - hh) or (
-            rh_lows and float(np.nanmin(rh_pct)) <= max(rh_lows) + hh
-        ):
-            return True
-    return False
+    rh_highs = [x.threshold_pct for x in profile.humidity_limits if x.side == "high"]
+    rh_lows = [x.threshold_pct for x in profile.humidity_limits if x.side == "low"]
+    h, hh = profile.hysteresis_c, profile.humidity_hysteresis_pct
+    return (
+        min(highs) - h if highs else None,
+        max(lows) + h if lows else None,
+        min(rh_highs) - hh if rh_highs else None,
+        max(rh_lows) + hh if rh_lows else None,
+    )
 
 
-def evaluate_many(
-    conn: psycopg.Connection, work: list[SeriesWork], stats: RunStats, *, defer_quiet: bool = False
-) -> None:
+def evaluate_many(conn: psycopg.Connection, work: list[SeriesWork], stats: RunStats) -> None:
     """Evaluate many series with a fixed number of queries: lock all, read all states and all new
-    readings at once, run the engine per series, store all states at once. With `defer_quiet`,
-    series that cannot change an alert now go back to the queue for the next bulk pass."""
+    readings at once, run the engine per series, store all states at once."""
     by_key = {(w.shipment_key, w.device_key): w for w in work}
     contexts = rules_store.lock_and_load(conn, list(by_key))
     after: dict[tuple[int, int], int | None] = {}
@@ -229,16 +218,9 @@ def evaluate_many(
         after[key] = None if restart or state is None else state.last_ms
     fetched = rules_store.readings_of_many(conn, after)
     saved: list[rules_store.SeriesStateRow] = []
-    deferred: list[SeriesWork] = []
     for key, (a, b) in fetched.ranges().items():
         item, ctx = by_key[key], contexts[key]
         profile = _profile(conn, item.org_id, ctx.profile_id, ctx.profile_version)
-        if defer_quiet and not needs_evaluation_now(
-            profile, states[key], fetched.temps_c[a:b], fetched.rh_pct[a:b]
-        ):
-            deferred.append(item)
-            stats.deferred += 1
-            continue
         series = SensorSeries(
             times_ms=fetched.times_ms[a:b],
             temps_c=fetched.temps_c[a:b],
@@ -248,6 +230,7 @@ def evaluate_many(
         result = evaluate(series, profile, states[key])
         stats.readings += b - a
         _apply(conn, item, profile, result.excursions, stats)
+        high_c, low_c, high_rh, low_rh = hot_thresholds(profile)
         saved.append(
             rules_store.SeriesStateRow(
                 org_id=item.org_id,
@@ -257,32 +240,37 @@ def evaluate_many(
                 profile_version=profile.version,
                 state=result.state.to_dict(),
                 last_ms=result.state.last_ms,
+                at_rest=at_rest(profile, result.state),
+                hot_high_c=high_c,
+                hot_low_c=low_c,
+                hot_high_rh=high_rh,
+                hot_low_rh=low_rh,
             )
         )
     stats.series += len(saved)
     rules_store.save_states(conn, saved)
-    rules_store.requeue(conn, deferred)
 
 
-def drain(conn: psycopg.Connection, *, batch: int = 500, defer_quiet: bool = False) -> RunStats:
+def drain(conn: psycopg.Connection, *, batch: int = 500, fast_lane: bool = False) -> RunStats:
     """Evaluate what is queued now; returns what was done. Safe to run on several workers.
 
     Claimed work and its results commit together, so a crash returns the work to the queue. If the
     batch as a whole fails, each series is tried on its own, so one bad series cannot hold up the rest.
     A pass takes only the work queued when it started, so a steady stream of new work cannot keep
-    it from returning; with `defer_quiet` (the fast lane) quiet series go back to the queue.
+    it from returning. The fast lane takes only work that could change an alert now (see
+    `rules_store.take_work`); the rest waits, untouched, for the next full pass.
     """
     stats = RunStats()
     head = rules_store.queue_head(conn)
     conn.commit()
     while True:
         with conn.transaction():
-            work = rules_store.take_work(conn, limit=batch, up_to=head)
+            work = rules_store.take_work(conn, limit=batch, up_to=head, fast_lane=fast_lane)
             if not work:
                 return stats
             try:
                 with conn.transaction():
-                    evaluate_many(conn, work, stats, defer_quiet=defer_quiet)
+                    evaluate_many(conn, work, stats)
             except Exception:
                 log.exception("batch evaluation failed; evaluating %d series one by one", len(work))
                 for item in work:

@@ -31,7 +31,7 @@ class RulesService:
         settings: Settings | None = None,
         clock_ms: Callable[[], int] | None = None,
         poll_s: float = 1.0,
-        bulk_s: float = 1.0,
+        bulk_s: float = 0.25,
         notifications: bool = True,
         notify_options: OutboxOptions | None = None,
     ) -> None:
@@ -104,7 +104,7 @@ class RulesService:
                     while not self._stop.is_set():
                         # Fast lane on every wake-up; a full (bulk) pass at most every bulk_s.
                         bulk = time.monotonic() - last_bulk >= self._bulk_s
-                        self._merge(drain(worker, defer_quiet=not bulk))
+                        self._merge(drain(worker, fast_lane=not bulk))
                         if bulk:
                             last_bulk = time.monotonic()
                         # Wake on ingest's NOTIFY, or poll anyway (a NOTIFY sent while we were
@@ -117,7 +117,7 @@ class RulesService:
                 backoff = min(backoff * 2, 15.0)
 
     def _merge(self, done: RunStats) -> None:
-        for name in ("series", "readings", "reevaluated", "alerts_opened", "alerts_resolved", "deferred"):
+        for name in ("series", "readings", "reevaluated", "alerts_opened", "alerts_resolved"):
             setattr(self.stats, name, getattr(self.stats, name) + getattr(done, name))
 
     def stop(self, timeout: float = 10.0) -> None:

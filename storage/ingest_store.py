@@ -234,9 +234,7 @@ def take_releasable(conn: psycopg.Connection, *, limit: int = 500) -> list[HeldB
 
 def mark_released(conn: psycopg.Connection, ids: Sequence[int]) -> None:
     if ids:
-        conn.execute(
-            "UPDATE quarantine SET released_at = now() WHERE id = ANY(%s)", (list(ids),)
-        )
+        conn.execute("UPDATE quarantine SET released_at = now() WHERE id = ANY(%s)", (list(ids),))
 
 
 def release_quarantine(conn: psycopg.Connection, device_id: str) -> int:
@@ -347,6 +345,10 @@ class RuleWork:
     from_ms: npt.NDArray[np.int64]
     to_ms: npt.NDArray[np.int64]
     late: npt.NDArray[np.bool_]
+    min_c: npt.NDArray[np.float32]
+    max_c: npt.NDArray[np.float32]
+    min_rh: npt.NDArray[np.float32]  # NaN = no humidity in the range
+    max_rh: npt.NDArray[np.float32]
 
 
 def enqueue_rules(conn: psycopg.Connection, work: RuleWork) -> int:
@@ -355,10 +357,12 @@ def enqueue_rules(conn: psycopg.Connection, work: RuleWork) -> int:
     if not n:
         return 0
     conn.execute(
-        "INSERT INTO rule_queue (org_id, device_key, shipment_key, from_t, to_t, late)"
-        " SELECT o, d, nullif(s, -1), to_timestamp(f / 1000.0), to_timestamp(t / 1000.0), l"
-        " FROM unnest(%s::int2[], %s::int4[], %s::int4[], %s::int8[], %s::int8[], %s::bool[])"
-        " AS u(o, d, s, f, t, l)",
+        "INSERT INTO rule_queue (org_id, device_key, shipment_key, from_t, to_t, late, min_c, max_c,"
+        " min_rh, max_rh)"
+        " SELECT o, d, nullif(s, -1), to_timestamp(f / 1000.0), to_timestamp(t / 1000.0), l, lc, hc,"
+        " nullif(lr, 'NaN'), nullif(hr, 'NaN')"
+        " FROM unnest(%s::int2[], %s::int4[], %s::int4[], %s::int8[], %s::int8[], %s::bool[],"
+        " %s::float4[], %s::float4[], %s::float4[], %s::float4[]) AS u(o, d, s, f, t, l, lc, hc, lr, hr)",
         (
             work.org_id.tolist(),
             work.device_key.tolist(),
@@ -366,6 +370,10 @@ def enqueue_rules(conn: psycopg.Connection, work: RuleWork) -> int:
             work.from_ms.tolist(),
             work.to_ms.tolist(),
             work.late.tolist(),
+            work.min_c.tolist(),
+            work.max_c.tolist(),
+            work.min_rh.tolist(),
+            work.max_rh.tolist(),
         ),
     )
     conn.execute(f"NOTIFY {RULES_CHANNEL}")

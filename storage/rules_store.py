@@ -32,23 +32,43 @@ def queue_head(conn: psycopg.Connection) -> int:
     return int(row[0]) if row else 0
 
 
-def take_work(conn: psycopg.Connection, *, limit: int = 1000, up_to: int | None = None) -> list[SeriesWork]:
+_FAST_LANE = (
+    " AND (q.late OR r.shipment_key IS NULL OR NOT r.at_rest OR q.max_c >= r.hot_high_c"
+    " OR q.min_c <= r.hot_low_c OR q.max_rh >= r.hot_high_rh OR q.min_rh <= r.hot_low_rh"
+    " OR q.max_c IS NULL)"
+)
+
+
+def take_work(
+    conn: psycopg.Connection, *, limit: int = 1000, up_to: int | None = None, fast_lane: bool = False
+) -> list[SeriesWork]:
     """Claim queued work inside the caller's transaction (rows return if it rolls back).
 
     Several rows for the same series fold into one: the earliest start, the latest end, late if any.
+    In the fast lane only work that could change an alert now is taken: late data, a new series,
+    a series not at rest, or a range whose extremes reach the series' hot thresholds.
     """
+    # Every queued row of a picked series goes too: one evaluation covers all its new readings,
+    # and a row left behind would later look like late data and force a full re-evaluation.
     rows = conn.execute(
-        "DELETE FROM rule_queue WHERE id IN (SELECT id FROM rule_queue WHERE shipment_key IS NOT NULL"
-        " AND id <= %s ORDER BY id FOR UPDATE SKIP LOCKED LIMIT %s)"
-        " RETURNING org_id, device_key, shipment_key, (extract(epoch FROM from_t) * 1000)::bigint,"
-        " (extract(epoch FROM to_t) * 1000)::bigint, late",
-        (up_to if up_to is not None else (1 << 62), limit),
+        "WITH picked AS (SELECT DISTINCT shipment_key, device_key FROM (SELECT q.shipment_key, q.device_key"
+        " FROM rule_queue q LEFT JOIN rule_series_state r"
+        " ON r.shipment_key = q.shipment_key AND r.device_key = q.device_key"
+        " WHERE q.shipment_key IS NOT NULL AND q.id <= %(head)s"
+        + (_FAST_LANE if fast_lane else "")
+        + " ORDER BY q.id LIMIT %(limit)s FOR UPDATE OF q SKIP LOCKED) AS first)"
+        " DELETE FROM rule_queue q USING picked p"
+        " WHERE q.shipment_key = p.shipment_key AND q.device_key = p.device_key AND q.id <= %(head)s"
+        " RETURNING q.org_id, q.device_key, q.shipment_key, (extract(epoch FROM q.from_t) * 1000)::bigint,"
+        " (extract(epoch FROM q.to_t) * 1000)::bigint, q.late",
+        {"head": up_to if up_to is not None else (1 << 62), "limit": limit},
     ).fetchall()
-    conn.execute(
-        "DELETE FROM rule_queue WHERE id IN (SELECT id FROM rule_queue WHERE shipment_key IS NULL"
-        " FOR UPDATE SKIP LOCKED LIMIT %s)",
-        (limit,),
-    )
+    if not fast_lane:
+        conn.execute(
+            "DELETE FROM rule_queue WHERE id IN (SELECT id FROM rule_queue WHERE shipment_key IS NULL"
+            " FOR UPDATE SKIP LOCKED LIMIT %s)",
+            (limit,),
+        )
     folded: dict[tuple[int, int], SeriesWork] = {}
     for org, device, shipment, start, end, late in rows:
         key = (shipment, device)
@@ -321,34 +341,46 @@ def lock_and_load(
     return {(r[0], r[1]): SeriesContext(r[2], int(r[3]), r[4], r[5]) for r in rows}
 
 
+_PACKED = np.dtype([("t", ">i8"), ("c", ">f8"), ("rh", ">f8"), ("f", ">i2")])
+
+
 def readings_of_many(conn: psycopg.Connection, after: dict[tuple[int, int], int | None]) -> SeriesBatch:
-    """Readings of many series after each one's own point (None: from the start), one per instant."""
+    """Readings of many series after each one's own point (None: from the start), one per instant.
+
+    Each series comes back as one row: its readings packed in time order as fixed-width records
+    of binary send forms, which numpy reads without any per-reading Python.
+    """
     keys = sorted(after)
-    floor = -(1 << 62)
+    floor = -62135596800000  # year 1
     rows = conn.execute(
-        "SELECT DISTINCT ON (r.shipment_key, r.device_key, r.t) r.shipment_key, r.device_key,"
-        " (extract(epoch FROM r.t) * 1000)::bigint, r.c, r.rh, r.flags"
-        " FROM unnest(%s::int[], %s::int[], %s::bigint[]) AS w(s, d, after)"
+        "SELECT r.shipment_key, r.device_key, string_agg(int8send((extract(epoch FROM r.t) * 1000)::int8)"
+        " || float8send(r.c::float8) || float8send(coalesce(r.rh, 'NaN')::float8) || int2send(r.flags),"
+        " ''::bytea ORDER BY r.t)"
+        " FROM unnest(%s::int[], %s::int[], %s::int8[]) AS w(s, d, after)"
         " JOIN readings r ON r.shipment_key = w.s AND r.device_key = w.d"
-        "  AND r.t > to_timestamp(greatest(w.after, -62135596800000) / 1000.0)"
-        " ORDER BY r.shipment_key, r.device_key, r.t",
+        "  AND r.t > to_timestamp(w.after / 1000.0)"
+        " GROUP BY r.shipment_key, r.device_key ORDER BY r.shipment_key, r.device_key",
         (
             [k[0] for k in keys],
             [k[1] for k in keys],
             [after[k] if after[k] is not None else floor for k in keys],
         ),
     ).fetchall()
-    if not rows:
-        e = np.empty(0)
-        return SeriesBatch(e.astype(np.int32), e.astype(np.int32), e.astype(np.int64), e, e, e.astype(bool))
-    s, d, t, c, rh, flags = zip(*rows, strict=True)
+    packed = np.frombuffer(b"".join(r[2] for r in rows), dtype=_PACKED)
+    counts = [len(r[2]) // _PACKED.itemsize for r in rows]
+    shipment = np.repeat(np.array([r[0] for r in rows], dtype=np.int32), counts)
+    device = np.repeat(np.array([r[1] for r in rows], dtype=np.int32), counts)
+    times = packed["t"].astype(np.int64)
+    # A repeated instant (a duplicated send under another seq) keeps one reading.
+    keep = np.ones(times.size, dtype=bool)
+    keep[1:] = (np.diff(times) != 0) | (np.diff(shipment) != 0) | (np.diff(device) != 0)
     return SeriesBatch(
-        shipment_key=np.array(s, dtype=np.int32),
-        device_key=np.array(d, dtype=np.int32),
-        times_ms=np.array(t, dtype=np.int64),
-        temps_c=np.array(c, dtype=np.float64),
-        rh_pct=np.array([np.nan if x is None else x for x in rh], dtype=np.float64),
-        door_open=(np.array(flags, dtype=np.int16) & FLAG_DOOR_OPEN) != 0,
+        shipment_key=shipment[keep],
+        device_key=device[keep],
+        times_ms=times[keep],
+        temps_c=packed["c"].astype(np.float64)[keep],
+        rh_pct=packed["rh"].astype(np.float64)[keep],
+        door_open=(packed["f"][keep] & FLAG_DOOR_OPEN) != 0,
     )
 
 
@@ -361,6 +393,11 @@ class SeriesStateRow:
     profile_version: int
     state: dict[str, Any]
     last_ms: int | None
+    at_rest: bool = False
+    hot_high_c: float | None = None
+    hot_low_c: float | None = None
+    hot_high_rh: float | None = None
+    hot_low_rh: float | None = None
 
 
 def save_states(conn: psycopg.Connection, rows: list[SeriesStateRow]) -> None:
@@ -377,38 +414,26 @@ def save_states(conn: psycopg.Connection, rows: list[SeriesStateRow]) -> None:
                 "v": r.profile_version,
                 "state": r.state,
                 "last": r.last_ms,
+                "rest": r.at_rest,
+                "hh": r.hot_high_c,
+                "hl": r.hot_low_c,
+                "rh": r.hot_high_rh,
+                "rl": r.hot_low_rh,
             }
             for r in rows
         ]
     ).decode()
     conn.execute(
         "INSERT INTO rule_series_state (shipment_key, device_key, org_id, profile_id, profile_version,"
-        " state, last_ms)"
+        " state, last_ms, at_rest, hot_high_c, hot_low_c, hot_high_rh, hot_low_rh)"
         " SELECT (x->>'s')::int, (x->>'d')::int, (x->>'o')::smallint, x->>'p', (x->>'v')::int, x->'state',"
-        " (x->>'last')::bigint FROM jsonb_array_elements(%s::jsonb) AS x"
+        " (x->>'last')::bigint, (x->>'rest')::bool, (x->>'hh')::real, (x->>'hl')::real, (x->>'rh')::real,"
+        " (x->>'rl')::real FROM jsonb_array_elements(%s::jsonb) AS x"
         " ON CONFLICT (shipment_key, device_key) DO UPDATE SET state = EXCLUDED.state,"
-        " last_ms = EXCLUDED.last_ms, profile_id = EXCLUDED.profile_id,"
+        " last_ms = EXCLUDED.last_ms, profile_id = EXCLUDED.profile_id, at_rest = EXCLUDED.at_rest,"
+        " hot_high_c = EXCLUDED.hot_high_c, hot_low_c = EXCLUDED.hot_low_c,"
+        " hot_high_rh = EXCLUDED.hot_high_rh, hot_low_rh = EXCLUDED.hot_low_rh,"
         " profile_version = EXCLUDED.profile_version,"
         " evaluations = rule_series_state.evaluations + 1, updated_at = now()",
         (doc,),
-    )
-
-
-def requeue(conn: psycopg.Connection, work: list[SeriesWork]) -> None:
-    """Put work back (deferred to the next bulk pass) in the caller's transaction."""
-    if not work:
-        return
-    conn.execute(
-        "INSERT INTO rule_queue (org_id, device_key, shipment_key, from_t, to_t, late)"
-        " SELECT o, d, s, to_timestamp(f / 1000.0), to_timestamp(t / 1000.0), l"
-        " FROM unnest(%s::smallint[], %s::int[], %s::int[], %s::bigint[], %s::bigint[], %s::bool[])"
-        " AS w(o, d, s, f, t, l)",
-        (
-            [w.org_id for w in work],
-            [w.device_key for w in work],
-            [w.shipment_key for w in work],
-            [w.from_ms for w in work],
-            [w.to_ms for w in work],
-            [w.late for w in work],
-        ),
     )

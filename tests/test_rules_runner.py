@@ -63,9 +63,9 @@ def _write(db: psycopg.Connection, dev: int, shp: int, idx: np.ndarray, temps: n
             ),
         )
         db.execute(
-            "INSERT INTO rule_queue (org_id, device_key, shipment_key, from_t, to_t)"
-            " VALUES (1, %s, %s, to_timestamp(%s / 1000.0), to_timestamp(%s / 1000.0))",
-            (dev, shp, int(t.min()), int(t.max())),
+            "INSERT INTO rule_queue (org_id, device_key, shipment_key, from_t, to_t, min_c, max_c)"
+            " VALUES (1, %s, %s, to_timestamp(%s / 1000.0), to_timestamp(%s / 1000.0), %s, %s)",
+            (dev, shp, int(t.min()), int(t.max()), float(temps[idx].min()), float(temps[idx].max())),
         )
 
 
@@ -133,14 +133,14 @@ def test_quiet_series_wait_for_the_bulk_pass_but_are_never_skipped(db: psycopg.C
     _write(db, dev, shp, np.arange(0, 60), whole)
     drain(db)  # the first evaluation of a series always runs
     _write(db, dev, shp, np.arange(60, 90), whole)  # quiet readings
-    fast = drain(db, defer_quiet=True)
-    assert (fast.series, fast.deferred) == (0, 1)
+    assert drain(db, fast_lane=True).series == 0  # quiet: left for the bulk pass
     assert db.execute("SELECT count(*) FROM rule_queue").fetchone() == (1,)
     _write(db, dev, shp, np.arange(90, 110), whole)  # the door opens at minute 100
-    fast = drain(db, defer_quiet=True)
-    assert (fast.series, fast.deferred) == (1, 0)  # hot: evaluated at once, with the quiet backlog
+    fast = drain(db, fast_lane=True)
+    assert fast.series == 1 and fast.readings == 50  # hot: at once, with the quiet backlog
+    assert db.execute("SELECT count(*) FROM rule_queue").fetchone() == (0,)
     _write(db, dev, shp, np.arange(110, 240), whole)
-    drain(db, defer_quiet=True)
+    drain(db, fast_lane=True)
     drain(db)  # the bulk pass
     assert _alerts(db) == [("single", "H1", "resolved", 11.0)]
     assert db.execute("SELECT count(*) FROM rule_queue").fetchone() == (0,)

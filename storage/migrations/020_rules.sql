@@ -21,3 +21,13 @@ CREATE TABLE product_profiles (
     updated_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (org_id, gtin)
 );
+
+-- The fast lane. Ingest records each queued range's extremes; a series' state records whether it
+-- is at rest and how close to its limits a reading must come to matter now. Work that cannot
+-- change an alert waits for the bulk pass without being read at all.
+ALTER TABLE rule_queue
+    ADD COLUMN min_c real, ADD COLUMN max_c real, ADD COLUMN min_rh real, ADD COLUMN max_rh real;
+ALTER TABLE rule_series_state
+    ADD COLUMN at_rest boolean NOT NULL DEFAULT false,
+    ADD COLUMN hot_high_c real, ADD COLUMN hot_low_c real,
+    ADD COLUMN hot_high_rh real, ADD COLUMN hot_low_rh real;
