@@ -201,7 +201,8 @@ def alert_latency_figures(*, quick: bool, background_fraction: float = 0.5) -> d
                         " LEFT JOIN alerts a ON a.device_key = b.device_key"
                         "  AND a.started_at = b.sent_at WHERE d.id = 'PROBE-1' ORDER BY b.seq"
                     ):
-                        seq, received, opened = row[0], row[1].timestamp(), row[2].timestamp() if row[2] else None
+                        seq, received = row[0], row[1].timestamp()
+                        opened = row[2].timestamp() if row[2] else None
                         print(f"stage seq={seq} to_ingest={received - published_wall.get(seq, received):.3f}"
                               f" to_rules={(opened - received) if opened else -1:.3f}", file=sys.stderr)
             latencies = sorted(

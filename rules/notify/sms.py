@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, Self
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import requests
@@ -235,7 +235,30 @@ def _delivery_error(exc: Exception, channel: Channel) -> DeliveryError:
     )
 
 
-class TwilioSms:
+class _TwilioChannel:
+    """What both Twilio channels share: an SDK client whose connection pool they release."""
+
+    _client: Client
+
+    def close(self) -> None:
+        """Release the HTTP connection pool."""
+        session = getattr(self._client.http_client, "session", None)
+        if session is not None:
+            session.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class TwilioSms(_TwilioChannel):
     """Sends SMS through Twilio's Messages API with the official SDK.
 
     Exactly one of `from_number` (E.164) and `messaging_service_sid` is used as the sender. With
@@ -299,25 +322,9 @@ class TwilioSms:
             detail=str(message.status),
         )
 
-    def close(self) -> None:
-        """Release the HTTP connection pool."""
-        session = getattr(self._client.http_client, "session", None)
-        if session is not None:
-            session.close()
-
-    def __enter__(self) -> TwilioSms:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
-class TwilioVoice:
+class TwilioVoice(_TwilioChannel):
     """Places a voice call that reads the alert aloud (TwiML <Say>), for critical alerts."""
 
     channel: Final = Channel.VOICE
@@ -377,22 +384,6 @@ class TwilioVoice:
             detail=str(call.status),
         )
 
-    def close(self) -> None:
-        """Release the HTTP connection pool."""
-        session = getattr(self._client.http_client, "session", None)
-        if session is not None:
-            session.close()
-
-    def __enter__(self) -> TwilioVoice:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def verify_twilio_signature(
