@@ -170,9 +170,8 @@ def sms_to(stub: TwilioStub, number: str) -> int:
 
 
 def complete_requests(stub: TwilioStub) -> list[Any]:
-    """Messages the stub accepted whose form arrived whole. A kill -9 mid-request can leave the
-    stub a truncated body (it does not check Content-Length against what arrived); Twilio would
-    refuse such a request, so it is no message."""
+    """Messages the stub accepted (a form cut off by a kill -9 mid-request is refused by the stub,
+    as Twilio would refuse it; this also skips requests that carried no status callback)."""
     return [r for r in stub.requests if r.sid and r.field("StatusCallback")]
 
 

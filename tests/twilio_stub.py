@@ -309,6 +309,11 @@ def _make_handler(stub: TwilioStub) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
+            if len(raw) < length:
+                # The client died mid-request (a killed notifier): Twilio would never have
+                # accepted a cut-off form, so neither does the stub.
+                self.close_connection = True
+                return
             match = _PATH.match(urllib.parse.urlsplit(self.path).path)
             if match is None:
                 self._reply(404, _error(404, 20404, "The requested resource was not found"))
