@@ -175,6 +175,10 @@ def run_platform(settings: Settings, *, demo: bool, mqtt_port: int | None, time_
             fleet = _start_demo(dsn, mqtt_url, topics, time_scale)
             stack.callback(fleet.stop)
 
+        if not port_is_free(settings.http_port):
+            busy, port = settings.http_port, free_port()
+            print(f"port {busy} is busy; serving the API and dashboard on {port} instead", flush=True)
+            settings = settings.model_copy(update={"http_port": port})
         pool = stack.enter_context(open_pool(dsn, min_size=1, max_size=10, name="api"))
         app = create_app(settings, pool=pool)
         url = f"http://{settings.http_host}:{settings.http_port}/dashboard"
