@@ -16,7 +16,9 @@ ALTER TABLE readings SET (
 );
 SELECT add_compression_policy('readings', INTERVAL '7 days');
 
-CREATE MATERIALIZED VIEW readings_5m WITH (timescaledb.continuous) AS
+-- Real-time aggregation: a dispatcher's chart must include the minutes the refresh policy has not
+-- materialised yet, so queries add the newest raw readings to the materialised buckets.
+CREATE MATERIALIZED VIEW readings_5m WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS
 SELECT device_key,
        shipment_key,
        time_bucket(INTERVAL '5 minutes', t) AS bucket,
