@@ -56,8 +56,11 @@ class BenchBroker(MosquittoServer):
 
     def _write_config(self) -> Path:
         conf = super()._write_config()
-        text = conf.read_text().replace("max_inflight_messages 1000", "max_inflight_messages 10000")
-        conf.write_text(text)
+        lines = [
+            "max_inflight_messages 10000" if line.startswith("max_inflight_messages ") else line
+            for line in conf.read_text().splitlines()
+        ]
+        conf.write_text("\n".join(lines) + "\n")
         return conf
 
 

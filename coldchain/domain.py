@@ -6,19 +6,35 @@ import re
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import StrEnum
-from typing import Any
-
-import numpy as np
-import numpy.typing as npt
+from typing import TYPE_CHECKING, Any
 
 from coldchain.errors import ValidationError
 from coldchain.gs1 import normalize_gtin, validate_lot
 
+if TYPE_CHECKING:
+    # numpy is imported lazily: the edge agent uses this module but must not pay ~15 MB for numpy.
+    import numpy as np
+    import numpy.typing as npt
+
+    TimeArray = npt.NDArray[np.int64]
+    FloatArray = npt.NDArray[np.float64]
+else:
+
+    def __getattr__(name: str) -> Any:
+        """TimeArray and FloatArray, built on first use so that importing this module does not
+        import numpy."""
+        if name in ("TimeArray", "FloatArray"):
+            import numpy as np
+            import numpy.typing as npt
+
+            alias = npt.NDArray[np.int64] if name == "TimeArray" else npt.NDArray[np.float64]
+            globals()[name] = alias
+            return alias
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 SHIPMENT_ID_RE = re.compile(r"^[A-Za-z0-9_.:/-]{1,64}$")
-
-TimeArray = npt.NDArray[np.int64]
-FloatArray = npt.NDArray[np.float64]
 
 
 def validate_device_id(device_id: str) -> str:
@@ -116,6 +132,9 @@ class Shipment:
 class ReadingBatch:
     """One wire message: a device's numbered batch of readings, held as numpy columns.
 
+    The server side decodes into this type; the edge agent, which never imports numpy, encodes
+    plain columns with coldchain.wire's `encode_*_columns` instead.
+
     Times are epoch milliseconds on the device's clock; `sent_ms` is the device clock at sending,
     which lets ingest estimate clock drift. Missing humidity is NaN. `extras` keeps optional
     per-reading fields (door, light, battery) when any reading had them.
@@ -143,6 +162,8 @@ class ReadingBatch:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ReadingBatch):
             return NotImplemented
+        import numpy as np
+
         return (
             self.device == other.device
             and self.seq == other.seq

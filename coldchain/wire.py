@@ -15,17 +15,24 @@ Binary batch, version 1, little-endian (docs/wire-format.md has a worked example
     ...     4n     temperature, float32 °C
     ...     4n     relative humidity, float32 % (only with flag bit 0; NaN = not measured)
     ...     4+E    extras: uint32 E then E bytes of a JSON array, one object or null per reading
+
+Two encoders write each form from one definition of it: `encode_binary`/`encode_json` take a
+ReadingBatch (numpy columns, the server side), `encode_binary_columns`/`encode_json_columns` take
+plain sequences (the edge agent, which never imports numpy). numpy is imported only inside the
+functions that use it.
 """
 
 from __future__ import annotations
 
 import math
 import struct
+import sys
+from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-import numpy as np
 import orjson
 
 from coldchain.domain import DEVICE_ID_RE, ReadingBatch, validate_device_id
@@ -41,6 +48,9 @@ _HEAD = struct.Struct("<3sBBB")
 _NUMBERS = struct.Struct("<QqI")
 _FLAG_RH: Final = 1
 _FLAG_EXTRAS: Final = 2
+_BIG_ENDIAN_HOST: Final = sys.byteorder == "big"
+
+Extras = Sequence[dict[str, Any] | None]
 
 # --------------------------------------------------------------------------- topics
 
@@ -137,24 +147,86 @@ def decode_batch(payload: bytes, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> Readi
 
 def encode_json(batch: ReadingBatch) -> bytes:
     """The JSON form; times as epoch ms (the compact choice CONTRACT.md allows)."""
+    import numpy as np
+
+    return _json_payload(
+        version=batch.version,
+        device=batch.device,
+        seq=batch.seq,
+        sent_ms=batch.sent_ms,
+        t_ms=np.asarray(batch.t_ms).tolist(),
+        celsius=np.asarray(batch.celsius).tolist(),
+        rh=np.asarray(batch.rh).tolist(),
+        extras=batch.extras,
+    )
+
+
+def encode_json_columns(
+    *,
+    device: str,
+    seq: int,
+    sent_ms: int,
+    t_ms: Sequence[int],
+    celsius: Sequence[float],
+    rh: Sequence[float] | None = None,
+    extras: Extras | None = None,
+) -> bytes:
+    """`encode_json` for plain columns (no numpy): the same bytes for the same readings.
+
+    `rh` None means no humidity column; NaN in it marks a reading without humidity.
+    """
+    n = _check_columns(t_ms, celsius, rh, extras)
+    return _json_payload(
+        version=FORMAT_VERSION,
+        device=device,
+        seq=seq,
+        sent_ms=sent_ms,
+        t_ms=t_ms,
+        celsius=celsius,
+        rh=rh if rh is not None else [math.nan] * n,
+        extras=extras,
+    )
+
+
+def _json_payload(
+    *,
+    version: int,
+    device: str,
+    seq: int,
+    sent_ms: int,
+    t_ms: Sequence[Any],
+    celsius: Sequence[Any],
+    rh: Sequence[Any],
+    extras: Extras | None,
+) -> bytes:
     readings: list[dict[str, Any]] = []
-    extras = batch.extras
-    for i in range(len(batch)):
-        item: dict[str, Any] = {"t": int(batch.t_ms[i]), "c": float(batch.celsius[i])}
-        rh = float(batch.rh[i])
-        if not math.isnan(rh):
-            item["rh"] = rh
+    for i, (t, c, h) in enumerate(zip(t_ms, celsius, rh, strict=True)):
+        item: dict[str, Any] = {"t": int(t), "c": float(c)}
+        h = float(h)
+        if not math.isnan(h):
+            item["rh"] = h
         if extras is not None and extras[i]:
             item.update(extras[i] or {})
         readings.append(item)
     doc = {
-        "v": batch.version,
-        "device": batch.device,
-        "seq": batch.seq,
-        "sent": format_time_ms(batch.sent_ms),
+        "v": version,
+        "device": device,
+        "seq": seq,
+        "sent": format_time_ms(sent_ms),
         "readings": readings,
     }
     return orjson.dumps(doc)
+
+
+def _check_columns(
+    t_ms: Sequence[int], celsius: Sequence[float], rh: Sequence[float] | None, extras: Extras | None
+) -> int:
+    n = len(t_ms)
+    if len(celsius) != n or (rh is not None and len(rh) != n):
+        raise ValidationError("reading columns differ in length", field="readings")
+    if extras is not None and len(extras) != n:
+        raise ValidationError("extras differ in length from readings", field="readings")
+    return n
 
 
 def decode_json(payload: bytes) -> ReadingBatch:
@@ -184,6 +256,8 @@ def decode_json(payload: bytes) -> ReadingBatch:
         raise DecodeError("readings must be a list", reason="bad_readings", field="readings")
     if len(readings) > MAX_READINGS:
         raise DecodeError(f"more than {MAX_READINGS} readings", reason="oversize")
+    import numpy as np
+
     n = len(readings)
     t = np.empty(n, dtype=np.int64)
     c = np.empty(n, dtype=np.float64)
@@ -236,22 +310,84 @@ def _number(value: object, i: int, name: str) -> float:
 
 def encode_binary(batch: ReadingBatch) -> bytes:
     """The compact binary form (about 16 bytes a reading)."""
-    device = batch.device.encode("ascii")
+    import numpy as np
+
     n = len(batch)
     has_rh = bool(n) and not bool(np.isnan(batch.rh).all())
-    has_extras = batch.extras is not None and any(batch.extras)
-    flags = (_FLAG_RH if has_rh else 0) | (_FLAG_EXTRAS if has_extras else 0)
+    return _binary_payload(
+        device=batch.device,
+        seq=batch.seq,
+        sent_ms=batch.sent_ms,
+        n=n,
+        t_bytes=np.ascontiguousarray(batch.t_ms, dtype="<i8").tobytes(),
+        c_bytes=np.ascontiguousarray(batch.celsius, dtype="<f4").tobytes(),
+        rh_bytes=np.ascontiguousarray(batch.rh, dtype="<f4").tobytes() if has_rh else None,
+        extras=batch.extras,
+    )
+
+
+def encode_binary_columns(
+    *,
+    device: str,
+    seq: int,
+    sent_ms: int,
+    t_ms: Sequence[int],
+    celsius: Sequence[float],
+    rh: Sequence[float] | None = None,
+    extras: Extras | None = None,
+) -> bytes:
+    """`encode_binary` for plain columns (no numpy): the same bytes for the same readings.
+
+    `rh` None (or all NaN) means no humidity column; NaN in it marks a reading without humidity.
+    """
+    n = _check_columns(t_ms, celsius, rh, extras)
+    has_rh = rh is not None and not all(math.isnan(h) for h in rh)
+    return _binary_payload(
+        device=device,
+        seq=seq,
+        sent_ms=sent_ms,
+        n=n,
+        t_bytes=_little_endian(array("q", t_ms)),
+        c_bytes=_little_endian(array("f", celsius)),
+        rh_bytes=_little_endian(array("f", rh)) if rh is not None and has_rh else None,
+        extras=extras,
+    )
+
+
+def _little_endian(column: array[Any]) -> bytes:
+    """A column's bytes in the wire's byte order, whatever the host's."""
+    if _BIG_ENDIAN_HOST:
+        column = array(column.typecode, column)
+        column.byteswap()
+    return column.tobytes()
+
+
+def _binary_payload(
+    *,
+    device: str,
+    seq: int,
+    sent_ms: int,
+    n: int,
+    t_bytes: bytes,
+    c_bytes: bytes,
+    rh_bytes: bytes | None,
+    extras: Extras | None,
+) -> bytes:
+    """Assemble a binary batch from its already packed columns (little-endian int64, float32)."""
+    device_id = device.encode("ascii")
+    has_extras = extras is not None and any(extras)
+    flags = (_FLAG_RH if rh_bytes is not None else 0) | (_FLAG_EXTRAS if has_extras else 0)
     parts = [
-        _HEAD.pack(BINARY_MAGIC, FORMAT_VERSION, flags, len(device)),
-        device,
-        _NUMBERS.pack(batch.seq, batch.sent_ms, n),
-        np.ascontiguousarray(batch.t_ms, dtype="<i8").tobytes(),
-        np.ascontiguousarray(batch.celsius, dtype="<f4").tobytes(),
+        _HEAD.pack(BINARY_MAGIC, FORMAT_VERSION, flags, len(device_id)),
+        device_id,
+        _NUMBERS.pack(seq, sent_ms, n),
+        t_bytes,
+        c_bytes,
     ]
-    if has_rh:
-        parts.append(np.ascontiguousarray(batch.rh, dtype="<f4").tobytes())
+    if rh_bytes is not None:
+        parts.append(rh_bytes)
     if has_extras:
-        blob = orjson.dumps(list(batch.extras or ()))
+        blob = orjson.dumps(list(extras or ()))
         parts.append(struct.pack("<I", len(blob)))
         parts.append(blob)
     return b"".join(parts)
@@ -287,6 +423,8 @@ def decode_binary(payload: bytes) -> ReadingBatch:
     need = pos + n * (8 + 4 + (4 if has_rh else 0))
     if len(payload) < need:
         raise DecodeError("binary batch is truncated", reason="truncated")
+    import numpy as np
+
     t = np.frombuffer(payload, dtype="<i8", count=n, offset=pos).astype(np.int64)
     pos += 8 * n
     c = np.frombuffer(payload, dtype="<f4", count=n, offset=pos).astype(np.float64)

@@ -18,25 +18,34 @@ so that each `summary_bucket_s` of readings becomes one summary reading: t = fir
 bucket, c = mean, rh = mean, extras {"summary": 1, "n", "min_c", "max_c", "t_last"}. The batch
 keeps its seq. Nothing is dropped without a record; a batch never shrinks below one summary, so
 the bound is reached only after years of summaries at the default settings.
+
+Batch columns are stored as little-endian int64 (t) and float64 (c, rh; NaN = no humidity)
+blobs. The agent holds them as array.array, never numpy (numpy alone would cost the edge
+process ~15 MB of memory).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import sqlite3
+import sys
+from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import numpy as np
 import orjson
 
 from coldchain.domain import ReadingBatch
+from coldchain.wire import encode_binary_columns, encode_json_columns
 from gateway_agent.drivers.base import Sample
 from gateway_agent.errors import OutboxError
 
 log = logging.getLogger(__name__)
+
+_BIG_ENDIAN_HOST = sys.byteorder == "big"
 
 SCHEMA_VERSION = 1
 
@@ -83,22 +92,40 @@ class PendingBatch:
     device: str
     seq: int
     created_ms: int
-    t_ms: np.ndarray
-    celsius: np.ndarray
-    rh: np.ndarray
+    t_ms: array[int]
+    celsius: array[float]
+    rh: array[float]
     extras: tuple[dict[str, Any] | None, ...] | None
 
     def __len__(self) -> int:
         return len(self.t_ms)
 
-    def to_wire(self, sent_ms: int) -> ReadingBatch:
-        return ReadingBatch(
+    def payload(self, sent_ms: int, *, form: Literal["binary", "json"] = "binary") -> bytes:
+        """The wire payload, encoded without numpy (the same bytes as encode_binary/encode_json
+        of `to_wire`)."""
+        encode = encode_json_columns if form == "json" else encode_binary_columns
+        return encode(
             device=self.device,
             seq=self.seq,
             sent_ms=sent_ms,
             t_ms=self.t_ms,
             celsius=self.celsius,
             rh=self.rh,
+            extras=self.extras,
+        )
+
+    def to_wire(self, sent_ms: int) -> ReadingBatch:
+        """The batch as the platform decodes it (numpy columns): for tools and tests, not the
+        agent's sending path, since it imports numpy."""
+        import numpy as np
+
+        return ReadingBatch(
+            device=self.device,
+            seq=self.seq,
+            sent_ms=sent_ms,
+            t_ms=np.array(self.t_ms, dtype=np.int64),
+            celsius=np.array(self.celsius, dtype=np.float64),
+            rh=np.array(self.rh, dtype=np.float64),
             extras=self.extras,
         )
 
@@ -229,18 +256,16 @@ class Outbox:
     def _insert_batch(
         self, device: str, seq: int, now_ms: int, rows: list[tuple[Any, ...]]
     ) -> None:
-        t = np.fromiter((r[1] for r in rows), dtype="<i8", count=len(rows))
-        c = np.fromiter((r[2] for r in rows), dtype="<f8", count=len(rows))
-        rh = np.fromiter(
-            (np.nan if r[3] is None else r[3] for r in rows), dtype="<f8", count=len(rows)
-        )
+        t = _pack("q", [r[1] for r in rows])
+        c = _pack("d", [r[2] for r in rows])
+        rh = _pack("d", [math.nan if r[3] is None else r[3] for r in rows])
         extras = None
         if any(r[4] for r in rows):
             extras = "[" + ",".join(r[4] or "null" for r in rows) + "]"
         self._db.execute(
             "INSERT INTO batch (device, seq, created_ms, n, t, c, rh, extras) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (device, seq, now_ms, len(rows), t.tobytes(), c.tobytes(), rh.tobytes(), extras),
+            (device, seq, now_ms, len(rows), t, c, rh, extras),
         )
 
     # ------------------------------------------------------------------ sending
@@ -330,9 +355,9 @@ class Outbox:
                         (
                             len(t),
                             row[8] + 1,
-                            t.astype("<i8").tobytes(),
-                            c.astype("<f8").tobytes(),
-                            rh.astype("<f8").tobytes(),
+                            _pack("q", t),
+                            _pack("d", c),
+                            _pack("d", rh),
                             orjson.dumps(extras).decode(),
                             batch.id,
                         ),
@@ -387,6 +412,22 @@ class _Transaction:
             self._db.execute("ROLLBACK")
 
 
+def _pack(typecode: str, values: Iterable[float]) -> bytes:
+    """A column as a little-endian blob ("q": int64, "d": float64), whatever the host's order."""
+    column = array(typecode, values)
+    if _BIG_ENDIAN_HOST:
+        column.byteswap()
+    return column.tobytes()
+
+
+def _unpack(typecode: str, blob: bytes) -> array[Any]:
+    column = array(typecode)
+    column.frombytes(blob)
+    if _BIG_ENDIAN_HOST:
+        column.byteswap()
+    return column
+
+
 def _pending(row: Sequence[Any]) -> PendingBatch:
     batch_id, device, seq, created_ms, t, c, rh, extras = row
     return PendingBatch(
@@ -394,51 +435,52 @@ def _pending(row: Sequence[Any]) -> PendingBatch:
         device=device,
         seq=seq,
         created_ms=created_ms,
-        t_ms=np.frombuffer(t, dtype="<i8").astype(np.int64),
-        celsius=np.frombuffer(c, dtype="<f8").astype(np.float64),
-        rh=np.frombuffer(rh, dtype="<f8").astype(np.float64),
+        t_ms=_unpack("q", t),
+        celsius=_unpack("d", c),
+        rh=_unpack("d", rh),
         extras=tuple(orjson.loads(extras)) if extras else None,
     )
 
 
 def _summarise(
     batch: PendingBatch, span_ms: int | None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
+) -> tuple[list[int], list[float], list[float], list[dict[str, Any]]]:
     """Fold a batch's readings into min/max/mean records per time bucket (or one per batch)."""
     old_extras = batch.extras or (None,) * len(batch)
     # A reading that is already a summary carries its own n/min/max; keep them in the fold.
-    counts = np.array([(e or {}).get("n", 1) for e in old_extras], dtype=np.int64)
-    lows = np.array(
-        [(e or {}).get("min_c", c) for e, c in zip(old_extras, batch.celsius, strict=True)]
-    )
-    highs = np.array(
-        [(e or {}).get("max_c", c) for e, c in zip(old_extras, batch.celsius, strict=True)]
-    )
-    lasts = np.array(
-        [(e or {}).get("t_last", t) for e, t in zip(old_extras, batch.t_ms, strict=True)],
-        dtype=np.int64,
-    )
-    if span_ms is None:
-        keys = np.zeros(len(batch), dtype=np.int64)
-    else:
-        keys = (batch.t_ms - batch.t_ms[0]) // span_ms
-    t_out, c_out, rh_out, extras = [], [], [], []
-    for key in np.unique(keys):
-        sel = keys == key
-        n = counts[sel]
-        weight = n / n.sum()
-        rh_sel = batch.rh[sel]
-        has_rh = ~np.isnan(rh_sel)
-        t_out.append(int(batch.t_ms[sel][0]))
-        c_out.append(float(np.sum(batch.celsius[sel] * weight)))
-        rh_out.append(float(rh_sel[has_rh].mean()) if has_rh.any() else np.nan)
+    counts = [int((e or {}).get("n", 1)) for e in old_extras]
+    lows = [
+        float((e or {}).get("min_c", c)) for e, c in zip(old_extras, batch.celsius, strict=True)
+    ]
+    highs = [
+        float((e or {}).get("max_c", c)) for e, c in zip(old_extras, batch.celsius, strict=True)
+    ]
+    lasts = [int((e or {}).get("t_last", t)) for e, t in zip(old_extras, batch.t_ms, strict=True)]
+    groups: dict[int, list[int]] = {}  # bucket -> reading indexes, in reading order
+    t0 = batch.t_ms[0]
+    for i, t in enumerate(batch.t_ms):
+        key = 0 if span_ms is None else (t - t0) // span_ms
+        groups.setdefault(key, []).append(i)
+    t_out: list[int] = []
+    c_out: list[float] = []
+    rh_out: list[float] = []
+    extras: list[dict[str, Any]] = []
+    for key in sorted(groups):  # buckets in time order, as before
+        sel = groups[key]
+        total = sum(counts[i] for i in sel)
+        # Humidity is weighted by the readings each value stands for, like temperature.
+        rh_sel = [i for i in sel if not math.isnan(batch.rh[i])]
+        rh_total = sum(counts[i] for i in rh_sel)
+        t_out.append(batch.t_ms[sel[0]])
+        c_out.append(sum(batch.celsius[i] * (counts[i] / total) for i in sel))
+        rh_out.append(sum(batch.rh[i] * counts[i] for i in rh_sel) / rh_total if rh_sel else math.nan)
         extras.append(
             {
                 "summary": 1,
-                "n": int(n.sum()),
-                "min_c": float(lows[sel].min()),
-                "max_c": float(highs[sel].max()),
-                "t_last": int(lasts[sel].max()),
+                "n": total,
+                "min_c": min(lows[i] for i in sel),  # temperatures are finite (Sample checks)
+                "max_c": max(highs[i] for i in sel),
+                "t_last": max(lasts[i] for i in sel),
             }
         )
-    return np.array(t_out), np.array(c_out), np.array(rh_out), extras
+    return t_out, c_out, rh_out, extras

@@ -14,13 +14,13 @@ import random
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import aiomqtt
 import paho.mqtt.client as paho
 
 from coldchain.mqtt_url import BrokerAddress
-from coldchain.wire import OFFLINE_STATUS, DeviceConfig, DeviceStatus, Topics, encode_binary, encode_json
+from coldchain.wire import OFFLINE_STATUS, DeviceConfig, DeviceStatus, Topics
 from gateway_agent.clock import Clock
 from gateway_agent.config import AgentSettings, DeviceSettings
 from gateway_agent.errors import PublishRefusedError
@@ -131,7 +131,7 @@ class DevicePublisher:
         self.wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._delay = backoff_delays(settings.reconnect_min_s, settings.reconnect_max_s)
-        self._encode = encode_binary if settings.payload == "binary" else encode_json
+        self._form: Literal["binary", "json"] = "binary" if settings.payload == "binary" else "json"
         self._acked: list[int] = []
 
     def stop(self) -> None:
@@ -236,7 +236,7 @@ class DevicePublisher:
         self, client: AckingClient, topic: str, batch: PendingBatch, window: asyncio.Semaphore
     ) -> None:
         try:
-            payload = self._encode(batch.to_wire(sent_ms=self.clock.now_ms()))
+            payload = batch.payload(self.clock.now_ms(), form=self._form)
             await client.publish_acked(topic, payload)
             self._acked.append(batch.id)
             self.link.sent += 1

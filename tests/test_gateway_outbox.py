@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import io
 import math
+import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from coldchain.errors import ConfigurationError
-from coldchain.wire import DeviceConfig, decode_batch, encode_binary
+from coldchain.wire import DeviceConfig, decode_batch, encode_binary, encode_json
 from gateway_agent.agent import Agent
 from gateway_agent.alarm import ConsoleOutput, GpioOutput, LocalAlarm, LocalProfile, SysfsGpioPin
 from gateway_agent.clock import ManualClock
@@ -64,6 +65,30 @@ def test_partial_batch_leaves_by_age_and_seq_floor(tmp_path: Path) -> None:
         assert wire.device == "B" and wire.seq == 500 and len(wire) == 3
 
 
+def test_batch_columns_on_disk_and_payloads_match_the_platform_codec(tmp_path: Path) -> None:
+    samples = [
+        Sample("E", T0, 4.25, 61.5),
+        Sample("E", T0 + 60_000, -1.1, None, {"door": 1}),
+        Sample("E", T0 + 120_000, 7.3),
+    ]
+    with Outbox(tmp_path / "o.sqlite3") as outbox:
+        outbox.add(samples)
+        outbox.seal("E", batch_size=3, max_age_s=3600, now_ms=T0)
+        # The stored columns are little-endian int64 / float64 blobs, NaN for no humidity.
+        t, c, rh = outbox._db.execute("SELECT t, c, rh FROM batch").fetchone()
+        assert t == struct.pack("<3q", T0, T0 + 60_000, T0 + 120_000)
+        assert c == struct.pack("<3d", 4.25, -1.1, 7.3)
+        assert rh[:8] == struct.pack("<d", 61.5) and all(map(math.isnan, struct.unpack("<2d", rh[8:])))
+        [batch] = outbox.pending("E")
+        # The agent encodes without numpy; the platform's codec must see the very same bytes.
+        wire = batch.to_wire(sent_ms=T0 + 180_000)
+        assert batch.payload(T0 + 180_000) == encode_binary(wire)
+        assert batch.payload(T0 + 180_000, form="json") == encode_json(wire)
+        decoded = decode_batch(batch.payload(T0 + 180_000, form="json"))
+        assert decoded == wire and decoded.extras == (None, {"door": 1}, None)
+        assert decoded.rh[0] == 61.5 and math.isnan(decoded.rh[1])
+
+
 def test_full_outbox_summarises_oldest_readings_never_drops(tmp_path: Path) -> None:
     with Outbox(tmp_path / "o.sqlite3", max_readings=1000, summary_bucket_s=900) as outbox:
         samples = _samples("C", 1500)
@@ -81,12 +106,17 @@ def test_full_outbox_summarises_oldest_readings_never_drops(tmp_path: Path) -> N
                 counted += (extra or {}).get("n", 1)
         assert counted == 1500
         first = pending[0]
-        assert first.extras is not None and first.extras[0]["summary"] == 1
+        summary = (first.extras or (None,))[0] or {}
+        assert summary["summary"] == 1
         originals = [s.celsius for s in samples[:15]]  # the first 15-minute bucket
-        assert first.extras[0]["min_c"] == pytest.approx(min(originals))
-        assert first.extras[0]["max_c"] == pytest.approx(max(originals))
+        assert summary["min_c"] == pytest.approx(min(originals))
+        assert summary["max_c"] == pytest.approx(max(originals))
         assert first.celsius[0] == pytest.approx(sum(originals) / 15)
         assert int(outbox.meta("summarised_readings") or 0) > 0
+        # A summarised batch still goes out as a valid batch under its seq.
+        wire = decode_batch(first.payload(T0))
+        assert (wire.seq, len(wire)) == (1, len(first))
+        assert ((wire.extras or (None,))[0] or {}).get("summary") == 1
 
 
 def test_local_alarm_delay_hysteresis_and_outputs(tmp_path: Path) -> None:
@@ -188,3 +218,20 @@ def test_local_status_page_serves_text_and_json() -> None:
         assert "ALARM: D:H1" in page and "9.50 °C" in page and "queue 3 readings" in page
     finally:
         server.stop()
+
+
+def test_summaries_weigh_humidity_by_the_readings_they_stand_for() -> None:
+    from array import array
+
+    from gateway_agent.outbox import PendingBatch, _summarise
+
+    # A summary of 3 readings (mean 4 °C, 40 %RH) folded with one raw reading (8 °C, 80 %RH).
+    batch = PendingBatch(
+        id=1, device="D", seq=1, created_ms=0,
+        t_ms=array("q", [0, 60_000]), celsius=array("d", [4.0, 8.0]), rh=array("d", [40.0, 80.0]),
+        extras=({"summary": 1, "n": 3, "min_c": 3.0, "max_c": 5.0, "t_last": 0}, None),
+    )
+    _, celsius, rh, extras = _summarise(batch, None)
+    assert extras[0]["n"] == 4
+    assert celsius == [pytest.approx(5.0)]
+    assert rh == [pytest.approx(50.0)]  # (3 x 40 + 80) / 4, not (40 + 80) / 2

@@ -3,8 +3,12 @@ example decodes, and bad payloads fail with a reason (never another exception)."
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
+import struct
+import sys
+from array import array
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from coldchain import wire
 from coldchain.domain import ReadingBatch
 from coldchain.errors import DecodeError, ValidationError
 from coldchain.wire import (
@@ -20,7 +25,9 @@ from coldchain.wire import (
     Topics,
     decode_batch,
     encode_binary,
+    encode_binary_columns,
     encode_json,
+    encode_json_columns,
     parse_time_ms,
 )
 
@@ -91,6 +98,55 @@ def test_json_round_trip(batch: ReadingBatch) -> None:
 @given(batches(float32=True))
 def test_binary_round_trip(batch: ReadingBatch) -> None:
     assert decode_batch(encode_binary(batch)) == batch
+
+
+@given(batches(float32=False), st.booleans(), st.booleans())
+def test_column_encoders_give_the_same_bytes(
+    batch: ReadingBatch, as_array: bool, drop_empty_rh: bool
+) -> None:
+    """The edge encodes plain columns without numpy; the platform must not see a difference."""
+    t, c, rh = batch.t_ms.tolist(), batch.celsius.tolist(), batch.rh.tolist()
+    no_rh = all(math.isnan(h) for h in rh)
+    columns = {
+        "device": batch.device,
+        "seq": batch.seq,
+        "sent_ms": batch.sent_ms,
+        "t_ms": array("q", t) if as_array else t,
+        "celsius": array("d", c) if as_array else c,
+        "rh": None if no_rh and drop_empty_rh else (array("d", rh) if as_array else rh),
+        "extras": batch.extras,
+    }
+    binary = encode_binary_columns(**columns)  # type: ignore[arg-type]
+    assert binary == encode_binary(batch)
+    text = encode_json_columns(**columns)  # type: ignore[arg-type]
+    assert text == encode_json(batch)
+    assert decode_batch(text) == batch
+    as_float32 = dataclasses.replace(
+        batch,
+        celsius=batch.celsius.astype(np.float32).astype(np.float64),
+        rh=batch.rh.astype(np.float32).astype(np.float64),
+    )
+    assert decode_batch(binary) == as_float32
+
+
+def test_column_encoders_refuse_ragged_columns() -> None:
+    with pytest.raises(ValidationError):
+        encode_binary_columns(device="A", seq=1, sent_ms=0, t_ms=[1, 2], celsius=[4.0])
+    with pytest.raises(ValidationError):
+        encode_json_columns(device="A", seq=1, sent_ms=0, t_ms=[1], celsius=[4.0], rh=[1.0, 2.0])
+    with pytest.raises(ValidationError):
+        encode_binary_columns(device="A", seq=1, sent_ms=0, t_ms=[1], celsius=[4.0], extras=())
+
+
+def test_columns_are_little_endian_whatever_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    values = (1, -2, 1 << 40)
+    column = array("q", values)
+    assert wire._little_endian(column) == struct.pack("<3q", *values)
+    # On a host of the other byte order each value is swapped (a copy; the column is untouched).
+    monkeypatch.setattr(wire, "_BIG_ENDIAN_HOST", not wire._BIG_ENDIAN_HOST)
+    swapped = struct.pack("<3q" if sys.byteorder == "big" else ">3q", *values)
+    assert wire._little_endian(column) == swapped
+    assert column.tolist() == list(values)
 
 
 @given(st.binary(max_size=300))
