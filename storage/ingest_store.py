@@ -36,12 +36,14 @@ def lock_devices(conn: psycopg.Connection, device_ids: Sequence[str]) -> dict[st
 
     The lock serialises two ingest workers that hold batches of the same device, so `last_seq`
     (and the gaps computed from it) is exact; key order keeps two workers from deadlocking.
+    It is FOR NO KEY UPDATE because ingest changes no key column: a FOR UPDATE lock would also
+    block every foreign-key check on the device (rule state, alerts) for the whole group.
     """
     if not device_ids:
         return {}
     rows = conn.execute(
         "SELECT id, key, org_id, interval_s, last_seq, clock_offset_ms FROM devices"
-        " WHERE id = ANY(%s) ORDER BY key FOR UPDATE",
+        " WHERE id = ANY(%s) ORDER BY key FOR NO KEY UPDATE",
         (list(device_ids),),
     ).fetchall()
     return {r[0]: DeviceState(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows}
