@@ -108,3 +108,21 @@ def test_copy_writer_and_device_directory(db: psycopg.Connection) -> None:
     assert got[0][0] is None and got[0][3] is None
     assert got[1][0] == dev.assignments[0].shipment_key and got[1][2] == 5.25 and got[1][3] == 61.5
     assert got[1][1] == start
+
+
+def test_a_port_in_time_wait_is_free_a_listening_one_is_not() -> None:
+    import socket
+
+    from embedded.process import free_port, port_is_free
+
+    port = free_port()
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", port))
+        server.listen()
+        assert not port_is_free(port)
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            accepted, _ = server.accept()
+            accepted.close()  # the server side closes first: its end lingers in TIME_WAIT
+            client.recv(1)
+    assert port_is_free(port)
