@@ -24,7 +24,8 @@ class MosquittoServer:
     (1000 queued messages, nothing kept across a restart) silently drops QoS 1 telemetry.
 
     `password_file` and `acl_file`, when given, switch anonymous access off and enforce per-device
-    credentials and topic ACLs.
+    credentials and topic ACLs. `tls` (CA, certificate and key files) makes the listener TLS-only
+    and requires a client certificate whose common name becomes the username the ACL sees.
     """
 
     def __init__(
@@ -34,18 +35,20 @@ class MosquittoServer:
         port: int | None = None,
         password_file: Path | None = None,
         acl_file: Path | None = None,
+        tls: tuple[Path, Path, Path] | None = None,
     ) -> None:
         self._owned_tmp = data_dir is None
         self.data_dir = (data_dir or Path(tempfile.mkdtemp(prefix="coldchain-mqtt-"))).resolve()
         self.port = port or free_port()
         self.password_file = password_file
         self.acl_file = acl_file
+        self.tls = tls
         self.binary = find_mosquitto()
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        return f"{'mqtts' if self.tls is not None else 'mqtt'}://127.0.0.1:{self.port}"
 
     def _write_config(self) -> Path:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -70,12 +73,21 @@ class MosquittoServer:
             "log_type warning",
             "connection_messages false",
         ]
+        if self.tls is not None:
+            cafile, certfile, keyfile = self.tls
+            lines[1:1] = [
+                f"cafile {cafile}",
+                f"certfile {certfile}",
+                f"keyfile {keyfile}",
+                "require_certificate true",
+                "use_identity_as_username true",
+            ]
         if os.geteuid() == 0:
             lines.append(f"user {run_as}")
         if self.password_file is not None:
             lines += ["allow_anonymous false", f"password_file {self.password_file}"]
         else:
-            lines.append("allow_anonymous true")
+            lines.append(f"allow_anonymous {'false' if self.tls is not None else 'true'}")
         if self.acl_file is not None:
             lines.append(f"acl_file {self.acl_file}")
         conf = self.data_dir / "mosquitto.conf"
