@@ -48,7 +48,6 @@ def build_driver(device: DeviceSettings, *, source: SampleSource | None = None) 
     from gateway_agent.drivers.i2c import BME280Driver, SHT3xDriver, SHT4xDriver, open_bus
 
     bus = open_bus(int(opts.get("bus", 1)))
-    if device.driver == "bme280":
-        return BME280Driver(device_id=device.id, bus=bus, address=int(opts.get("address", 0x76)))
-    cls = SHT3xDriver if device.driver == "sht3x" else SHT4xDriver
-    return cls(device_id=device.id, bus=bus, address=int(opts.get("address", 0x44)))
+    address = int(opts["address"]) if "address" in opts else None  # else the chip's default
+    cls = {"bme280": BME280Driver, "sht3x": SHT3xDriver}.get(device.driver, SHT4xDriver)
+    return cls(device_id=device.id, bus=bus, address=address)

@@ -69,23 +69,34 @@ def check_sensirion_words(raw: bytes, *, sensor: str) -> list[int]:
     return words
 
 
-class _SensirionDriver:
-    command: bytes = b""
-    wait_s: float = 0.0
+class _I2CDriver:
+    """What every I2C sensor driver shares: its bus, address, a sleep to wait for conversions."""
+
+    default_address: int = 0
+    sensor_name: str = ""
 
     def __init__(
         self,
         *,
         device_id: str,
         bus: I2CBus,
-        address: int = 0x44,
+        address: int | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.device_id = device_id
         self.bus = bus
-        self.address = address
+        self.address = self.default_address if address is None else address
         self._sleep = sleep
-        self.sensor = f"{type(self).__name__}@{address:#04x}"
+        self.sensor = f"{self.sensor_name or type(self).__name__}@{self.address:#04x}"
+
+    def close(self) -> None:
+        self.bus.close()
+
+
+class _SensirionDriver(_I2CDriver):
+    default_address = 0x44
+    command: bytes = b""
+    wait_s: float = 0.0
 
     def measure(self) -> tuple[float, float]:
         try:
@@ -103,9 +114,6 @@ class _SensirionDriver:
     def read(self, now_ms: int) -> list[Sample]:
         celsius, rh = self.measure()
         return [Sample(self.device_id, now_ms, round(celsius, 3), round(rh, 2))]
-
-    def close(self) -> None:
-        self.bus.close()
 
 
 class SHT3xDriver(_SensirionDriver):
@@ -226,22 +234,21 @@ def bme280_compensate(
     return temperature, pressure, humidity
 
 
-class BME280Driver:
+class BME280Driver(_I2CDriver):
     """Forced mode, x1 oversampling for temperature, pressure and humidity."""
+
+    default_address = 0x76
+    sensor_name = "BME280"
 
     def __init__(
         self,
         *,
         device_id: str,
         bus: I2CBus,
-        address: int = 0x76,
+        address: int | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.device_id = device_id
-        self.bus = bus
-        self.address = address
-        self._sleep = sleep
-        self.sensor = f"BME280@{address:#04x}"
+        super().__init__(device_id=device_id, bus=bus, address=address, sleep=sleep)
         self._cal: BME280Calibration | None = None
 
     def _calibration(self) -> BME280Calibration:
@@ -281,6 +288,3 @@ class BME280Driver:
         celsius, pascal, rh = self.measure()
         extras = {"hpa": round(pascal / 100.0, 2)} if pascal else None
         return [Sample(self.device_id, now_ms, celsius, round(rh, 2), extras)]
-
-    def close(self) -> None:
-        self.bus.close()
