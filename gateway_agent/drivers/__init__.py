@@ -49,5 +49,9 @@ def build_driver(device: DeviceSettings, *, source: SampleSource | None = None) 
 
     bus = open_bus(int(opts.get("bus", 1)))
     address = int(opts["address"]) if "address" in opts else None  # else the chip's default
-    cls = {"bme280": BME280Driver, "sht3x": SHT3xDriver}.get(device.driver, SHT4xDriver)
+    drivers: dict[str, type[BME280Driver | SHT3xDriver | SHT4xDriver]] = {
+        "bme280": BME280Driver,
+        "sht3x": SHT3xDriver,
+    }
+    cls = drivers.get(device.driver, SHT4xDriver)
     return cls(device_id=device.id, bus=bus, address=address)
