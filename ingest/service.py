@@ -1,13 +1,21 @@
 """The ingest service: MQTT in (paho, QoS 1, persistent session, shared subscription), groups of
 batches out to PostgreSQL, acknowledgements only after the group's commit.
 
-Three threads, so that receiving and writing overlap and the paho loop never waits on the database:
+Four threads, so that receiving and writing overlap and the paho loop never waits on the database:
 
     paho-mqtt-...   paho's network loop; on_message only appends the raw message to the inbox
     ingest-decode   takes up to `ingest_group_max_batches` messages (or what came within
-                    `ingest_group_max_wait_ms`), decodes them, hands the group on
-    ingest-writer   one transaction per group (ingest.writer), commit, then PUBACK every message
-                    of the group; polls the quarantine for devices registered since
+                    `ingest_group_max_wait_ms`), decodes them, hands the group on with a ticket
+                    (its place in receive order)
+    ingest-writer-0/1
+                    one transaction per group each, on connections of their own, taking groups
+                    alternately, so that one group's COPY runs while the group before it commits;
+                    writer 0 also polls the quarantine for devices registered since
+
+Tickets keep the two writers in receive order (GroupOrder): a group starts its copy stage once the
+group before it has its `batches` rows in, and locks its devices, commits and sends its PUBACKs
+only after the group before it has done all three. Commits, sequence accounting and PUBACKs are
+thus in the order the PUBLISHes arrived (MQTT 3.1.1 and 5, section 4.6), as with one writer.
 
 The broker never has more than `receive_maximum` unacknowledged messages out to us (MQTT v5
 Receive Maximum), so the inbox is bounded and a stalled database pushes back on the broker, which
@@ -35,7 +43,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from coldchain.errors import ConfigurationError
+from coldchain.errors import ColdchainError, ConfigurationError
 from coldchain.mqtt_url import BrokerAddress
 from coldchain.settings import Settings
 from coldchain.wire import Topics
@@ -49,7 +57,74 @@ log = logging.getLogger(__name__)
 
 SESSION_EXPIRY_S = 7 * 86_400
 RELEASE_POLL_S = 1.0
+WRITERS = 2
+# Breaks a wait cycle the database cannot see (two workers' groups each holding a batch the
+# other's group waits for, each group also waiting in-process for the group before it).
+LOCK_TIMEOUT = "10s"
 _STOP = object()
+
+
+class _Restart(ColdchainError):
+    """The group before failed after this one began: roll back and write again after it."""
+
+
+class _Aborted(ColdchainError):
+    """stop() gave up draining: leave the group unacknowledged."""
+
+
+class GroupOrder:
+    """Receive-order tickets for groups written by several threads.
+
+    Ticket n may start its copy stage once ticket n-1 is done or has its `batches` rows in (then a
+    redelivered batch in both waits on n-1's transaction in PostgreSQL and is skipped); it may lock
+    devices, commit and acknowledge only once n-1 is done. If n-1 fails after n began, n rolls
+    back (n-1's retry may need the `batches` keys n inserted) and starts again after n-1 is done.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._done = -1  # every ticket up to this one is done
+        self._deduped: set[int] = set()
+        self._failed: set[int] = set()
+
+    def wait_start(self, ticket: int, *, overlap: bool, abort: threading.Event) -> None:
+        with self._cond:
+            while not (
+                self._done >= ticket - 1
+                or (overlap and ticket - 1 in self._deduped and ticket - 1 not in self._failed)
+            ):
+                self._wait(abort)
+
+    def wait_turn(self, ticket: int, *, abort: threading.Event) -> None:
+        """Until ticket - 1 is done; raises _Restart when it fails meanwhile."""
+        with self._cond:
+            while self._done < ticket - 1:
+                if ticket - 1 in self._failed:
+                    raise _Restart
+                self._wait(abort)
+
+    def _wait(self, abort: threading.Event) -> None:
+        if abort.is_set():
+            raise _Aborted
+        self._cond.wait(0.2)
+
+    def deduped(self, ticket: int) -> None:
+        with self._cond:
+            self._deduped.add(ticket)
+            self._cond.notify_all()
+
+    def failed(self, ticket: int) -> None:
+        with self._cond:
+            self._deduped.discard(ticket)
+            self._failed.add(ticket)
+            self._cond.notify_all()
+
+    def done(self, ticket: int) -> None:
+        with self._cond:
+            self._done = max(self._done, ticket)
+            self._deduped.discard(ticket)
+            self._failed.discard(ticket)
+            self._cond.notify_all()
 
 
 @dataclass(slots=True)
@@ -106,21 +181,24 @@ class IngestService:
         self.limits = Limits.from_settings(self.settings)
         self.group_max = max(1, self.settings.ingest_group_max_batches)
         self.group_wait_s = max(0, self.settings.ingest_group_max_wait_ms) / 1000
-        # Two groups' worth in flight: one being written while the next one arrives.
-        self.receive_maximum = min(65_535, receive_maximum or max(100, 2 * self.group_max))
+        # A group per writer in flight, one waiting for a writer and one arriving.
+        self.receive_maximum = min(
+            65_535, receive_maximum or max(100, (WRITERS + 2) * self.group_max)
+        )
         self.metrics = IngestMetrics()
         self._writer = GroupWriter(limits=self.limits)
         self._stats = IngestStats()
         self._stats_lock = threading.Lock()
         self._inbox: queue.Queue[Message] = queue.Queue(maxsize=2 * self.receive_maximum + 1000)
-        self._groups: queue.Queue[Any] = queue.Queue(maxsize=2)
+        self._groups: queue.Queue[Any] = queue.Queue(maxsize=WRITERS)
+        self.order = GroupOrder()
         self._ack_lock = threading.Lock()
         self._generation = 0
         self._ready = threading.Event()
         self._stopping = threading.Event()
         self._abort = threading.Event()
         self._client: mqtt.Client | None = None
-        self._conn: psycopg.Connection | None = None
+        self._conns: list[psycopg.Connection | None] = [None] * WRITERS
         self._threads: list[threading.Thread] = []
         self._first_receive = False
 
@@ -164,7 +242,12 @@ class IngestService:
         self._client = client
         self._threads = [
             threading.Thread(target=self._decode_loop, name="ingest-decode", daemon=True),
-            threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True),
+            *(
+                threading.Thread(
+                    target=self._write_loop, args=(slot,), name=f"ingest-writer-{slot}", daemon=True
+                )
+                for slot in range(WRITERS)
+            ),
         ]
         for thread in self._threads:
             thread.start()
@@ -202,9 +285,8 @@ class IngestService:
             client.disconnect()
             client.loop_stop()
         self._threads = []
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        for slot in range(WRITERS):
+            self._drop_connection(slot)
         self.metrics.close()
         log.info("ingest %s stopped", self.client_id, extra={"count": self.stats.stored})
 
@@ -276,6 +358,7 @@ class IngestService:
 
     def _decode_loop(self) -> None:
         inbox = self._inbox
+        ticket = 0
         while True:
             try:
                 first = inbox.get(timeout=0.1)
@@ -304,8 +387,10 @@ class IngestService:
             ]
             for m in group:
                 self.metrics.messages.labels(m.kind).inc()
-            self._put_group(prepared)
-        self._put_group(_STOP)
+            self._put_group((ticket, prepared))
+            ticket += 1
+        for _ in range(WRITERS):
+            self._put_group(_STOP)
 
     def _put_group(self, item: Any) -> None:
         while True:
@@ -318,67 +403,95 @@ class IngestService:
 
     # ------------------------------------------------------------------ write stage
 
-    def _write_loop(self) -> None:
+    def _write_loop(self, slot: int) -> None:
         next_release = time.monotonic()
         while not self._abort.is_set():
             try:
-                group = self._groups.get(timeout=0.2)
+                item = self._groups.get(timeout=0.2)
             except queue.Empty:
-                group = None
-            if group is _STOP:
+                item = None
+            if item is _STOP:
                 break
-            if group:
-                self._commit(group)
-            if time.monotonic() >= next_release and not self._stopping.is_set():
-                next_release = time.monotonic() + RELEASE_POLL_S
-                self._release_held()
-
-    def _connection(self) -> psycopg.Connection:
-        """The writer's connection, reopened with jittered backoff after a failure."""
-        delay = 0.2
-        while self._conn is None or self._conn.closed:
             try:
-                self._conn = connect(self.dsn)
-                self._conn.execute("SET synchronous_commit = on")
-                self._conn.commit()
+                if item is not None:
+                    ticket, group = item
+                    self._commit(slot, ticket, group)
+                if slot == 0 and time.monotonic() >= next_release and not self._stopping.is_set():
+                    next_release = time.monotonic() + RELEASE_POLL_S
+                    self._release_held(slot)
+            except _Aborted:
+                break
+
+    def _connection(self, slot: int) -> psycopg.Connection:
+        """A writer's connection, reopened with jittered backoff after a failure."""
+        delay = 0.2
+        while (conn := self._conns[slot]) is None or conn.closed:
+            try:
+                conn = connect(self.dsn)
+                self._conns[slot] = conn
+                conn.execute("SET synchronous_commit = on")
+                conn.execute(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
+                conn.commit()
             except psycopg.OperationalError as exc:
+                self._drop_connection(slot)
                 if self._abort.is_set():
-                    raise
+                    raise _Aborted from exc
                 log.warning("database unavailable (%s); retrying in %.1f s", exc, delay)
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 5.0)
-        return self._conn
+        return conn
 
-    def _drop_connection(self) -> None:
-        conn, self._conn = self._conn, None
+    def _drop_connection(self, slot: int) -> None:
+        conn, self._conns[slot] = self._conns[slot], None
         if conn is not None:
             conn.close()
 
-    def _commit(self, group: Sequence[Prepared]) -> None:
+    def _write_in_turn(
+        self, conn: psycopg.Connection, ticket: int, group: Sequence[Prepared]
+    ) -> GroupResult:
+        """The group's transaction: copy stage, then (in turn) accounting and commit."""
+        order = self.order
+        with conn.transaction():
+            staged = self._writer.prepare(conn, group, on_deduped=lambda: order.deduped(ticket))
+            order.wait_turn(ticket, abort=self._abort)
+            return self._writer.finish(conn, staged)
+
+    def _commit(self, slot: int, ticket: int, group: Sequence[Prepared]) -> None:
         started = time.monotonic()
         delay = 0.2
+        overlap = True
+        order = self.order
         while True:
             try:
-                conn = self._connection()
+                conn = self._connection(slot)
+                order.wait_start(ticket, overlap=overlap, abort=self._abort)
                 try:
-                    result = self._writer.write(conn, group)
-                except psycopg.OperationalError:
+                    result = self._write_in_turn(conn, ticket, group)
+                except (psycopg.OperationalError, _Restart, _Aborted):
                     raise
                 except Exception as exc:  # a poison message: find it, store it as a dead letter
+                    order.failed(ticket)
                     log.warning("group of %d failed (%s); storing one by one", len(group), exc)
+                    order.wait_turn(ticket, abort=self._abort)
                     result = self._one_by_one(conn, group)
                 break
+            except _Restart:
+                order.failed(ticket)
+                overlap = False
             except psycopg.OperationalError as exc:
-                self._drop_connection()
+                order.failed(ticket)
+                overlap = False
+                self._drop_connection(slot)
                 with self._stats_lock:
                     self._stats.db_errors += 1
                 self.metrics.db_errors.inc()
                 if self._abort.is_set():
-                    return  # not acknowledged: the broker keeps the messages
+                    raise _Aborted from exc  # not acknowledged: the broker keeps the messages
                 log.warning("database error (%s); retrying the group in %.1f s", exc, delay)
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 5.0)
         self._ack(group)
+        order.done(ticket)
         elapsed = time.monotonic() - started
         oldest = min((p.message.received_ms for p in group), default=wall_clock_ms())
         self.metrics.observe(result, seconds=elapsed, lag_s=(wall_clock_ms() - oldest) / 1000)
@@ -423,10 +536,13 @@ class IngestService:
                 if m.held_id is None and m.qos > 0 and m.generation == generation:
                     client.ack(m.mid, m.qos)
 
-    def _release_held(self) -> None:
-        """Move batches held for devices that are registered now through the normal write path."""
+    def _release_held(self, slot: int) -> None:
+        """Move batches held for devices that are registered now through the normal write path.
+
+        Out of turn: it sends no acknowledgement, and it waits in-process for nothing, so the
+        groups it may wait on (a batch both hold) never wait for it in return."""
         try:
-            conn = self._connection()
+            conn = self._connection(slot)
             with conn.transaction():
                 held = ingest_store.take_releasable(conn)
                 if not held:
@@ -447,12 +563,14 @@ class IngestService:
                 self._stats.duplicates += result.duplicates
                 self._stats.dead_letters += result.dead_letters
             self.metrics.observe(result, seconds=0.0, lag_s=0.0)
+        except _Aborted:
+            raise
         except psycopg.OperationalError as exc:
-            self._drop_connection()
+            self._drop_connection(slot)
             log.warning("quarantine release postponed: %s", exc)
         except Exception:
             log.exception("quarantine release failed")
-            self._drop_connection()
+            self._drop_connection(slot)
 
 
 def run(settings: Settings, stop: threading.Event) -> None:

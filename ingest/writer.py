@@ -5,6 +5,7 @@ device state and rules queue that go with it."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -64,6 +65,36 @@ class _Known:
     device: store.DeviceState
 
 
+@dataclass(slots=True)
+class _Copied:
+    """What the copy stage of a group leaves for its accounting stage (columns per known batch)."""
+
+    dev_b: npt.NDArray[np.int32]
+    seq_b: npt.NDArray[np.int64]
+    late_b: npt.NDArray[np.bool_]
+    new_b: npt.NDArray[np.bool_]
+    lo_b: npt.NDArray[np.int64]  # time span of the batch's stored readings (for a late fix-up)
+    hi_b: npt.NDArray[np.int64]
+    rows: ReadingRows | None
+    row_b: npt.NDArray[np.int64]  # the known batch of every copied row
+
+
+@dataclass(slots=True)
+class StagedGroup:
+    """A group whose batches and readings are in the transaction but whose devices are not locked
+    yet: sequence accounting, late flags by sequence, device state, dead letters, statuses and the
+    rules queue are finished under the device lock (GroupWriter.finish)."""
+
+    result: GroupResult
+    names: list[str]
+    letters: list[store.DeadLetterRow]
+    held: list[store.QuarantineRow]
+    released: list[int]
+    statuses: list[tuple[Message, StatusUpdate]]
+    known: list[_Known]
+    copied: _Copied | None
+
+
 class GroupWriter:
     """Writes groups; keeps the per-device clock estimate between groups."""
 
@@ -79,11 +110,14 @@ class GroupWriter:
             threshold_ms=limits.clock_correct_ms, evidence_ms=limits.clock_evidence_ms
         )
         self.now_ms = now_ms
+        # Two writer threads share the clock estimate: one observes a group while the other
+        # reads estimates for the device rows of the group before it.
+        self._clock_lock = threading.Lock()
 
     def write(self, conn: psycopg.Connection, group: Sequence[Prepared]) -> GroupResult:
         """Everything of the group, or nothing: one transaction, committed on return."""
         with conn.transaction():
-            return self._write(conn, group)
+            return self.finish(conn, self.prepare(conn, group))
 
     def dead_letter_only(
         self, conn: psycopg.Connection, item: Prepared, *, reason: str, detail: str
@@ -110,7 +144,21 @@ class GroupWriter:
             received_ms=m.received_ms,
         )
 
-    def _write(self, conn: psycopg.Connection, group: Sequence[Prepared]) -> GroupResult:
+    def prepare(
+        self,
+        conn: psycopg.Connection,
+        group: Sequence[Prepared],
+        *,
+        on_deduped: Callable[[], None] | None = None,
+    ) -> StagedGroup:
+        """The copy stage, in the caller's transaction and without row locks on devices: batch
+        dedupe, validation, clock correction, linking and the binary COPY.
+
+        Device key, organisation and clock seed come from a plain read; only `last_seq` needs the
+        lock, and what depends on it is settled in `finish`. `on_deduped` is called once the
+        group's `batches` rows are in (or when it has none): from then on another transaction
+        inserting one of the same batches waits for this one and then skips it.
+        """
         result = GroupResult(messages=len(group))
         decoded: list[tuple[Message, ReadingBatch]] = []
         letters: list[store.DeadLetterRow] = []
@@ -126,7 +174,7 @@ class GroupWriter:
 
         names = {b.device for _, b in decoded} | {s.device_id for _, s in statuses}
         names |= {d.device_id for d in letters if d.device_id is not None}
-        devices = store.lock_devices(conn, sorted(names))
+        devices = store.read_devices(conn, sorted({b.device for _, b in decoded}))
 
         known: list[_Known] = []
         held: list[store.QuarantineRow] = []
@@ -146,24 +194,79 @@ class GroupWriter:
             seen.add((state.key, b.seq))
             known.append(_Known(m, b, state))
 
-        if known:
-            letters.extend(self._write_batches(conn, known, result))
+        copied = self._write_batches(conn, known, result, letters, on_deduped) if known else None
+        if copied is None and on_deduped is not None:
+            on_deduped()
+        return StagedGroup(
+            result=result, names=sorted(names), letters=letters, held=held, released=released,
+            statuses=statuses, known=known, copied=copied,
+        )
+
+    def finish(self, conn: psycopg.Connection, staged: StagedGroup) -> GroupResult:
+        """The accounting stage, under the device row locks, in the same transaction."""
+        result = staged.result
+        devices = store.lock_devices(conn, staged.names)
+        copied = staged.copied
+        if copied is not None:
+            last_seq = {s.key: s.last_seq for s in devices.values()}
+            self._settle_late(conn, staged.known, copied, last_seq, result)
+            if copied.rows is not None:
+                self._enqueue_rules(conn, copied.rows, copied.late_b[copied.row_b])
+            self._account(conn, staged.known, copied.new_b, last_seq, result)
+        letters = staged.letters
         store.insert_dead_letters(conn, letters)
         result.dead_letters = len(letters)
         result.reasons.update(d.reason for d in letters)
-        store.insert_quarantine(conn, held)
-        result.quarantined = len(held)
-        store.mark_released(conn, released)
-        result.released = len(released)
-        for m, s in statuses:
+        store.insert_quarantine(conn, staged.held)
+        result.quarantined = len(staged.held)
+        store.mark_released(conn, staged.released)
+        result.released = len(staged.released)
+        for m, s in staged.statuses:
             if s.device_id in devices:
                 store.update_status(conn, device_id=s.device_id, status=s.status, received_ms=m.received_ms)
                 result.statuses += 1
         return result
 
+    def _settle_late(
+        self,
+        conn: psycopg.Connection,
+        known: list[_Known],
+        copied: _Copied,
+        last_seq: dict[int, int | None],
+        result: GroupResult,
+    ) -> None:
+        """Late-by-sequence against the highest number stored before, read under the lock.
+
+        The copy stage used a number read without the lock; it can only have grown since (another
+        transaction committed newer batches of the device), so some new batches may turn late here:
+        their `batches` row and readings get the late flag now.
+        """
+        nb = len(known)
+        last_now = np.fromiter(
+            (-1 if (v := last_seq.get(k.device.key)) is None else v for k in known), np.int64, nb
+        )
+        now_late = (last_now >= 0) & (copied.seq_b < last_now)
+        turned = now_late & ~copied.late_b & copied.new_b
+        if turned.any():
+            idx = np.nonzero(turned)[0]
+            store.mark_late(
+                conn,
+                device_keys=copied.dev_b[idx].tolist(),
+                seqs=copied.seq_b[idx].tolist(),
+                from_ms=copied.lo_b[idx].tolist(),
+                to_ms=copied.hi_b[idx].tolist(),
+            )
+            copied.late_b = copied.late_b | turned
+        result.late_batches = int((copied.late_b & copied.new_b).sum())
+
     def _write_batches(
-        self, conn: psycopg.Connection, known: list[_Known], result: GroupResult
-    ) -> list[store.DeadLetterRow]:
+        self,
+        conn: psycopg.Connection,
+        known: list[_Known],
+        result: GroupResult,
+        letters: list[store.DeadLetterRow],
+        on_deduped: Callable[[], None] | None,
+    ) -> _Copied:
         limits = self.limits
         nb = len(known)
         counts = np.fromiter((len(k.batch) for k in known), np.int64, nb)
@@ -183,19 +286,20 @@ class GroupWriter:
         )
 
         # Clock: the device's filtered offset, when there is evidence enough to apply it.
-        applied_b = np.fromiter(
-            (
-                self.clock.observe(
-                    k.device.key,
-                    received_ms=k.message.received_ms,
-                    sent_ms=k.batch.sent_ms,
-                    seed=k.device.clock_offset_ms,
-                )
-                for k in known
-            ),
-            np.int64,
-            nb,
-        )
+        with self._clock_lock:
+            applied_b = np.fromiter(
+                (
+                    self.clock.observe(
+                        k.device.key,
+                        received_ms=k.message.received_ms,
+                        sent_ms=k.batch.sent_ms,
+                        seed=k.device.clock_offset_ms,
+                    )
+                    for k in known
+                ),
+                np.int64,
+                nb,
+            )
         corrected_b = applied_b != 0
 
         t, fault = check_readings(
@@ -212,6 +316,7 @@ class GroupWriter:
         nonempty = counts > 0
         if nonempty.any():
             newest_b[nonempty] = np.maximum.reduceat(np.where(ok, t, _I64_MIN), starts[nonempty])
+        # last_b was read without the lock: finish() adds what turns late by a newer last_seq.
         late_b = ((last_b >= 0) & (seq_b < last_b)) | (
             (kept_b > 0) & (recv_b - newest_b > limits.late_after_ms)
         )
@@ -230,16 +335,28 @@ class GroupWriter:
                 extras=[extras_json(k.batch) for k in known],
             ),
         )
+        if on_deduped is not None:
+            on_deduped()
         new_b = np.fromiter(
             ((int(d), int(s)) in inserted for d, s in zip(dev_b, seq_b, strict=True)), bool, nb
         )
         result.duplicates += int(nb - new_b.sum())
         result.batches = int(new_b.sum())
-        result.late_batches = int((late_b & new_b).sum())
 
-        letters = self._reading_letters(known, bidx, fault, new_b)
+        letters.extend(self._reading_letters(known, bidx, fault, new_b))
         rows_mask = ok & new_b[bidx]
         n_rows = int(rows_mask.sum())
+        lo_b = np.zeros(nb, dtype=np.int64)
+        hi_b = np.zeros(nb, dtype=np.int64)
+        if nonempty.any():
+            lo_b[nonempty] = np.minimum.reduceat(
+                np.where(rows_mask, t, np.iinfo(np.int64).max), starts[nonempty]
+            )
+            hi_b[nonempty] = np.maximum.reduceat(np.where(rows_mask, t, _I64_MIN), starts[nonempty])
+        copied = _Copied(
+            dev_b=dev_b, seq_b=seq_b, late_b=late_b, new_b=new_b, lo_b=lo_b, hi_b=hi_b, rows=None,
+            row_b=bidx[rows_mask],
+        )
         if n_rows:
             flags_b = np.where(late_b, FLAG_LATE, 0) | np.where(corrected_b, FLAG_CLOCK_CORRECTED, 0)
             flags = flags_b.astype(np.int16)[bidx]
@@ -262,10 +379,8 @@ class GroupWriter:
             )
             copy_rows(conn, rows)
             result.readings = n_rows
-            self._enqueue_rules(conn, rows, late_b[bidx][rows_mask])
-
-        self._account(conn, known, new_b, result)
-        return letters
+            copied.rows = rows
+        return copied
 
     def _reading_letters(
         self,
@@ -382,9 +497,11 @@ class GroupWriter:
         conn: psycopg.Connection,
         known: list[_Known],
         new_b: npt.NDArray[np.bool_],
+        last_seq: dict[int, int | None],
         result: GroupResult,
     ) -> None:
-        """Sequence gaps, late fills and the devices' last-seen state, for the new batches."""
+        """Sequence gaps, late fills and the devices' last-seen state, for the new batches
+        (`last_seq` read under the device lock)."""
         per_device: dict[int, list[_Known]] = {}
         for i, k in enumerate(known):
             if new_b[i]:
@@ -398,7 +515,7 @@ class GroupWriter:
         offsets: list[int] = []
         for key, items in per_device.items():
             state = items[0].device
-            account = account_seqs(state.last_seq, (k.batch.seq for k in items))
+            account = account_seqs(last_seq.get(key), (k.batch.seq for k in items))
             for lo, hi in account.gaps:
                 gaps.append(store.SeqGap(state.org_id, key, lo, hi))
                 log.warning(
@@ -413,7 +530,8 @@ class GroupWriter:
             keys.append(key)
             seen_ms.append(max(k.message.received_ms for k in items))
             highest.append(account.highest)
-            current = self.clock.estimate(key)
+            with self._clock_lock:
+                current = self.clock.estimate(key)
             offsets.append(0 if current is None else current)
         store.record_gaps(conn, gaps)
         store.recover_gaps(conn, fill_keys, fill_seqs)

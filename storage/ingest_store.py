@@ -12,7 +12,7 @@ import numpy.typing as npt
 import psycopg
 from psycopg.types.json import Jsonb
 
-from storage.readings import Assignment, KnownDevice
+from storage.readings import FLAG_LATE, Assignment, KnownDevice
 
 _OPEN_END_MS = 1 << 62
 RULES_CHANNEL = "rules"
@@ -21,7 +21,7 @@ RELEASE_CHANNEL = "ingest_release"
 
 @dataclass(frozen=True, slots=True)
 class DeviceState:
-    """A registered device's row as ingest reads it, locked for the rest of the transaction."""
+    """A registered device's row as ingest reads it (locked or not: see lock_devices, read_devices)."""
 
     id: str
     key: int
@@ -47,6 +47,51 @@ def lock_devices(conn: psycopg.Connection, device_ids: Sequence[str]) -> dict[st
         (list(device_ids),),
     ).fetchall()
     return {r[0]: DeviceState(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows}
+
+
+def read_devices(conn: psycopg.Connection, device_ids: Sequence[str]) -> dict[str, DeviceState]:
+    """The registered devices among `device_ids`, read without a lock.
+
+    Key, organisation and clock offset are what the copy stage of a group needs; `last_seq` is
+    only a hint here (lock_devices reads it exactly before it is used for accounting).
+    """
+    if not device_ids:
+        return {}
+    rows = conn.execute(
+        "SELECT id, key, org_id, interval_s, last_seq, clock_offset_ms FROM devices"
+        " WHERE id = ANY(%s)",
+        (list(device_ids),),
+    ).fetchall()
+    return {r[0]: DeviceState(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows}
+
+
+def mark_late(
+    conn: psycopg.Connection,
+    *,
+    device_keys: Sequence[int],
+    seqs: Sequence[int],
+    from_ms: Sequence[int],
+    to_ms: Sequence[int],
+) -> None:
+    """Flag batches of this transaction late, with their readings (within [from_ms, to_ms]).
+
+    Needed when a batch turns out to be below its device's highest number only once the device is
+    locked (another transaction committed newer batches after this one copied its readings).
+    """
+    if not seqs:
+        return
+    conn.execute(
+        "UPDATE batches b SET late = true FROM unnest(%s::int4[], %s::int8[]) AS u(d, s)"
+        " WHERE b.device_key = u.d AND b.seq = u.s",
+        (list(device_keys), list(seqs)),
+    )
+    conn.execute(
+        "UPDATE readings r SET flags = r.flags | %s::int2"
+        " FROM unnest(%s::int4[], %s::int8[], %s::int8[], %s::int8[]) AS u(d, s, f, t)"
+        " WHERE r.device_key = u.d AND r.seq = u.s"
+        " AND r.t BETWEEN to_timestamp((u.f - 1) / 1000.0) AND to_timestamp((u.t + 1) / 1000.0)",
+        (FLAG_LATE, list(device_keys), list(seqs), list(from_ms), list(to_ms)),
+    )
 
 
 def load_assignments(

@@ -3,20 +3,36 @@ sequence gaps, clock correction, late batches, device status and the rules queue
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
+import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 
+from coldchain.domain import ReadingBatch
 from coldchain.settings import Settings
 from coldchain.wire import DeviceStatus, Topics, encode_binary, encode_json
 from ingest import IngestService
+from ingest.core import Limits, Message, Prepared, decode_message
+from ingest.writer import GroupWriter
 from storage import ingest_store
 from storage.readings import FLAG_CLOCK_CORRECTED, FLAG_DOOR_OPEN, FLAG_LATE
-from tests.ingest_support import GTIN, Publisher, make_batch, now_ms, register, scalar, wait_until
+from tests.ingest_support import (
+    GTIN,
+    Publisher,
+    make_batch,
+    now_ms,
+    publish_load,
+    register,
+    scalar,
+    wait_until,
+)
 
 CONTRACT_EXAMPLE = b"""{"v": 1, "device": "TRK-0042-L1", "seq": 1187, "sent": "2026-11-24T10:15:00Z",
  "readings": [
@@ -255,3 +271,106 @@ def test_stop_drains_and_acknowledges(db_dsn: str, db: psycopg.Connection, mqtt_
             assert wait_until(lambda: scalar(db, "SELECT count(*) FROM batches") == 400)
     assert scalar(db, "SELECT count(*) FROM readings") == 2000
     assert first.stored + svc2.stats.stored == 2000
+
+
+def _prepared(batch: ReadingBatch, topics: Topics) -> Prepared:
+    m = Message(topic=topics.readings(batch.device), payload=encode_binary(batch), received_ms=now_ms())
+    return Prepared(m, decode_message(m, topics=topics, limits=Limits()))
+
+
+def test_overlapping_groups_settle_late_flags_and_gaps_under_the_lock(
+    db_dsn: str, db: psycopg.Connection, topics: Topics
+) -> None:
+    """A group whose copy stage ran before the group ahead of it committed newer batches of the
+    same device: its batch turns late under the device lock (batches row, readings, rules queue)
+    and fills the gap the other group saw, exactly as if it had arrived after it."""
+    register(db, ["D1"])
+    writer = GroupWriter(limits=Limits())
+    with psycopg.connect(db_dsn, autocommit=True) as a, psycopg.connect(db_dsn, autocommit=True) as b:
+        writer.write(a, [_prepared(make_batch("D1", 1, n=5), topics)])
+        with b.transaction():
+            staged = writer.prepare(b, [_prepared(make_batch("D1", 2, n=5), topics)])
+            writer.write(a, [_prepared(make_batch("D1", 3, n=5), topics)])  # commits first
+            result = writer.finish(b, staged)
+    assert result.late_batches == 1 and result.gaps == 0 and result.batches == 1
+    assert scalar(db, "SELECT count(*) FROM batches WHERE late") == 1
+    assert scalar(db, "SELECT count(*) FROM readings WHERE seq = 2 AND flags & %s <> 0", (FLAG_LATE,)) == 5
+    assert scalar(db, "SELECT count(*) FROM readings WHERE seq <> 2 AND flags & %s <> 0", (FLAG_LATE,)) == 0
+    assert scalar(db, "SELECT count(*) FROM rule_queue WHERE late") == 1
+    assert scalar(db, "SELECT count(*) FROM data_loss_events WHERE resolved_at IS NOT NULL") == 1
+    assert ingest_store.open_data_loss(db, scalar(db, "SELECT key FROM devices WHERE id = 'D1'")) == []
+    assert scalar(db, "SELECT last_seq FROM devices WHERE id = 'D1'") == 3
+
+
+def test_a_batch_in_two_concurrent_groups_is_stored_once(
+    db_dsn: str, db: psycopg.Connection, topics: Topics
+) -> None:
+    register(db, ["D1"])
+    writer = GroupWriter(limits=Limits())
+    second: list[int] = []
+    with psycopg.connect(db_dsn, autocommit=True) as a, psycopg.connect(db_dsn, autocommit=True) as b:
+        with a.transaction():
+            staged = writer.prepare(a, [_prepared(make_batch("D1", 5, n=5), topics)])
+            # the other transaction waits on the batch key, then skips the batch
+            other = threading.Thread(
+                target=lambda: second.append(
+                    writer.write(b, [_prepared(make_batch("D1", 5, n=5), topics)]).duplicates
+                )
+            )
+            other.start()
+            other.join(0.5)
+            assert other.is_alive()
+            first = writer.finish(a, staged)
+        other.join(30)
+    assert first.batches == 1 and second == [1]
+    assert scalar(db, "SELECT count(*) FROM readings") == 5
+    assert scalar(db, "SELECT count(*) FROM rule_queue") == 1
+
+
+class _AckRecorder(IngestService):
+    """Records the order messages came in and the order their PUBACKs went out."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.received_mids: list[int] = []
+        self.acked_mids: list[int] = []
+        self.ack_threads: set[str] = set()
+        finish = self._writer.finish
+
+        def slow_finish(conn: psycopg.Connection, staged: Any) -> Any:
+            # one writer lingers before it commits, so the other would overtake it if it could
+            if threading.current_thread().name == "ingest-writer-0":
+                time.sleep(0.05)
+            return finish(conn, staged)
+
+        self._writer.finish = slow_finish  # type: ignore[method-assign]
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.qos > 0:
+            self.received_mids.append(msg.mid)
+        super()._on_message(client, userdata, msg)
+
+    def _ack(self, group: Sequence[Prepared]) -> None:
+        self.acked_mids.extend(p.message.mid for p in group if p.message.qos > 0)
+        self.ack_threads.add(threading.current_thread().name)
+        super()._ack(group)
+
+
+def test_acks_leave_in_receive_order_with_two_writers(
+    db_dsn: str, db: psycopg.Connection, mqtt_url: str, topics: Topics
+) -> None:
+    devices = [f"D{i}" for i in range(10)]
+    register(db, devices)
+    settings = Settings(ingest_group_max_wait_ms=5, ingest_group_max_batches=20)
+    with Publisher(mqtt_url) as pub, _AckRecorder(
+        dsn=db_dsn, mqtt_url=mqtt_url, topics=topics, settings=settings,
+        client_id=f"ingest-{uuid.uuid4().hex[:8]}",
+    ) as svc:
+        assert svc.wait_ready(30)
+        publish_load(pub, topics, devices, 100, readings=5)
+        assert pub.wait_all_acked(1000)
+        assert wait_until(lambda: len(svc.acked_mids) >= 1000)
+        assert svc.acked_mids == svc.received_mids  # MQTT 3.1.1 / 5, section 4.6
+        assert svc.ack_threads == {"ingest-writer-0", "ingest-writer-1"}
+    assert scalar(db, "SELECT count(*) FROM readings") == 5000
+    assert scalar(db, "SELECT count(*) FROM data_loss_events") == 0
