@@ -119,6 +119,7 @@ class PostgresServer:
             "shared_buffers": "256MB",
             "max_wal_size": "2GB",
             "log_min_messages": "warning",
+            "autovacuum_naptime": "5s",  # BRIN summaries of new readings follow within seconds
             "logging_collector": "off",
         }
         if self.fast_and_unsafe:
