@@ -207,6 +207,7 @@ def evaluate_many(conn: psycopg.Connection, work: list[SeriesWork], stats: RunSt
     by_key = {(w.shipment_key, w.device_key): w for w in work}
     contexts = rules_store.lock_and_load(conn, list(by_key))
     after: dict[tuple[int, int], int | None] = {}
+    until: dict[tuple[int, int], int] = {}
     states: dict[tuple[int, int], EngineState | None] = {}
     for key, item in by_key.items():
         ctx = contexts[key]
@@ -216,7 +217,10 @@ def evaluate_many(conn: psycopg.Connection, work: list[SeriesWork], stats: RunSt
             stats.reevaluated += 1
         states[key] = None if restart else state
         after[key] = None if restart or state is None else state.last_ms
-    fetched = rules_store.readings_of_many(conn, after)
+        # Up to the claimed work's end, and over everything evaluated before when starting over.
+        done = state.last_ms if state is not None and state.last_ms is not None else item.to_ms
+        until[key] = max(item.to_ms, done)
+    fetched = rules_store.readings_of_many(conn, after, until)
     saved: list[rules_store.SeriesStateRow] = []
     for key, (a, b) in fetched.ranges().items():
         item, ctx = by_key[key], contexts[key]

@@ -344,8 +344,15 @@ def lock_and_load(
 _PACKED = np.dtype([("t", ">i8"), ("c", ">f8"), ("rh", ">f8"), ("f", ">i2")])
 
 
-def readings_of_many(conn: psycopg.Connection, after: dict[tuple[int, int], int | None]) -> SeriesBatch:
-    """Readings of many series after each one's own point (None: from the start), one per instant.
+def readings_of_many(
+    conn: psycopg.Connection, after: dict[tuple[int, int], int | None], until: dict[tuple[int, int], int]
+) -> SeriesBatch:
+    """Readings of many series after each one's own point (None: from the start) up to the end of
+    the work claimed for it, one per instant.
+
+    The upper bound matters: readings committed after the work was claimed belong to queue rows
+    still waiting; reading them now would leave those rows looking like late data later, and
+    late data means a re-evaluation from the series' first reading.
 
     Each series comes back as one row: its readings packed in time order as fixed-width records
     of binary send forms, which numpy reads without any per-reading Python.
@@ -360,12 +367,12 @@ def readings_of_many(conn: psycopg.Connection, after: dict[tuple[int, int], int 
         "SELECT r.shipment_key, r.device_key, string_agg(int8send((extract(epoch FROM r.t) * 1000)::int8)"
         " || float8send(r.c::float8) || float8send(coalesce(r.rh, 'NaN')::float8) || int2send(r.flags),"
         " ''::bytea ORDER BY r.t)"
-        " FROM unnest(%s::int[], %s::int[], %s::int8[]) AS w(s, d, after)"
+        " FROM unnest(%s::int[], %s::int[], %s::int8[], %s::int8[]) AS w(s, d, after, until)"
         " JOIN readings r ON r.shipment_key = w.s AND r.device_key = w.d"
-        "  AND r.t > to_timestamp(w.after / 1000.0)"
+        "  AND r.t > to_timestamp(w.after / 1000.0) AND r.t <= to_timestamp(w.until / 1000.0)"
         " WHERE r.t > to_timestamp(%s / 1000.0)"
         " GROUP BY r.shipment_key, r.device_key ORDER BY r.shipment_key, r.device_key",
-        ([k[0] for k in keys], [k[1] for k in keys], afters, min(afters)),
+        ([k[0] for k in keys], [k[1] for k in keys], afters, [until[k] for k in keys], min(afters)),
     ).fetchall()
     packed = np.frombuffer(b"".join(r[2] for r in rows), dtype=_PACKED)
     counts = [len(r[2]) // _PACKED.itemsize for r in rows]

@@ -144,3 +144,25 @@ def test_quiet_series_wait_for_the_bulk_pass_but_are_never_skipped(db: psycopg.C
     drain(db)  # the bulk pass
     assert _alerts(db) == [("single", "H1", "resolved", 11.0)]
     assert db.execute("SELECT count(*) FROM rule_queue").fetchone() == (0,)
+
+
+def test_readings_committed_after_a_claim_wait_for_their_own_work(db: psycopg.Connection) -> None:
+    from rules.runner import RunStats, evaluate_many
+    from storage import rules_store
+
+    dev, shp = _setup(db)
+    whole = _trip()
+    _write(db, dev, shp, np.arange(0, 60), whole)
+    row = db.execute("SELECT max(id) FROM rule_queue").fetchone()
+    assert row is not None
+    head = int(row[0])
+    _write(db, dev, shp, np.arange(60, 120), whole)  # commits while the pass below runs
+    with db.transaction():
+        claimed = rules_store.take_work(db, up_to=head)
+        evaluate_many(db, claimed, RunStats())
+    state = db.execute("SELECT last_ms FROM rule_series_state").fetchone()
+    assert state == (T0 + 59 * MIN,)  # the claimed range only, not the newer readings
+    assert drain(db).reevaluated == 0  # their own row then continues the series: no restart
+    _write(db, dev, shp, np.arange(120, 240), whole)
+    assert drain(db).reevaluated == 0
+    assert _alerts(db) == [("single", "H1", "resolved", 11.0)]
