@@ -360,9 +360,10 @@ def readings_of_many(
     keys = sorted(after)
     floor = -62135596800000  # year 1
     afters = [floor if (a := after[k]) is None else a for k in keys]
-    # The constant lower bound on t lets the planner read only the newest part of the table (the
-    # BRIN index on t, or chunk exclusion on a hypertable), where new readings sit, and join it
-    # to the series by hash; without it the join reads the whole table on every pass.
+    # The constant bounds (these devices, t after the earliest point) let the planner fetch the new
+    # readings with one bitmap scan of the (device_key, t) index (on a hypertable, of the newest
+    # chunks only) and join them to the series by hash; without them the join reads the whole
+    # table on every pass, and its cost grows with the table's age.
     rows = conn.execute(
         "SELECT r.shipment_key, r.device_key, string_agg(int8send((extract(epoch FROM r.t) * 1000)::int8)"
         " || float8send(r.c::float8) || float8send(coalesce(r.rh, 'NaN')::float8) || int2send(r.flags),"
@@ -370,9 +371,16 @@ def readings_of_many(
         " FROM unnest(%s::int[], %s::int[], %s::int8[], %s::int8[]) AS w(s, d, after, until)"
         " JOIN readings r ON r.shipment_key = w.s AND r.device_key = w.d"
         "  AND r.t > to_timestamp(w.after / 1000.0) AND r.t <= to_timestamp(w.until / 1000.0)"
-        " WHERE r.t > to_timestamp(%s / 1000.0)"
+        " WHERE r.t > to_timestamp(%s / 1000.0) AND r.device_key = ANY(%s::int[])"
         " GROUP BY r.shipment_key, r.device_key ORDER BY r.shipment_key, r.device_key",
-        ([k[0] for k in keys], [k[1] for k in keys], afters, [until[k] for k in keys], min(afters)),
+        (
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            afters,
+            [until[k] for k in keys],
+            min(afters),
+            sorted({k[1] for k in keys}),
+        ),
     ).fetchall()
     packed = np.frombuffer(b"".join(r[2] for r in rows), dtype=_PACKED)
     counts = [len(r[2]) // _PACKED.itemsize for r in rows]
