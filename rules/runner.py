@@ -67,43 +67,6 @@ def describe(excursion: Excursion, profile: AlarmProfile, device_id: str | None)
     return f"{who}{excursion.kind.value} excursion {excursion.limit_id} since {when}"
 
 
-def evaluate_series(conn: psycopg.Connection, work: SeriesWork, stats: RunStats) -> None:
-    """Evaluate one series' new readings and turn its excursions into alerts, in one transaction."""
-    with conn.transaction():
-        ctx = rules_store.lock_series(conn, shipment_key=work.shipment_key, device_key=work.device_key)
-        profile = _profile(conn, work.org_id, ctx.profile_id, ctx.profile_version)
-        state = EngineState.from_dict(ctx.state) if ctx.state is not None else None
-        restart = state is None or (state.last_ms is not None and work.from_ms <= state.last_ms)
-        if restart and state is not None:
-            stats.reevaluated += 1
-        after = None if restart or state is None else state.last_ms
-        readings = rules_store.series_readings(
-            conn, shipment_key=work.shipment_key, device_key=work.device_key, after_ms=after
-        )
-        stats.series += 1
-        if len(readings.times_ms) == 0:
-            return
-        stats.readings += len(readings.times_ms)
-        series = SensorSeries(
-            times_ms=readings.times_ms,
-            temps_c=readings.temps_c,
-            rh_pct=readings.rh_pct,
-            door_open=readings.door_open,
-        )
-        result = evaluate(series, profile, None if restart else state)
-        _apply(conn, work, profile, result.excursions, stats)
-        rules_store.save_series_state(
-            conn,
-            org_id=work.org_id,
-            shipment_key=work.shipment_key,
-            device_key=work.device_key,
-            profile_id=profile.id,
-            profile_version=profile.version,
-            state=result.state.to_dict(),
-            last_ms=result.state.last_ms,
-        )
-
-
 def _apply(
     conn: psycopg.Connection,
     work: SeriesWork,
@@ -279,7 +242,8 @@ def drain(conn: psycopg.Connection, *, batch: int = 500, fast_lane: bool = False
                 log.exception("batch evaluation failed; evaluating %d series one by one", len(work))
                 for item in work:
                     try:
-                        evaluate_series(conn, item, stats)
+                        with conn.transaction():
+                            evaluate_many(conn, [item], stats)
                     except Exception:
                         # Its state was not saved, so the series' next batch re-covers these readings.
                         log.exception(

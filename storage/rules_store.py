@@ -9,7 +9,6 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 import psycopg
-from psycopg.types.json import Jsonb
 
 from storage.readings import FLAG_DOOR_OPEN
 
@@ -88,41 +87,6 @@ def take_work(
 
 
 @dataclass(frozen=True, slots=True)
-class SeriesReadings:
-    times_ms: npt.NDArray[np.int64]
-    temps_c: npt.NDArray[np.float64]
-    rh_pct: npt.NDArray[np.float64]
-    door_open: npt.NDArray[np.bool_]
-
-
-def series_readings(
-    conn: psycopg.Connection, *, shipment_key: int, device_key: int, after_ms: int | None = None
-) -> SeriesReadings:
-    """One logger's readings on one shipment in time order, one per instant (a repeated instant
-    from a duplicated send keeps its first stored value)."""
-    params: list[Any] = [shipment_key, device_key]
-    where = ""
-    if after_ms is not None:
-        where = " AND t > to_timestamp(%s / 1000.0)"
-        params.append(after_ms)
-    rows = conn.execute(
-        "SELECT DISTINCT ON (t) (extract(epoch FROM t) * 1000)::bigint, c, rh, flags FROM readings"
-        f" WHERE shipment_key = %s AND device_key = %s{where} ORDER BY t",
-        params,
-    ).fetchall()
-    if not rows:
-        empty = np.empty(0)
-        return SeriesReadings(empty.astype(np.int64), empty, empty, empty.astype(bool))
-    t, c, rh, flags = zip(*rows, strict=True)
-    return SeriesReadings(
-        times_ms=np.array(t, dtype=np.int64),
-        temps_c=np.array(c, dtype=np.float64),
-        rh_pct=np.array([np.nan if x is None else x for x in rh], dtype=np.float64),
-        door_open=(np.array(flags, dtype=np.int16) & FLAG_DOOR_OPEN) != 0,
-    )
-
-
-@dataclass(frozen=True, slots=True)
 class SeriesContext:
     """The shipment's profile and the series' carried state (None: evaluate from the start)."""
 
@@ -130,41 +94,6 @@ class SeriesContext:
     profile_version: int
     state: dict[str, Any] | None
     last_ms: int | None
-
-
-def lock_series(conn: psycopg.Connection, *, shipment_key: int, device_key: int) -> SeriesContext:
-    """The series' state, locked for this transaction so two workers never evaluate it at once."""
-    conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (shipment_key, device_key))
-    row = conn.execute(
-        "SELECT s.profile_id, s.profile_version, r.state, r.last_ms FROM shipments s"
-        " LEFT JOIN rule_series_state r ON r.shipment_key = s.key AND r.device_key = %s"
-        " WHERE s.key = %s",
-        (device_key, shipment_key),
-    ).fetchone()
-    assert row is not None, "queued work for a shipment that does not exist"
-    return SeriesContext(row[0], int(row[1]), row[2], row[3])
-
-
-def save_series_state(
-    conn: psycopg.Connection,
-    *,
-    org_id: int,
-    shipment_key: int,
-    device_key: int,
-    profile_id: str,
-    profile_version: int,
-    state: dict[str, Any],
-    last_ms: int | None,
-) -> None:
-    conn.execute(
-        "INSERT INTO rule_series_state (shipment_key, device_key, org_id, profile_id, profile_version,"
-        " state, last_ms) VALUES (%s, %s, %s, %s, %s, %s, %s)"
-        " ON CONFLICT (shipment_key, device_key) DO UPDATE SET state = EXCLUDED.state,"
-        " last_ms = EXCLUDED.last_ms, profile_id = EXCLUDED.profile_id,"
-        " profile_version = EXCLUDED.profile_version,"
-        " evaluations = rule_series_state.evaluations + 1, updated_at = now()",
-        (shipment_key, device_key, org_id, profile_id, profile_version, Jsonb(state), last_ms),
-    )
 
 
 def open_episode_alerts(conn: psycopg.Connection, *, org_id: int, prefix: str) -> dict[str, tuple[int, str]]:

@@ -166,3 +166,25 @@ def test_readings_committed_after_a_claim_wait_for_their_own_work(db: psycopg.Co
     _write(db, dev, shp, np.arange(120, 240), whole)
     assert drain(db).reevaluated == 0
     assert _alerts(db) == [("single", "H1", "resolved", 11.0)]
+
+
+def test_one_bad_series_does_not_hold_up_the_others(db: psycopg.Connection) -> None:
+    dev, shp = _setup(db)
+    registry.create_device(db, org=1, device=Device(id="TRK-2"), actor="t")
+    start = datetime.fromtimestamp(T0 / 1000, tz=UTC)
+    registry.create_shipment(
+        db,
+        org=1,
+        profile_version=1,
+        actor="t",
+        shipment=Shipment(id="SO-2", profile="2-8C", devices=(DeviceAssignment("TRK-2", start),)),
+    )
+    other = load_devices(db, ["TRK-2"])["TRK-2"]
+    db.execute("UPDATE shipments SET profile_id = 'withdrawn' WHERE id = 'SO-2'")  # cannot resolve
+    whole = _trip()
+    _write(db, dev, shp, np.arange(240), whole)
+    _write(db, other.key, other.assignments[0].shipment_key, np.arange(240), whole)
+    drain(db)
+    assert _alerts(db) == [("single", "H1", "resolved", 11.0)]  # the healthy series went through
+    states = db.execute("SELECT device_key FROM rule_series_state").fetchall()
+    assert states == [(dev,)]  # the bad one saved nothing: its next batch covers these readings
