@@ -1,5 +1,7 @@
-"""Device conditions that are alarms too: lost data (a gap in the batch sequence) and a low
-battery. Checked on a schedule from what ingest recorded; each condition is one alert per episode."""
+"""Device conditions that are alarms too: silence (a logger on a shipment stops reporting), lost
+data (a gap in the batch sequence) and a low battery. Checked on a schedule from what ingest
+recorded; each condition is one alert per episode, resolved by the rules when it ends. The clock
+is a parameter so tests control it."""
 
 from __future__ import annotations
 
@@ -14,6 +16,11 @@ from storage.alerts import NewAlert
 
 log = logging.getLogger(__name__)
 BATTERY_RECOVERY_MARGIN_PCT = 5.0
+DEFAULT_NO_DATA_INTERVALS = 5
+
+
+def _resolve(conn: psycopg.Connection, org: int, alert_id: int, why: str) -> None:
+    alerts.transition(conn, org=org, alert_id=alert_id, action="resolve", actor="rules", comment=why)
 
 
 def check_data_loss(conn: psycopg.Connection) -> tuple[int, int]:
@@ -27,14 +34,7 @@ def check_data_loss(conn: psycopg.Connection) -> tuple[int, int]:
                     "SELECT id, state FROM alerts WHERE org_id = %s AND episode_key = %s", (gap.org_id, key)
                 ).fetchone()
                 if found and AlertState(found[1]) in (AlertState.OPEN, AlertState.ACKNOWLEDGED):
-                    alerts.transition(
-                        conn,
-                        org=gap.org_id,
-                        alert_id=int(found[0]),
-                        action="resolve",
-                        actor="rules",
-                        comment="the missing batches arrived",
-                    )
+                    _resolve(conn, gap.org_id, int(found[0]), "the missing batches arrived")
                     resolved += 1
                 continue
             what = (
@@ -64,7 +64,7 @@ def check_batteries(conn: psycopg.Connection, *, now_ms: int) -> tuple[int, int]
     raised = resolved = 0
     with conn.transaction():
         for battery in rules_store.batteries_on_shipments(conn):
-            profile = profiles.resolve(
+            profile = profiles.resolve_version(
                 conn, org=battery.org_id, profile_id=battery.profile_id, version=battery.profile_version
             )
             if profile.low_battery_pct is None:
@@ -91,13 +91,50 @@ def check_batteries(conn: psycopg.Connection, *, now_ms: int) -> tuple[int, int]
                 raised += int(opened)
             elif battery.battery_pct >= profile.low_battery_pct + BATTERY_RECOVERY_MARGIN_PCT:
                 for alert_id, _ in current.values():
-                    alerts.transition(
-                        conn,
-                        org=battery.org_id,
-                        alert_id=alert_id,
-                        action="resolve",
-                        actor="rules",
-                        comment=f"battery back at {battery.battery_pct:.0f} %",
-                    )
+                    _resolve(conn, battery.org_id, alert_id, f"battery back at {battery.battery_pct:.0f} %")
                     resolved += 1
     return raised, resolved
+
+
+def check_silence(conn: psycopg.Connection, *, now_ms: int) -> tuple[int, int]:
+    """Raise no-data alerts for silent loggers and resolve those whose data resumed; (raised, cleared)."""
+    raised = cleared = 0
+    with conn.transaction():
+        for device, profile_id, version in rules_store.devices_on_shipments(conn):
+            profile = profiles.resolve_version(
+                conn, org=device.org_id, profile_id=profile_id, version=version
+            )
+            intervals = profile.no_data_intervals or DEFAULT_NO_DATA_INTERVALS
+            allowed_ms = device.interval_s * intervals * 1000
+            last = device.last_seen_ms
+            prefix = f"nodata:{device.shipment_key}:{device.device_key}:"
+            open_alerts = rules_store.open_episode_alerts(conn, org_id=device.org_id, prefix=prefix)
+            if last is not None and now_ms - last > allowed_ms:
+                _, opened = alerts.raise_alert(
+                    conn,
+                    NewAlert(
+                        org_id=device.org_id,
+                        episode_key=f"{prefix}{last}",
+                        kind="no_data",
+                        severity=Severity.ALARM,
+                        message=(
+                            f"{device.device_id}: no data for more than {intervals} intervals"
+                            f" ({allowed_ms // 60000} min) since"
+                            f" {datetime.fromtimestamp(last / 1000, tz=UTC):%Y-%m-%d %H:%M UTC}"
+                        ),
+                        device_key=device.device_key,
+                        shipment_key=device.shipment_key,
+                        profile_id=profile.id,
+                        profile_version=profile.version,
+                        started_at=datetime.fromtimestamp(last / 1000, tz=UTC),
+                    ),
+                )
+                raised += int(opened)
+            for key, (alert_id, _state) in open_alerts.items():
+                silent_since = int(key.rsplit(":", 1)[1])
+                if last is not None and last > silent_since:
+                    _resolve(conn, device.org_id, alert_id, "data resumed")
+                    cleared += 1
+    if raised or cleared:
+        log.info("silence check: %d no-data alerts raised, %d cleared", raised, cleared)
+    return raised, cleared

@@ -122,21 +122,6 @@ def _apply(
                 stats.alerts_resolved += 1
 
 
-_profiles: dict[tuple[int, str, int], AlarmProfile] = {}
-
-
-def _profile(conn: psycopg.Connection, org: int, profile_id: str, version: int) -> AlarmProfile:
-    """A profile version never changes once stored, so each process reads it once."""
-    key = (org, profile_id, version)
-    found = _profiles.get(key)
-    if found is None:
-        found = profiles.resolve(conn, org=org, profile_id=profile_id, version=version)
-        if len(_profiles) > 1000:
-            _profiles.clear()
-        _profiles[key] = found
-    return found
-
-
 def at_rest(profile: AlarmProfile, state: EngineState) -> bool:
     """Every rule back inside its limits with no episode open: only a reading near a limit (or
     late data) can change an alert for this series now."""
@@ -187,7 +172,9 @@ def evaluate_many(conn: psycopg.Connection, work: list[SeriesWork], stats: RunSt
     saved: list[rules_store.SeriesStateRow] = []
     for key, (a, b) in fetched.ranges().items():
         item, ctx = by_key[key], contexts[key]
-        profile = _profile(conn, item.org_id, ctx.profile_id, ctx.profile_version)
+        profile = profiles.resolve_version(
+            conn, org=item.org_id, profile_id=ctx.profile_id, version=ctx.profile_version
+        )
         series = SensorSeries(
             times_ms=fetched.times_ms[a:b],
             temps_c=fetched.temps_c[a:b],

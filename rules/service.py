@@ -12,10 +12,9 @@ import psycopg
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from coldchain.settings import Settings
-from rules.device_health import check_batteries, check_data_loss
+from rules.device_health import check_batteries, check_data_loss, check_silence
 from rules.notify.outbox import NotificationService, OutboxOptions
 from rules.runner import RunStats, drain
-from rules.silence import check_silence
 from storage.db import connect
 
 log = logging.getLogger(__name__)

@@ -41,6 +41,21 @@ def resolve(
     raise NotFoundError("alarm profile", profile_id if version is None else f"{profile_id} v{version}")
 
 
+_versions: dict[tuple[int, str, int], AlarmProfile] = {}
+
+
+def resolve_version(conn: psycopg.Connection, *, org: int, profile_id: str, version: int) -> AlarmProfile:
+    """A named version; a stored version never changes, so each process reads it once."""
+    key = (org, profile_id, version)
+    found = _versions.get(key)
+    if found is None:
+        found = resolve(conn, org=org, profile_id=profile_id, version=version)
+        if len(_versions) > 1000:
+            _versions.clear()
+        _versions[key] = found
+    return found
+
+
 def list_profiles(conn: psycopg.Connection, *, org: int) -> list[AlarmProfile]:
     """Every preset and the latest version of every custom profile of the organization."""
     rows = conn.execute(

@@ -10,8 +10,8 @@ import psycopg
 import pytest
 
 from coldchain.domain import Device, DeviceAssignment, Lot, Shipment, ShipmentLot
+from rules.device_health import check_silence
 from rules.runner import drain
-from rules.silence import check_silence
 from storage import registry
 from storage.readings import ReadingRows, copy_rows, load_devices
 
