@@ -289,26 +289,28 @@ def readings_of_many(
     keys = sorted(after)
     floor = -62135596800000  # year 1
     afters = [floor if (a := after[k]) is None else a for k in keys]
-    # The constant bounds (these devices, t after the earliest point) let the planner fetch the new
-    # readings with one bitmap scan of the (device_key, t) index (on a hypertable, of the newest
-    # chunks only) and join them to the series by hash; without them the join reads the whole
-    # table on every pass, and its cost grows with the table's age.
+    # One index range scan of (device_key, t) per series, each within that series' own bounds: a
+    # join over all series at once is planned from their widest common range, and one series far
+    # behind (a logger back-filling days of outbox) turned it into a scan of the whole table. The
+    # constant lower bound lets a hypertable skip chunks older than every series' point. The
+    # shipment is compared with IS NOT DISTINCT FROM so that it cannot steer the scan to the
+    # (shipment_key, t) index: a shipment with a hundred loggers would be read a hundred times.
     rows = conn.execute(
-        "SELECT r.shipment_key, r.device_key, string_agg(int8send((extract(epoch FROM r.t) * 1000)::int8)"
-        " || float8send(r.c::float8) || float8send(coalesce(r.rh, 'NaN')::float8) || int2send(r.flags),"
-        " ''::bytea ORDER BY r.t)"
+        "SELECT w.s, w.d, x.packed"
         " FROM unnest(%s::int[], %s::int[], %s::int8[], %s::int8[]) AS w(s, d, after, until)"
-        " JOIN readings r ON r.shipment_key = w.s AND r.device_key = w.d"
+        " CROSS JOIN LATERAL (SELECT string_agg(int8send((extract(epoch FROM r.t) * 1000)::int8)"
+        "  || float8send(r.c::float8) || float8send(coalesce(r.rh, 'NaN')::float8) || int2send(r.flags),"
+        "  ''::bytea ORDER BY r.t) AS packed FROM readings r"
+        "  WHERE r.device_key = w.d AND r.shipment_key IS NOT DISTINCT FROM w.s"
         "  AND r.t > to_timestamp(w.after / 1000.0) AND r.t <= to_timestamp(w.until / 1000.0)"
-        " WHERE r.t > to_timestamp(%s / 1000.0) AND r.device_key = ANY(%s::int[])"
-        " GROUP BY r.shipment_key, r.device_key ORDER BY r.shipment_key, r.device_key",
+        "  AND r.t > to_timestamp(%s / 1000.0)) AS x"
+        " WHERE x.packed IS NOT NULL ORDER BY w.s, w.d",
         (
             [k[0] for k in keys],
             [k[1] for k in keys],
             afters,
             [until[k] for k in keys],
             min(afters),
-            sorted({k[1] for k in keys}),
         ),
     ).fetchall()
     packed = np.frombuffer(b"".join(r[2] for r in rows), dtype=_PACKED)

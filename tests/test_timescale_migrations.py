@@ -260,3 +260,46 @@ def test_policies_compress_old_chunks_and_drop_expired_ones(conn: psycopg.Connec
     assert conn.execute(
         "SELECT n, max_c FROM readings_5m WHERE device_key = 202 AND bucket = %s", (old,)
     ).fetchone() == (2, 9.5)
+
+
+def test_rules_read_each_series_within_its_own_bounds_across_compressed_chunks(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """The rules' read of new readings on a hypertable: one series continues from an hour ago,
+    another starts over from a compressed chunk twenty days back; each gets exactly its range."""
+    from storage.rules_store import readings_of_many
+
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    old = now - timedelta(days=20)
+    minutes = [timedelta(minutes=m) for m in range(0, 120, 10)]
+    conn.execute(
+        "INSERT INTO readings (org_id, device_key, shipment_key, seq, t, c)"
+        " SELECT 1, d, s, 1, t, c FROM unnest(%s::int[], %s::int[], %s::timestamptz[], %s::real[])"
+        " AS r(d, s, t, c)",
+        (
+            [303] * 24 + [304] * 24 + [305] * 12,
+            [9] * 24 + [9] * 24 + [8] * 12,  # 305 on another shipment at the same times as 304
+            [old + m for m in minutes]
+            + [now - timedelta(hours=2) + m for m in minutes]
+            + [old + m for m in minutes]
+            + [now - timedelta(hours=2) + m for m in minutes]
+            + [now - timedelta(hours=2) + m for m in minutes],
+            [float(i) for i in range(60)],
+        ),
+    )
+    job_id, _ = _job(conn, "policy_compression", "readings")
+    conn.execute("CALL run_job(%s)", (job_id,))
+    assert _chunk_compressed(conn, old) is True
+
+    ms = lambda at: int(at.timestamp() * 1000)  # noqa: E731
+    batch = readings_of_many(
+        conn,
+        after={(9, 303): None, (9, 304): ms(now - timedelta(hours=1)), (9, 305): None},
+        until={(9, 303): ms(now), (9, 304): ms(now - timedelta(minutes=30)), (9, 305): ms(now)},
+    )
+    assert batch.ranges() == {(9, 303): (0, 24), (9, 304): (24, 27)}
+    assert batch.temps_c.tolist() == [float(i) for i in range(24)] + [43.0, 44.0, 45.0]
+    assert batch.times_ms[:12].tolist() == [ms(old + m) for m in minutes]
+    assert batch.times_ms[24:].tolist() == [
+        ms(now - timedelta(hours=1) + timedelta(minutes=m)) for m in (10, 20, 30)
+    ]
