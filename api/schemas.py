@@ -84,6 +84,14 @@ class CloseBody(_Strict):
     comment: str = Field(min_length=1, max_length=4000)
 
 
+class CreditBody(_Strict):
+    """QA gives time back to a lot's stability budget, e.g. when a stability study covers an excursion."""
+
+    seconds: float = Field(gt=0, le=10 * 365 * 86400)
+    reason: str = Field(min_length=1, max_length=4000)
+    alert_id: int | None = Field(default=None, ge=1)
+
+
 class AssignBody(_Strict):
     assignee: str | None = Field(default=None, max_length=200)
 

@@ -49,7 +49,7 @@ class LotFigures:
     readings: int = 0
 
 
-def _labelled_range(profile: AlarmProfile) -> tuple[str | None, str | None]:
+def labelled_range(profile: AlarmProfile) -> tuple[str | None, str | None]:
     """Ids of the innermost high and low limits: the edges of the labelled range."""
     highs = [x for x in profile.limits if x.side == "high"]
     lows = [x for x in profile.limits if x.side == "low"]
@@ -73,7 +73,7 @@ def lot_figures(legs: list[Leg], *, stability_budget_s: float | None) -> LotFigu
     worst: dict[str, str] = {}
     readings = 0
     for leg in legs:
-        high, low = _labelled_range(leg.profile)
+        high, low = labelled_range(leg.profile)
         best: tuple[float, float, LoggerSeries, dict[str, float]] | None = None
         for logger in leg.loggers:
             if logger.times_ms.size == 0:

@@ -15,9 +15,10 @@ from datetime import UTC, datetime
 import psycopg
 
 from coldchain.alarm_profile import AlarmProfile, Excursion, ExcursionKind
-from coldchain.domain import AlertState
+from coldchain.domain import AlertState, Severity
 from rules.engine import RELEASE, EngineState, SensorSeries, evaluate
-from storage import alerts, profiles, rules_store
+from rules.lot_figures import labelled_range
+from storage import alerts, lot_budget, profiles, rules_store
 from storage.alerts import NewAlert
 from storage.rules_store import SeriesWork
 
@@ -32,6 +33,7 @@ class RunStats:
     reevaluated: int = 0
     alerts_opened: int = 0
     alerts_resolved: int = 0
+    lots_refreshed: int = 0
 
 
 def _utc(ms: int | None) -> datetime | None:
@@ -170,6 +172,7 @@ def evaluate_many(conn: psycopg.Connection, work: list[SeriesWork], stats: RunSt
         until[key] = max(item.to_ms, done)
     fetched = rules_store.readings_of_many(conn, after, until)
     saved: list[rules_store.SeriesStateRow] = []
+    spending: set[int] = set()  # shipments whose lots' budgets moved
     for key, (a, b) in fetched.ranges().items():
         item, ctx = by_key[key], contexts[key]
         profile = profiles.resolve_version(
@@ -185,6 +188,9 @@ def evaluate_many(conn: psycopg.Connection, work: list[SeriesWork], stats: RunSt
         stats.readings += b - a
         _apply(conn, item, profile, result.excursions, stats)
         high_c, low_c, high_rh, low_rh = hot_thresholds(profile)
+        outside = outside_labelled_range_s(profile, result.state)
+        if outside != ctx.outside_s:
+            spending.add(item.shipment_key)
         saved.append(
             rules_store.SeriesStateRow(
                 org_id=item.org_id,
@@ -199,10 +205,48 @@ def evaluate_many(conn: psycopg.Connection, work: list[SeriesWork], stats: RunSt
                 hot_low_c=low_c,
                 hot_high_rh=high_rh,
                 hot_low_rh=low_rh,
+                outside_s=outside,
             )
         )
     stats.series += len(saved)
     rules_store.save_states(conn, saved)
+    if spending:
+        check_lot_budgets(conn, sorted(spending), stats)
+
+
+def outside_labelled_range_s(profile: AlarmProfile, state: EngineState) -> float:
+    """Seconds beyond the innermost high and low limits: what a lot's stability budget pays."""
+    return sum(state.time_beyond_s(i) for i in labelled_range(profile) if i is not None)
+
+
+def check_lot_budgets(conn: psycopg.Connection, shipment_keys: list[int], stats: RunStats) -> None:
+    """Store the spend of the lots on these shipments; a lot whose budget is gone raises one
+    critical alert (per credit: time QA credits back lets a later exhaustion alert again)."""
+    for spend in lot_budget.refresh(conn, shipment_keys):
+        stats.lots_refreshed += 1
+        remaining = spend.remaining_s
+        if remaining is None or remaining > 0:
+            continue
+        hours = spend.spent_s / 3600
+        budget_h = (spend.budget_s or 0) / 3600
+        credited = f", {spend.credited_s / 3600:.1f} h credited back" if spend.credited_s else ""
+        alert_id, opened = alerts.raise_alert(
+            conn,
+            alerts.NewAlert(
+                org_id=spend.org_id,
+                episode_key=f"{lot_budget.budget_episode_prefix(spend.gtin, spend.lot)}{spend.credits}",
+                kind="stability_budget",
+                severity=Severity.CRITICAL,
+                message=f"lot {spend.gtin}/{spend.lot}: stability budget spent, {hours:.1f} h outside the"
+                f" labelled range across its shipments (budget {budget_h:.1f} h{credited})",
+                device_key=spend.device_key,
+                shipment_key=spend.shipment_key,
+                started_at=_utc(spend.last_ms),
+            ),
+        )
+        if opened:
+            stats.alerts_opened += 1
+            log.info("alert %d opened: lot %s/%s stability budget spent", alert_id, spend.gtin, spend.lot)
 
 
 def drain(conn: psycopg.Connection, *, batch: int = 500, fast_lane: bool = False) -> RunStats:

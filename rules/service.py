@@ -116,7 +116,7 @@ class RulesService:
                 backoff = min(backoff * 2, 15.0)
 
     def _merge(self, done: RunStats) -> None:
-        for name in ("series", "readings", "reevaluated", "alerts_opened", "alerts_resolved"):
+        for name in RunStats.__slots__:
             setattr(self.stats, name, getattr(self.stats, name) + getattr(done, name))
 
     def stop(self, timeout: float = 10.0) -> None:

@@ -94,6 +94,7 @@ class SeriesContext:
     profile_version: int
     state: dict[str, Any] | None
     last_ms: int | None
+    outside_s: float = 0.0
 
 
 def open_episode_alerts(conn: psycopg.Connection, *, org_id: int, prefix: str) -> dict[str, tuple[int, str]]:
@@ -262,12 +263,12 @@ def lock_and_load(
         (shipments, devices),
     )
     rows = conn.execute(
-        "SELECT w.s, w.d, sh.profile_id, sh.profile_version, r.state, r.last_ms"
+        "SELECT w.s, w.d, sh.profile_id, sh.profile_version, r.state, r.last_ms, coalesce(r.outside_s, 0)"
         " FROM unnest(%s::int[], %s::int[]) AS w(s, d) JOIN shipments sh ON sh.key = w.s"
         " LEFT JOIN rule_series_state r ON r.shipment_key = w.s AND r.device_key = w.d",
         (shipments, devices),
     ).fetchall()
-    return {(r[0], r[1]): SeriesContext(r[2], int(r[3]), r[4], r[5]) for r in rows}
+    return {(r[0], r[1]): SeriesContext(r[2], int(r[3]), r[4], r[5], float(r[6])) for r in rows}
 
 
 _PACKED = np.dtype([("t", ">i8"), ("c", ">f8"), ("rh", ">f8"), ("f", ">i2")])
@@ -345,6 +346,7 @@ class SeriesStateRow:
     hot_low_c: float | None = None
     hot_high_rh: float | None = None
     hot_low_rh: float | None = None
+    outside_s: float = 0.0  # time outside the profile's labelled range, for the lot's budget
 
 
 def save_states(conn: psycopg.Connection, rows: list[SeriesStateRow]) -> None:
@@ -366,20 +368,22 @@ def save_states(conn: psycopg.Connection, rows: list[SeriesStateRow]) -> None:
                 "hl": r.hot_low_c,
                 "rh": r.hot_high_rh,
                 "rl": r.hot_low_rh,
+                "out": r.outside_s,
             }
             for r in rows
         ]
     ).decode()
     conn.execute(
         "INSERT INTO rule_series_state (shipment_key, device_key, org_id, profile_id, profile_version,"
-        " state, last_ms, at_rest, hot_high_c, hot_low_c, hot_high_rh, hot_low_rh)"
+        " state, last_ms, at_rest, hot_high_c, hot_low_c, hot_high_rh, hot_low_rh, outside_s)"
         " SELECT (x->>'s')::int, (x->>'d')::int, (x->>'o')::smallint, x->>'p', (x->>'v')::int, x->'state',"
         " (x->>'last')::bigint, (x->>'rest')::bool, (x->>'hh')::real, (x->>'hl')::real, (x->>'rh')::real,"
-        " (x->>'rl')::real FROM jsonb_array_elements(%s::jsonb) AS x"
+        " (x->>'rl')::real, (x->>'out')::float8 FROM jsonb_array_elements(%s::jsonb) AS x"
         " ON CONFLICT (shipment_key, device_key) DO UPDATE SET state = EXCLUDED.state,"
         " last_ms = EXCLUDED.last_ms, profile_id = EXCLUDED.profile_id, at_rest = EXCLUDED.at_rest,"
         " hot_high_c = EXCLUDED.hot_high_c, hot_low_c = EXCLUDED.hot_low_c,"
         " hot_high_rh = EXCLUDED.hot_high_rh, hot_low_rh = EXCLUDED.hot_low_rh,"
+        " outside_s = EXCLUDED.outside_s,"
         " profile_version = EXCLUDED.profile_version,"
         " evaluations = rule_series_state.evaluations + 1, updated_at = now()",
         (doc,),

@@ -176,6 +176,7 @@ def test_whole_chain_takes_the_timescale_branch(pglite_dsn: str, applied: list[s
         "011_readings_storage.timescale",
         "020_rules",
         "030_notifications",
+        "040_lot_budget",
     ]
     assert migrate(pglite_dsn) == []
     with psycopg.connect(pglite_dsn, autocommit=True, prepare_threshold=None) as conn:

@@ -6,14 +6,15 @@ import re
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, status
 
 from api.deps import Caller, Conn
-from api.schemas import alert_public
+from api.schemas import CreditBody, alert_public
+from coldchain.access import Permission
 from coldchain.errors import ValidationError
 from coldchain.gs1 import digital_link, normalize_gtin
-from rules.lot_figures import Leg, LoggerSeries, lot_figures
-from storage import alerts, profiles, readings, registry, rules_store
+from rules.lot_figures import Leg, LoggerSeries, LotFigures, lot_figures
+from storage import alerts, lot_budget, profiles, readings, registry, rules_store
 
 router = APIRouter()
 _BUCKET = re.compile(r"^(\d{1,6})(s|m|h|d)$")
@@ -30,21 +31,26 @@ def parse_bucket(text: str | None) -> timedelta | None:
     return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
 
 
+def _figures(conn: Conn, org: int, rec: registry.LotRecord) -> LotFigures:
+    legs = [
+        Leg(
+            shipment_id=leg.shipment_id,
+            profile=profiles.resolve(conn, org=org, profile_id=leg.profile_id, version=leg.profile_version),
+            loggers=tuple(LoggerSeries(dev, t, c) for dev, (t, c) in leg.loggers.items()),
+        )
+        for leg in rules_store.lot_legs(conn, org=org, shipment_keys=list(rec.shipment_keys))
+    ]
+    return lot_figures(legs, stability_budget_s=rec.stability_budget_s)
+
+
 @router.get("/lots/{gtin}/{lot}")
 def get_lot(gtin: str, lot: str, conn: Conn, caller: Caller) -> dict[str, Any]:
     rec = registry.get_lot(conn, org=caller.org_id, gtin=normalize_gtin(gtin), lot=lot)
     excursions = alerts.list_alerts(conn, org=caller.org_id, shipment_keys=list(rec.shipment_keys))
-    legs = [
-        Leg(
-            shipment_id=leg.shipment_id,
-            profile=profiles.resolve(
-                conn, org=caller.org_id, profile_id=leg.profile_id, version=leg.profile_version
-            ),
-            loggers=tuple(LoggerSeries(dev, t, c) for dev, (t, c) in leg.loggers.items()),
-        )
-        for leg in rules_store.lot_legs(conn, org=caller.org_id, shipment_keys=list(rec.shipment_keys))
-    ]
-    figures = lot_figures(legs, stability_budget_s=rec.stability_budget_s)
+    figures = _figures(conn, caller.org_id, rec)
+    credits = lot_budget.credits(conn, org=caller.org_id, gtin=rec.lot.gtin, lot=rec.lot.lot)
+    credited = sum(c["seconds"] for c in credits)
+    remaining = figures.stability_budget_remaining_s
     return {
         "gtin": rec.lot.gtin,
         "lot": rec.lot.lot,
@@ -57,9 +63,52 @@ def get_lot(gtin: str, lot: str, conn: Conn, caller: Caller) -> dict[str, Any]:
         "time_out_of_range_s": figures.time_out_of_range_s,
         "outside_labelled_range_s": figures.outside_labelled_range_s,
         "stability_budget_s": figures.stability_budget_s,
-        "stability_budget_remaining_s": figures.stability_budget_remaining_s,
+        "stability_budget_credited_s": credited,
+        "stability_budget_remaining_s": None if remaining is None else remaining + credited,
+        "stability_budget_credits": credits,
         "worst_logger_per_shipment": figures.worst_logger,
     }
+
+
+@router.post("/lots/{gtin}/{lot}/credits", status_code=status.HTTP_201_CREATED)
+def credit_budget(gtin: str, lot: str, body: CreditBody, conn: Conn, caller: Caller) -> dict[str, Any]:
+    """QA credits time back to the lot's stability budget, with a reason (audited). A credit that
+    leaves budget again resolves the lot's open budget alert."""
+    caller.require(Permission.DISPOSITION)
+    rec = registry.get_lot(conn, org=caller.org_id, gtin=normalize_gtin(gtin), lot=lot)
+    figures = _figures(conn, caller.org_id, rec)
+    with conn.transaction():
+        credit = lot_budget.add_credit(
+            conn,
+            org=caller.org_id,
+            gtin=rec.lot.gtin,
+            lot=rec.lot.lot,
+            seconds=body.seconds,
+            reason=body.reason,
+            actor=caller.name,
+            spent_s=figures.outside_labelled_range_s,
+            alert_id=body.alert_id,
+        )
+        credited = sum(
+            c["seconds"]
+            for c in lot_budget.credits(conn, org=caller.org_id, gtin=rec.lot.gtin, lot=rec.lot.lot)
+        )
+        remaining = (figures.stability_budget_remaining_s or 0.0) + credited
+        resolved: list[int] = []
+        if remaining > 0:
+            for alert_id in lot_budget.open_budget_alerts(
+                conn, org=caller.org_id, gtin=rec.lot.gtin, lot=rec.lot.lot
+            ):
+                alerts.transition(
+                    conn,
+                    org=caller.org_id,
+                    alert_id=alert_id,
+                    action="resolve",
+                    actor=caller.name,
+                    comment=f"stability budget restored by credit {credit['id']}: {body.reason}",
+                )
+                resolved.append(alert_id)
+    return {**credit, "stability_budget_remaining_s": remaining, "resolved_alerts": resolved}
 
 
 @router.get("/lots/{gtin}/{lot}/readings")
