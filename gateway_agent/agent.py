@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from coldchain.errors import ColdchainError
+from coldchain.errors import ColdchainError, ConfigurationError
 from coldchain.wire import DeviceConfig
 from gateway_agent.alarm import (
     AlarmOutput,
@@ -193,6 +193,45 @@ class Agent:
             )
         self.refresh_snapshot()
 
+    def reload(self, settings: AgentSettings) -> list[str]:
+        """Apply an edited config file (SIGHUP) without a restart; returns what still needs one.
+
+        A logger's interval, batching and local alarm profile follow the file unless the platform
+        has sent a config of its own (version > 0), which stays in force. Anything that changes
+        connections or drivers (broker, credentials, driver, added or removed loggers) is only
+        reported: those take a restart. Raises ConfigurationError, changing nothing, when a
+        profile in the file is invalid.
+        """
+        restart: list[str] = []
+        fresh = {d.id: d for d in settings.devices}
+        for device_id in sorted(set(fresh) ^ set(self.devices)):
+            restart.append(f"logger {device_id} {'added' if device_id in fresh else 'removed'}")
+        connection_keys = ("mqtt_url", "topic_prefix", "ca_file", "data_dir", "status_port")
+        restart += [key for key in connection_keys if getattr(settings, key) != getattr(self.settings, key)]
+        staged: dict[str, DeviceConfig] = {}
+        for device_id in sorted(set(fresh) & set(self.devices)):
+            new, old = fresh[device_id], self.devices[device_id]
+            fields = ("driver", "options", "username", "password", "password_file", "cert_file", "key_file")
+            restart += [f"{device_id}.{key}" for key in fields if getattr(new, key) != getattr(old, key)]
+            if self.configs[device_id].version > 0:
+                continue  # the platform's config wins over the file's defaults
+            try:
+                profile = resolve_profile(new.profile)
+                LocalProfile.from_dict(profile)
+            except (ColdchainError, ValueError, TypeError, KeyError) as exc:
+                raise ConfigurationError(f"logger {device_id}: bad profile: {exc}") from None
+            staged[device_id] = DeviceConfig(
+                version=0,
+                interval_s=new.interval_s,
+                batch_size=new.batch_size,
+                batch_age_s=new.batch_age_s,
+                profile=profile,
+            )
+        for device_id, config in staged.items():
+            self.devices[device_id] = fresh[device_id]
+            self.apply_config(device_id, config)
+        return restart
+
     def _power_and_signal(self) -> dict[str, Any]:
         battery = _read_number(self.settings.battery_file)
         return {
@@ -216,6 +255,7 @@ class Agent:
                 "queue_batches": depth.batches,
                 "next_seq": self.outbox.next_seq(device_id),
                 "config_version": self.configs[device_id].version,
+                "interval_s": self.configs[device_id].interval_s,
                 "connected": link.connected if link else False,
                 "last_contact_ms": link.last_contact_ms if link else None,
                 "refused": link.refused if link else 0,

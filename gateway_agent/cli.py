@@ -9,10 +9,13 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from coldchain.errors import ColdchainError
 from gateway_agent.config import AgentSettings
+
+if TYPE_CHECKING:
+    from gateway_agent.agent import Agent
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +54,13 @@ def main(argv: list[str] | None = None) -> int:
         settings = AgentSettings.load(args.config)
         if args.command == "status":
             return _status(settings, as_json=args.json)
-        return asyncio.run(_run(settings, sample=not args.no_sample))
+        return asyncio.run(_run(settings, sample=not args.no_sample, config_path=args.config))
     except ColdchainError as exc:
         print(f"gateway-agent: {exc}", file=sys.stderr)
         return 2
 
 
-async def _run(settings: AgentSettings, *, sample: bool) -> int:
+async def _run(settings: AgentSettings, *, sample: bool, config_path: Path) -> int:
     from gateway_agent.agent import Agent
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -65,9 +68,24 @@ async def _run(settings: AgentSettings, *, sample: bool) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, agent.stop)
+        loop.add_signal_handler(signal.SIGHUP, _reload, agent, config_path)
         log.info("gateway agent running with %d device(s)", len(settings.devices))
         await agent.run(sample=sample)
     return 0
+
+
+def _reload(agent: Agent, path: Path) -> None:
+    """SIGHUP: re-read the config file; a bad file is reported and the running config kept."""
+    try:
+        restart = agent.reload(AgentSettings.load(path))
+    except ColdchainError as exc:
+        log.error("config reload refused, keeping the running config: %s", exc)
+        return
+    agent.write_state()
+    if restart:
+        log.warning("config reloaded; these changes take a restart: %s", ", ".join(restart))
+    else:
+        log.info("config reloaded")
 
 
 def _status(settings: AgentSettings, *, as_json: bool) -> int:

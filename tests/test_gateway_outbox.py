@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import math
+import os
+import signal
 import struct
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +19,7 @@ import pytest
 
 from coldchain.errors import ConfigurationError
 from coldchain.wire import DeviceConfig, decode_batch, encode_binary, encode_json
-from gateway_agent.agent import Agent
+from gateway_agent.agent import Agent, resolve_profile
 from gateway_agent.alarm import ConsoleOutput, GpioOutput, LocalAlarm, LocalProfile, SysfsGpioPin
 from gateway_agent.clock import ManualClock
 from gateway_agent.config import AgentSettings, DeviceSettings
@@ -187,6 +194,70 @@ def test_config_applies_without_restart_and_refuses_bad_settings(tmp_path: Path)
         AgentSettings.from_dict({"mqtt_url": "http://x", "device": []})
     with pytest.raises(ConfigurationError, match="unknown"):
         AgentSettings.from_dict({"device": [{"id": "D1", "driver": "simulated", "colour": 1}]})
+
+
+def _config_file(path: Path, interval_s: int, *, extra: str = "", profile: str = "2-8C") -> Path:
+    path.write_text(
+        f'data_dir = "{path.parent}"\nconsole_alarm = false\n'
+        f'[[device]]\nid = "D1"\ndriver = "simulated"\nprofile = "{profile}"\ninterval_s = {interval_s}\n'
+        f'[[device]]\nid = "D2"\ndriver = "simulated"\ninterval_s = {interval_s}\n' + extra
+    )
+    return path
+
+
+def test_reload_applies_the_file_where_the_platform_has_not_spoken(tmp_path: Path) -> None:
+    config = _config_file(tmp_path / "agent.toml", 60)
+    with Agent(AgentSettings.load(config), clock=ManualClock(T0)) as agent:
+        agent.apply_config("D2", DeviceConfig(version=4, interval_s=15))  # the platform's, for D2
+        d3 = '[[device]]\nid = "D3"\ndriver = "simulated"\n'
+        restart = agent.reload(AgentSettings.load(_config_file(config, 120, profile="frozen-20C", extra=d3)))
+        assert restart == ["logger D3 added"]
+        assert (agent.configs["D1"].interval_s, agent.configs["D1"].version) == (120, 0)
+        assert agent.configs["D1"].profile == resolve_profile("frozen-20C")
+        assert (agent.configs["D2"].interval_s, agent.configs["D2"].version) == (15, 4)  # platform wins
+        before = agent.configs["D1"]
+        bad = _config_file(config, 30, profile="no-such-profile")
+        with pytest.raises(ConfigurationError, match="D1"):
+            agent.reload(AgentSettings.load(bad))
+        assert agent.configs["D1"] == before  # nothing half-applied
+
+
+def test_sighup_reloads_the_running_agent_and_a_bad_file_is_refused(tmp_path: Path) -> None:
+    config = _config_file(tmp_path / "agent.toml", 60)
+    state = tmp_path / "state.json"
+    repo = Path(__file__).resolve().parent.parent
+    with open(tmp_path / "agent.log", "wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway_agent.cli", "--config", str(config), "run", "--no-sample"],
+            cwd=repo,
+            env=dict(os.environ, PYTHONPATH=str(repo)),
+            stderr=log_file,
+        )
+
+    def interval_of_d1(expected: int) -> bool:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                if json.loads(state.read_text())["devices"]["D1"]["interval_s"] == expected:
+                    return True
+            time.sleep(0.05)
+        return False
+
+    try:
+        assert interval_of_d1(60)
+        _config_file(config, 300)
+        proc.send_signal(signal.SIGHUP)
+        assert interval_of_d1(300)
+        config.write_text("this is not toml = = =")
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while b"reload refused" not in (tmp_path / "agent.log").read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert b"reload refused" in (tmp_path / "agent.log").read_bytes()
+        assert proc.poll() is None and interval_of_d1(300)  # still running, on the last good config
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0
 
 
 def test_backoff_grows_with_jitter_and_caps() -> None:
