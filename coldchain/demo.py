@@ -27,7 +27,10 @@ _ROUTES = (
 )
 # Lot index per shipment: some lots are split over two shipments, as real lots are.
 _LOTS_OF = ((0, 1), (1, 2), (3, 4), (5, 6), (6, 7))
-_LOTS = tuple(Lot(_GTINS[i % len(_GTINS)], f"DEMO-L{i + 1:02d}") for i in range(8))
+# A 72-hour stability budget outside 2-8 °C, as product stability data typically allows.
+_LOTS = tuple(
+    Lot(_GTINS[i % len(_GTINS)], f"DEMO-L{i + 1:02d}", stability_budget_s=72 * 3600) for i in range(8)
+)
 
 
 def demo_fleet(start: datetime) -> tuple[list[Shipment], list[DemoLogger]]:
