@@ -42,6 +42,17 @@ def resolve_profile(profile: Mapping[str, Any] | str | None) -> dict[str, Any] |
     return get_preset(profile).to_dict()
 
 
+def file_config(device: DeviceSettings) -> DeviceConfig:
+    """A logger's config as the file gives it (version 0: until the platform sends one)."""
+    return DeviceConfig(
+        version=0,
+        interval_s=device.interval_s,
+        batch_size=device.batch_size,
+        batch_age_s=device.batch_age_s,
+        profile=resolve_profile(device.profile),
+    )
+
+
 def default_outputs(settings: AgentSettings) -> list[AlarmOutput]:
     outputs: list[AlarmOutput] = []
     if settings.console_alarm:
@@ -88,15 +99,8 @@ class Agent:
         self.alarm = LocalAlarm(default_outputs(settings) if outputs is None else outputs)
         self.configs: dict[str, DeviceConfig] = {}
         for device in settings.devices:
-            profile = resolve_profile(device.profile)
-            self.configs[device.id] = DeviceConfig(
-                version=0,
-                interval_s=device.interval_s,
-                batch_size=device.batch_size,
-                batch_age_s=device.batch_age_s,
-                profile=profile,
-            )
-            self.alarm.set_profile(device.id, LocalProfile.from_dict(profile))
+            self.configs[device.id] = file_config(device)
+            self.alarm.set_profile(device.id, LocalProfile.from_dict(self.configs[device.id].profile))
         self.latest: dict[str, Sample] = {}
         self.driver_errors: dict[str, str] = {}
         self.publishers: dict[str, DevicePublisher] = {}
@@ -216,17 +220,10 @@ class Agent:
             if self.configs[device_id].version > 0:
                 continue  # the platform's config wins over the file's defaults
             try:
-                profile = resolve_profile(new.profile)
-                LocalProfile.from_dict(profile)
+                staged[device_id] = file_config(new)
+                LocalProfile.from_dict(staged[device_id].profile)
             except (ColdchainError, ValueError, TypeError, KeyError) as exc:
                 raise ConfigurationError(f"logger {device_id}: bad profile: {exc}") from None
-            staged[device_id] = DeviceConfig(
-                version=0,
-                interval_s=new.interval_s,
-                batch_size=new.batch_size,
-                batch_age_s=new.batch_age_s,
-                profile=profile,
-            )
         for device_id, config in staged.items():
             self.devices[device_id] = fresh[device_id]
             self.apply_config(device_id, config)

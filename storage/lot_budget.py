@@ -117,7 +117,8 @@ def add_credit(
     spent_s: float,
     alert_id: int | None = None,
 ) -> dict[str, Any]:
-    """Credit time back to a lot's budget (QA's decision, with a reason; audited).
+    """Credit time back to a lot's budget (QA's decision, with a reason; audited). The answer
+    carries the credit and `credited_s`, all credits of the lot together.
 
     All credits together may not exceed `spent_s`, the time the lot has spent outside its
     labelled range: a credit gives back time that was spent, it does not extend the budget.
@@ -174,7 +175,10 @@ def add_credit(
         new={"credited_s": already + seconds, "credit_id": credit_id, "alert_id": alert_id},
         reason=reason.strip(),
     )
-    return _credit_doc(credit_id, seconds, reason.strip(), alert_id, actor, at)
+    return {
+        **_credit_doc(credit_id, seconds, reason.strip(), alert_id, actor, at),
+        "credited_s": already + seconds,
+    }
 
 
 def _credit_doc(

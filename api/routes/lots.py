@@ -89,11 +89,7 @@ def credit_budget(gtin: str, lot: str, body: CreditBody, conn: Conn, caller: Cal
             spent_s=figures.outside_labelled_range_s,
             alert_id=body.alert_id,
         )
-        credited = sum(
-            c["seconds"]
-            for c in lot_budget.credits(conn, org=caller.org_id, gtin=rec.lot.gtin, lot=rec.lot.lot)
-        )
-        remaining = (figures.stability_budget_remaining_s or 0.0) + credited
+        remaining = (figures.stability_budget_remaining_s or 0.0) + credit.pop("credited_s")
         resolved: list[int] = []
         if remaining > 0:
             for alert_id in lot_budget.open_budget_alerts(
