@@ -17,7 +17,16 @@ _LOCK_ID = 0x636F6C64  # "cold"
 
 
 def timescale_available(conn: psycopg.Connection) -> bool:
-    row = conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'").fetchone()
+    """True when `CREATE EXTENSION timescaledb` can succeed: installed *and* preloaded.
+
+    An installed but not preloaded extension is listed in `pg_available_extensions`, yet creating
+    it fails ("must be preloaded"); such a server takes the plain schema.
+    """
+    row = conn.execute(
+        "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"
+        " AND 'timescaledb' = ANY (string_to_array(replace(current_setting('shared_preload_libraries'),"
+        " ' ', ''), ','))"
+    ).fetchone()
     return row is not None
 
 
