@@ -92,7 +92,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "db":
         from storage.migrate import migrate
 
-        applied = migrate(_require(settings.database_url, "DATABASE_URL"))
+        applied = migrate(_require(settings.database_url, "DATABASE_URL"), engine=settings.database_engine)
         print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
         return 0
     if args.command == "token":
@@ -161,7 +161,7 @@ def run_platform(settings: Settings, *, demo: bool, mqtt_port: int | None, time_
             stack.callback(broker.stop)
             mqtt_url = broker.url
         settings = settings.model_copy(update={"database_url": dsn, "mqtt_url": mqtt_url})
-        migrate(dsn)
+        migrate(dsn, engine=settings.database_engine)
         token, fresh = _bootstrap_token(settings, dsn, data_dir)
         topics = Topics(settings.topic_prefix)
 

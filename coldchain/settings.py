@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     environment: Literal["development", "production"] = "development"
     data_dir: Path = Path(".coldchain")
     database_url: str | None = None
+    # auto: TimescaleDB when the server can run it, plain otherwise; see storage/migrate.py
+    database_engine: Literal["auto", "timescale", "plain"] = "auto"
     mqtt_url: str | None = None
     topic_prefix: str = ""
     organization: str = "default"

@@ -4,8 +4,11 @@
 # Usage: scripts/timescaledb.sh ARCHIVE   (or TIMESCALEDB_SOURCE=ARCHIVE scripts/timescaledb.sh)
 # ARCHIVE is a release tarball (a `git archive` of a tag) of timescale/timescaledb. A relative
 # path is taken from the repository root. Does nothing when timescaledb is already installed for
-# the PostgreSQL found here. Build dependencies (cmake, postgresql-server-dev-N) come from apt.
-# The build runs in a scratch folder under ${TMPDIR:-/var/tmp} that is removed afterwards.
+# the PostgreSQL found here: from Timescale's packages, or built here from the same archive and
+# patches (a stamp beside the control file records which). Patches for the archive's version
+# (scripts/timescaledb-patches/MAJOR.MINOR-*.patch) are applied before building. Build
+# dependencies (cmake, postgresql-server-dev-N) come from apt. The build runs in a scratch folder
+# under ${TMPDIR:-/var/tmp} that is removed afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,17 +34,28 @@ if [ -z "$pg_bindir" ]; then
 fi
 pg_major="$(basename "$(dirname "$pg_bindir")")"
 
-installed() {
-    [ -f "/usr/share/postgresql/$pg_major/extension/timescaledb.control" ] &&
-        ls "/usr/lib/postgresql/$pg_major/lib/"timescaledb*.so >/dev/null 2>&1
-}
-if installed; then
-    exit 0
-fi
 case "$archive" in /*) ;; *) archive="$PWD/$archive" ;; esac
 if [ ! -f "$archive" ]; then
     echo "timescaledb: source archive not found: $archive" >&2
     exit 1
+fi
+patches=()
+version="$(basename "$archive" | sed -n 's/^timescaledb-\([0-9]*\.[0-9]*\)\..*/\1/p')"
+for p in scripts/timescaledb-patches/"$version"-*.patch; do
+    [ -f "$p" ] && patches+=("$PWD/$p")
+done
+build_id="$(cat "$archive" ${patches[@]+"${patches[@]}"} | sha256sum | cut -c1-16)"
+extension_dir="/usr/share/postgresql/$pg_major/extension"
+stamp="$extension_dir/timescaledb.coldchain-build"
+
+installed() {
+    [ -f "$extension_dir/timescaledb.control" ] &&
+        ls "/usr/lib/postgresql/$pg_major/lib/"timescaledb*.so >/dev/null 2>&1 || return 1
+    # installed by a package (no stamp), or built here from this very archive and patches
+    [ ! -f "$stamp" ] || [ "$(cat "$stamp")" = "$build_id" ]
+}
+if installed; then
+    exit 0
 fi
 
 # One build at a time on a machine; a second caller waits and then finds it installed.
@@ -56,6 +70,7 @@ command -v cmake >/dev/null || needed+=(cmake)
 dpkg -s "postgresql-server-dev-$pg_major" >/dev/null 2>&1 || needed+=("postgresql-server-dev-$pg_major")
 command -v gcc >/dev/null || needed+=(gcc)
 command -v make >/dev/null || needed+=(make)
+command -v patch >/dev/null || needed+=(patch)
 dpkg -s libssl-dev >/dev/null 2>&1 || needed+=(libssl-dev)
 if [ ${#needed[@]} -gt 0 ]; then
     echo "timescaledb: installing build dependencies ${needed[*]}"
@@ -74,6 +89,10 @@ tar xzf "$archive" -C "$scratch"
 src="$(find "$scratch" -mindepth 1 -maxdepth 1 -type d | head -n 1)"
 (
     cd "$src"
+    for p in ${patches[@]+"${patches[@]}"}; do
+        echo "timescaledb: applying $(basename "$p")"
+        patch -p1 --quiet <"$p"
+    done
     export PATH="$pg_bindir:$PATH"
     ./bootstrap -DPG_CONFIG="$pg_bindir/pg_config" -DREGRESS_CHECKS=OFF -DTAP_CHECKS=OFF \
         -DWARNINGS_AS_ERRORS=OFF -DLINTER=OFF -DGENERATE_DOWNGRADE_SCRIPT=OFF \
@@ -84,5 +103,6 @@ src="$(find "$scratch" -mindepth 1 -maxdepth 1 -type d | head -n 1)"
     as_root make -C build install >"$scratch/install.log" 2>&1 ||
         { tail -n 40 "$scratch/install.log" >&2; exit 1; }
 )
+echo "$build_id" | as_root tee "$stamp" >/dev/null
 installed || { echo "timescaledb: install finished but the extension is not in place" >&2; exit 1; }
 echo "timescaledb: installed for PostgreSQL $pg_major in $((SECONDS - started)) s"
