@@ -289,10 +289,10 @@ def test_the_scheduler_runs_the_policies_in_the_background(db: psycopg.Connectio
 
 
 def test_the_embedded_cluster_preloads_timescaledb(db: psycopg.Connection) -> None:
-    settings = dict(db.execute(
-        "SELECT name, setting FROM pg_settings"
-        " WHERE name IN ('shared_preload_libraries', 'timescaledb.telemetry_level')"
-    ).fetchall())
-    assert settings == {"shared_preload_libraries": "timescaledb", "timescaledb.telemetry_level": "off"}
+    settings = db.execute(
+        "SELECT current_setting('shared_preload_libraries'),"
+        " current_setting('timescaledb.telemetry_level', true)"
+    ).fetchone()
+    assert settings == ("timescaledb", "off")  # a build without telemetry keeps it as a placeholder
     version = db.execute("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'").fetchone()
     assert version is not None and version[0].startswith("2.")
