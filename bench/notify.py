@@ -3,7 +3,7 @@ exactly-once delivery across a kill -9 of the notifier.
 
 1. outbox: N alerts are planned into the outbox, then the worker delivers them through the real
    Twilio SDK to the local Twilio stub: `notifications_per_s`.
-2. crash: a notifier process (`python -m rules.notify.outbox`) is killed with SIGKILL in the
+2. crash: a notifier process (`python -m notify`) is killed with SIGKILL in the
    middle of a burst and restarted; Twilio's status callbacks reach the real API (uvicorn), as they
    would from Twilio. Every idempotency key is counted at the stub: `lost`, `duplicated`.
 3. end to end: readings published to a real Mosquitto -> ingest -> rules -> outbox -> SMS request
@@ -44,8 +44,9 @@ from coldchain.settings import Settings  # noqa: E402
 from coldchain.wire import Topics, encode_binary  # noqa: E402
 from embedded import MosquittoServer, PostgresServer  # noqa: E402
 from embedded.process import free_port  # noqa: E402
-from rules.notify.outbox import NotificationService, OutboxOptions  # noqa: E402
-from rules.notify.planner import Planner  # noqa: E402
+from notify.outbox import OutboxOptions  # noqa: E402
+from notify.planner import Planner  # noqa: E402
+from notify.service import NotificationService  # noqa: E402
 from rules.service import RulesService  # noqa: E402
 from storage import notifications as store  # noqa: E402
 from storage import registry  # noqa: E402
@@ -203,7 +204,7 @@ def crash_safety(server: PostgresServer, count: int) -> dict[str, Any]:
 
         def notifier() -> subprocess.Popen[bytes]:
             return subprocess.Popen(
-                [sys.executable, "-m", "rules.notify.outbox", "--grace-s", "3", "--tick-s", "1"],
+                [sys.executable, "-m", "notify", "--grace-s", "3", "--tick-s", "1"],
                 cwd=ROOT,
                 env=env,
                 stdout=subprocess.DEVNULL,
@@ -306,8 +307,9 @@ def end_to_end(server: PostgresServer, probes: int, background: int, rate: float
     with MosquittoServer() as broker, TwilioStub(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN) as stub:
         settings = _settings(dsn, stub)
         ingest = IngestService(dsn=dsn, mqtt_url=broker.url, topics=topics, settings=settings)
-        rules = RulesService(
-            dsn=dsn, settings=settings, poll_s=1.0, notify_options=OutboxOptions(poll_s=1.0, tick_s=5)
+        rules = RulesService(dsn=dsn, settings=settings, poll_s=1.0)
+        notifier = NotificationService(
+            dsn=dsn, settings=settings, options=OutboxOptions(poll_s=1.0, tick_s=5)
         )
         address = BrokerAddress.parse(broker.url)
         pub = mqtt.Client(
@@ -344,6 +346,7 @@ def end_to_end(server: PostgresServer, probes: int, background: int, rate: float
             if not ingest.wait_ready(60):
                 raise RuntimeError("ingest did not become ready")
             rules.start()
+            notifier.start()
             for d in probe_ids:
                 # In-range history past the profile's 10-minute start delay (conditioning).
                 publish(d, 5.0, 30, step_ms=60_000)
@@ -363,6 +366,7 @@ def end_to_end(server: PostgresServer, probes: int, background: int, rate: float
             stop.set()
             pub.disconnect()
             pub.loop_stop()
+            notifier.stop()
             rules.stop()
             ingest.stop()
     ordered = sorted(latencies)

@@ -111,9 +111,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
         run_ingest(settings, stop)
     elif args.command == "rules":
-        from rules.service import run as run_rules
-
-        run_rules(settings, stop)
+        _run_rules(settings, stop)
     elif args.command == "api":
         _serve_api(settings)
     return 0
@@ -134,6 +132,7 @@ def run_platform(settings: Settings, *, demo: bool, mqtt_port: int | None, time_
     from embedded import MosquittoServer, PostgresServer
     from embedded.process import free_port, port_is_free
     from ingest.service import IngestService
+    from notify.service import NotificationService
     from rules.service import RulesService
     from storage.db import open_pool
     from storage.migrate import migrate
@@ -171,6 +170,9 @@ def run_platform(settings: Settings, *, demo: bool, mqtt_port: int | None, time_
         rules = RulesService(dsn=dsn, settings=settings)
         rules.start()
         stack.callback(rules.stop)
+        notifier = NotificationService(dsn=dsn, settings=settings)
+        notifier.start()
+        stack.callback(notifier.stop)
         if demo:
             fleet = _start_demo(dsn, mqtt_url, topics, time_scale)
             stack.callback(fleet.stop)
@@ -359,6 +361,16 @@ def _stop_on_signals() -> threading.Event:
     signal.signal(signal.SIGINT, _handler)
     signal.signal(signal.SIGTERM, _handler)
     return stop
+
+
+def _run_rules(settings: Settings, stop: threading.Event) -> None:
+    """`coldchain rules`: the rules service and the notification service, until `stop` is set."""
+    from notify.service import NotificationService
+    from rules.service import RulesService
+
+    dsn = _require(settings.database_url, "DATABASE_URL")
+    with RulesService(dsn=dsn, settings=settings), NotificationService(dsn=dsn, settings=settings):
+        stop.wait()
 
 
 def _serve_api(settings: Settings) -> None:

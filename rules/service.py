@@ -1,5 +1,6 @@
 """The rules service: evaluates every committed batch as soon as ingest signals it, and checks
-for silent loggers on a schedule. Several can run at once; the queue and locks keep them apart."""
+for silent loggers on a schedule. Several can run at once; the queue and locks keep them apart.
+Notifications are not its business: `notify` reads the alerts it raises (table and NOTIFY)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from coldchain.settings import Settings
 from rules.device_health import check_batteries, check_data_loss, check_silence
-from rules.notify.outbox import NotificationService, OutboxOptions
 from rules.runner import RunStats, drain
 from storage.db import connect
 
@@ -31,8 +31,6 @@ class RulesService:
         clock_ms: Callable[[], int] | None = None,
         poll_s: float = 1.0,
         bulk_s: float = 0.25,
-        notifications: bool = True,
-        notify_options: OutboxOptions | None = None,
     ) -> None:
         self._dsn = dsn
         self._settings = settings or Settings()
@@ -43,15 +41,6 @@ class RulesService:
         self._thread: threading.Thread | None = None
         self._scheduler: BackgroundScheduler | None = None
         self.stats = RunStats()
-        # Notifications and escalation (rules.notify.outbox): planner + outbox worker threads,
-        # and the escalation tick on this service's scheduler.
-        self.notifications: NotificationService | None = (
-            NotificationService(
-                dsn=dsn, settings=self._settings, clock_ms=self._clock_ms, options=notify_options
-            )
-            if notifications
-            else None
-        )
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="rules-runner", daemon=True)
@@ -65,16 +54,6 @@ class RulesService:
             max_instances=1,
             coalesce=True,
         )
-        if self.notifications is not None:
-            self.notifications.start()
-            self._scheduler.add_job(
-                self.notifications.tick,
-                "interval",
-                seconds=self.notifications.options.tick_s,
-                id="escalation-tick",
-                max_instances=1,
-                coalesce=True,
-            )
         self._scheduler.start()
 
     def check_silence_now(self) -> tuple[int, int]:
@@ -125,8 +104,6 @@ class RulesService:
             self._scheduler.shutdown(wait=False)
         if self._thread is not None:
             self._thread.join(timeout)
-        if self.notifications is not None:
-            self.notifications.stop(timeout)
 
     def __enter__(self) -> RulesService:
         self.start()
@@ -135,10 +112,3 @@ class RulesService:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-
-def run(settings: Settings, stop: threading.Event) -> None:
-    """`coldchain rules`: run until `stop` is set."""
-    if not settings.database_url:
-        raise SystemExit("DATABASE_URL is not set")
-    with RulesService(dsn=settings.database_url, settings=settings):
-        stop.wait()

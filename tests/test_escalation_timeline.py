@@ -1,4 +1,4 @@
-"""Escalation on a controllable clock, inside the rules service, against a real PostgreSQL, the
+"""Escalation on a controllable clock, inside the notification service, against a real PostgreSQL, the
 real Twilio SDK (local stub) and aiosmtpd: tier 1 at once, tier 2 at 10 min, tier 3 at 30 min;
 acknowledgement stops the ladder; a worker killed between tiers resumes without sending twice."""
 
@@ -11,9 +11,9 @@ from datetime import timedelta
 import psycopg
 import pytest
 
-from rules.notify.outbox import OutboxOptions
-from rules.notify.planner import Planner
-from rules.service import RulesService
+from notify.outbox import OutboxOptions
+from notify.planner import Planner
+from notify.service import NotificationService
 from storage import alerts
 from storage import notifications as store
 from tests.test_notify_outbox import (
@@ -50,20 +50,18 @@ def ladder(db: psycopg.Connection) -> Iterator[int]:
     yield add_shipment(db)
 
 
-def _service(dsn: str, stub: TwilioStub, smtp_port: int, clock: Clock) -> RulesService:
+def _service(dsn: str, stub: TwilioStub, smtp_port: int, clock: Clock) -> NotificationService:
     # The tick is driven by the test (tick_s is long), as the scheduler would at each interval.
-    return RulesService(
+    return NotificationService(
         dsn=dsn,
         settings=notify_settings(dsn, stub, smtp_port=smtp_port),
         clock_ms=clock,
-        poll_s=0.1,
-        notify_options=OutboxOptions(poll_s=0.05, tick_s=3600.0),
+        options=OutboxOptions(poll_s=0.05, tick_s=3600.0),
     )
 
 
-def _tick(service: RulesService) -> None:
-    assert service.notifications is not None
-    service.notifications.tick()
+def _tick(service: NotificationService) -> None:
+    service.tick()
 
 
 def _sent(stub: TwilioStub, box: Mailbox) -> collections.Counter[tuple[str, str]]:
@@ -181,12 +179,11 @@ def test_repeats_until_acknowledged_and_only_the_latest_missed_repeat_after_an_o
     set_policy(db, [{"delay_s": 0, "channels": ["sms"], "roles": ["driver"]}], repeat_interval_s=900)
     shipment = add_shipment(db)
     clock = Clock()
-    with RulesService(
+    with NotificationService(
         dsn=db_dsn,
         settings=notify_settings(db_dsn, stub),
         clock_ms=clock,
-        poll_s=0.1,
-        notify_options=OutboxOptions(poll_s=0.05, tick_s=3600.0),
+        options=OutboxOptions(poll_s=0.05, tick_s=3600.0),
     ) as service:
         alert_id = open_alert(db, shipment, "x:repeat")
         opened = alerts.get_alert(db, org=1, alert_id=alert_id).opened_at

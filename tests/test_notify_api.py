@@ -17,7 +17,7 @@ from twilio.request_validator import RequestValidator
 from api.app import create_app
 from coldchain.access import Role
 from coldchain.settings import Settings
-from rules.notify.links import issue_ack_token
+from notify.links import issue_ack_token
 from storage import alerts, auth
 from storage import notifications as store
 from storage.db import open_pool

@@ -27,7 +27,7 @@ from twilio.request_validator import RequestValidator
 
 from coldchain.domain import Alert, AlertState, Severity
 from coldchain.errors import AuthError, ConfigurationError
-from rules.notify import (
+from notify import (
     AckLinkExpired,
     AckLinkInvalid,
     Channel,
@@ -53,7 +53,7 @@ from rules.notify import (
     verify_twilio_signature,
     verify_webhook_signature,
 )
-from rules.notify.sms import rebase_url
+from notify.sms import rebase_url
 
 try:
     from tests.twilio_stub import TwilioStub

@@ -28,7 +28,8 @@ from aiosmtpd.controller import Controller
 from api.app import create_app
 from coldchain.domain import Severity, Shipment
 from coldchain.settings import Settings
-from rules.notify.outbox import NotificationService, OutboxOptions
+from notify.outbox import OutboxOptions
+from notify.service import NotificationService
 from storage import notifications as store
 from storage import registry
 from storage.alerts import NewAlert, raise_alert
@@ -354,7 +355,7 @@ def test_unconfirmed_send_waits_for_a_callback_before_sending_again(
     assert len(claimed) == 2  # both `sending`, committed: then the "crash"
     first = next(r for r in claimed if r.contact_id == "driver-1")
     # Twilio did get driver-1's message before the crash: send it as the SDK would have.
-    from rules.notify.sms import TwilioSms
+    from notify.sms import TwilioSms
 
     with TwilioSms(
         account_sid=ACCOUNT_SID,
@@ -448,7 +449,7 @@ def test_kill_9_of_the_notifier_during_a_burst_delivers_each_notification_exactl
 
     def notifier() -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            [sys.executable, "-m", "rules.notify.outbox", "--grace-s", "3", "--tick-s", "1"],
+            [sys.executable, "-m", "notify", "--grace-s", "3", "--tick-s", "1"],
             cwd=ROOT,
             env=env,
             stdout=subprocess.DEVNULL,

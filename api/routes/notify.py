@@ -19,16 +19,16 @@ from api.deps import AppSettings, Caller, Conn
 from coldchain.access import Permission
 from coldchain.domain import Severity
 from coldchain.errors import ConflictError, NotFoundError, ValidationError
-from rules.notify.delivery import AckLinkExpired, AckLinkInvalid, SignatureError
-from rules.notify.links import AckLinkClaims, verify_ack_token
-from rules.notify.planner import (
+from notify.delivery import AckLinkExpired, AckLinkInvalid, SignatureError
+from notify.links import AckLinkClaims, verify_ack_token
+from notify.planner import (
     contact_from_row,
     policy_from_body,
     route_of,
     routing_rule_from_body,
 )
-from rules.notify.routing import AlertScope
-from rules.notify.sms import (
+from notify.routing import AlertScope
+from notify.sms import (
     ack_reply_twiml,
     parse_ack_reply,
     parse_status_callback,

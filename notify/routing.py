@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from coldchain.domain import Severity
 from coldchain.errors import ValidationError
-from rules.notify.delivery import Channel, validate_e164
+from notify.delivery import Channel, validate_e164
 
 __all__ = [
     "AlertScope",

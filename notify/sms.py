@@ -30,7 +30,7 @@ from twilio.twiml.voice_response import VoiceResponse
 
 from coldchain.domain import Alert
 from coldchain.errors import ConfigurationError, ValidationError
-from rules.notify.delivery import (
+from notify.delivery import (
     Channel,
     DeliveryError,
     DeliveryReceipt,

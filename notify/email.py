@@ -21,7 +21,7 @@ from typing import Final
 
 from coldchain.domain import Alert
 from coldchain.errors import ConfigurationError, ValidationError
-from rules.notify.delivery import Channel, DeliveryError, DeliveryReceipt, DeliveryState
+from notify.delivery import Channel, DeliveryError, DeliveryReceipt, DeliveryState
 
 __all__ = ["SmtpEmail", "SmtpSecurity", "build_alert_email", "message_id_for"]
 

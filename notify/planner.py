@@ -24,15 +24,15 @@ import psycopg
 
 from coldchain.domain import Severity
 from coldchain.errors import ColdchainError, ValidationError
-from rules.notify.delivery import Channel
-from rules.notify.escalation import (
+from notify.delivery import Channel
+from notify.escalation import (
     EscalationPolicy,
     EscalationTier,
     due_notifications,
     example_policy,
     next_due_at,
 )
-from rules.notify.routing import (
+from notify.routing import (
     AlertScope,
     Contact,
     RateLimit,

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from coldchain.errors import ConfigurationError
-from rules.notify.delivery import (
+from notify.delivery import (
     Channel,
     DeliveryError,
     DeliveryReceipt,
