@@ -48,12 +48,11 @@ from notify.outbox import OutboxOptions  # noqa: E402
 from notify.planner import Planner  # noqa: E402
 from notify.service import NotificationService  # noqa: E402
 from rules.service import RulesService  # noqa: E402
-from storage import notifications as store  # noqa: E402
-from storage import registry  # noqa: E402
+from storage import notify_directory, notify_outbox, registry  # noqa: E402
 from storage.alerts import NewAlert, raise_alert  # noqa: E402
 from storage.db import open_pool  # noqa: E402
 from storage.migrate import migrate  # noqa: E402
-from storage.notifications import ContactRow  # noqa: E402
+from storage.notify_directory import ContactRow  # noqa: E402
 from tests.twilio_stub import TwilioStub  # noqa: E402
 
 ACCOUNT_SID = "AC" + "5b" * 16
@@ -90,12 +89,12 @@ def _new_db(server: PostgresServer, name: str) -> str:
     dsn = server.dsn_for(name)
     migrate(dsn)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        store.upsert_contact(
+        notify_directory.upsert_contact(
             conn,
             ContactRow(org_id=1, id="driver-1", name="Driver", phone=DRIVER, roles=("driver",)),
             actor="bench",
         )
-        store.put_policy(
+        notify_directory.put_policy(
             conn,
             org=1,
             policy_id="bench",
@@ -235,7 +234,7 @@ def crash_safety(server: PostgresServer, count: int) -> dict[str, Any]:
             first.wait()
             at_kill = len(whole())
             with psycopg.connect(dsn, autocommit=True) as conn:
-                mid_send = store.outbox_counts(conn).get("sending", 0)
+                mid_send = notify_outbox.outbox_counts(conn).get("sending", 0)
             second = notifier()
             try:
                 _wait(lambda: len(whole()) >= count and len(done) >= count, 120, "recovery")

@@ -50,7 +50,7 @@ from coldchain.wire import Topics
 from ingest.core import Limits, Message, MessageKind, Prepared, decode_message
 from ingest.metrics import IngestMetrics
 from ingest.writer import GroupResult, GroupWriter, wall_clock_ms
-from storage import ingest_store
+from storage import dead_letters
 from storage.db import connect
 
 log = logging.getLogger(__name__)
@@ -544,7 +544,7 @@ class IngestService:
         try:
             conn = self._connection(slot)
             with conn.transaction():
-                held = ingest_store.take_releasable(conn)
+                held = dead_letters.take_releasable(conn)
                 if not held:
                     return
                 group = [

@@ -31,8 +31,8 @@ from notify.links import issue_ack_token
 from notify.sms import TwilioSms, TwilioVoice, alert_sms_text
 from notify.webhook import WebhookEndpoint, WebhookSender
 from storage import alerts as alert_store
-from storage import notifications as store
-from storage.notifications import NotificationRow
+from storage import notify_directory, notify_outbox, readings
+from storage.notify_outbox import NotificationRow
 
 __all__ = [
     "ChannelSet",
@@ -232,9 +232,9 @@ class OutboxWorker:
         now = self.now()
         grace = timedelta(seconds=self._options.ambiguous_grace_s)
         with conn.transaction():
-            store.cancel_unsent(conn, now=now)
-            store.expire_unconfirmed(conn, now=now, max_attempts=self._options.max_attempts)
-            rows = store.claim_due(conn, now=now, limit=self._options.batch_size, grace=grace)
+            notify_outbox.cancel_unsent(conn, now=now)
+            notify_outbox.expire_unconfirmed(conn, now=now, max_attempts=self._options.max_attempts)
+            rows = notify_outbox.claim_due(conn, now=now, limit=self._options.batch_size, grace=grace)
         # Committed: every claimed row is `sending` before any provider is called.
         if not rows:
             return 0
@@ -252,7 +252,7 @@ class OutboxWorker:
 
     def _prepare(self, conn: psycopg.Connection, row: NotificationRow) -> _Job:
         if row.kind == "digest":
-            members = store.digest_members(conn, row.id)
+            members = notify_outbox.digest_members(conn, row.id)
             ids = sorted({m.alert_id for m in members if m.alert_id is not None})
             found = tuple(alert_store.get_alert(conn, org=row.org_id, alert_id=i) for i in ids)
         elif row.alert_id is not None:
@@ -261,10 +261,12 @@ class OutboxWorker:
             found = ()
         secret = None
         if row.channel == Channel.WEBHOOK.value and row.contact_id is not None:
-            secret = store.get_contact(conn, org=row.org_id, contact_id=row.contact_id).webhook_secret
+            secret = notify_directory.get_contact(
+                conn, org=row.org_id, contact_id=row.contact_id
+            ).webhook_secret
         chart = None
         if row.channel == Channel.EMAIL.value and row.kind != "digest" and row.alert_id is not None:
-            chart = store.alert_readings(conn, alert_id=row.alert_id)
+            chart = readings.alert_readings(conn, alert_id=row.alert_id)
         return _Job(row=row, alerts=found, webhook_secret=secret, chart=chart)
 
     # -- sending (on the pool) --------------------------------------------------------------
@@ -388,7 +390,7 @@ class OutboxWorker:
         row = outcome.row
         if outcome.receipt is not None:
             receipt = outcome.receipt
-            store.record_outcome(
+            notify_outbox.record_outcome(
                 conn,
                 row_id=row.id,
                 state=receipt.state.value,
@@ -404,14 +406,14 @@ class OutboxWorker:
         if error.ambiguous:
             # Maybe delivered: stay `sending` until the grace set at claim time runs out, so a
             # status callback can settle it first.
-            store.record_outcome(conn, row_id=row.id, state="sending", now=now, error=message)
+            notify_outbox.record_outcome(conn, row_id=row.id, state="sending", now=now, error=message)
             self.stats.ambiguous += 1
             log.warning(
                 "notification %s: outcome unknown (%s); waiting for a callback", row.idempotency_key, message
             )
         elif error.retryable and row.attempts < self._options.max_attempts:
             delay = self._backoff(row.attempts, error.retry_after_s)
-            store.record_outcome(
+            notify_outbox.record_outcome(
                 conn,
                 row_id=row.id,
                 state="pending",
@@ -422,7 +424,7 @@ class OutboxWorker:
             self.stats.retried += 1
             log.info("notification %s retried in %.0f s: %s", row.idempotency_key, delay, message)
         else:
-            store.record_outcome(conn, row_id=row.id, state="failed", now=now, error=message)
+            notify_outbox.record_outcome(conn, row_id=row.id, state="failed", now=now, error=message)
             self.stats.failed += 1
             log.warning("notification %s failed: %s", row.idempotency_key, message)
 

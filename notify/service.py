@@ -27,7 +27,7 @@ from coldchain.errors import ColdchainError
 from coldchain.settings import Settings, load_settings
 from notify.outbox import OutboxOptions, OutboxWorker
 from notify.planner import Planner
-from storage import notifications as store
+from storage import notify_outbox
 from storage.db import connect
 
 __all__ = ["NotificationService", "main"]
@@ -88,10 +88,10 @@ class NotificationService:
                 with connect(self._dsn) as conn:
                     now = self.now()
                     enqueued = sum(o.enqueued for o in self.planner.sweep(conn, now=now))
-                    digests = store.fold_digests(conn, now=now)
+                    digests = notify_outbox.fold_digests(conn, now=now)
                     if digests:
                         with conn.transaction():
-                            store.wake_workers(conn)
+                            notify_outbox.wake_workers(conn)
                     return enqueued + digests
             except psycopg.OperationalError as exc:
                 log.warning("escalation tick skipped, database unavailable: %s", exc)

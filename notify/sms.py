@@ -323,7 +323,6 @@ class TwilioSms(_TwilioChannel):
         )
 
 
-
 class TwilioVoice(_TwilioChannel):
     """Places a voice call that reads the alert aloud (TwiML <Say>), for critical alerts."""
 
@@ -383,7 +382,6 @@ class TwilioVoice(_TwilioChannel):
             provider_id=str(call.sid),
             detail=str(call.status),
         )
-
 
 
 def verify_twilio_signature(

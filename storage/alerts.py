@@ -264,3 +264,13 @@ def alert_history(conn: psycopg.Connection, *, org: int, alert_id: int) -> list[
     return [
         {"at": r[0], "actor": r[1], "action": r[2], "from": r[3], "to": r[4], "comment": r[5]} for r in rows
     ]
+
+
+def open_episode_alerts(conn: psycopg.Connection, *, org_id: int, prefix: str) -> dict[str, tuple[int, str]]:
+    """Alerts of a series not yet resolved: episode key -> (alert id, state)."""
+    rows = conn.execute(
+        "SELECT episode_key, id, state FROM alerts WHERE org_id = %s AND episode_key LIKE %s"
+        " AND state IN ('open', 'acknowledged')",
+        (org_id, prefix.replace("%", r"\%") + "%"),
+    ).fetchall()
+    return {r[0]: (int(r[1]), r[2]) for r in rows}

@@ -14,8 +14,7 @@ import pytest
 from notify.outbox import OutboxOptions
 from notify.planner import Planner
 from notify.service import NotificationService
-from storage import alerts
-from storage import notifications as store
+from storage import alerts, notify_outbox
 from tests.test_notify_outbox import (
     DISPATCHER,
     DRIVER,
@@ -116,7 +115,7 @@ def test_tiers_go_out_at_0_10_and_30_minutes_and_a_killed_worker_resumes(
     with psycopg.connect(db_dsn) as conn:
         Planner().plan_alert(conn, alert_id, now=clock.now())
         Planner().plan_alert(conn, alert_id, now=clock.now())  # a second run adds nothing
-    assert store.outbox_counts(db).get("pending") == 2
+    assert notify_outbox.outbox_counts(db).get("pending") == 2
     second = _service(db_dsn, stub, smtp_port, clock)
     with second:
         wait_until(lambda: len(stub.requests) == 4, what="tier 3 after the restart")
@@ -166,7 +165,7 @@ def test_acknowledged_at_12_minutes_tier_3_is_never_sent(
         ("Messages", DISPATCHER): 1,
         ("Email", "dispatch@example.com"): 1,
     }
-    rows = store.notifications_for_alert(db, org=1, alert_id=alert_id)
+    rows = notify_outbox.notifications_for_alert(db, org=1, alert_id=alert_id)
     assert all(r.tier in (1, 2) for r in rows)
 
 
@@ -195,5 +194,7 @@ def test_repeats_until_acknowledged_and_only_the_latest_missed_repeat_after_an_o
         _tick(service)
         wait_until(lambda: len(stub.requests) == 3, what="the latest missed repeat")
         _quiet(db_dsn, clock)
-    keys = [store.notifications_for_alert(db, org=1, alert_id=alert_id)[i].repeat_index for i in range(3)]
+    keys = [
+        notify_outbox.notifications_for_alert(db, org=1, alert_id=alert_id)[i].repeat_index for i in range(3)
+    ]
     assert keys == [0, 1, 4]

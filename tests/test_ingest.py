@@ -21,7 +21,7 @@ from coldchain.wire import DeviceStatus, Topics, encode_binary, encode_json
 from ingest import IngestService
 from ingest.core import Limits, Message, Prepared, decode_message
 from ingest.writer import GroupWriter
-from storage import ingest_store
+from storage import batches, dead_letters
 from storage.readings import FLAG_CLOCK_CORRECTED, FLAG_DOOR_OPEN, FLAG_LATE
 from tests.ingest_support import (
     GTIN,
@@ -172,12 +172,12 @@ def test_unknown_device_is_quarantined_then_released(
 ) -> None:
     for seq in (1, 2, 3):
         pub.publish(topics.readings("NEW-1"), encode_binary(make_batch("NEW-1", seq, n=10)))
-    assert wait_until(lambda: ingest_store.held_count(db, "NEW-1") == 3)
+    assert wait_until(lambda: dead_letters.held_count(db, "NEW-1") == 3)
     assert scalar(db, "SELECT count(*) FROM readings") == 0
     register(db, ["NEW-1"])
-    assert ingest_store.release_quarantine(db, "NEW-1") == 3
+    assert dead_letters.held_count(db, "NEW-1") == 3
     assert wait_until(lambda: scalar(db, "SELECT count(*) FROM readings") == 30)
-    assert ingest_store.held_count(db, "NEW-1") == 0
+    assert dead_letters.held_count(db, "NEW-1") == 0
     assert scalar(db, "SELECT count(*) FROM readings WHERE shipment_key IS NOT NULL") == 30
     assert service.stats.released == 3
 
@@ -192,9 +192,9 @@ def test_seq_gap_is_a_data_loss_event_and_late_fill_resolves_it(
     pub.publish(topic, encode_binary(make_batch("D1", 5)))
     assert wait_until(lambda: scalar(db, "SELECT count(*) FROM data_loss_events") == 1)
     key = scalar(db, "SELECT key FROM devices WHERE id = 'D1'")
-    assert ingest_store.open_data_loss(db, key) == [(2, 4, 3, 0)]
+    assert batches.open_data_loss(db, key) == [(2, 4, 3, 0)]
     pub.publish(topic, encode_binary(make_batch("D1", 3)))
-    assert wait_until(lambda: ingest_store.open_data_loss(db, key) == [(2, 4, 3, 1)])
+    assert wait_until(lambda: batches.open_data_loss(db, key) == [(2, 4, 3, 1)])
     late = db.execute("SELECT late FROM batches WHERE seq = 3").fetchone()
     assert late is not None and late[0] is True
     flags = scalar(db, "SELECT bit_or(flags) FROM readings WHERE seq = 3")
@@ -202,7 +202,7 @@ def test_seq_gap_is_a_data_loss_event_and_late_fill_resolves_it(
     assert scalar(db, "SELECT count(*) FROM rule_queue WHERE late") == 1
     pub.publish(topic, encode_binary(make_batch("D1", 2)))
     pub.publish(topic, encode_binary(make_batch("D1", 4)))
-    assert wait_until(lambda: ingest_store.open_data_loss(db, key) == [])
+    assert wait_until(lambda: batches.open_data_loss(db, key) == [])
     assert scalar(db, "SELECT count(*) FROM data_loss_events WHERE resolved_at IS NOT NULL") == 1
 
 
@@ -298,7 +298,7 @@ def test_overlapping_groups_settle_late_flags_and_gaps_under_the_lock(
     assert scalar(db, "SELECT count(*) FROM readings WHERE seq <> 2 AND flags & %s <> 0", (FLAG_LATE,)) == 0
     assert scalar(db, "SELECT count(*) FROM rule_queue WHERE late") == 1
     assert scalar(db, "SELECT count(*) FROM data_loss_events WHERE resolved_at IS NOT NULL") == 1
-    assert ingest_store.open_data_loss(db, scalar(db, "SELECT key FROM devices WHERE id = 'D1'")) == []
+    assert batches.open_data_loss(db, scalar(db, "SELECT key FROM devices WHERE id = 'D1'")) == []
     assert scalar(db, "SELECT last_seq FROM devices WHERE id = 'D1'") == 3
 
 

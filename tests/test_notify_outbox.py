@@ -30,11 +30,10 @@ from coldchain.domain import Severity, Shipment
 from coldchain.settings import Settings
 from notify.outbox import OutboxOptions
 from notify.service import NotificationService
-from storage import notifications as store
-from storage import registry
+from storage import notify_directory, notify_outbox, registry
 from storage.alerts import NewAlert, raise_alert
 from storage.db import open_pool
-from storage.notifications import ContactRow
+from storage.notify_directory import ContactRow
 
 try:
     from tests.twilio_stub import TwilioStub
@@ -98,7 +97,7 @@ def notify_settings(
 
 
 def add_contact(db: psycopg.Connection, contact_id: str, roles: tuple[str, ...], **fields: Any) -> None:
-    store.upsert_contact(
+    notify_directory.upsert_contact(
         db, ContactRow(org_id=1, id=contact_id, name=contact_id.title(), roles=roles, **fields), actor="test"
     )
 
@@ -137,7 +136,9 @@ def open_alert(
 
 
 def set_policy(db: psycopg.Connection, tiers: list[dict[str, Any]], **extra: Any) -> None:
-    store.put_policy(db, org=1, policy_id="night", body={"tiers": tiers, **extra}, actor="test", default=True)
+    notify_directory.put_policy(
+        db, org=1, policy_id="night", body={"tiers": tiers, **extra}, actor="test", default=True
+    )
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float = 15.0, what: str = "condition") -> None:
@@ -151,7 +152,7 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float = 15.0, what: str
 
 def outbox_states(dsn: str) -> dict[str, int]:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        return store.outbox_counts(conn)
+        return notify_outbox.outbox_counts(conn)
 
 
 def settled(dsn: str, clock: Clock | None = None) -> bool:
@@ -297,7 +298,7 @@ def test_alert_to_sms_and_email_with_chart_and_ack_link(
     assert mail["To"] == "driver@example.com" and f"Alert {alert_id}" in str(mail["Subject"])
     text = mail.get_body(("plain",))
     assert text is not None and "https://cc.example/ack/" in text.get_content()
-    rows = store.notifications_for_alert(db, org=1, alert_id=alert_id)
+    rows = notify_outbox.notifications_for_alert(db, org=1, alert_id=alert_id)
     assert sorted((r.channel, r.state) for r in rows) == [("email", "sent"), ("sms", "queued")]
     assert all(r.attempts == 1 for r in rows)
 
@@ -317,7 +318,7 @@ def test_retryable_failure_backs_off_then_sends_and_permanent_failure_is_visible
         alert_id = open_alert(db, shipment, "x:2")
         wait_until(lambda: len(stub.requests) == 2, what="both first attempts")
         wait_until(lambda: settled(db_dsn, clock), what="the first attempts to be recorded")
-        rows = {r.contact_id: r for r in store.notifications_for_alert(db, org=1, alert_id=alert_id)}
+        rows = {r.contact_id: r for r in notify_outbox.notifications_for_alert(db, org=1, alert_id=alert_id)}
         assert rows["driver-1"].state == "pending" and "503" in (rows["driver-1"].last_error or "")
         assert rows["driver-2"].state == "failed" and "21211" in (rows["driver-2"].last_error or "")
         retry_at = rows["driver-1"].next_attempt_at
@@ -328,7 +329,7 @@ def test_retryable_failure_backs_off_then_sends_and_permanent_failure_is_visible
         with psycopg.connect(db_dsn) as conn:
             service.worker.deliver_due(conn)
         wait_until(lambda: sms_to(stub, DRIVER) == 1, what="the retry")
-    rows = {r.contact_id: r for r in store.notifications_for_alert(db, org=1, alert_id=alert_id)}
+    rows = {r.contact_id: r for r in notify_outbox.notifications_for_alert(db, org=1, alert_id=alert_id)}
     assert (rows["driver-1"].state, rows["driver-1"].attempts) == ("queued", 2)
     assert (rows["driver-2"].state, rows["driver-2"].attempts) == ("failed", 1)
     assert len(stub.requests) == 3
@@ -351,7 +352,7 @@ def test_unconfirmed_send_waits_for_a_callback_before_sending_again(
     with psycopg.connect(db_dsn) as conn:
         service.planner.plan_alert(conn, alert_id, now=clock.now())
         with conn.transaction():
-            claimed = store.claim_due(conn, now=clock.now(), limit=10, grace=timedelta(seconds=60))
+            claimed = notify_outbox.claim_due(conn, now=clock.now(), limit=10, grace=timedelta(seconds=60))
     assert len(claimed) == 2  # both `sending`, committed: then the "crash"
     first = next(r for r in claimed if r.contact_id == "driver-1")
     # Twilio did get driver-1's message before the crash: send it as the SDK would have.
@@ -375,7 +376,7 @@ def test_unconfirmed_send_waits_for_a_callback_before_sending_again(
         wait_until(lambda: sms_to(stub, "+4915100000009") == 1, what="the unconfirmed row's resend")
         time.sleep(0.2)
     assert sms_to(stub, DRIVER) == 1
-    rows = {r.contact_id: r for r in store.notifications_for_alert(db, org=1, alert_id=alert_id)}
+    rows = {r.contact_id: r for r in notify_outbox.notifications_for_alert(db, org=1, alert_id=alert_id)}
     assert (rows["driver-1"].state, rows["driver-1"].provider_id) == ("delivered", receipt.provider_id)
     assert (rows["driver-2"].state, rows["driver-2"].attempts) == ("queued", 2)
 
@@ -408,7 +409,7 @@ def test_quiet_hours_fold_a_warning_into_a_digest_but_critical_goes_at_once(
     with service:
         service.tick()
         wait_until(lambda: len(stub.requests) == 1, what="the critical SMS")
-        rows = store.notifications_for_alert(db, org=1, alert_id=warning)
+        rows = notify_outbox.notifications_for_alert(db, org=1, alert_id=warning)
         assert [(r.state, r.gate_reason) for r in rows] == [("held", "quiet_hours")]
         assert rows[0].next_attempt_at == datetime(2026, 1, 16, 5, 0, tzinfo=UTC)  # 06:00 Berlin
         clock.set(datetime(2026, 1, 16, 5, 0, 30, tzinfo=UTC))
@@ -419,7 +420,7 @@ def test_quiet_hours_fold_a_warning_into_a_digest_but_critical_goes_at_once(
     assert f"CRITICAL alert {critical}" in (first.field("Body") or "")
     body = digest.field("Body") or ""
     assert body.startswith("Coldchain digest: 2 alert(s).") and str(warning2) in body
-    members = store.notifications_for_alert(db, org=1, alert_id=warning)
+    members = notify_outbox.notifications_for_alert(db, org=1, alert_id=warning)
     assert [r.state for r in members] == ["digested", "queued"]  # the row and its digest
 
 

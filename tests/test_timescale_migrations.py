@@ -268,7 +268,7 @@ def test_rules_read_each_series_within_its_own_bounds_across_compressed_chunks(
 ) -> None:
     """The rules' read of new readings on a hypertable: one series continues from an hour ago,
     another starts over from a compressed chunk twenty days back; each gets exactly its range."""
-    from storage.rules_store import readings_of_many
+    from storage.series_state import readings_of_many
 
     now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     old = now - timedelta(days=20)
