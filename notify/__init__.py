@@ -5,12 +5,12 @@ routing and escalation modules are pure and decide who is told what and when. Th
 (database-backed) drives both; see docs/notifications.md.
 """
 
+from coldchain.notification import Channel
 from notify.chart import encode_png, png_dimensions, render_excursion_png
 from notify.delivery import (
     AckLinkError,
     AckLinkExpired,
     AckLinkInvalid,
-    Channel,
     DeliveryError,
     DeliveryReceipt,
     DeliveryState,

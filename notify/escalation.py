@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 from typing import Final
 
 from coldchain.errors import ValidationError
-from notify.delivery import Channel
+from coldchain.notification import Channel
 from notify.routing import AlertScope, Contact
 
 __all__ = [

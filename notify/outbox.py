@@ -23,9 +23,10 @@ import psycopg
 
 from coldchain.domain import Alert
 from coldchain.errors import ConfigurationError
+from coldchain.notification import Channel
 from coldchain.settings import Settings
 from notify.chart import render_excursion_png
-from notify.delivery import Channel, DeliveryError, DeliveryReceipt
+from notify.delivery import DeliveryError, DeliveryReceipt
 from notify.email import SmtpEmail, build_alert_email
 from notify.links import issue_ack_token
 from notify.sms import TwilioSms, TwilioVoice, alert_sms_text

@@ -24,7 +24,7 @@ import psycopg
 
 from coldchain.domain import Severity
 from coldchain.errors import ColdchainError, ValidationError
-from notify.delivery import Channel
+from coldchain.notification import Channel, NotificationState
 from notify.escalation import (
     EscalationPolicy,
     EscalationTier,
@@ -312,7 +312,7 @@ class Planner:
         ]
         scope = AlertScope(
             alert_id=alert_id,
-            severity=Severity(facts.severity),
+            severity=facts.severity,
             shipment_id=facts.shipment_id,
             site=facts.origin,
             route=route_of(facts.origin, facts.destination),
@@ -353,7 +353,11 @@ class Planner:
                 limit=self.rate_limit,
                 now=now,
             )
-            state = {Verdict.SEND: "pending", Verdict.DIGEST: "held", Verdict.SUPPRESS: "suppressed"}
+            state = {
+                Verdict.SEND: NotificationState.PENDING,
+                Verdict.DIGEST: NotificationState.HELD,
+                Verdict.SUPPRESS: NotificationState.SUPPRESSED,
+            }
             enqueued += notify_outbox.enqueue(
                 conn,
                 [
@@ -361,7 +365,7 @@ class Planner:
                         org_id=facts.org_id,
                         idempotency_key=item.idempotency_key,
                         alert_id=alert_id,
-                        channel=item.channel.value,
+                        channel=item.channel,
                         recipient=contact.address_for(item.channel) or "-",
                         state=state[decision.verdict],
                         due_at=item.due_at,
@@ -369,7 +373,7 @@ class Planner:
                         tier=item.tier,
                         repeat_index=item.repeat_index,
                         contact_id=contact.id,
-                        severity=scope.severity.value,
+                        severity=scope.severity,
                         gate_reason=decision.reason,
                     )
                 ],

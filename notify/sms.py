@@ -30,14 +30,8 @@ from twilio.twiml.voice_response import VoiceResponse
 
 from coldchain.domain import Alert
 from coldchain.errors import ConfigurationError, ValidationError
-from notify.delivery import (
-    Channel,
-    DeliveryError,
-    DeliveryReceipt,
-    DeliveryState,
-    SignatureError,
-    validate_e164,
-)
+from coldchain.notification import Channel
+from notify.delivery import DeliveryError, DeliveryReceipt, DeliveryState, SignatureError, validate_e164
 
 __all__ = [
     "CALLBACK_KEY_PARAM",

@@ -30,11 +30,9 @@ def check_data_loss(conn: psycopg.Connection) -> tuple[int, int]:
         for gap in batches.data_loss_to_alert(conn):
             key = f"loss:{gap.event_id}"
             if gap.resolved:
-                found = conn.execute(
-                    "SELECT id, state FROM alerts WHERE org_id = %s AND episode_key = %s", (gap.org_id, key)
-                ).fetchone()
-                if found and AlertState(found[1]) in (AlertState.OPEN, AlertState.ACKNOWLEDGED):
-                    _resolve(conn, gap.org_id, int(found[0]), "the missing batches arrived")
+                found = alerts.alert_of_episode(conn, org_id=gap.org_id, episode_key=key)
+                if found and found[1] in (AlertState.OPEN, AlertState.ACKNOWLEDGED):
+                    _resolve(conn, gap.org_id, found[0], "the missing batches arrived")
                     resolved += 1
                 continue
             what = (
@@ -100,9 +98,9 @@ def check_silence(conn: psycopg.Connection, *, now_ms: int) -> tuple[int, int]:
     """Raise no-data alerts for silent loggers and resolve those whose data resumed; (raised, cleared)."""
     raised = cleared = 0
     with conn.transaction():
-        for device, profile_id, version in device_state.devices_on_shipments(conn):
+        for device in device_state.devices_on_shipments(conn):
             profile = profiles.resolve_version(
-                conn, org=device.org_id, profile_id=profile_id, version=version
+                conn, org=device.org_id, profile_id=device.profile_id, version=device.profile_version
             )
             intervals = profile.no_data_intervals or DEFAULT_NO_DATA_INTERVALS
             allowed_ms = device.interval_s * intervals * 1000

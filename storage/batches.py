@@ -11,6 +11,7 @@ import numpy.typing as npt
 import psycopg
 
 from storage.readings import FLAG_LATE
+from storage.rows import fetch_all
 
 
 def mark_late(
@@ -167,16 +168,17 @@ class DataLoss:
 
 def data_loss_to_alert(conn: psycopg.Connection, *, limit: int = 500) -> list[DataLoss]:
     """Open gaps with no alert yet, and resolved gaps whose alert is still open."""
-    rows = conn.execute(
-        "SELECT e.id, e.org_id, e.device_key, d.id,"
+    return fetch_all(
+        conn,
+        DataLoss,
+        "SELECT e.id AS event_id, e.org_id, e.device_key, d.id AS device_id,"
         " (SELECT a.shipment_key FROM device_assignments a WHERE a.device_key = e.device_key"
-        "   AND a.during @> e.detected_at LIMIT 1),"
-        " e.from_seq, e.to_seq, e.missing, e.recovered, e.resolved_at IS NOT NULL"
+        "   AND a.during @> e.detected_at LIMIT 1) AS shipment_key,"
+        " e.from_seq, e.to_seq, e.missing, e.recovered, e.resolved_at IS NOT NULL AS resolved"
         " FROM data_loss_events e JOIN devices d ON d.key = e.device_key"
         " LEFT JOIN alerts al ON al.org_id = e.org_id AND al.episode_key = 'loss:' || e.id"
         " WHERE (e.resolved_at IS NULL AND al.id IS NULL)"
         "    OR (e.resolved_at IS NOT NULL AND al.state IN ('open', 'acknowledged'))"
         " ORDER BY e.id LIMIT %s",
         (limit,),
-    ).fetchall()
-    return [DataLoss(*r) for r in rows]
+    )

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import psycopg
 
+from storage.rows import fetch_all
+
 
 @dataclass(frozen=True, slots=True)
 class DeadLetterRow:
@@ -104,14 +106,15 @@ class HeldBatch:
 
 def take_releasable(conn: psycopg.Connection, *, limit: int = 500) -> list[HeldBatch]:
     """Held payloads of devices that are registered now, locked so one worker releases each."""
-    rows = conn.execute(
-        "SELECT q.id, q.topic, q.payload, (extract(epoch FROM q.received_at) * 1000)::bigint"
+    return fetch_all(
+        conn,
+        HeldBatch,
+        "SELECT q.id, q.topic, q.payload, (extract(epoch FROM q.received_at) * 1000)::bigint AS received_ms"
         " FROM quarantine q WHERE q.released_at IS NULL"
         " AND EXISTS (SELECT 1 FROM devices d WHERE d.id = q.device_id)"
         " ORDER BY q.id LIMIT %s FOR UPDATE OF q SKIP LOCKED",
         (limit,),
-    ).fetchall()
-    return [HeldBatch(int(i), t, bytes(p), int(r)) for i, t, p, r in rows]
+    )
 
 
 def mark_released(conn: psycopg.Connection, ids: Sequence[int]) -> None:

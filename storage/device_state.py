@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 import psycopg
 from psycopg.types.json import Jsonb
+
+from storage.rows import fetch_all
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +57,9 @@ class DeviceState:
     clock_offset_ms: int | None
 
 
+_STATE_COLUMNS: Final = "id, key, org_id, interval_s, last_seq, clock_offset_ms"
+
+
 def lock_devices(conn: psycopg.Connection, device_ids: Sequence[str]) -> dict[str, DeviceState]:
     """The registered devices among `device_ids`, row-locked in key order.
 
@@ -65,12 +70,13 @@ def lock_devices(conn: psycopg.Connection, device_ids: Sequence[str]) -> dict[st
     """
     if not device_ids:
         return {}
-    rows = conn.execute(
-        "SELECT id, key, org_id, interval_s, last_seq, clock_offset_ms FROM devices"
-        " WHERE id = ANY(%s) ORDER BY key FOR NO KEY UPDATE",
+    rows = fetch_all(
+        conn,
+        DeviceState,
+        f"SELECT {_STATE_COLUMNS} FROM devices WHERE id = ANY(%s) ORDER BY key FOR NO KEY UPDATE",
         (list(device_ids),),
-    ).fetchall()
-    return {r[0]: DeviceState(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows}
+    )
+    return {r.id: r for r in rows}
 
 
 def read_devices(conn: psycopg.Connection, device_ids: Sequence[str]) -> dict[str, DeviceState]:
@@ -81,11 +87,10 @@ def read_devices(conn: psycopg.Connection, device_ids: Sequence[str]) -> dict[st
     """
     if not device_ids:
         return {}
-    rows = conn.execute(
-        "SELECT id, key, org_id, interval_s, last_seq, clock_offset_ms FROM devices WHERE id = ANY(%s)",
-        (list(device_ids),),
-    ).fetchall()
-    return {r[0]: DeviceState(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows}
+    rows = fetch_all(
+        conn, DeviceState, f"SELECT {_STATE_COLUMNS} FROM devices WHERE id = ANY(%s)", (list(device_ids),)
+    )
+    return {r.id: r for r in rows}
 
 
 def load_assignments(
@@ -155,25 +160,30 @@ def update_status(
 
 
 @dataclass(frozen=True, slots=True)
-class SilentDevice:
+class LoggerOnShipment:
+    """A logger assigned to a shipment now: when it was last heard from, under which profile."""
+
     org_id: int
     device_key: int
     device_id: str
     shipment_key: int
     interval_s: int
     last_seen_ms: int | None
+    profile_id: str
+    profile_version: int
 
 
-def devices_on_shipments(conn: psycopg.Connection) -> list[tuple[SilentDevice, str, int]]:
+def devices_on_shipments(conn: psycopg.Connection) -> list[LoggerOnShipment]:
     """Every logger currently assigned to a shipment, with the shipment's profile (id, version)."""
-    rows = conn.execute(
-        "SELECT d.org_id, d.key, d.id, a.shipment_key, d.interval_s,"
-        " (extract(epoch FROM coalesce(d.last_seen_at, lower(a.during))) * 1000)::bigint,"
+    return fetch_all(
+        conn,
+        LoggerOnShipment,
+        "SELECT d.org_id, d.key AS device_key, d.id AS device_id, a.shipment_key, d.interval_s,"
+        " (extract(epoch FROM coalesce(d.last_seen_at, lower(a.during))) * 1000)::bigint AS last_seen_ms,"
         " s.profile_id, s.profile_version"
         " FROM device_assignments a JOIN devices d ON d.key = a.device_key"
-        " JOIN shipments s ON s.key = a.shipment_key WHERE a.during @> now()"
-    ).fetchall()
-    return [(SilentDevice(r[0], r[1], r[2], r[3], r[4], r[5]), r[6], int(r[7])) for r in rows]
+        " JOIN shipments s ON s.key = a.shipment_key WHERE a.during @> now()",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,11 +199,12 @@ class BatteryReading:
 
 def batteries_on_shipments(conn: psycopg.Connection) -> list[BatteryReading]:
     """The last reported battery of every logger on a shipment now (status 'battery' is 0..1)."""
-    rows = conn.execute(
-        "SELECT d.org_id, d.key, d.id, a.shipment_key, s.profile_id, s.profile_version,"
-        " (d.status->>'battery')::float8 * 100"
+    return fetch_all(
+        conn,
+        BatteryReading,
+        "SELECT d.org_id, d.key AS device_key, d.id AS device_id, a.shipment_key, s.profile_id,"
+        " s.profile_version, (d.status->>'battery')::float8 * 100 AS battery_pct"
         " FROM device_assignments a JOIN devices d ON d.key = a.device_key"
         " JOIN shipments s ON s.key = a.shipment_key"
-        " WHERE a.during @> now() AND jsonb_typeof(d.status->'battery') = 'number'"
-    ).fetchall()
-    return [BatteryReading(r[0], r[1], r[2], r[3], r[4], int(r[5]), float(r[6])) for r in rows]
+        " WHERE a.during @> now() AND jsonb_typeof(d.status->'battery') = 'number'",
+    )

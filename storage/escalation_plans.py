@@ -12,7 +12,9 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from coldchain.domain import AlertState, Severity
 from coldchain.errors import NotFoundError
+from storage.rows import fetch_one
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,8 +27,8 @@ class AlertFacts:
 
     id: int
     org_id: int
-    severity: str
-    state: str
+    severity: Severity
+    state: AlertState
     opened_at: datetime
     stopped_at: datetime | None
     shipment_id: str | None
@@ -36,30 +38,21 @@ class AlertFacts:
 
 
 def alert_facts(conn: psycopg.Connection, alert_id: int, *, org: int | None = None) -> AlertFacts:
-    row = conn.execute(
+    found = fetch_one(
+        conn,
+        AlertFacts,
         "SELECT a.id, a.org_id, a.severity, a.state, a.opened_at,"
         " CASE WHEN a.state = 'open' THEN NULL"
-        "      ELSE least(a.acknowledged_at, a.resolved_at, a.closed_at) END,"
-        " s.id, s.origin, s.destination, d.id"
+        "      ELSE least(a.acknowledged_at, a.resolved_at, a.closed_at) END AS stopped_at,"
+        " s.id AS shipment_id, s.origin, s.destination, d.id AS device_id"
         " FROM alerts a LEFT JOIN shipments s ON s.key = a.shipment_key"
         " LEFT JOIN devices d ON d.key = a.device_key"
         " WHERE a.id = %s AND (%s::smallint IS NULL OR a.org_id = %s::smallint)",
         (alert_id, org, org),
-    ).fetchone()
-    if row is None:
-        raise NotFoundError("alert", str(alert_id))
-    return AlertFacts(
-        id=int(row[0]),
-        org_id=int(row[1]),
-        severity=row[2],
-        state=row[3],
-        opened_at=row[4],
-        stopped_at=row[5],
-        shipment_id=row[6],
-        origin=row[7],
-        destination=row[8],
-        device_id=row[9],
     )
+    if found is None:
+        raise NotFoundError("alert", str(alert_id))
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,13 +85,15 @@ def lock_plan(
         " created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (alert_id) DO NOTHING",
         (alert_id, org, policy_key, Jsonb(policy), now, now, now),
     )
-    row = conn.execute(
+    plan = fetch_one(
+        conn,
+        PlanRow,
         "SELECT alert_id, org_id, policy_key, policy, next_check_at, stopped_at"
         " FROM notify_alert_plans WHERE alert_id = %s FOR UPDATE",
         (alert_id,),
-    ).fetchone()
-    assert row is not None
-    return PlanRow(int(row[0]), int(row[1]), row[2], dict(row[3]), row[4], row[5])
+    )
+    assert plan is not None
+    return plan
 
 
 def save_plan(

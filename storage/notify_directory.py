@@ -17,6 +17,7 @@ from psycopg.types.json import Jsonb
 
 from coldchain.errors import ConflictError, NotFoundError, ValidationError
 from storage.audit import record
+from storage.rows import fetch_all, fetch_one
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,39 +74,19 @@ class ContactRow:
 
 _CONTACT_COLUMNS: Final = (
     "org_id, id, name, phone, email, webhook_url, webhook_secret, roles, sites, routes, customers,"
-    " timezone, quiet_start, quiet_end, quiet_days, may_acknowledge, disabled_at IS NOT NULL"
+    " timezone, quiet_start, quiet_end, quiet_days, may_acknowledge, disabled_at IS NOT NULL AS disabled"
 )
-
-
-def _contact(row: Sequence[Any]) -> ContactRow:
-    return ContactRow(
-        org_id=int(row[0]),
-        id=row[1],
-        name=row[2],
-        phone=row[3],
-        email=row[4],
-        webhook_url=row[5],
-        webhook_secret=row[6],
-        roles=tuple(row[7]),
-        sites=tuple(row[8]),
-        routes=tuple(row[9]),
-        customers=tuple(row[10]),
-        timezone=row[11],
-        quiet_start=row[12],
-        quiet_end=row[13],
-        quiet_days=None if row[14] is None else tuple(int(d) for d in row[14]),
-        may_acknowledge=bool(row[15]),
-        disabled=bool(row[16]),
-    )
 
 
 def upsert_contact(conn: psycopg.Connection, contact: ContactRow, *, actor: str) -> ContactRow:
     """Create or replace a contact (re-enabling it), with its audit row, in one transaction."""
     with conn.transaction():
-        old = conn.execute(
+        old = fetch_one(
+            conn,
+            ContactRow,
             f"SELECT {_CONTACT_COLUMNS} FROM notify_contacts WHERE org_id = %s AND id = %s FOR UPDATE",
             (contact.org_id, contact.id),
-        ).fetchone()
+        )
         conn.execute(
             "INSERT INTO notify_contacts (org_id, id, name, phone, email, webhook_url, webhook_secret,"
             " roles, sites, routes, customers, timezone, quiet_start, quiet_end, quiet_days,"
@@ -143,29 +124,32 @@ def upsert_contact(conn: psycopg.Connection, contact: ContactRow, *, actor: str)
             action="update" if old else "create",
             entity="contact",
             key=contact.id,
-            old=_contact(old).public() if old else None,
+            old=old.public() if old else None,
             new=contact.public(),
         )
     return get_contact(conn, org=contact.org_id, contact_id=contact.id)
 
 
 def get_contact(conn: psycopg.Connection, *, org: int, contact_id: str) -> ContactRow:
-    row = conn.execute(
+    found = fetch_one(
+        conn,
+        ContactRow,
         f"SELECT {_CONTACT_COLUMNS} FROM notify_contacts WHERE org_id = %s AND id = %s",
         (org, contact_id),
-    ).fetchone()
-    if row is None:
+    )
+    if found is None:
         raise NotFoundError("contact", contact_id)
-    return _contact(row)
+    return found
 
 
 def list_contacts(conn: psycopg.Connection, *, org: int, include_disabled: bool = False) -> list[ContactRow]:
-    rows = conn.execute(
+    return fetch_all(
+        conn,
+        ContactRow,
         f"SELECT {_CONTACT_COLUMNS} FROM notify_contacts WHERE org_id = %s"
         " AND (%s OR disabled_at IS NULL) ORDER BY id",
         (org, include_disabled),
-    ).fetchall()
-    return [_contact(r) for r in rows]
+    )
 
 
 def delete_contact(conn: psycopg.Connection, *, org: int, contact_id: str, actor: str) -> None:
@@ -183,12 +167,13 @@ def delete_contact(conn: psycopg.Connection, *, org: int, contact_id: str, actor
 
 def contact_by_phone(conn: psycopg.Connection, *, org: int, phone: str) -> ContactRow | None:
     """The enabled contact of `org` with this number (an inbound SMS reply's sender), if any."""
-    row = conn.execute(
+    return fetch_one(
+        conn,
+        ContactRow,
         f"SELECT {_CONTACT_COLUMNS} FROM notify_contacts WHERE org_id = %s AND phone = %s"
         " AND disabled_at IS NULL ORDER BY id LIMIT 1",
         (org, phone),
-    ).fetchone()
-    return None if row is None else _contact(row)
+    )
 
 
 def put_routing_rules(
@@ -289,22 +274,24 @@ def set_default_policy(conn: psycopg.Connection, *, org: int, policy_id: str, ac
 
 def list_policies(conn: psycopg.Connection, *, org: int) -> list[PolicyRow]:
     """The latest version of every policy of the organization."""
-    rows = conn.execute(
-        "SELECT DISTINCT ON (p.id) p.org_id, p.id, p.version, p.body, d.policy_id IS NOT NULL"
+    return fetch_all(
+        conn,
+        PolicyRow,
+        "SELECT DISTINCT ON (p.id) p.org_id, p.id, p.version, p.body, d.policy_id IS NOT NULL AS is_default"
         " FROM notify_policies p LEFT JOIN notify_default_policy d"
         " ON d.org_id = p.org_id AND d.policy_id = p.id"
         " WHERE p.org_id = %s ORDER BY p.id, p.version DESC",
         (org,),
-    ).fetchall()
-    return [PolicyRow(int(r[0]), r[1], int(r[2]), dict(r[3]), bool(r[4])) for r in rows]
+    )
 
 
 def default_policy(conn: psycopg.Connection, *, org: int) -> PolicyRow | None:
     """The latest version of the organization's default policy, or None."""
-    row = conn.execute(
-        "SELECT p.org_id, p.id, p.version, p.body FROM notify_default_policy d"
+    return fetch_one(
+        conn,
+        PolicyRow,
+        "SELECT p.org_id, p.id, p.version, p.body, true AS is_default FROM notify_default_policy d"
         " JOIN notify_policies p ON p.org_id = d.org_id AND p.id = d.policy_id"
         " WHERE d.org_id = %s ORDER BY p.version DESC LIMIT 1",
         (org,),
-    ).fetchone()
-    return None if row is None else PolicyRow(int(row[0]), row[1], int(row[2]), dict(row[3]), True)
+    )

@@ -9,7 +9,7 @@ escalation clock can be controlled in tests.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -17,13 +17,10 @@ from typing import Any, Final
 import psycopg
 from psycopg import errors as pg_errors
 
+from coldchain.domain import Severity
 from coldchain.errors import ConflictError, NotFoundError, ValidationError
-
-ACTIVE_STATES: Final = ("pending", "sending")
-
-
-UNSENT_STATES: Final = ("pending", "held")
-
+from coldchain.notification import Channel, NotificationKind, NotificationState
+from storage.rows import fetch_all, fetch_one
 
 # Rows that count against a recipient's rate limit: everything handed (or about to be handed)
 # to a provider.
@@ -37,16 +34,16 @@ class OutboxItem:
     org_id: int
     idempotency_key: str
     alert_id: int | None
-    channel: str
+    channel: Channel
     recipient: str
-    state: str
+    state: NotificationState
     due_at: datetime
     next_attempt_at: datetime
-    kind: str = "escalation"
+    kind: NotificationKind = NotificationKind.ESCALATION
     tier: int | None = None
     repeat_index: int | None = None
     contact_id: str | None = None
-    severity: str | None = None
+    severity: Severity | None = None
     gate_reason: str | None = None
 
     def __post_init__(self) -> None:
@@ -152,15 +149,15 @@ class NotificationRow:
     id: int
     org_id: int
     idempotency_key: str
-    kind: str
+    kind: NotificationKind
     alert_id: int | None
     tier: int | None
     repeat_index: int | None
     contact_id: str | None
-    channel: str
+    channel: Channel
     recipient: str
-    severity: str | None
-    state: str
+    severity: Severity | None
+    state: NotificationState
     gate_reason: str | None
     attempts: int
     due_at: datetime
@@ -206,34 +203,6 @@ _ROW_COLUMNS: Final = (
 )
 
 
-def _row(r: Sequence[Any]) -> NotificationRow:
-    return NotificationRow(
-        id=int(r[0]),
-        org_id=int(r[1]),
-        idempotency_key=r[2],
-        kind=r[3],
-        alert_id=None if r[4] is None else int(r[4]),
-        tier=r[5],
-        repeat_index=r[6],
-        contact_id=r[7],
-        channel=r[8],
-        recipient=r[9],
-        severity=r[10],
-        state=r[11],
-        gate_reason=r[12],
-        attempts=int(r[13]),
-        due_at=r[14],
-        next_attempt_at=r[15],
-        provider_id=r[16],
-        provider_status=r[17],
-        last_error=r[18],
-        digest_id=None if r[19] is None else int(r[19]),
-        created_at=r[20],
-        sent_at=r[21],
-        final_at=r[22],
-    )
-
-
 def claim_due(
     conn: psycopg.Connection, *, now: datetime, limit: int, grace: timedelta
 ) -> list[NotificationRow]:
@@ -242,7 +211,9 @@ def claim_due(
     The caller commits right after, before calling any provider: from then on a crash leaves the
     row `sending`, and it is not sent again until `grace` has passed with no status callback.
     """
-    rows = conn.execute(
+    rows = fetch_all(
+        conn,
+        NotificationRow,
         f"UPDATE notify_outbox o SET state = 'sending', attempts = o.attempts + 1, sending_since = %s,"
         f" next_attempt_at = %s, updated_at = %s"
         f" FROM (SELECT id FROM notify_outbox WHERE state IN ('pending', 'sending')"
@@ -250,8 +221,8 @@ def claim_due(
         f"       FOR UPDATE SKIP LOCKED) due"
         f" WHERE o.id = due.id RETURNING {', '.join('o.' + c.strip() for c in _ROW_COLUMNS.split(','))}",
         (now, now + grace, now, now, limit),
-    ).fetchall()
-    return sorted((_row(r) for r in rows), key=lambda n: (n.next_attempt_at, n.id))
+    )
+    return sorted(rows, key=lambda n: (n.next_attempt_at, n.id))
 
 
 def record_outcome(
@@ -315,15 +286,16 @@ def apply_status(
     will not be sent again. Otherwise the state only moves forward, and final states stick.
     """
     with conn.transaction():
-        found = conn.execute(
+        current = fetch_one(
+            conn,
+            NotificationRow,
             f"SELECT {_ROW_COLUMNS} FROM notify_outbox WHERE"
             " (%s::text IS NOT NULL AND idempotency_key = %s::text)"
             " OR (%s::text IS NULL AND provider_id = %s) FOR UPDATE",
             (idempotency_key, idempotency_key, idempotency_key, provider_id),
-        ).fetchone()
-        if found is None:
+        )
+        if current is None:
             return None
-        current = _row(found)
         unconfirmed = current.state in ("sending", "pending")
         forward = current.state in _RANK and _RANK[current.state] < 2 and _RANK[state] >= _RANK[current.state]
         target = state if unconfirmed or forward else current.state
@@ -342,21 +314,24 @@ def apply_status(
 
 
 def _get_row(conn: psycopg.Connection, row_id: int) -> NotificationRow:
-    row = conn.execute(f"SELECT {_ROW_COLUMNS} FROM notify_outbox WHERE id = %s", (row_id,)).fetchone()
-    if row is None:
+    found = fetch_one(
+        conn, NotificationRow, f"SELECT {_ROW_COLUMNS} FROM notify_outbox WHERE id = %s", (row_id,)
+    )
+    if found is None:
         raise NotFoundError("notification", str(row_id))
-    return _row(row)
+    return found
 
 
 def notifications_for_alert(conn: psycopg.Connection, *, org: int, alert_id: int) -> list[NotificationRow]:
     """Every notification about the alert, oldest first (digests it was folded into included)."""
-    rows = conn.execute(
+    return fetch_all(
+        conn,
+        NotificationRow,
         f"SELECT {_ROW_COLUMNS} FROM notify_outbox WHERE org_id = %s AND (alert_id = %s OR id IN"
         " (SELECT digest_id FROM notify_outbox WHERE alert_id = %s AND digest_id IS NOT NULL))"
         " ORDER BY id",
         (org, alert_id, alert_id),
-    ).fetchall()
-    return [_row(r) for r in rows]
+    )
 
 
 def notified_about(conn: psycopg.Connection, *, org: int, alert_id: int, contact_id: str) -> bool:
@@ -368,10 +343,12 @@ def notified_about(conn: psycopg.Connection, *, org: int, alert_id: int, contact
 
 
 def digest_members(conn: psycopg.Connection, digest_id: int) -> list[NotificationRow]:
-    rows = conn.execute(
-        f"SELECT {_ROW_COLUMNS} FROM notify_outbox WHERE digest_id = %s ORDER BY id", (digest_id,)
-    ).fetchall()
-    return [_row(r) for r in rows]
+    return fetch_all(
+        conn,
+        NotificationRow,
+        f"SELECT {_ROW_COLUMNS} FROM notify_outbox WHERE digest_id = %s ORDER BY id",
+        (digest_id,),
+    )
 
 
 def fold_digests(conn: psycopg.Connection, *, now: datetime) -> int:
