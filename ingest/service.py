@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import logging
 import queue
-import random
 import socket
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 import psycopg
@@ -43,6 +42,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from coldchain.backoff import Backoff
 from coldchain.errors import ColdchainError, ConfigurationError
 from coldchain.mqtt_url import BrokerAddress
 from coldchain.settings import Settings
@@ -127,6 +127,18 @@ class GroupOrder:
             self._cond.notify_all()
 
 
+class AckObserver(Protocol):
+    """Told of each QoS 1+ message as paho hands it over, and of each PUBACK as it is sent.
+
+    Called on paho's thread and on the writer threads respectively: keep it quick. For tests and
+    tracing; the service works the same without one.
+    """
+
+    def received(self, message: Message) -> None: ...
+
+    def acknowledged(self, message: Message) -> None: ...
+
+
 @dataclass(slots=True)
 class IngestStats:
     """Running totals since start (a snapshot is returned by IngestService.stats)."""
@@ -143,7 +155,8 @@ class IngestStats:
     groups: int = 0
     db_errors: int = 0
 
-    def add(self, result: GroupResult) -> None:
+    def add(self, result: GroupResult, *, group: bool = True) -> None:
+        """Count a committed group's result (`group=False`: a quarantine release, not a group)."""
         self.stored += result.readings
         self.batches += result.batches
         self.duplicates += result.duplicates
@@ -152,7 +165,7 @@ class IngestStats:
         self.released += result.released
         self.statuses += result.statuses
         self.gaps += result.gaps
-        self.groups += 1
+        self.groups += int(group)
 
     def copy(self) -> IngestStats:
         return IngestStats(**{f.name: getattr(self, f.name) for f in fields(self)})
@@ -171,6 +184,8 @@ class IngestService:
         client_id: str | None = None,
         metrics_port: int | None = None,
         receive_maximum: int | None = None,
+        writer: GroupWriter | None = None,
+        ack_observer: AckObserver | None = None,
     ) -> None:
         self.settings = settings if settings is not None else Settings()
         self.dsn = dsn
@@ -186,7 +201,8 @@ class IngestService:
             65_535, receive_maximum or max(100, (WRITERS + 2) * self.group_max)
         )
         self.metrics = IngestMetrics()
-        self._writer = GroupWriter(limits=self.limits)
+        self._writer = writer or GroupWriter(limits=self.limits)
+        self._ack_observer = ack_observer
         self._stats = IngestStats()
         self._stats_lock = threading.Lock()
         self._inbox: queue.Queue[Message] = queue.Queue(maxsize=2 * self.receive_maximum + 1000)
@@ -342,12 +358,13 @@ class IngestService:
         try:
             topic = msg.topic
             kind: MessageKind = "status" if topic.endswith("/status") else "readings"
-            self._inbox.put(
-                Message(
-                    topic=topic, payload=bytes(msg.payload), received_ms=wall_clock_ms(),
-                    kind=kind, mid=msg.mid, qos=msg.qos, generation=self._generation,
-                )
+            message = Message(
+                topic=topic, payload=bytes(msg.payload), received_ms=wall_clock_ms(),
+                kind=kind, mid=msg.mid, qos=msg.qos, generation=self._generation,
             )
+            if self._ack_observer is not None and msg.qos > 0:
+                self._ack_observer.received(message)
+            self._inbox.put(message)
             if not self._first_receive:
                 self._first_receive = True
                 self.metrics.first_receive.set(time.time())
@@ -424,7 +441,7 @@ class IngestService:
 
     def _connection(self, slot: int) -> psycopg.Connection:
         """A writer's connection, reopened with jittered backoff after a failure."""
-        delay = 0.2
+        backoff = Backoff(initial=0.2, maximum=5.0)
         while (conn := self._conns[slot]) is None or conn.closed:
             try:
                 conn = connect(self.dsn)
@@ -436,9 +453,9 @@ class IngestService:
                 self._drop_connection(slot)
                 if self._abort.is_set():
                     raise _Aborted from exc
+                delay = backoff.next()
                 log.warning("database unavailable (%s); retrying in %.1f s", exc, delay)
-                time.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 5.0)
+                time.sleep(delay)
         return conn
 
     def _drop_connection(self, slot: int) -> None:
@@ -458,7 +475,7 @@ class IngestService:
 
     def _commit(self, slot: int, ticket: int, group: Sequence[Prepared]) -> None:
         started = time.monotonic()
-        delay = 0.2
+        backoff = Backoff(initial=0.2, maximum=5.0)
         overlap = True
         order = self.order
         while True:
@@ -487,9 +504,9 @@ class IngestService:
                 self.metrics.db_errors.inc()
                 if self._abort.is_set():
                     raise _Aborted from exc  # not acknowledged: the broker keeps the messages
+                delay = backoff.next()
                 log.warning("database error (%s); retrying the group in %.1f s", exc, delay)
-                time.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 5.0)
+                time.sleep(delay)
         self._ack(group)
         order.done(ticket)
         elapsed = time.monotonic() - started
@@ -519,10 +536,7 @@ class IngestService:
                 one = self._writer.dead_letter_only(
                     conn, item, reason="store_failed", detail=f"{type(exc).__name__}: {exc}"[:500]
                 )
-            for f in fields(GroupResult):
-                if f.name != "reasons":
-                    setattr(total, f.name, getattr(total, f.name) + getattr(one, f.name))
-            total.reasons.update(one.reasons)
+            total.merge(one)
         return total
 
     def _ack(self, group: Sequence[Prepared]) -> None:
@@ -535,6 +549,8 @@ class IngestService:
                 m = item.message
                 if m.held_id is None and m.qos > 0 and m.generation == generation:
                     client.ack(m.mid, m.qos)
+                    if self._ack_observer is not None:
+                        self._ack_observer.acknowledged(m)
 
     def _release_held(self, slot: int) -> None:
         """Move batches held for devices that are registered now through the normal write path.
@@ -557,11 +573,7 @@ class IngestService:
                 result = self._writer.write(conn, group)
             log.info("released %d held batches", result.released, extra={"count": result.released})
             with self._stats_lock:
-                self._stats.released += result.released
-                self._stats.stored += result.readings
-                self._stats.batches += result.batches
-                self._stats.duplicates += result.duplicates
-                self._stats.dead_letters += result.dead_letters
+                self._stats.add(result, group=False)
             self.metrics.observe(result, seconds=0.0, lag_s=0.0)
         except _Aborted:
             raise

@@ -9,7 +9,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import numpy.typing as npt
@@ -56,6 +56,13 @@ class GroupResult:
     gaps: int = 0
     late_batches: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
+
+    def merge(self, other: GroupResult) -> None:
+        """Add `other`'s counts to these (a group written one message at a time)."""
+        for f in fields(self):
+            if f.name != "reasons":
+                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        self.reasons.update(other.reasons)
 
 
 @dataclass(slots=True)

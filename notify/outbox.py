@@ -11,7 +11,6 @@ failures are final and visible on the alert. `notify.service` runs it on a threa
 from __future__ import annotations
 
 import logging
-import random
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +20,7 @@ from typing import Any
 
 import psycopg
 
+from coldchain.backoff import Backoff
 from coldchain.domain import Alert
 from coldchain.errors import ConfigurationError
 from coldchain.notification import Channel
@@ -213,7 +213,7 @@ class OutboxWorker:
         self._options = options
         self._channels = channels or ChannelSet(settings)
         self._pool = ThreadPoolExecutor(max_workers=options.send_threads, thread_name_prefix="notify-send")
-        self._rng = random.Random()
+        self._retry = Backoff(initial=options.backoff_base_s, maximum=options.backoff_max_s, jitter=0.5)
         self.stats = WorkerStats()
 
     def now(self) -> datetime:
@@ -383,9 +383,8 @@ class OutboxWorker:
     # -- recording --------------------------------------------------------------------------
 
     def _backoff(self, attempts: int, retry_after_s: float | None) -> float:
-        base = min(self._options.backoff_max_s, self._options.backoff_base_s * 2 ** max(attempts - 1, 0))
-        delay = base * (0.5 + self._rng.random() / 2)  # "equal jitter": never less than half
-        return float(max(delay, retry_after_s or 0.0))
+        delay = self._retry.delay(max(attempts - 1, 0))  # "equal jitter": never less than half
+        return max(delay, retry_after_s or 0.0)
 
     def _record(self, conn: psycopg.Connection, outcome: _Outcome, now: datetime) -> None:
         row = outcome.row

@@ -29,6 +29,7 @@ from notify.outbox import OutboxOptions, OutboxWorker
 from notify.planner import Planner
 from storage import notify_outbox
 from storage.db import connect
+from storage.listen import Wakeup, listen
 
 __all__ = ["NotificationService", "main"]
 
@@ -98,47 +99,33 @@ class NotificationService:
                 return 0
 
     def _plan_loop(self) -> None:
-        backoff = 0.5
-        while not self._stop.is_set():
-            try:
-                with connect(self._dsn, autocommit=True) as listener, connect(self._dsn) as conn:
-                    listener.execute("LISTEN alerts")
-                    backoff = 0.5
-                    self.planner.sweep(conn, now=self.now())  # whatever opened while we were away
-                    while not self._stop.is_set():
-                        ids: set[int] = set()
-                        for note in listener.notifies(timeout=self.options.poll_s, stop_after=1):
-                            if note.payload.isdigit():
-                                ids.add(int(note.payload))
-                        # Take what else arrived meanwhile, so a burst is planned in one go.
-                        for note in listener.notifies(timeout=0.0):
-                            if note.payload.isdigit():
-                                ids.add(int(note.payload))
-                        for alert_id in sorted(ids):
-                            try:
-                                self.planner.plan_alert(conn, alert_id, now=self.now())
-                            except _PLAN_ERRORS as exc:
-                                log.error("planning alert %d failed: %s", alert_id, exc)
-            except psycopg.OperationalError as exc:
-                log.warning("notification planner lost the database (%s); retrying in %.1f s", exc, backoff)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 15.0)
+        def plan(conn: psycopg.Connection, payloads: list[str]) -> None:
+            for alert_id in sorted({int(p) for p in payloads if p.isdigit()}):
+                try:
+                    self.planner.plan_alert(conn, alert_id, now=self.now())
+                except _PLAN_ERRORS as exc:
+                    log.error("planning alert %d failed: %s", alert_id, exc)
+
+        listen(
+            self._dsn,
+            Wakeup.ALERTS,
+            plan,
+            stop=self._stop,
+            poll_s=self.options.poll_s,
+            name="notification planner",
+            # whatever opened while we were away
+            on_connect=lambda conn: self.planner.sweep(conn, now=self.now()),
+        )
 
     def _work_loop(self) -> None:
-        backoff = 0.5
-        while not self._stop.is_set():
-            try:
-                with connect(self._dsn, autocommit=True) as listener, connect(self._dsn) as conn:
-                    listener.execute("LISTEN notify_outbox")
-                    backoff = 0.5
-                    while not self._stop.is_set():
-                        self.worker.deliver_due(conn, stop=self._stop)
-                        for _ in listener.notifies(timeout=self.options.poll_s, stop_after=1):
-                            pass
-            except psycopg.OperationalError as exc:
-                log.warning("notification worker lost the database (%s); retrying in %.1f s", exc, backoff)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 15.0)
+        listen(
+            self._dsn,
+            Wakeup.NOTIFY_OUTBOX,
+            lambda conn, _payloads: self.worker.deliver_due(conn, stop=self._stop),
+            stop=self._stop,
+            poll_s=self.options.poll_s,
+            name="notification worker",
+        )
 
     def stop(self, timeout: float = 15.0) -> None:
         """Stop taking work, let the batch in flight finish and record, then close."""

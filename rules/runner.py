@@ -9,7 +9,7 @@ result always equals one pass over the whole series (the engine's own guarantee)
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 
 import psycopg
@@ -28,12 +28,19 @@ RULES_ACTOR = "rules"
 
 @dataclass(slots=True)
 class RunStats:
+    """What evaluations did: one drain's counts, or a service's running totals (`merge`)."""
+
     series: int = 0
     readings: int = 0
     reevaluated: int = 0
     alerts_opened: int = 0
     alerts_resolved: int = 0
     lots_refreshed: int = 0
+
+    def merge(self, other: RunStats) -> None:
+        """Add `other`'s counts to these."""
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
 
 def _utc(ms: int | None) -> datetime | None:

@@ -16,6 +16,7 @@ from coldchain.settings import Settings
 from rules.device_health import check_batteries, check_data_loss, check_silence
 from rules.runner import RunStats, drain
 from storage.db import connect
+from storage.listen import Wakeup, listen
 
 log = logging.getLogger(__name__)
 
@@ -72,31 +73,30 @@ class RulesService:
             return 0, 0
 
     def _run(self) -> None:
-        backoff = 0.5
-        while not self._stop.is_set():
-            try:
-                with connect(self._dsn, autocommit=True) as listener, connect(self._dsn) as worker:
-                    listener.execute("LISTEN rules")
-                    backoff = 0.5
-                    last_bulk = 0.0
-                    while not self._stop.is_set():
-                        # Fast lane on every wake-up; a full (bulk) pass at most every bulk_s.
-                        bulk = time.monotonic() - last_bulk >= self._bulk_s
-                        self._merge(drain(worker, fast_lane=not bulk))
-                        if bulk:
-                            last_bulk = time.monotonic()
-                        # Wake on ingest's NOTIFY, or poll anyway (a NOTIFY sent while we were
-                        # draining is also seen here, and the queue is the truth either way).
-                        for _ in listener.notifies(timeout=self._poll_s, stop_after=1):
-                            pass
-            except psycopg.OperationalError as exc:
-                log.warning("rules runner lost the database (%s); retrying in %.1f s", exc, backoff)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 15.0)
+        last_bulk = 0.0
 
-    def _merge(self, done: RunStats) -> None:
-        for name in RunStats.__slots__:
-            setattr(self.stats, name, getattr(self.stats, name) + getattr(done, name))
+        def reconnected(conn: psycopg.Connection) -> None:
+            nonlocal last_bulk
+            last_bulk = 0.0  # a full pass first: work may have queued up while we were away
+
+        def evaluate(conn: psycopg.Connection, _payloads: list[str]) -> None:
+            # Fast lane on every wake-up (ingest's NOTIFY, or the poll: the queue is the truth
+            # either way); a full (bulk) pass at most every bulk_s.
+            nonlocal last_bulk
+            bulk = time.monotonic() - last_bulk >= self._bulk_s
+            self.stats.merge(drain(conn, fast_lane=not bulk))
+            if bulk:
+                last_bulk = time.monotonic()
+
+        listen(
+            self._dsn,
+            Wakeup.RULES,
+            evaluate,
+            stop=self._stop,
+            poll_s=self._poll_s,
+            name="rules runner",
+            on_connect=reconnected,
+        )
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()

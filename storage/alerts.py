@@ -12,6 +12,7 @@ from coldchain.alert_lifecycle import next_state
 from coldchain.domain import Alert, AlertState, Disposition, Severity
 from coldchain.errors import NotFoundError, ValidationError
 from storage.audit import record
+from storage.listen import Wakeup, wake
 from storage.rows import fetch_all, fetch_one
 
 _ALERT_COLUMNS = (
@@ -98,7 +99,7 @@ def raise_alert(conn: psycopg.Connection, alert: NewAlert, *, actor: str = "rule
             "profile_version": alert.profile_version,
         },
     )
-    conn.execute("SELECT pg_notify('alerts', %s)", (str(alert_id),))
+    wake(conn, Wakeup.ALERTS, str(alert_id))
     return alert_id, True
 
 
@@ -205,7 +206,7 @@ def transition(
             new=new,
             reason=comment,
         )
-        conn.execute("SELECT pg_notify('alerts', %s)", (str(alert_id),))
+        wake(conn, Wakeup.ALERTS, str(alert_id))
     return get_alert(conn, org=org, alert_id=alert_id)
 
 

@@ -20,6 +20,7 @@ from psycopg import errors as pg_errors
 from coldchain.domain import Severity
 from coldchain.errors import ConflictError, NotFoundError, ValidationError
 from coldchain.notification import Channel, NotificationKind, NotificationState
+from storage.listen import Wakeup, wake
 from storage.rows import fetch_all, fetch_one
 
 # Rows that count against a recipient's rate limit: everything handed (or about to be handed)
@@ -422,4 +423,4 @@ def outbox_counts(conn: psycopg.Connection, *, org: int | None = None) -> dict[s
 
 def wake_workers(conn: psycopg.Connection) -> None:
     """Tell outbox workers (in any process) that rows are due; delivered when the caller commits."""
-    conn.execute("SELECT pg_notify('notify_outbox', '')")
+    wake(conn, Wakeup.NOTIFY_OUTBOX)

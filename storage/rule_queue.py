@@ -9,7 +9,7 @@ import numpy as np
 import numpy.typing as npt
 import psycopg
 
-RULES_CHANNEL = "rules"
+from storage.listen import Wakeup, wake
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +53,7 @@ def enqueue_rules(conn: psycopg.Connection, work: RuleWork) -> int:
             work.max_rh.tolist(),
         ),
     )
-    conn.execute(f"NOTIFY {RULES_CHANNEL}")
+    wake(conn, Wakeup.RULES)
     return n
 
 

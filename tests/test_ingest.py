@@ -6,12 +6,11 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 
@@ -327,33 +326,29 @@ def test_a_batch_in_two_concurrent_groups_is_stored_once(
     assert scalar(db, "SELECT count(*) FROM rule_queue") == 1
 
 
-class _AckRecorder(IngestService):
+class _AckRecorder:
     """Records the order messages came in and the order their PUBACKs went out."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self) -> None:
         self.received_mids: list[int] = []
         self.acked_mids: list[int] = []
         self.ack_threads: set[str] = set()
-        finish = self._writer.finish
 
-        def slow_finish(conn: psycopg.Connection, staged: Any) -> Any:
-            # one writer lingers before it commits, so the other would overtake it if it could
-            if threading.current_thread().name == "ingest-writer-0":
-                time.sleep(0.05)
-            return finish(conn, staged)
+    def received(self, message: Message) -> None:
+        self.received_mids.append(message.mid)
 
-        self._writer.finish = slow_finish  # type: ignore[method-assign]
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        if msg.qos > 0:
-            self.received_mids.append(msg.mid)
-        super()._on_message(client, userdata, msg)
-
-    def _ack(self, group: Sequence[Prepared]) -> None:
-        self.acked_mids.extend(p.message.mid for p in group if p.message.qos > 0)
+    def acknowledged(self, message: Message) -> None:
+        self.acked_mids.append(message.mid)
         self.ack_threads.add(threading.current_thread().name)
-        super()._ack(group)
+
+
+class _LingeringWriter(GroupWriter):
+    """One writer lingers before it commits, so the other would overtake it if it could."""
+
+    def finish(self, conn: psycopg.Connection, staged: Any) -> Any:
+        if threading.current_thread().name == "ingest-writer-0":
+            time.sleep(0.05)
+        return super().finish(conn, staged)
 
 
 def test_acks_leave_in_receive_order_with_two_writers(
@@ -362,15 +357,17 @@ def test_acks_leave_in_receive_order_with_two_writers(
     devices = [f"D{i}" for i in range(10)]
     register(db, devices)
     settings = Settings(ingest_group_max_wait_ms=5, ingest_group_max_batches=20)
-    with Publisher(mqtt_url) as pub, _AckRecorder(
+    acks = _AckRecorder()
+    with Publisher(mqtt_url) as pub, IngestService(
         dsn=db_dsn, mqtt_url=mqtt_url, topics=topics, settings=settings,
         client_id=f"ingest-{uuid.uuid4().hex[:8]}",
+        writer=_LingeringWriter(limits=Limits.from_settings(settings)), ack_observer=acks,
     ) as svc:
         assert svc.wait_ready(30)
         publish_load(pub, topics, devices, 100, readings=5)
         assert pub.wait_all_acked(1000)
-        assert wait_until(lambda: len(svc.acked_mids) >= 1000)
-        assert svc.acked_mids == svc.received_mids  # MQTT 3.1.1 / 5, section 4.6
-        assert svc.ack_threads == {"ingest-writer-0", "ingest-writer-1"}
+        assert wait_until(lambda: len(acks.acked_mids) >= 1000)
+        assert acks.acked_mids == acks.received_mids  # MQTT 3.1.1 / 5, section 4.6
+        assert acks.ack_threads == {"ingest-writer-0", "ingest-writer-1"}
     assert scalar(db, "SELECT count(*) FROM readings") == 5000
     assert scalar(db, "SELECT count(*) FROM data_loss_events") == 0
