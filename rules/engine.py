@@ -48,16 +48,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from coldchain.alarm_profile import (
-    RATE_LIMIT_ID,
-    AlarmProfile,
-    Excursion,
-    ExcursionKind,
-    Limit,
-    Side,
-)
+from coldchain.alarm_profile import RATE_LIMIT_ID, AlarmProfile, Limit, Side
 from coldchain.domain import Severity
 from coldchain.errors import ValidationError
+from coldchain.excursion import Excursion, ExcursionKind
 from rules.mkt import KELVIN_OFFSET
 
 __all__ = [

@@ -14,8 +14,9 @@ from datetime import UTC, datetime
 
 import psycopg
 
-from coldchain.alarm_profile import AlarmProfile, Excursion, ExcursionKind
+from coldchain.alarm_profile import AlarmProfile
 from coldchain.domain import AlertState, Severity
+from coldchain.excursion import Excursion, ExcursionKind
 from rules.engine import RELEASE, EngineState, SensorSeries, evaluate
 from rules.lot_figures import labelled_range
 from storage import alerts, lot_budget, profiles, rule_queue, series_state
