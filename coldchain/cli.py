@@ -251,7 +251,7 @@ def _start_demo(dsn: str, mqtt_url: str, topics: Any, time_scale: float) -> Any:
     from coldchain.demo import demo_fleet
     from coldchain.errors import ConflictError
     from firmware_sim.fleet import Fleet, LoggerSpec
-    from storage import registry
+    from storage import readings, registry
     from storage.db import connect
 
     now = datetime.now(UTC)
@@ -277,12 +277,9 @@ def _start_demo(dsn: str, mqtt_url: str, topics: Any, time_scale: float) -> Any:
         for rec in registry.list_devices(conn, org=1):
             if rec.device.id.startswith("DEMO-") and rec.last_seq is not None:
                 seq_start[rec.device.id] = rec.last_seq + 1
-        row = conn.execute(
-            "SELECT (extract(epoch FROM max(r.t)) * 1000)::bigint FROM readings r"
-            " JOIN devices d ON d.key = r.device_key WHERE d.id LIKE 'DEMO-%'"
-        ).fetchone()
-        if row and row[0] is not None:
-            resume_ms = int(row[0]) + 60_000
+        last_ms = readings.last_reading_ms(conn, device_id_prefix="DEMO-")
+        if last_ms is not None:
+            resume_ms = last_ms + 60_000
     start_ms = max(int(start.timestamp() * 1000), resume_ms or 0)
     start_ms = min(start_ms, int(time.time() * 1000) - 3_600_000)
     specs = [

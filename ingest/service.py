@@ -43,11 +43,12 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from coldchain.backoff import Backoff
-from coldchain.errors import ColdchainError, ConfigurationError
+from coldchain.errors import ConfigurationError
 from coldchain.mqtt_url import BrokerAddress
 from coldchain.settings import Settings
 from coldchain.wire import Topics
-from ingest.core import Limits, Message, MessageKind, Prepared, decode_message
+from ingest.core import AcceptanceBounds, Message, MessageKind, Prepared, decode_message
+from ingest.group_order import GroupOrder, GroupRestart, WriteAborted
 from ingest.metrics import IngestMetrics
 from ingest.writer import GroupResult, GroupWriter, wall_clock_ms
 from storage import dead_letters
@@ -64,69 +65,6 @@ LOCK_TIMEOUT = "10s"
 _STOP = object()
 
 
-class _Restart(ColdchainError):
-    """The group before failed after this one began: roll back and write again after it."""
-
-
-class _Aborted(ColdchainError):
-    """stop() gave up draining: leave the group unacknowledged."""
-
-
-class GroupOrder:
-    """Receive-order tickets for groups written by several threads.
-
-    Ticket n may start its copy stage once ticket n-1 is done or has its `batches` rows in (then a
-    redelivered batch in both waits on n-1's transaction in PostgreSQL and is skipped); it may lock
-    devices, commit and acknowledge only once n-1 is done. If n-1 fails after n began, n rolls
-    back (n-1's retry may need the `batches` keys n inserted) and starts again after n-1 is done.
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._done = -1  # every ticket up to this one is done
-        self._deduped: set[int] = set()
-        self._failed: set[int] = set()
-
-    def wait_start(self, ticket: int, *, overlap: bool, abort: threading.Event) -> None:
-        with self._cond:
-            while not (
-                self._done >= ticket - 1
-                or (overlap and ticket - 1 in self._deduped and ticket - 1 not in self._failed)
-            ):
-                self._wait(abort)
-
-    def wait_turn(self, ticket: int, *, abort: threading.Event) -> None:
-        """Until ticket - 1 is done; raises _Restart when it fails meanwhile."""
-        with self._cond:
-            while self._done < ticket - 1:
-                if ticket - 1 in self._failed:
-                    raise _Restart
-                self._wait(abort)
-
-    def _wait(self, abort: threading.Event) -> None:
-        if abort.is_set():
-            raise _Aborted
-        self._cond.wait(0.2)
-
-    def deduped(self, ticket: int) -> None:
-        with self._cond:
-            self._deduped.add(ticket)
-            self._cond.notify_all()
-
-    def failed(self, ticket: int) -> None:
-        with self._cond:
-            self._deduped.discard(ticket)
-            self._failed.add(ticket)
-            self._cond.notify_all()
-
-    def done(self, ticket: int) -> None:
-        with self._cond:
-            self._done = max(self._done, ticket)
-            self._deduped.discard(ticket)
-            self._failed.discard(ticket)
-            self._cond.notify_all()
-
-
 class AckObserver(Protocol):
     """Told of each QoS 1+ message as paho hands it over, and of each PUBACK as it is sent.
 
@@ -140,35 +78,28 @@ class AckObserver(Protocol):
 
 
 @dataclass(slots=True)
-class IngestStats:
-    """Running totals since start (a snapshot is returned by IngestService.stats)."""
+class IngestStats(GroupResult):
+    """Running totals since start: every committed group's result added up, and what only the
+    service sees (messages received, groups, database errors). `IngestService.stats` is a copy."""
 
     received: int = 0
-    stored: int = 0  # readings committed
-    batches: int = 0
-    duplicates: int = 0
-    dead_letters: int = 0
-    quarantined: int = 0
-    released: int = 0
-    statuses: int = 0
-    gaps: int = 0
     groups: int = 0
     db_errors: int = 0
 
+    @property
+    def stored(self) -> int:
+        """Readings committed."""
+        return self.readings
+
     def add(self, result: GroupResult, *, group: bool = True) -> None:
         """Count a committed group's result (`group=False`: a quarantine release, not a group)."""
-        self.stored += result.readings
-        self.batches += result.batches
-        self.duplicates += result.duplicates
-        self.dead_letters += result.dead_letters
-        self.quarantined += result.quarantined
-        self.released += result.released
-        self.statuses += result.statuses
-        self.gaps += result.gaps
+        self.merge(result)
         self.groups += int(group)
 
     def copy(self) -> IngestStats:
-        return IngestStats(**{f.name: getattr(self, f.name) for f in fields(self)})
+        snapshot = IngestStats(**{f.name: getattr(self, f.name) for f in fields(self)})
+        snapshot.reasons = self.reasons.copy()
+        return snapshot
 
 
 class IngestService:
@@ -193,7 +124,7 @@ class IngestService:
         self.topics = topics
         self.client_id = client_id or f"coldchain-ingest-{socket.gethostname()}"
         self.metrics_port = metrics_port
-        self.limits = Limits.from_settings(self.settings)
+        self.limits = AcceptanceBounds.from_settings(self.settings)
         self.group_max = max(1, self.settings.ingest_group_max_batches)
         self.group_wait_s = max(0, self.settings.ingest_group_max_wait_ms) / 1000
         # A group per writer in flight, one waiting for a writer and one arriving.
@@ -436,7 +367,7 @@ class IngestService:
                 if slot == 0 and time.monotonic() >= next_release and not self._stopping.is_set():
                     next_release = time.monotonic() + RELEASE_POLL_S
                     self._release_held(slot)
-            except _Aborted:
+            except WriteAborted:
                 break
 
     def _connection(self, slot: int) -> psycopg.Connection:
@@ -452,7 +383,7 @@ class IngestService:
             except psycopg.OperationalError as exc:
                 self._drop_connection(slot)
                 if self._abort.is_set():
-                    raise _Aborted from exc
+                    raise WriteAborted from exc
                 delay = backoff.next()
                 log.warning("database unavailable (%s); retrying in %.1f s", exc, delay)
                 time.sleep(delay)
@@ -484,7 +415,7 @@ class IngestService:
                 order.wait_start(ticket, overlap=overlap, abort=self._abort)
                 try:
                     result = self._write_in_turn(conn, ticket, group)
-                except (psycopg.OperationalError, _Restart, _Aborted):
+                except (psycopg.OperationalError, GroupRestart, WriteAborted):
                     raise
                 except Exception as exc:  # a poison message: find it, store it as a dead letter
                     order.failed(ticket)
@@ -492,7 +423,7 @@ class IngestService:
                     order.wait_turn(ticket, abort=self._abort)
                     result = self._one_by_one(conn, group)
                 break
-            except _Restart:
+            except GroupRestart:
                 order.failed(ticket)
                 overlap = False
             except psycopg.OperationalError as exc:
@@ -503,7 +434,7 @@ class IngestService:
                     self._stats.db_errors += 1
                 self.metrics.db_errors.inc()
                 if self._abort.is_set():
-                    raise _Aborted from exc  # not acknowledged: the broker keeps the messages
+                    raise WriteAborted from exc  # not acknowledged: the broker keeps the messages
                 delay = backoff.next()
                 log.warning("database error (%s); retrying the group in %.1f s", exc, delay)
                 time.sleep(delay)
@@ -575,7 +506,7 @@ class IngestService:
             with self._stats_lock:
                 self._stats.add(result, group=False)
             self.metrics.observe(result, seconds=0.0, lag_s=0.0)
-        except _Aborted:
+        except WriteAborted:
             raise
         except psycopg.OperationalError as exc:
             self._drop_connection(slot)

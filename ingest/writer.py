@@ -18,13 +18,13 @@ import psycopg
 from coldchain.domain import ReadingBatch
 from ingest.core import (
     FAULT_REASON,
+    AcceptanceBounds,
     ClockTracker,
-    Limits,
+    DeviceStatusUpdate,
     Message,
     Prepared,
     ReadingFault,
     Rejection,
-    StatusUpdate,
     account_seqs,
     check_readings,
     door_open,
@@ -59,7 +59,7 @@ class GroupResult:
 
     def merge(self, other: GroupResult) -> None:
         """Add `other`'s counts to these (a group written one message at a time)."""
-        for f in fields(self):
+        for f in fields(GroupResult):
             if f.name != "reasons":
                 setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
         self.reasons.update(other.reasons)
@@ -97,7 +97,7 @@ class StagedGroup:
     letters: list[dead_letters.DeadLetterRow]
     held: list[dead_letters.QuarantineRow]
     released: list[int]
-    statuses: list[tuple[Message, StatusUpdate]]
+    statuses: list[tuple[Message, DeviceStatusUpdate]]
     known: list[_Known]
     copied: _Copied | None
 
@@ -108,7 +108,7 @@ class GroupWriter:
     def __init__(
         self,
         *,
-        limits: Limits,
+        limits: AcceptanceBounds,
         clock: ClockTracker | None = None,
         now_ms: Callable[[], int] = wall_clock_ms,
     ) -> None:
@@ -169,14 +169,14 @@ class GroupWriter:
         result = GroupResult(messages=len(group))
         decoded: list[tuple[Message, ReadingBatch]] = []
         letters: list[dead_letters.DeadLetterRow] = []
-        statuses: list[tuple[Message, StatusUpdate]] = []
+        statuses: list[tuple[Message, DeviceStatusUpdate]] = []
         for item in group:
             outcome = item.outcome
             if isinstance(outcome, ReadingBatch):
                 decoded.append((item.message, outcome))
             elif isinstance(outcome, Rejection):
                 letters.append(self._letter(item.message, outcome.device_id, outcome.reason, outcome.detail))
-            elif isinstance(outcome, StatusUpdate):
+            elif isinstance(outcome, DeviceStatusUpdate):
                 statuses.append((item.message, outcome))
 
         names = {b.device for _, b in decoded} | {s.device_id for _, s in statuses}

@@ -51,7 +51,7 @@ from notify.routing import (
     route_alert,
 )
 from notify.sms import (
-    StatusUpdate,
+    DeliveryReport,
     TwilioSms,
     TwilioVoice,
     ack_reply_twiml,
@@ -77,6 +77,7 @@ __all__ = [
     "Contact",
     "DeliveryError",
     "DeliveryReceipt",
+    "DeliveryReport",
     "DeliveryState",
     "DueNotification",
     "EscalationPolicy",
@@ -91,7 +92,6 @@ __all__ = [
     "SignatureError",
     "SmtpEmail",
     "SmtpSecurity",
-    "StatusUpdate",
     "TimeWindow",
     "TwilioSms",
     "TwilioVoice",

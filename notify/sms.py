@@ -35,8 +35,8 @@ from notify.delivery import DeliveryError, DeliveryReceipt, DeliveryState, Signa
 
 __all__ = [
     "CALLBACK_KEY_PARAM",
+    "DeliveryReport",
     "RebasedTwilioHttpClient",
-    "StatusUpdate",
     "TwilioSms",
     "TwilioVoice",
     "ack_reply_twiml",
@@ -412,8 +412,9 @@ def ack_reply_twiml(text: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class StatusUpdate:
-    """One Twilio status callback: which notification, which message or call, which state."""
+class DeliveryReport:
+    """One Twilio status callback (a delivery report): which notification, which message or call,
+    which state."""
 
     idempotency_key: str | None
     provider_id: str
@@ -422,7 +423,7 @@ class StatusUpdate:
     error_code: str | None = None
 
 
-def parse_status_callback(form: Mapping[str, str], *, url: str) -> StatusUpdate:
+def parse_status_callback(form: Mapping[str, str], *, url: str) -> DeliveryReport:
     """Read a Twilio status callback (Messages or Calls) into our delivery state.
 
     `url` is the URL Twilio called; its `notification` query parameter is our idempotency key.
@@ -443,7 +444,7 @@ def parse_status_callback(form: Mapping[str, str], *, url: str) -> StatusUpdate:
     if status not in table:
         raise ValidationError(f"unknown Twilio status {status!r}", field="status")
     error_code = form.get("ErrorCode") or None
-    return StatusUpdate(
+    return DeliveryReport(
         idempotency_key=key,
         provider_id=sid,
         state=table[status],

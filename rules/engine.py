@@ -513,7 +513,7 @@ def _episodes(
         ),
     )
     # For a still-open episode `end_ms` is the end of its latest beyond-run (kept for the
-    # carry); `_Batch.emit` reports no end until the episode is resolved.
+    # carry); `_Evaluation.emit` reports no end until the episode is resolved.
     return episodes, new_carry
 
 
@@ -555,8 +555,9 @@ def _neutralise(cls: ClassArray, mask: BoolArray | slice) -> ClassArray:
 
 
 @dataclass(slots=True)
-class _Batch:
-    """Per-call working context shared by the rules."""
+class _Evaluation:
+    """One evaluation (one call of `evaluate` on one series' new readings): the working context
+    every rule reads and writes."""
 
     profile: AlarmProfile
     state: EngineState
@@ -663,7 +664,7 @@ def _count(
 
 
 def _emit_cumulative(
-    batch: _Batch, *, limit_id: str, tier: Severity, counter: CounterCarry, peak: float
+    batch: _Evaluation, *, limit_id: str, tier: Severity, counter: CounterCarry, peak: float
 ) -> None:
     if counter.raised_ms is None:
         return
@@ -685,7 +686,7 @@ def _emit_cumulative(
     )
 
 
-def _temperature_limits(batch: _Batch) -> None:
+def _temperature_limits(batch: _Evaluation) -> None:
     profile = batch.profile
     hyst = profile.hysteresis_c
     hold_ms = profile.resolve_hold_s * 1000
@@ -750,7 +751,7 @@ def _ms(seconds: int | None) -> int | None:
     return None if seconds is None else seconds * 1000
 
 
-def _rate_of_change(batch: _Batch) -> None:
+def _rate_of_change(batch: _Evaluation) -> None:
     limit = batch.profile.rate_of_change_c_per_min
     if limit is None:
         return
@@ -770,7 +771,7 @@ def _rate_of_change(batch: _Batch) -> None:
     )
 
 
-def _humidity(batch: _Batch) -> None:
+def _humidity(batch: _Evaluation) -> None:
     profile = batch.profile
     if not profile.humidity_limits:
         return
@@ -789,7 +790,7 @@ def _humidity(batch: _Batch) -> None:
         )
 
 
-def _mkt(batch: _Batch) -> None:
+def _mkt(batch: _Evaluation) -> None:
     st = batch.state
     t, v = batch.times, batch.temps
     assert st.series_start_ms is not None
@@ -921,7 +922,7 @@ def evaluate(
     excused, last_door, door_since = _door_excused(
         series, state, profile.door_open_tolerance_s * 1000
     )
-    batch = _Batch(
+    batch = _Evaluation(
         profile=profile, state=state, times=t, temps=series.temps_c, rh=series.rh_pct,
         delay_cut=delay_cut, door_excused=excused,
     )

@@ -19,7 +19,7 @@ from coldchain.domain import AlertState, Severity
 from coldchain.excursion import Excursion, ExcursionKind
 from rules.engine import RELEASE, EngineState, SensorSeries, evaluate
 from rules.lot_figures import labelled_range
-from storage import alerts, lot_budget, profiles, rule_queue, series_state
+from storage import alerts, device_state, lot_budget, profiles, rule_queue, series_state
 from storage.alerts import NewAlert
 from storage.rule_queue import SeriesWork
 
@@ -86,8 +86,7 @@ def _apply(
 ) -> None:
     if not excursions:
         return
-    row = conn.execute("SELECT id FROM devices WHERE key = %s", (work.device_key,)).fetchone()
-    device_id = row[0] if row else None
+    device_id = device_state.device_id(conn, work.device_key)
     for excursion in excursions:
         key = episode_key(work.shipment_key, work.device_key, excursion)
         alert_id, opened = alerts.raise_alert(

@@ -1,4 +1,7 @@
-"""Connections: one pool per process, opened where the service starts and closed when it stops."""
+"""Connections. The API serves requests from a pool (opened in its lifespan, or handed in by
+`coldchain up`); every worker thread (an ingest writer, the rules runner, the notification
+planner and worker) holds its own connections from `connect`, because a LISTEN or a long
+transaction should not be held on a pooled one. Every connection has a connect timeout."""
 
 from __future__ import annotations
 

@@ -60,6 +60,12 @@ class DeviceState:
 _STATE_COLUMNS: Final = "id, key, org_id, interval_s, last_seq, clock_offset_ms"
 
 
+def device_id(conn: psycopg.Connection, device_key: int) -> str | None:
+    """The id of the device with this key, if it exists."""
+    row = conn.execute("SELECT id FROM devices WHERE key = %s", (device_key,)).fetchone()
+    return None if row is None else str(row[0])
+
+
 def lock_devices(conn: psycopg.Connection, device_ids: Sequence[str]) -> dict[str, DeviceState]:
     """The registered devices among `device_ids`, row-locked in key order.
 

@@ -126,6 +126,16 @@ def lot_readings(
     ]
 
 
+def last_reading_ms(conn: psycopg.Connection, *, device_id_prefix: str) -> int | None:
+    """The newest reading time (epoch ms) of the devices whose id starts with the prefix, if any."""
+    row = conn.execute(
+        "SELECT (extract(epoch FROM max(r.t)) * 1000)::bigint FROM readings r"
+        " JOIN devices d ON d.key = r.device_key WHERE d.id LIKE %s",
+        (device_id_prefix.replace("%", r"\%").replace("_", r"\_") + "%",),
+    ).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
 def alert_readings(
     conn: psycopg.Connection, *, alert_id: int, margin: timedelta = timedelta(minutes=30), limit: int = 5000
 ) -> tuple[list[float], list[float]]:

@@ -18,7 +18,7 @@ from coldchain.domain import ReadingBatch
 from coldchain.settings import Settings
 from coldchain.wire import DeviceStatus, Topics, encode_binary, encode_json
 from ingest import IngestService
-from ingest.core import Limits, Message, Prepared, decode_message
+from ingest.core import AcceptanceBounds, Message, Prepared, decode_message
 from ingest.writer import GroupWriter
 from storage import batches, dead_letters
 from storage.readings import FLAG_CLOCK_CORRECTED, FLAG_DOOR_OPEN, FLAG_LATE
@@ -274,7 +274,7 @@ def test_stop_drains_and_acknowledges(db_dsn: str, db: psycopg.Connection, mqtt_
 
 def _prepared(batch: ReadingBatch, topics: Topics) -> Prepared:
     m = Message(topic=topics.readings(batch.device), payload=encode_binary(batch), received_ms=now_ms())
-    return Prepared(m, decode_message(m, topics=topics, limits=Limits()))
+    return Prepared(m, decode_message(m, topics=topics, limits=AcceptanceBounds()))
 
 
 def test_overlapping_groups_settle_late_flags_and_gaps_under_the_lock(
@@ -284,7 +284,7 @@ def test_overlapping_groups_settle_late_flags_and_gaps_under_the_lock(
     same device: its batch turns late under the device lock (batches row, readings, rules queue)
     and fills the gap the other group saw, exactly as if it had arrived after it."""
     register(db, ["D1"])
-    writer = GroupWriter(limits=Limits())
+    writer = GroupWriter(limits=AcceptanceBounds())
     with psycopg.connect(db_dsn, autocommit=True) as a, psycopg.connect(db_dsn, autocommit=True) as b:
         writer.write(a, [_prepared(make_batch("D1", 1, n=5), topics)])
         with b.transaction():
@@ -305,7 +305,7 @@ def test_a_batch_in_two_concurrent_groups_is_stored_once(
     db_dsn: str, db: psycopg.Connection, topics: Topics
 ) -> None:
     register(db, ["D1"])
-    writer = GroupWriter(limits=Limits())
+    writer = GroupWriter(limits=AcceptanceBounds())
     second: list[int] = []
     with psycopg.connect(db_dsn, autocommit=True) as a, psycopg.connect(db_dsn, autocommit=True) as b:
         with a.transaction():
@@ -361,7 +361,7 @@ def test_acks_leave_in_receive_order_with_two_writers(
     with Publisher(mqtt_url) as pub, IngestService(
         dsn=db_dsn, mqtt_url=mqtt_url, topics=topics, settings=settings,
         client_id=f"ingest-{uuid.uuid4().hex[:8]}",
-        writer=_LingeringWriter(limits=Limits.from_settings(settings)), ack_observer=acks,
+        writer=_LingeringWriter(limits=AcceptanceBounds.from_settings(settings)), ack_observer=acks,
     ) as svc:
         assert svc.wait_ready(30)
         publish_load(pub, topics, devices, 100, readings=5)
