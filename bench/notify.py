@@ -18,7 +18,6 @@ import argparse
 import collections
 import json
 import logging
-import os
 import signal
 import statistics
 import subprocess
@@ -53,7 +52,8 @@ from storage.alerts import NewAlert, raise_alert  # noqa: E402
 from storage.db import open_pool  # noqa: E402
 from storage.migrate import migrate  # noqa: E402
 from storage.notify_directory import ContactRow  # noqa: E402
-from tests.twilio_stub import TwilioStub  # noqa: E402
+from tests.support.notify import start_notifier  # noqa: E402
+from tests.support.twilio_stub import TwilioStub  # noqa: E402
 
 ACCOUNT_SID = "AC" + "5b" * 16
 AUTH_TOKEN = "bench-auth-token-0123456789abcdef"
@@ -189,26 +189,8 @@ def crash_safety(server: PostgresServer, count: int) -> dict[str, Any]:
     with TwilioStub(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN) as stub:
         ids = _open_alerts(dsn, count, "crash")
         stub.set_delay(0.01)
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
-            "DATABASE_URL": dsn,
-            "PUBLIC_URL": public,
-            "SECRET_KEY": SECRET_KEY,
-            "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
-            "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
-            "TWILIO_FROM": FROM,
-            "TWILIO_API_BASE_URL": stub.base_url,
-        }
-
         def notifier() -> subprocess.Popen[bytes]:
-            return subprocess.Popen(
-                [sys.executable, "-m", "notify", "--grace-s", "3", "--tick-s", "1"],
-                cwd=ROOT,
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            return start_notifier(dsn, stub, public_url=public, secret_key=SECRET_KEY, from_number=FROM)
 
         def whole() -> list[Any]:
             # A body cut short by the kill is no message (Twilio refuses it); the stub records it.

@@ -15,7 +15,7 @@ from notify.outbox import OutboxOptions
 from notify.planner import Planner
 from notify.service import NotificationService
 from storage import alerts, notify_outbox
-from tests.test_notify_outbox import (
+from tests.support.notify import (
     DISPATCHER,
     DRIVER,
     QA,
@@ -28,10 +28,10 @@ from tests.test_notify_outbox import (
     open_alert,
     set_policy,
     settled,
-    wait_until,
 )
-from tests.test_notify_outbox import mailbox as mailbox
-from tests.test_notify_outbox import stub as stub
+from tests.support.notify import mailbox as mailbox
+from tests.support.notify import stub as stub
+from tests.support.waiting import wait_until
 
 LADDER = [
     {"delay_s": 0, "channels": ["sms"], "roles": ["driver"]},

@@ -22,7 +22,8 @@ from ingest.core import AcceptanceBounds, Message, Prepared, decode_message
 from ingest.writer import GroupWriter
 from storage import batches, dead_letters
 from storage.readings import FLAG_CLOCK_CORRECTED, FLAG_DOOR_OPEN, FLAG_LATE
-from tests.ingest_support import (
+from tests.support.contract import CONTRACT_EXAMPLE
+from tests.support.ingest import (
     GTIN,
     Publisher,
     make_batch,
@@ -32,12 +33,6 @@ from tests.ingest_support import (
     scalar,
     wait_until,
 )
-
-CONTRACT_EXAMPLE = b"""{"v": 1, "device": "TRK-0042-L1", "seq": 1187, "sent": "2026-11-24T10:15:00Z",
- "readings": [
-   {"t": "2026-11-24T10:14:00Z", "c": 4.6, "rh": 61.2},
-   {"t": 1795515300000, "c": 4.7}
- ]}"""
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from coldchain.settings import Settings
 from rules.runner import drain
 from storage import audit, auth
 from storage.db import open_pool
-from tests.lot_support import GTIN, add_leg, write_readings
+from tests.support.lots import GTIN, add_leg, write_readings
 
 BUDGET_S = 2 * 3600
 

@@ -14,14 +14,13 @@ import pytest
 from fastapi.testclient import TestClient
 from twilio.request_validator import RequestValidator
 
-from api.app import create_app
 from coldchain.access import Role
 from coldchain.settings import Settings
 from notify.links import issue_ack_token
 from storage import alerts, auth, notify_directory, notify_outbox
-from storage.db import open_pool
 from storage.notify_outbox import OutboxItem
-from tests.test_notify_outbox import DRIVER, add_contact, add_shipment, open_alert
+from tests.support.api import api_client
+from tests.support.notify import DRIVER, add_contact, add_shipment, open_alert
 
 PUBLIC = "https://cc.example"
 AUTH_TOKEN = "api-test-auth-token-0123456789abcdef"
@@ -38,7 +37,7 @@ def client(db_dsn: str) -> Iterator[TestClient]:
         twilio_account_sid="AC" + "0" * 32,
         twilio_auth_token=AUTH_TOKEN,
     )
-    with open_pool(db_dsn, max_size=4) as pool, TestClient(create_app(settings, pool=pool)) as c:
+    with api_client(db_dsn, settings) as c:
         yield c
 
 

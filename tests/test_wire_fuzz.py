@@ -20,7 +20,7 @@ from coldchain.settings import Settings
 from coldchain.wire import Topics, encode_binary
 from ingest import IngestService
 from ingest.core import AcceptanceBounds, Message, Rejection, check_readings, decode_message
-from tests.ingest_support import Publisher, make_batch, now_ms, register, scalar, wait_until
+from tests.support.ingest import Publisher, make_batch, now_ms, register, scalar, wait_until
 
 DEVICE = "FUZZ-1"
 TOPICS = Topics(prefix="fuzz/")
