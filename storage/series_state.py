@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 import psycopg
+from psycopg.rows import dict_row
 
 from storage.readings import FLAG_DOOR_OPEN
 
@@ -61,13 +62,15 @@ def lock_and_load(
         " (SELECT s, d FROM unnest(%s::int[], %s::int[]) AS w(s, d) ORDER BY s, d) AS x",
         (shipments, devices),
     )
-    rows = conn.execute(
-        "SELECT w.s, w.d, sh.profile_id, sh.profile_version, r.state, r.last_ms, coalesce(r.outside_s, 0)"
-        " FROM unnest(%s::int[], %s::int[]) AS w(s, d) JOIN shipments sh ON sh.key = w.s"
-        " LEFT JOIN rule_series_state r ON r.shipment_key = w.s AND r.device_key = w.d",
-        (shipments, devices),
-    ).fetchall()
-    return {(r[0], r[1]): SeriesContext(r[2], int(r[3]), r[4], r[5], float(r[6])) for r in rows}
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            "SELECT w.s, w.d, sh.profile_id, sh.profile_version, r.state, r.last_ms,"
+            " coalesce(r.outside_s, 0)::float8 AS outside_s"
+            " FROM unnest(%s::int[], %s::int[]) AS w(s, d) JOIN shipments sh ON sh.key = w.s"
+            " LEFT JOIN rule_series_state r ON r.shipment_key = w.s AND r.device_key = w.d",
+            (shipments, devices),
+        ).fetchall()
+    return {(r.pop("s"), r.pop("d")): SeriesContext(**r) for r in rows}
 
 
 _PACKED = np.dtype([("t", ">i8"), ("c", ">f8"), ("rh", ">f8"), ("f", ">i2")])
