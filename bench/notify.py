@@ -52,7 +52,7 @@ from storage.alerts import NewAlert, raise_alert  # noqa: E402
 from storage.db import open_pool  # noqa: E402
 from storage.migrate import migrate  # noqa: E402
 from storage.notify_directory import ContactRow  # noqa: E402
-from tests.support.notify import start_notifier  # noqa: E402
+from tests.support.notify import notify_settings, start_notifier  # noqa: E402
 from tests.support.twilio_stub import TwilioStub  # noqa: E402
 
 ACCOUNT_SID = "AC" + "5b" * 16
@@ -72,15 +72,7 @@ def _wait(check: Any, timeout_s: float, what: str) -> None:
 
 
 def _settings(dsn: str, stub: TwilioStub, public_url: str | None = None) -> Settings:
-    return Settings(
-        database_url=dsn,
-        secret_key=SECRET_KEY,
-        public_url=public_url,
-        twilio_account_sid=ACCOUNT_SID,
-        twilio_auth_token=AUTH_TOKEN,
-        twilio_from=FROM,
-        twilio_api_base_url=stub.base_url,
-    )
+    return notify_settings(dsn, stub, public_url=public_url, secret_key=SECRET_KEY, from_number=FROM)
 
 
 def _new_db(server: PostgresServer, name: str) -> str:

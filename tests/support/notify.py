@@ -78,15 +78,22 @@ class Clock:
 
 
 def notify_settings(
-    dsn: str, stub: TwilioStub, *, public_url: str | None = None, smtp_port: int | None = None
+    dsn: str,
+    stub: TwilioStub,
+    *,
+    public_url: str | None = None,
+    smtp_port: int | None = None,
+    secret_key: str = SECRET_KEY,
+    from_number: str = FROM,
 ) -> Settings:
+    """Settings that send SMS and calls to the stub's account (and e-mail to `smtp_port`)."""
     return Settings(
         database_url=dsn,
-        secret_key=SECRET_KEY,
+        secret_key=secret_key,
         public_url=public_url,
-        twilio_account_sid=ACCOUNT_SID,
-        twilio_auth_token=AUTH_TOKEN,
-        twilio_from=FROM,
+        twilio_account_sid=stub.account_sid,
+        twilio_auth_token=stub.auth_token,
+        twilio_from=from_number,
         twilio_api_base_url=stub.base_url,
         smtp_host="127.0.0.1" if smtp_port else None,
         smtp_port=smtp_port or 587,
