@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from coldchain.alarm_profile import get_preset  # noqa: E402
+from coldchain.presets import get_preset  # noqa: E402
 from rules.engine import EngineState, SensorSeries, evaluate  # noqa: E402
 from rules.mkt import mean_kinetic_temperature  # noqa: E402
 

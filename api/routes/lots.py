@@ -14,7 +14,7 @@ from coldchain.access import Permission
 from coldchain.errors import ValidationError
 from coldchain.gs1 import digital_link, normalize_gtin
 from rules.lot_figures import Leg, LoggerSeries, LotFigures, lot_figures
-from storage import alerts, lot_budget, profiles, readings, registry, rules_store
+from storage import alerts, lot_budget, profiles, readings, registry
 
 router = APIRouter()
 _BUCKET = re.compile(r"^(\d{1,6})(s|m|h|d)$")
@@ -38,7 +38,7 @@ def _figures(conn: Conn, org: int, rec: registry.LotRecord) -> LotFigures:
             profile=profiles.resolve(conn, org=org, profile_id=leg.profile_id, version=leg.profile_version),
             loggers=tuple(LoggerSeries(dev, t, c) for dev, (t, c) in leg.loggers.items()),
         )
-        for leg in rules_store.lot_legs(conn, org=org, shipment_keys=list(rec.shipment_keys))
+        for leg in readings.lot_legs(conn, org=org, shipment_keys=list(rec.shipment_keys))
     ]
     return lot_figures(legs, stability_budget_s=rec.stability_budget_s)
 

@@ -19,24 +19,23 @@ from api.deps import AppSettings, Caller, Conn
 from coldchain.access import Permission
 from coldchain.domain import Severity
 from coldchain.errors import ConflictError, NotFoundError, ValidationError
-from rules.notify.delivery import AckLinkExpired, AckLinkInvalid, SignatureError
-from rules.notify.links import AckLinkClaims, verify_ack_token
-from rules.notify.planner import (
+from notify.delivery import AckLinkExpired, AckLinkInvalid, SignatureError
+from notify.links import AckLinkClaims, verify_ack_token
+from notify.planner import (
     contact_from_row,
     policy_from_body,
     route_of,
     routing_rule_from_body,
 )
-from rules.notify.routing import AlertScope
-from rules.notify.sms import (
+from notify.routing import AlertScope
+from notify.sms import (
     ack_reply_twiml,
     parse_ack_reply,
     parse_status_callback,
     verify_twilio_signature,
 )
-from storage import alerts
-from storage import notifications as store
-from storage.notifications import ContactRow
+from storage import alerts, escalation_plans, notify_directory, notify_outbox
+from storage.notify_directory import ContactRow
 
 log = logging.getLogger(__name__)
 
@@ -119,14 +118,14 @@ class RoutingRulesBody(BaseModel):
 @router.get("/notify/contacts")
 def list_contacts(conn: Conn, caller: Caller, include_disabled: bool = False) -> list[dict[str, Any]]:
     caller.require(Permission.ADMINISTER)
-    found = store.list_contacts(conn, org=caller.org_id, include_disabled=include_disabled)
+    found = notify_directory.list_contacts(conn, org=caller.org_id, include_disabled=include_disabled)
     return [c.public() for c in found]
 
 
 @router.get("/notify/contacts/{contact_id}")
 def get_contact(contact_id: str, conn: Conn, caller: Caller) -> dict[str, Any]:
     caller.require(Permission.ADMINISTER)
-    return store.get_contact(conn, org=caller.org_id, contact_id=contact_id).public()
+    return notify_directory.get_contact(conn, org=caller.org_id, contact_id=contact_id).public()
 
 
 @router.put("/notify/contacts/{contact_id}")
@@ -155,24 +154,24 @@ def put_contact(contact_id: str, body: ContactBody, conn: Conn, caller: Caller) 
     contact_from_row(row)  # the same checks routing applies, refused here rather than skipped later
     if body.webhook_url and not body.webhook_secret:
         raise ValidationError("a webhook needs a secret of 16+ characters", field="webhook_secret")
-    return store.upsert_contact(conn, row, actor=caller.name).public()
+    return notify_directory.upsert_contact(conn, row, actor=caller.name).public()
 
 
 @router.delete("/notify/contacts/{contact_id}", status_code=204)
 def delete_contact(contact_id: str, conn: Conn, caller: Caller) -> Response:
     caller.require(Permission.ADMINISTER)
-    store.delete_contact(conn, org=caller.org_id, contact_id=contact_id, actor=caller.name)
+    notify_directory.delete_contact(conn, org=caller.org_id, contact_id=contact_id, actor=caller.name)
     return Response(status_code=204)
 
 
-def _policy_public(row: store.PolicyRow) -> dict[str, Any]:
+def _policy_public(row: notify_directory.PolicyRow) -> dict[str, Any]:
     return {"id": row.id, "version": row.version, "key": row.key, "default": row.is_default, **row.body}
 
 
 @router.get("/notify/policies")
 def list_policies(conn: Conn, caller: Caller) -> list[dict[str, Any]]:
     caller.require(Permission.ADMINISTER)
-    return [_policy_public(p) for p in store.list_policies(conn, org=caller.org_id)]
+    return [_policy_public(p) for p in notify_directory.list_policies(conn, org=caller.org_id)]
 
 
 @router.put("/notify/policies/{policy_id}", status_code=201)
@@ -180,7 +179,7 @@ def put_policy(policy_id: str, body: PolicyBody, conn: Conn, caller: Caller) -> 
     caller.require(Permission.ADMINISTER)
     doc = body.model_dump(exclude={"default"})
     policy_from_body(f"{policy_id}@1", doc)  # validate before storing
-    row = store.put_policy(
+    row = notify_directory.put_policy(
         conn, org=caller.org_id, policy_id=policy_id, body=doc, actor=caller.name, default=body.default
     )
     return _policy_public(row)
@@ -189,7 +188,7 @@ def put_policy(policy_id: str, body: PolicyBody, conn: Conn, caller: Caller) -> 
 @router.get("/notify/routing-rules")
 def list_routing_rules(conn: Conn, caller: Caller) -> list[dict[str, Any]]:
     caller.require(Permission.ADMINISTER)
-    return [{"name": n, **b} for n, b in store.list_routing_rules(conn, org=caller.org_id)]
+    return [{"name": n, **b} for n, b in notify_directory.list_routing_rules(conn, org=caller.org_id)]
 
 
 @router.put("/notify/routing-rules")
@@ -201,8 +200,8 @@ def put_routing_rules(body: RoutingRulesBody, conn: Conn, caller: Caller) -> lis
         doc = rule.model_dump(exclude={"name"}, exclude_none=True)
         routing_rule_from_body(rule.name, doc)
         pairs.append((rule.name, doc))
-    store.put_routing_rules(conn, org=caller.org_id, rules=pairs, actor=caller.name)
-    return [{"name": n, **b} for n, b in store.list_routing_rules(conn, org=caller.org_id)]
+    notify_directory.put_routing_rules(conn, org=caller.org_id, rules=pairs, actor=caller.name)
+    return [{"name": n, **b} for n, b in notify_directory.list_routing_rules(conn, org=caller.org_id)]
 
 
 @router.get("/alerts/{alert_id}/notifications")
@@ -210,7 +209,7 @@ def alert_notifications(alert_id: int, conn: Conn, caller: Caller) -> dict[str, 
     """Who was told what about the alert, by which channel, and what became of it."""
     caller.require(Permission.READ)
     alerts.get_alert(conn, org=caller.org_id, alert_id=alert_id)  # scope check
-    rows = store.notifications_for_alert(conn, org=caller.org_id, alert_id=alert_id)
+    rows = notify_outbox.notifications_for_alert(conn, org=caller.org_id, alert_id=alert_id)
     docs = [r.public() for r in rows]
     return {
         "alert_id": alert_id,
@@ -278,10 +277,10 @@ def twilio_inbound(twilio: Twilio, conn: Conn, settings: AppSettings) -> Respons
         return _twiml("To acknowledge an alert, reply ACK followed by its number, e.g. ACK 1234.")
     sender = twilio.form.get("From", "")
     try:
-        facts = store.alert_facts(conn, alert_id)
+        facts = escalation_plans.alert_facts(conn, alert_id)
     except NotFoundError:
         return _twiml(f"Alert {alert_id} not found.")
-    row = store.contact_by_phone(conn, org=facts.org_id, phone=sender)
+    row = notify_directory.contact_by_phone(conn, org=facts.org_id, phone=sender)
     if row is None or not row.may_acknowledge or not _may_acknowledge(conn, row, facts):
         log.warning("SMS acknowledgement of alert %d refused for an unknown sender", alert_id)
         return _twiml(f"Alert {alert_id}: this number may not acknowledge it.")
@@ -300,9 +299,9 @@ def twilio_inbound(twilio: Twilio, conn: Conn, settings: AppSettings) -> Respons
     return _twiml(f"Alert {alert_id} acknowledged. Thank you.")
 
 
-def _may_acknowledge(conn: Conn, row: ContactRow, facts: store.AlertFacts) -> bool:
+def _may_acknowledge(conn: Conn, row: ContactRow, facts: escalation_plans.AlertFacts) -> bool:
     """A contact may acknowledge alerts they were told about, or that fall in their scope."""
-    if store.notified_about(conn, org=facts.org_id, alert_id=facts.id, contact_id=row.id):
+    if notify_outbox.notified_about(conn, org=facts.org_id, alert_id=facts.id, contact_id=row.id):
         return True
     try:
         contact = contact_from_row(row)
@@ -325,7 +324,7 @@ def twilio_status(twilio: Twilio, conn: Conn, settings: AppSettings) -> Response
     if refused is not None:
         return refused
     update = parse_status_callback(twilio.form, url=twilio.url)
-    row = store.apply_status(
+    row = notify_outbox.apply_status(
         conn,
         idempotency_key=update.idempotency_key,
         provider_id=update.provider_id,
@@ -370,10 +369,10 @@ def ack_page(token: str, conn: Conn, settings: AppSettings) -> HTMLResponse:
     claims = _claims(token, settings)
     if isinstance(claims, HTMLResponse):
         return claims
-    if store.nonce_used(conn, claims.nonce):
+    if notify_outbox.nonce_used(conn, claims.nonce):
         return _page("Link already used", "<p>This acknowledge link was already used.</p>", 409)
     try:
-        facts = store.alert_facts(conn, claims.alert_id)
+        facts = escalation_plans.alert_facts(conn, claims.alert_id)
         alert = alerts.get_alert(conn, org=facts.org_id, alert_id=claims.alert_id)
     except NotFoundError:
         return _page("Alert not found", "<p>The alert no longer exists.</p>", 404)
@@ -405,10 +404,10 @@ def ack_confirm(token: str, conn: Conn, settings: AppSettings) -> HTMLResponse:
     if isinstance(claims, HTMLResponse):
         return claims
     try:
-        facts = store.alert_facts(conn, claims.alert_id)
-        contact = store.get_contact(conn, org=facts.org_id, contact_id=claims.contact_id)
+        facts = escalation_plans.alert_facts(conn, claims.alert_id)
+        contact = notify_directory.get_contact(conn, org=facts.org_id, contact_id=claims.contact_id)
         with conn.transaction():
-            store.use_ack_nonce(
+            notify_outbox.use_ack_nonce(
                 conn,
                 nonce=claims.nonce,
                 alert_id=claims.alert_id,

@@ -22,7 +22,7 @@ from typing import Final
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from coldchain.errors import ConfigurationError, ValidationError
-from rules.notify.delivery import AckLinkExpired, AckLinkInvalid
+from notify.delivery import AckLinkExpired, AckLinkInvalid
 
 __all__ = [
     "AckLinkClaims",

@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,23 +25,14 @@ from coldchain.domain import Device, DeviceAssignment, Lot, ReadingBatch, Shipme
 from coldchain.mqtt_url import BrokerAddress
 from coldchain.wire import Topics, encode_binary
 from storage import registry
+from tests.support.waiting import wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 GTIN = "09506000134352"
 
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def wait_until(check: Callable[[], bool], *, timeout: float = 60.0, every: float = 0.05) -> bool:
-    """Poll `check` until it holds; the caller asserts the result (never the time it took)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(every)
-    return check()
 
 
 class Publisher:

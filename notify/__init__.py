@@ -5,20 +5,20 @@ routing and escalation modules are pure and decide who is told what and when. Th
 (database-backed) drives both; see docs/notifications.md.
 """
 
-from rules.notify.chart import encode_png, png_dimensions, render_excursion_png
-from rules.notify.delivery import (
+from coldchain.notification import Channel
+from notify.chart import encode_png, png_dimensions, render_excursion_png
+from notify.delivery import (
     AckLinkError,
     AckLinkExpired,
     AckLinkInvalid,
-    Channel,
     DeliveryError,
     DeliveryReceipt,
     DeliveryState,
     NotificationError,
     SignatureError,
 )
-from rules.notify.email import SmtpEmail, SmtpSecurity, build_alert_email, message_id_for
-from rules.notify.escalation import (
+from notify.email import SmtpEmail, SmtpSecurity, build_alert_email, message_id_for
+from notify.escalation import (
     DueNotification,
     EscalationPolicy,
     EscalationTier,
@@ -29,14 +29,14 @@ from rules.notify.escalation import (
     next_due_at,
     recipients_for_tier,
 )
-from rules.notify.links import (
+from notify.links import (
     AckLinkClaims,
     ack_url,
     issue_ack_token,
     redact_ack_url,
     verify_ack_token,
 )
-from rules.notify.routing import (
+from notify.routing import (
     AlertScope,
     Contact,
     GateDecision,
@@ -50,8 +50,8 @@ from rules.notify.routing import (
     gate_notification,
     route_alert,
 )
-from rules.notify.sms import (
-    StatusUpdate,
+from notify.sms import (
+    DeliveryReport,
     TwilioSms,
     TwilioVoice,
     ack_reply_twiml,
@@ -60,7 +60,7 @@ from rules.notify.sms import (
     parse_status_callback,
     verify_twilio_signature,
 )
-from rules.notify.webhook import (
+from notify.webhook import (
     WebhookEndpoint,
     WebhookSender,
     sign_webhook,
@@ -77,6 +77,7 @@ __all__ = [
     "Contact",
     "DeliveryError",
     "DeliveryReceipt",
+    "DeliveryReport",
     "DeliveryState",
     "DueNotification",
     "EscalationPolicy",
@@ -91,7 +92,6 @@ __all__ = [
     "SignatureError",
     "SmtpEmail",
     "SmtpSecurity",
-    "StatusUpdate",
     "TimeWindow",
     "TwilioSms",
     "TwilioVoice",

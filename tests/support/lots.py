@@ -9,7 +9,8 @@ import psycopg
 
 from coldchain.domain import Device, DeviceAssignment, Lot, Shipment, ShipmentLot
 from storage import registry
-from storage.readings import ReadingRows, copy_rows, load_devices
+from storage.readings import ReadingRows, copy_rows
+from tests.support.devices import known_devices
 
 GTIN = "09506000134352"
 T0 = int(datetime(2026, 11, 1, tzinfo=UTC).timestamp() * 1000)
@@ -50,7 +51,7 @@ def write_readings(
 ) -> None:
     """Readings at these minutes after T0, on the shipment the logger rode then; `queue` also
     queues them for the rules as ingest does."""
-    dev = load_devices(db, [device])[device]
+    dev = known_devices(db, [device])[device]
     t = T0 + minutes.astype(np.int64) * MIN
     shipment = dev.shipments_at(t)
     n = len(t)

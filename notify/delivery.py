@@ -18,6 +18,7 @@ from enum import StrEnum
 from typing import Final
 
 from coldchain.errors import AuthError, ColdchainError, ValidationError
+from coldchain.notification import Channel
 
 E164_RE: Final = re.compile(r"^\+[1-9][0-9]{6,14}$")
 
@@ -27,15 +28,6 @@ def validate_e164(number: str) -> str:
     if not isinstance(number, str) or not E164_RE.match(number):
         raise ValidationError(f"phone number {number!r} is not E.164", field="phone")
     return number
-
-
-class Channel(StrEnum):
-    """How a notification reaches a person or a system."""
-
-    SMS = "sms"
-    VOICE = "voice"
-    EMAIL = "email"
-    WEBHOOK = "webhook"
 
 
 class DeliveryState(StrEnum):

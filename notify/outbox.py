@@ -1,29 +1,17 @@
-"""The notification outbox worker: plans alerts into rows, delivers due rows, retries, escalates.
+"""The notification outbox worker: delivers due rows, retries, and records what each send produced.
 
 Sending at most once per idempotency key, in three steps: claim due rows FOR UPDATE SKIP LOCKED
 and mark them `sending` (commit); call the channel; store the receipt (commit). A row a crash
 leaves `sending`, or one whose send failed ambiguously, waits `ambiguous_grace_s` for a Twilio
 status callback carrying its key (the API's status route settles it) before it is sent again.
 Retryable failures come back with exponential backoff and jitter, up to `max_attempts`; other
-failures are final and visible on the alert.
-
-Threads (all stop on `stop()`; each owns its database connection):
-
-    notify-planner   LISTEN alerts: plans an alert the moment it opens or changes
-    notify-worker    LISTEN notify_outbox (or poll): delivers due rows, sends on a thread pool
-    (scheduler)      `tick()`, from the caller's APScheduler: the escalation sweep and digests
-
-Time comes from `clock_ms`, so tests move the escalation clock by hand.
+failures are final and visible on the alert. `notify.service` runs it on a thread.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import random
-import signal
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,26 +19,24 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
-from apscheduler.schedulers.background import BackgroundScheduler
 
+from coldchain.backoff import Backoff
 from coldchain.domain import Alert
-from coldchain.errors import ColdchainError, ConfigurationError
-from coldchain.settings import Settings, load_settings
-from rules.notify.chart import render_excursion_png
-from rules.notify.delivery import Channel, DeliveryError, DeliveryReceipt
-from rules.notify.email import SmtpEmail, build_alert_email
-from rules.notify.links import issue_ack_token
-from rules.notify.planner import Planner
-from rules.notify.sms import TwilioSms, TwilioVoice, alert_sms_text
-from rules.notify.webhook import WebhookEndpoint, WebhookSender
+from coldchain.errors import ConfigurationError
+from coldchain.notification import Channel
+from coldchain.settings import Settings
+from notify.chart import render_excursion_png
+from notify.delivery import DeliveryError, DeliveryReceipt
+from notify.email import SmtpEmail, build_alert_email
+from notify.links import issue_ack_token
+from notify.sms import TwilioSms, TwilioVoice, alert_sms_text
+from notify.webhook import WebhookEndpoint, WebhookSender
 from storage import alerts as alert_store
-from storage import notifications as store
-from storage.db import connect
-from storage.notifications import NotificationRow
+from storage import notify_directory, notify_outbox, readings
+from storage.notify_outbox import NotificationRow
 
 __all__ = [
     "ChannelSet",
-    "NotificationService",
     "OutboxOptions",
     "OutboxWorker",
     "ack_link_base",
@@ -60,8 +46,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 STATUS_PATH = "/api/v1/notify/twilio/status"
-# Errors of one alert's planning that must not stop the planner (the next sweep retries it).
-_PLAN_ERRORS = (ColdchainError, psycopg.DataError, psycopg.IntegrityError)
 ACK_PATH = "/ack"
 
 
@@ -229,7 +213,7 @@ class OutboxWorker:
         self._options = options
         self._channels = channels or ChannelSet(settings)
         self._pool = ThreadPoolExecutor(max_workers=options.send_threads, thread_name_prefix="notify-send")
-        self._rng = random.Random()
+        self._retry = Backoff(initial=options.backoff_base_s, maximum=options.backoff_max_s, jitter=0.5)
         self.stats = WorkerStats()
 
     def now(self) -> datetime:
@@ -249,9 +233,9 @@ class OutboxWorker:
         now = self.now()
         grace = timedelta(seconds=self._options.ambiguous_grace_s)
         with conn.transaction():
-            store.cancel_unsent(conn, now=now)
-            store.expire_unconfirmed(conn, now=now, max_attempts=self._options.max_attempts)
-            rows = store.claim_due(conn, now=now, limit=self._options.batch_size, grace=grace)
+            notify_outbox.cancel_unsent(conn, now=now)
+            notify_outbox.expire_unconfirmed(conn, now=now, max_attempts=self._options.max_attempts)
+            rows = notify_outbox.claim_due(conn, now=now, limit=self._options.batch_size, grace=grace)
         # Committed: every claimed row is `sending` before any provider is called.
         if not rows:
             return 0
@@ -269,7 +253,7 @@ class OutboxWorker:
 
     def _prepare(self, conn: psycopg.Connection, row: NotificationRow) -> _Job:
         if row.kind == "digest":
-            members = store.digest_members(conn, row.id)
+            members = notify_outbox.digest_members(conn, row.id)
             ids = sorted({m.alert_id for m in members if m.alert_id is not None})
             found = tuple(alert_store.get_alert(conn, org=row.org_id, alert_id=i) for i in ids)
         elif row.alert_id is not None:
@@ -278,10 +262,12 @@ class OutboxWorker:
             found = ()
         secret = None
         if row.channel == Channel.WEBHOOK.value and row.contact_id is not None:
-            secret = store.get_contact(conn, org=row.org_id, contact_id=row.contact_id).webhook_secret
+            secret = notify_directory.get_contact(
+                conn, org=row.org_id, contact_id=row.contact_id
+            ).webhook_secret
         chart = None
         if row.channel == Channel.EMAIL.value and row.kind != "digest" and row.alert_id is not None:
-            chart = store.alert_readings(conn, alert_id=row.alert_id)
+            chart = readings.alert_readings(conn, alert_id=row.alert_id)
         return _Job(row=row, alerts=found, webhook_secret=secret, chart=chart)
 
     # -- sending (on the pool) --------------------------------------------------------------
@@ -397,15 +383,14 @@ class OutboxWorker:
     # -- recording --------------------------------------------------------------------------
 
     def _backoff(self, attempts: int, retry_after_s: float | None) -> float:
-        base = min(self._options.backoff_max_s, self._options.backoff_base_s * 2 ** max(attempts - 1, 0))
-        delay = base * (0.5 + self._rng.random() / 2)  # "equal jitter": never less than half
-        return float(max(delay, retry_after_s or 0.0))
+        delay = self._retry.delay(max(attempts - 1, 0))  # "equal jitter": never less than half
+        return max(delay, retry_after_s or 0.0)
 
     def _record(self, conn: psycopg.Connection, outcome: _Outcome, now: datetime) -> None:
         row = outcome.row
         if outcome.receipt is not None:
             receipt = outcome.receipt
-            store.record_outcome(
+            notify_outbox.record_outcome(
                 conn,
                 row_id=row.id,
                 state=receipt.state.value,
@@ -421,14 +406,14 @@ class OutboxWorker:
         if error.ambiguous:
             # Maybe delivered: stay `sending` until the grace set at claim time runs out, so a
             # status callback can settle it first.
-            store.record_outcome(conn, row_id=row.id, state="sending", now=now, error=message)
+            notify_outbox.record_outcome(conn, row_id=row.id, state="sending", now=now, error=message)
             self.stats.ambiguous += 1
             log.warning(
                 "notification %s: outcome unknown (%s); waiting for a callback", row.idempotency_key, message
             )
         elif error.retryable and row.attempts < self._options.max_attempts:
             delay = self._backoff(row.attempts, error.retry_after_s)
-            store.record_outcome(
+            notify_outbox.record_outcome(
                 conn,
                 row_id=row.id,
                 state="pending",
@@ -439,151 +424,10 @@ class OutboxWorker:
             self.stats.retried += 1
             log.info("notification %s retried in %.0f s: %s", row.idempotency_key, delay, message)
         else:
-            store.record_outcome(conn, row_id=row.id, state="failed", now=now, error=message)
+            notify_outbox.record_outcome(conn, row_id=row.id, state="failed", now=now, error=message)
             self.stats.failed += 1
             log.warning("notification %s failed: %s", row.idempotency_key, message)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         self._channels.close()
-
-
-class NotificationService:
-    """The planner and the worker on background threads, plus `tick()` for the scheduler."""
-
-    def __init__(
-        self,
-        *,
-        dsn: str,
-        settings: Settings,
-        clock_ms: Callable[[], int] | None = None,
-        options: OutboxOptions | None = None,
-        planner: Planner | None = None,
-    ) -> None:
-        self._dsn = dsn
-        self._settings = settings
-        self._clock_ms = clock_ms or (lambda: int(time.time() * 1000))
-        self.options = options or OutboxOptions()
-        self.planner = planner or Planner()
-        self.worker = OutboxWorker(settings=settings, clock_ms=self._clock_ms, options=self.options)
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._tick_lock = threading.Lock()
-
-    def now(self) -> datetime:
-        return datetime.fromtimestamp(self._clock_ms() / 1000, tz=UTC)
-
-    def start(self) -> NotificationService:
-        for name, target in (("notify-planner", self._plan_loop), ("notify-worker", self._work_loop)):
-            thread = threading.Thread(target=target, name=name, daemon=True)
-            thread.start()
-            self._threads.append(thread)
-        return self
-
-    def tick(self) -> int:
-        """The escalation tick: plan alerts whose next check is due, fold digests; rows enqueued."""
-        with self._tick_lock:
-            try:
-                with connect(self._dsn) as conn:
-                    now = self.now()
-                    enqueued = sum(o.enqueued for o in self.planner.sweep(conn, now=now))
-                    digests = store.fold_digests(conn, now=now)
-                    if digests:
-                        with conn.transaction():
-                            store.wake_workers(conn)
-                    return enqueued + digests
-            except psycopg.OperationalError as exc:
-                log.warning("escalation tick skipped, database unavailable: %s", exc)
-                return 0
-
-    def _plan_loop(self) -> None:
-        backoff = 0.5
-        while not self._stop.is_set():
-            try:
-                with connect(self._dsn, autocommit=True) as listener, connect(self._dsn) as conn:
-                    listener.execute("LISTEN alerts")
-                    backoff = 0.5
-                    self.planner.sweep(conn, now=self.now())  # whatever opened while we were away
-                    while not self._stop.is_set():
-                        ids: set[int] = set()
-                        for note in listener.notifies(timeout=self.options.poll_s, stop_after=1):
-                            if note.payload.isdigit():
-                                ids.add(int(note.payload))
-                        # Take what else arrived meanwhile, so a burst is planned in one go.
-                        for note in listener.notifies(timeout=0.0):
-                            if note.payload.isdigit():
-                                ids.add(int(note.payload))
-                        for alert_id in sorted(ids):
-                            try:
-                                self.planner.plan_alert(conn, alert_id, now=self.now())
-                            except _PLAN_ERRORS as exc:
-                                log.error("planning alert %d failed: %s", alert_id, exc)
-            except psycopg.OperationalError as exc:
-                log.warning("notification planner lost the database (%s); retrying in %.1f s", exc, backoff)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 15.0)
-
-    def _work_loop(self) -> None:
-        backoff = 0.5
-        while not self._stop.is_set():
-            try:
-                with connect(self._dsn, autocommit=True) as listener, connect(self._dsn) as conn:
-                    listener.execute("LISTEN notify_outbox")
-                    backoff = 0.5
-                    while not self._stop.is_set():
-                        self.worker.deliver_due(conn, stop=self._stop)
-                        for _ in listener.notifies(timeout=self.options.poll_s, stop_after=1):
-                            pass
-            except psycopg.OperationalError as exc:
-                log.warning("notification worker lost the database (%s); retrying in %.1f s", exc, backoff)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 15.0)
-
-    def stop(self, timeout: float = 15.0) -> None:
-        """Stop taking work, let the batch in flight finish and record, then close."""
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout)
-        self._threads.clear()
-        self.worker.close()
-
-    def __enter__(self) -> NotificationService:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m rules.notify.outbox`: the planner, the worker and the tick, until SIGTERM."""
-    parser = argparse.ArgumentParser(description="coldchain notification outbox worker")
-    parser.add_argument("--grace-s", type=float, default=None, help="ambiguous-send grace period")
-    parser.add_argument("--tick-s", type=float, default=None)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    settings = load_settings()
-    if not settings.database_url:
-        raise SystemExit("DATABASE_URL is not set")
-    defaults = OutboxOptions()
-    options = OutboxOptions(
-        ambiguous_grace_s=args.grace_s or defaults.ambiguous_grace_s,
-        tick_s=args.tick_s or defaults.tick_s,
-    )
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    service = NotificationService(dsn=settings.database_url, settings=settings, options=options)
-    scheduler = BackgroundScheduler(timezone="UTC")
-    scheduler.add_job(
-        service.tick, "interval", seconds=options.tick_s, id="escalation", max_instances=1, coalesce=True
-    )
-    with service:
-        scheduler.start()
-        print("notifier ready", flush=True)
-        stop.wait()
-        scheduler.shutdown(wait=False)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

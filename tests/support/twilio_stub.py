@@ -3,7 +3,7 @@
 It answers what the official SDK calls, `POST /2010-04-01/Accounts/{sid}/Messages.json` and
 `.../Calls.json`, with Twilio-shaped JSON, records every request (form fields, Basic auth), can
 be told to fail the next requests with a chosen status, and can send signed status callbacks the
-way Twilio does. Run it alone with `python tests/twilio_stub.py --port 8099`.
+way Twilio does. Run it alone with `python tests/support/twilio_stub.py --port 8099`.
 """
 
 from __future__ import annotations

@@ -26,8 +26,8 @@ from datetime import datetime, timedelta
 from typing import Final
 
 from coldchain.errors import ValidationError
-from rules.notify.delivery import Channel
-from rules.notify.routing import AlertScope, Contact
+from coldchain.notification import Channel
+from notify.routing import AlertScope, Contact
 
 __all__ = [
     "DueNotification",

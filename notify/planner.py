@@ -24,15 +24,15 @@ import psycopg
 
 from coldchain.domain import Severity
 from coldchain.errors import ColdchainError, ValidationError
-from rules.notify.delivery import Channel
-from rules.notify.escalation import (
+from coldchain.notification import Channel, NotificationState
+from notify.escalation import (
     EscalationPolicy,
     EscalationTier,
     due_notifications,
     example_policy,
     next_due_at,
 )
-from rules.notify.routing import (
+from notify.routing import (
     AlertScope,
     Contact,
     RateLimit,
@@ -43,8 +43,9 @@ from rules.notify.routing import (
     gate_notification,
     route_alert,
 )
-from storage import notifications as store
-from storage.notifications import ContactRow, OutboxItem
+from storage import escalation_plans, notify_directory, notify_outbox
+from storage.notify_directory import ContactRow
+from storage.notify_outbox import OutboxItem
 
 __all__ = [
     "PlanOutcome",
@@ -257,7 +258,7 @@ class Planner:
         with conn.transaction():
             outcome = self._plan(conn, alert_id, now)
             if outcome.enqueued:
-                store.wake_workers(conn)
+                notify_outbox.wake_workers(conn)
         self.stats.alerts_planned += 1
         self.stats.enqueued += outcome.enqueued
         self.stats.cancelled += outcome.cancelled
@@ -271,7 +272,9 @@ class Planner:
             with conn.transaction():
                 ids = [
                     i
-                    for i in store.alerts_to_plan(conn, now=now, lookback=self.lookback, limit=SWEEP_BATCH)
+                    for i in escalation_plans.alerts_to_plan(
+                        conn, now=now, lookback=self.lookback, limit=SWEEP_BATCH
+                    )
                     if i not in seen
                 ]
             if not ids:
@@ -285,28 +288,31 @@ class Planner:
                     log.error("planning alert %d failed: %s", alert_id, exc)
 
     def _plan(self, conn: psycopg.Connection, alert_id: int, now: datetime) -> PlanOutcome:
-        facts = store.alert_facts(conn, alert_id)
-        pinned = store.default_policy(conn, org=facts.org_id)
+        facts = escalation_plans.alert_facts(conn, alert_id)
+        pinned = notify_directory.default_policy(conn, org=facts.org_id)
         key, body = (
             (pinned.key, pinned.body)
             if pinned is not None
             else (BUILTIN_POLICY_KEY, policy_to_body(example_policy()))
         )
-        plan = store.lock_plan(
+        plan = escalation_plans.lock_plan(
             conn, alert_id=alert_id, org=facts.org_id, policy_key=key, policy=body, now=now
         )
         if facts.stopped_at is not None:
-            cancelled = store.cancel_unsent(conn, now=now, alert_id=alert_id)
-            store.save_plan(
+            cancelled = notify_outbox.cancel_unsent(conn, now=now, alert_id=alert_id)
+            escalation_plans.save_plan(
                 conn, alert_id=alert_id, next_check_at=None, stopped_at=min(facts.stopped_at, now), now=now
             )
             return PlanOutcome(alert_id, stopped=True, cancelled=cancelled)
         policy = policy_from_body(plan.policy_key, plan.policy)
-        contacts = self._contacts(store.list_contacts(conn, org=facts.org_id))
-        rules = [routing_rule_from_body(n, b) for n, b in store.list_routing_rules(conn, org=facts.org_id)]
+        contacts = self._contacts(notify_directory.list_contacts(conn, org=facts.org_id))
+        rules = [
+            routing_rule_from_body(n, b)
+            for n, b in notify_directory.list_routing_rules(conn, org=facts.org_id)
+        ]
         scope = AlertScope(
             alert_id=alert_id,
-            severity=Severity(facts.severity),
+            severity=facts.severity,
             shipment_id=facts.shipment_id,
             site=facts.origin,
             route=route_of(facts.origin, facts.destination),
@@ -317,7 +323,7 @@ class Planner:
             alert_id=alert_id,
             alert_opened_at=facts.opened_at,
             acknowledged_at=None,
-            already_sent=store.sent_keys(conn, alert_id),
+            already_sent=notify_outbox.sent_keys(conn, alert_id),
             now=now,
             contacts=contacts,
             scope=scope,
@@ -331,7 +337,7 @@ class Planner:
             contact = by_id[item.contact_id]
             recent = [
                 RecentSend(at=at, alert_id=aid, severity=Severity(sev))
-                for at, aid, sev in store.recent_sends(
+                for at, aid, sev in notify_outbox.recent_sends(
                     conn,
                     org=facts.org_id,
                     contact_id=contact.id,
@@ -347,15 +353,19 @@ class Planner:
                 limit=self.rate_limit,
                 now=now,
             )
-            state = {Verdict.SEND: "pending", Verdict.DIGEST: "held", Verdict.SUPPRESS: "suppressed"}
-            enqueued += store.enqueue(
+            state = {
+                Verdict.SEND: NotificationState.PENDING,
+                Verdict.DIGEST: NotificationState.HELD,
+                Verdict.SUPPRESS: NotificationState.SUPPRESSED,
+            }
+            enqueued += notify_outbox.enqueue(
                 conn,
                 [
                     OutboxItem(
                         org_id=facts.org_id,
                         idempotency_key=item.idempotency_key,
                         alert_id=alert_id,
-                        channel=item.channel.value,
+                        channel=item.channel,
                         recipient=contact.address_for(item.channel) or "-",
                         state=state[decision.verdict],
                         due_at=item.due_at,
@@ -363,14 +373,16 @@ class Planner:
                         tier=item.tier,
                         repeat_index=item.repeat_index,
                         contact_id=contact.id,
-                        severity=scope.severity.value,
+                        severity=scope.severity,
                         gate_reason=decision.reason,
                     )
                 ],
                 now=now,
             )
         next_check = next_due_at(policy, alert_opened_at=facts.opened_at, acknowledged_at=None, now=now)
-        store.save_plan(conn, alert_id=alert_id, next_check_at=next_check, stopped_at=None, now=now)
+        escalation_plans.save_plan(
+            conn, alert_id=alert_id, next_check_at=next_check, stopped_at=None, now=now
+        )
         if enqueued:
             log.info("alert %d: %d notification(s) enqueued", alert_id, enqueued, extra={"alert": alert_id})
         return PlanOutcome(alert_id, enqueued=enqueued, next_check_at=next_check)

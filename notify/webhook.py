@@ -27,13 +27,8 @@ from urllib.parse import urlsplit
 import orjson
 
 from coldchain.errors import ConfigurationError
-from rules.notify.delivery import (
-    Channel,
-    DeliveryError,
-    DeliveryReceipt,
-    DeliveryState,
-    SignatureError,
-)
+from coldchain.notification import Channel
+from notify.delivery import DeliveryError, DeliveryReceipt, DeliveryState, SignatureError
 
 __all__ = [
     "DELIVERY_HEADER",

@@ -30,19 +30,13 @@ from twilio.twiml.voice_response import VoiceResponse
 
 from coldchain.domain import Alert
 from coldchain.errors import ConfigurationError, ValidationError
-from rules.notify.delivery import (
-    Channel,
-    DeliveryError,
-    DeliveryReceipt,
-    DeliveryState,
-    SignatureError,
-    validate_e164,
-)
+from coldchain.notification import Channel
+from notify.delivery import DeliveryError, DeliveryReceipt, DeliveryState, SignatureError, validate_e164
 
 __all__ = [
     "CALLBACK_KEY_PARAM",
+    "DeliveryReport",
     "RebasedTwilioHttpClient",
-    "StatusUpdate",
     "TwilioSms",
     "TwilioVoice",
     "ack_reply_twiml",
@@ -323,7 +317,6 @@ class TwilioSms(_TwilioChannel):
         )
 
 
-
 class TwilioVoice(_TwilioChannel):
     """Places a voice call that reads the alert aloud (TwiML <Say>), for critical alerts."""
 
@@ -385,7 +378,6 @@ class TwilioVoice(_TwilioChannel):
         )
 
 
-
 def verify_twilio_signature(
     url: str,
     params: Mapping[str, str | Sequence[str]],
@@ -420,8 +412,9 @@ def ack_reply_twiml(text: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class StatusUpdate:
-    """One Twilio status callback: which notification, which message or call, which state."""
+class DeliveryReport:
+    """One Twilio status callback (a delivery report): which notification, which message or call,
+    which state."""
 
     idempotency_key: str | None
     provider_id: str
@@ -430,7 +423,7 @@ class StatusUpdate:
     error_code: str | None = None
 
 
-def parse_status_callback(form: Mapping[str, str], *, url: str) -> StatusUpdate:
+def parse_status_callback(form: Mapping[str, str], *, url: str) -> DeliveryReport:
     """Read a Twilio status callback (Messages or Calls) into our delivery state.
 
     `url` is the URL Twilio called; its `notification` query parameter is our idempotency key.
@@ -451,7 +444,7 @@ def parse_status_callback(form: Mapping[str, str], *, url: str) -> StatusUpdate:
     if status not in table:
         raise ValidationError(f"unknown Twilio status {status!r}", field="status")
     error_code = form.get("ErrorCode") or None
-    return StatusUpdate(
+    return DeliveryReport(
         idempotency_key=key,
         provider_id=sid,
         state=table[status],

@@ -20,7 +20,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from coldchain.domain import Severity
 from coldchain.errors import ValidationError
-from rules.notify.delivery import Channel, validate_e164
+from coldchain.notification import Channel
+from notify.delivery import validate_e164
 
 __all__ = [
     "AlertScope",
