@@ -18,13 +18,15 @@ import pytest
 from coldchain.domain import Device, DeviceAssignment, Lot, Shipment, ShipmentLot
 from coldchain.wire import Topics
 from embedded import PostgresServer
-from ingest.core import Limits
+from ingest.core import AcceptanceBounds
 from ingest.writer import GroupWriter
 from rules.runner import drain
 from storage import registry
 from storage.migrate import migrate
-from storage.readings import ReadingRows, bucket_source, copy_rows, load_devices, lot_readings
-from tests.ingest_support import make_batch, register, scalar, wait_until
+from storage.readings import ReadingRows, bucket_source, copy_rows, lot_readings
+from tests.support.devices import known_devices
+from tests.support.ingest import make_batch, register, scalar
+from tests.support.waiting import wait_until
 from tests.test_ingest import _prepared
 
 MIN = 60_000
@@ -100,7 +102,7 @@ def test_copy_across_chunk_boundaries_keeps_the_batch_dedupe(
     whole; a later batch that starts in the same chunk is stored."""
     start = _hour_floor(datetime.now(UTC)) - timedelta(days=4)
     register(db, ["TS-1"], since=start - timedelta(hours=1))
-    writer = GroupWriter(limits=Limits())
+    writer = GroupWriter(limits=AcceptanceBounds())
     first = make_batch("TS-1", 1, n=72, start_ms=_ms(start), step_ms=HOUR)
     with psycopg.connect(db_dsn, autocommit=True) as conn:
         assert writer.write(conn, [_prepared(first, topics)]).batches == 1
@@ -123,7 +125,7 @@ def test_late_readings_into_a_compressed_chunk_are_stored_and_evaluated(
     policy has already compressed, is stored there and raises the alert as one pass would."""
     start = _hour_floor(datetime.now(UTC)) - timedelta(days=21)
     register(db, ["TS-2"], since=start)
-    writer = GroupWriter(limits=Limits())
+    writer = GroupWriter(limits=AcceptanceBounds())
     t0 = _ms(start)
     with psycopg.connect(db_dsn, autocommit=True) as conn:
         writer.write(conn, [_prepared(make_batch("TS-2", 1, n=100, start_ms=t0), topics)])
@@ -169,7 +171,7 @@ def _lot_with_loggers(db: psycopg.Connection, start: datetime, *, loggers: int, 
             ),
         )
         for name in names:
-            dev = load_devices(db, [name])[name]
+            dev = known_devices(db, [name])[name]
             t = _ms(start) + np.arange(hours * 60, dtype=np.int64) * MIN
             n = len(t)
             with db.transaction():
@@ -231,7 +233,7 @@ def test_compression_and_retention_jobs_run(db: psycopg.Connection) -> None:
     queries still read them; chunks older than the retention interval (6 years) are dropped,
     and a 5-year-old chunk is kept."""
     registry.create_device(db, org=1, device=Device(id="TS-R"), actor="t")
-    dev = load_devices(db, ["TS-R"])["TS-R"]
+    dev = known_devices(db, ["TS-R"])["TS-R"]
     now = _hour_floor(datetime.now(UTC))
     ages = [timedelta(days=d) for d in (7 * 365, 5 * 365, 10, 1)]
     for age in ages:

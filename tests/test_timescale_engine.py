@@ -17,7 +17,7 @@ from coldchain.settings import Settings
 from embedded import PostgresServer
 from embedded.postgres import find_bindir, timescaledb_installed
 from storage.migrate import inspect, migrate
-from tests.ingest_support import ROOT
+from tests.support.ingest import ROOT
 
 needs_timescale = pytest.mark.skipif(
     not timescaledb_installed(find_bindir()), reason="TimescaleDB is not installed here"
