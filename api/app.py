@@ -13,7 +13,9 @@ from psycopg_pool import ConnectionPool
 
 from api import errors
 from api.deps import Conn
+from api.limits import RequestGuard
 from api.routes import alerts, lots, notify, registry
+from api.schemas import Health
 from coldchain import __version__
 from coldchain.settings import Settings
 from storage.db import open_pool
@@ -47,14 +49,15 @@ def create_app(settings: Settings, *, pool: ConnectionPool | None = None) -> Fas
         docs_url="/docs",
     )
     errors.install(app)
+    app.add_middleware(RequestGuard, max_body_bytes=settings.http_max_body_bytes)
 
     v1 = APIRouter(prefix=API_PREFIX)
 
-    @v1.get("/health", tags=["health"])
-    def health(conn: Conn) -> JSONResponse:
+    @v1.get("/health", tags=["health"], response_model=Health, responses=errors.responses(400))
+    def health(conn: Conn) -> Health:
         """Liveness and database reachability; needs no token (load balancers call it)."""
         conn.execute("SELECT 1")
-        return JSONResponse({"status": "ok", "database": "ok", "version": __version__})
+        return Health(status="ok", database="ok", version=__version__)
 
     for module in (registry, lots, alerts, notify):
         v1.include_router(module.router)

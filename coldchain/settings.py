@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     public_url: str | None = None
+    http_max_body_bytes: int = Field(default=1 << 20, ge=1)  # larger request bodies get 413 before parsing
     bootstrap_token: SecretStr | None = _either("bootstrap_token", None)
     secret_key: SecretStr = _either("secret_key", SecretStr(_DEV_SECRET))
     log_level: str = "INFO"
