@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from api.schemas import ErrorBody
 from coldchain.errors import (
@@ -94,6 +95,15 @@ def _field(loc: Iterable[Any]) -> str:
     return ".".join(str(p) for p in parts)
 
 
+def _methods_for(request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ColdchainError)
     async def _domain_error(request: Request, exc: ColdchainError) -> JSONResponse:
@@ -118,7 +128,12 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else "request refused"
-        return error_response(exc.status_code, message, headers=dict(exc.headers or {}) or None)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names only the first route on the path; the answer lists every method it has.
+            headers["Allow"] = ", ".join(_methods_for(request))
+            message = f"{request.method} is not allowed here; allowed: {headers['Allow']}"
+        return error_response(exc.status_code, message, headers=headers or None)
 
     @app.exception_handler(psycopg.DataError)
     async def _data_error(request: Request, exc: psycopg.DataError) -> JSONResponse:

@@ -7,9 +7,11 @@ from datetime import datetime, time
 from typing import Annotated, Any, Self
 from zoneinfo import available_timezones
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, model_validator
 
-from api.schemas import LINE_PATTERN, Line
+from annotated_types import Interval
+
+from api.schemas import LINE_PATTERN, Line, _whole_number
 from coldchain.domain import Severity
 from rules.notify.delivery import Channel
 from storage.notifications import ContactRow, NotificationRow, PolicyRow
@@ -24,6 +26,12 @@ URL_PATTERN = r"^https?://[^\x00-\x20\x7f]{1,2000}$"
 NAME_PATTERN = r"^[A-Za-z0-9_.:@+-]{1,64}$"
 _ZONES = frozenset(available_timezones())
 MAX_DELAY_S = 30 * 86_400
+
+Weekday = Annotated[int, Interval(ge=0, le=6), BeforeValidator(_whole_number)]
+RepeatSeconds = Annotated[int, Interval(ge=60, le=MAX_DELAY_S), BeforeValidator(_whole_number)]
+DelaySeconds = Annotated[int, Interval(ge=0, le=MAX_DELAY_S), BeforeValidator(_whole_number)]
+Repeats = Annotated[int, Interval(ge=0, le=1000), BeforeValidator(_whole_number)]
+TierNumber = Annotated[int, Interval(ge=1, le=20), BeforeValidator(_whole_number)]
 
 
 def _zone(value: str) -> str:
@@ -43,7 +51,7 @@ def _clock(text: str) -> time:
 
 
 Clock = Annotated[str, Field(pattern=CLOCK_PATTERN, examples=["22:00"], description="local wall-clock HH:MM")]
-Weekdays = Annotated[list[Annotated[int, Field(ge=0, le=6)]], Field(min_length=1, max_length=7)]
+Weekdays = Annotated[list[Weekday], Field(min_length=1, max_length=7)]
 Names = Annotated[list[Annotated[str, Field(pattern=NAME_PATTERN)]], Field(max_length=100)]
 Channels = Annotated[
     list[Channel],
@@ -110,7 +118,7 @@ class ContactBody(_In):
     customers: list[Line] = Field(default=[], max_length=100)
     timezone: TimeZone = "UTC"
     quiet_hours: QuietHours | None = None
-    may_acknowledge: bool = True
+    may_acknowledge: StrictBool = True
 
     @model_validator(mode="after")
     def _webhook_has_secret(self) -> Self:
@@ -192,7 +200,7 @@ def contact_out(row: ContactRow) -> ContactOut:
 
 
 class TierBody(_Recipients):
-    delay_s: int = Field(ge=0, le=MAX_DELAY_S, description="seconds after the alert opened")
+    delay_s: DelaySeconds = Field(description="seconds after the alert opened")
     channels: Channels
 
 
@@ -201,9 +209,9 @@ class PolicyBody(_In):
     Tiers are listed in order of delay (422 otherwise)."""
 
     tiers: list[TierBody] = Field(min_length=1, max_length=20)
-    repeat_interval_s: int | None = Field(default=None, ge=60, le=MAX_DELAY_S)
-    max_repeats: int | None = Field(default=None, ge=0, le=1000)
-    default: bool = False
+    repeat_interval_s: RepeatSeconds | None = None
+    max_repeats: Repeats | None = None
+    default: StrictBool = False
 
 
 class TierOut(BaseModel):
@@ -245,7 +253,7 @@ class RoutingRuleBody(_Recipients):
     name: Annotated[str, Field(min_length=1, max_length=100, pattern=LINE_PATTERN)]
     channels: Channels
     severities: Annotated[list[Severity], Field(max_length=3)] = []
-    tiers: Annotated[list[Annotated[int, Field(ge=1, le=20)]], Field(max_length=20)] = []
+    tiers: Annotated[list[TierNumber], Field(max_length=20)] = []
     shipment_ids: Names = []
     sites: list[Line] = Field(default=[], max_length=100)
     customers: list[Line] = Field(default=[], max_length=100)

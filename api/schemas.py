@@ -11,7 +11,18 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from annotated_types import Interval
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BeforeValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    model_validator,
+)
 
 from coldchain.alarm_profile import AlarmProfile, HumidityLimit, Limit, MktLimit
 from coldchain.domain import (
@@ -31,7 +42,8 @@ from coldchain.gs1 import gtin_check_digit
 # -- shared field types -----------------------------------------------------------------------
 
 PG_INT = 2**31 - 1
-PG_BIGINT = 2**63 - 1
+# Ids and large counts stay within 2**53 so that every JSON parser (and JavaScript) holds them exactly.
+MAX_SAFE_INT = 2**53 - 1
 
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 SHIPMENT_ID_PATTERN = r"^[A-Za-z0-9_.:/-]{1,64}$"
@@ -48,6 +60,32 @@ TEXT_PATTERN = r"^[^\x00-\x08\x0b-\x1f\x7f]*$"
 LINE_PATTERN = r"^[^\x00-\x1f\x7f]*$"
 # A reason: free text with at least one character that is not blank.
 REASON_PATTERN = r"^[^\x00-\x08\x0b-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x08\x0b-\x1f\x7f]*$"
+
+
+def _whole_number(value: object) -> object:
+    """JSON integers as JSON Schema counts them: 196 and 196.0, never "196" or true."""
+    if isinstance(value, bool) or isinstance(value, str):
+        raise ValueError("must be a whole number")
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
+
+
+
+def _whole(lo: int, hi: int) -> Interval:
+    return Interval(ge=lo, le=hi)
+
+
+# Whole numbers within bounds (the bounds come before the validator, so they reach the schema).
+Count = Annotated[int, _whole(0, PG_INT), BeforeValidator(_whole_number)]
+PositiveCount = Annotated[int, _whole(1, PG_INT), BeforeValidator(_whole_number)]
+BigCount = Annotated[int, _whole(0, MAX_SAFE_INT), BeforeValidator(_whole_number)]
+RowId = Annotated[int, _whole(1, MAX_SAFE_INT), BeforeValidator(_whole_number)]
+IntervalSeconds = Annotated[int, _whole(1, 86_400), BeforeValidator(_whole_number)]
+Intervals = Annotated[int, _whole(1, 10_000), BeforeValidator(_whole_number)]
 
 
 def _check_gtin(value: str) -> str:
@@ -118,7 +156,7 @@ class Health(_Out):
 class DeviceCreate(_In):
     id: DeviceId
     kind: str = Field(default="logger", min_length=1, max_length=64, pattern=LINE_PATTERN, examples=["usb-logger"])
-    interval_s: int = Field(default=60, ge=1, le=86_400)
+    interval_s: IntervalSeconds = 60
     name: Line | None = None
 
     def to_domain(self, organization: str) -> Device:
@@ -156,8 +194,8 @@ class LotIn(_In):
     gtin: Gtin
     lot: LotCode
     expiry: date | None = None
-    quantity: int | None = Field(default=None, ge=0, le=PG_INT)
-    stability_budget_s: int | None = Field(default=None, ge=0, le=PG_BIGINT)
+    quantity: Count | None = None
+    stability_budget_s: BigCount | None = None
 
 
 class AssignmentIn(_In):
@@ -243,8 +281,8 @@ class ProductProfileOut(_Out):
 # -- alarm profiles ---------------------------------------------------------------------------
 
 LimitId = Annotated[str, Field(pattern=PROFILE_ID_PATTERN)]
-Seconds = Annotated[int, Field(ge=0, le=PG_INT)]
-Celsius = Annotated[float, Field(gt=-273.15, le=1000.0)]
+Seconds = Count
+Celsius = Annotated[StrictFloat, Field(gt=-273.15, le=1000.0)]
 
 
 def _present(name: str, kind: str) -> dict[str, Any]:
@@ -272,10 +310,10 @@ class LimitModel(_In):
     id: LimitId
     side: Literal["high", "low"]
     threshold_c: Celsius
-    inclusive: bool = False
+    inclusive: StrictBool = False
     tier: Severity = Severity.ALARM
     single_event_delay_s: Seconds | None = None
-    cumulative_budget_s: Annotated[int, Field(ge=1, le=PG_INT)] | None = None
+    cumulative_budget_s: PositiveCount | None = None
     budget_group: LimitId | None = Field(default=None, description="needs cumulative_budget_s")
 
     @model_validator(mode="after")
@@ -290,8 +328,8 @@ class LimitModel(_In):
 class HumidityLimitModel(_In):
     id: LimitId
     side: Literal["high", "low"]
-    threshold_pct: float = Field(ge=0, le=100)
-    inclusive: bool = False
+    threshold_pct: StrictFloat = Field(ge=0, le=100)
+    inclusive: StrictBool = False
     tier: Severity = Severity.WARNING
     delay_s: Seconds = 0
 
@@ -309,7 +347,7 @@ class MktLimitModel(_In):
     id: LimitId
     window: Literal["24h", "30d", "trip"]
     max_c: Celsius
-    delta_h_over_r_k: float = Field(default=10_000.0, ge=1_000.0, le=100_000.0)
+    delta_h_over_r_k: StrictFloat = Field(default=10_000.0, ge=1_000.0, le=100_000.0)
     tier: Severity = Severity.ALARM
     min_coverage_s: Seconds | None = Field(default=None, description="trip windows only")
 
@@ -324,21 +362,21 @@ class AlarmProfileBody(_In):
     """A custom alarm profile; the server assigns the version (a POST makes the next one)."""
 
     id: ProfileId
-    version: int | None = Field(default=None, ge=1, le=PG_INT, description="ignored: assigned by the server")
+    version: PositiveCount | None = Field(default=None, description="ignored: assigned by the server")
     name: Line
     description: Comment = ""
     limits: list[LimitModel] = Field(max_length=50)
     start_delay_s: Seconds = 0
     door_open_tolerance_s: Seconds = 0
-    rate_of_change_c_per_min: float | None = Field(default=None, gt=0, le=1000)
+    rate_of_change_c_per_min: StrictFloat | None = Field(default=None, gt=0, le=1000)
     rate_of_change_tier: Severity = Severity.WARNING
     humidity_limits: list[HumidityLimitModel] = Field(default=[], max_length=50)
-    humidity_hysteresis_pct: float = Field(default=0.0, ge=0, le=100)
+    humidity_hysteresis_pct: StrictFloat = Field(default=0.0, ge=0, le=100)
     mkt_limits: list[MktLimitModel] = Field(default=[], max_length=10)
-    no_data_intervals: int | None = Field(default=None, ge=1, le=10_000)
-    seq_gap_alarm: bool = True
-    low_battery_pct: float | None = Field(default=None, ge=0, le=100)
-    hysteresis_c: float = Field(default=0.0, ge=0, le=100)
+    no_data_intervals: Intervals | None = None
+    seq_gap_alarm: StrictBool = True
+    low_battery_pct: StrictFloat | None = Field(default=None, ge=0, le=100)
+    hysteresis_c: StrictFloat = Field(default=0.0, ge=0, le=100)
     resolve_hold_s: Seconds = 0
 
     def to_domain(self) -> AlarmProfile:
@@ -528,9 +566,9 @@ def alert_detail(alert: Alert, history: list[dict[str, Any]]) -> AlertDetail:
 class CreditBody(_In):
     """QA gives time back to a lot's stability budget, e.g. when a stability study covers an excursion."""
 
-    seconds: float = Field(gt=0, le=10 * 365 * 86400)
+    seconds: StrictFloat = Field(gt=0, le=10 * 365 * 86400)
     reason: Annotated[str, Field(min_length=1, max_length=4000, pattern=REASON_PATTERN)]
-    alert_id: int | None = Field(default=None, ge=1, le=PG_BIGINT)
+    alert_id: RowId | None = None
 
 
 class CreditOut(_Out):

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query
 from api.deps import Caller, Conn
 from api.errors import AUTHED, WITH_BODY, responses
 from api.schemas import (
-    PG_BIGINT,
+    MAX_SAFE_INT,
     SHIPMENT_ID_PATTERN,
     AckBody,
     AlertDetail,
@@ -25,7 +25,7 @@ from storage import alerts, registry
 
 router = APIRouter()
 
-AlertId = Annotated[int, Path(ge=1, le=PG_BIGINT)]
+AlertId = Annotated[int, Path(ge=1, le=MAX_SAFE_INT)]
 _ACTION = responses(*WITH_BODY, 404, 409)
 
 

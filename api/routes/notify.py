@@ -31,7 +31,7 @@ from api.notify_schemas import (
     policy_out,
     routing_rule_out,
 )
-from api.schemas import PG_BIGINT
+from api.schemas import MAX_SAFE_INT
 from coldchain.access import Permission
 from coldchain.domain import Severity
 from coldchain.errors import ConflictError, NotFoundError, ValidationError
@@ -151,7 +151,7 @@ def put_routing_rules(body: RoutingRulesBody, conn: Conn, caller: Caller) -> lis
     responses=responses(*AUTHED, 404),
 )
 def alert_notifications(
-    alert_id: Annotated[int, Path(ge=1, le=PG_BIGINT)], conn: Conn, caller: Caller
+    alert_id: Annotated[int, Path(ge=1, le=MAX_SAFE_INT)], conn: Conn, caller: Caller
 ) -> AlertNotifications:
     """Who was told what about the alert, by which channel, and what became of it."""
     caller.require(Permission.READ)
