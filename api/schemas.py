@@ -285,28 +285,10 @@ Seconds = Count
 Celsius = Annotated[StrictFloat, Field(gt=-273.15, le=1000.0)]
 
 
-def _present(name: str, kind: str) -> dict[str, Any]:
-    return {"required": [name], "properties": {name: {"type": kind}}}
-
-
-def _absent(name: str) -> dict[str, Any]:
-    return {"properties": {name: {"type": "null"}}}
-
-
 class LimitModel(_In):
     """A temperature limit; see docs/alarm-rules.md. It needs a delay, a budget, or both; a
     budget group needs a budget."""
 
-    model_config = ConfigDict(
-        extra="forbid",
-        allow_inf_nan=False,
-        json_schema_extra={
-            "allOf": [
-                {"anyOf": [_present("single_event_delay_s", "integer"), _present("cumulative_budget_s", "integer")]},
-                {"anyOf": [_absent("budget_group"), _present("cumulative_budget_s", "integer")]},
-            ]
-        },
-    )
     id: LimitId
     side: Literal["high", "low"]
     threshold_c: Celsius
@@ -337,13 +319,6 @@ class HumidityLimitModel(_In):
 class MktLimitModel(_In):
     """An MKT ceiling; `min_coverage_s` is for trip windows (rolling ones are judged when full)."""
 
-    model_config = ConfigDict(
-        extra="forbid",
-        allow_inf_nan=False,
-        json_schema_extra={
-            "anyOf": [{"properties": {"window": {"const": "trip"}}}, _absent("min_coverage_s")]
-        },
-    )
     id: LimitId
     window: Literal["24h", "30d", "trip"]
     max_c: Celsius
