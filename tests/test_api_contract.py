@@ -98,3 +98,86 @@ def test_the_document_is_the_app_s_own(contract_dsn: str) -> None:
 @settings(max_examples=EXAMPLES_PER_OPERATION)
 def test_every_operation_keeps_the_contract(case: schemathesis.Case, admin_token: str) -> None:
     case.call_and_validate(headers={"Authorization": f"Bearer {admin_token}"})
+
+
+# -- bad bytes: each gets a 4xx with a message in the one error shape, never a 500 ------------
+
+
+@pytest.fixture
+def raw_client(contract_dsn: str, admin_token: str) -> Iterator[Any]:
+    from fastapi.testclient import TestClient
+
+    with open_pool(contract_dsn, min_size=1, max_size=2) as pool:
+        app = create_app(Settings(database_url=contract_dsn, http_max_body_bytes=4096), pool=pool)
+        with TestClient(app, headers={"Authorization": f"Bearer {admin_token}"}) as client:
+            yield client
+
+
+def _refused(res: Any, status: int, *, field: str | None = None) -> dict[str, Any]:
+    assert res.status_code == status, res.text
+    body: dict[str, Any] = res.json()
+    assert body["error"] and body["message"], body
+    if field is not None:
+        assert body.get("field") == field, body
+    return body
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/api/v1/alerts?shipment=%00",
+        "/api/v1/alerts?shipment=SO%001",
+        "/api/v1/devices/TRK%00",
+        "/api/v1/lots/09506000134352/A%00/readings",
+    ],
+)
+def test_nul_in_path_or_query_is_a_400(raw_client: Any, url: str) -> None:
+    _refused(raw_client.get(url), 400)
+
+
+def test_nul_and_bad_utf8_in_bodies(raw_client: Any) -> None:
+    h = {"Content-Type": "application/json"}
+    _refused(raw_client.post("/api/v1/devices", json={"id": "D1", "name": "a\u0000b"}), 422, field="name")
+    _refused(raw_client.post("/api/v1/devices", content=b'{"id": "D\xff\xfe"}', headers=h), 400)
+    _refused(raw_client.post("/api/v1/devices", content=b'{"id": ', headers=h), 400, field="body")
+    _refused(raw_client.post("/api/v1/devices", content=b"\x00\x01", headers=h), 400)
+    _refused(raw_client.get("/api/v1/alerts?shipment=%FF%FE"), 422, field="shipment")
+
+
+def test_huge_and_odd_numbers(raw_client: Any) -> None:
+    _refused(raw_client.get(f"/api/v1/alerts/{10**30}"), 422, field="alert_id")
+    _refused(raw_client.post("/api/v1/devices", json={"id": "D2", "interval_s": 10**40}), 422, field="interval_s")
+    h = {"Content-Type": "application/json"}
+    _refused(raw_client.post("/api/v1/devices", content=b'{"id": "D3", "interval_s": 1e999}', headers=h), 422)
+    _refused(raw_client.post("/api/v1/devices", json={"id": "D4", "interval_s": "60"}), 422, field="interval_s")
+    _refused(raw_client.post("/api/v1/devices", json={"id": "D5", "interval_s": True}), 422, field="interval_s")
+    assert raw_client.post("/api/v1/devices", json={"id": "D6", "interval_s": 60.0}).status_code == 201
+    _refused(raw_client.get("/api/v1/lots/09506000134352/A1/readings?limit=99999999999999999999"), 422)
+    _refused(raw_client.get("/api/v1/lots/09506000134352/A1/readings?bucket="), 422, field="bucket")
+    _refused(raw_client.get("/api/v1/lots/0/0"), 422, field="gtin")
+
+
+def test_request_bodies_over_the_limit_are_refused_before_parsing(raw_client: Any) -> None:
+    big = b'{"id": "D7", "name": "' + b"x" * 5000 + b'"}'
+    h = {"Content-Type": "application/json"}
+    body = _refused(raw_client.post("/api/v1/devices", content=big, headers=h), 413)
+    assert "4096" in body["message"]
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the limit is counted as the body streams
+        for _ in range(10):
+            yield b" " * 1000
+        yield b'{"id": "D8"}'
+
+    _refused(raw_client.post("/api/v1/devices", content=chunks(), headers=h), 413)
+    small = raw_client.post("/api/v1/devices", content=iter([b'{"id": ', b'"D9"}']), headers=h)
+    assert small.status_code == 201, small.text
+    _refused(raw_client.post("/api/v1/devices", content=b"{}", headers={**h, "Content-Length": "x"}), 400)
+    assert raw_client.get("/api/v1/devices/D7").status_code == 404
+
+
+def test_unknown_query_parameters_and_methods(raw_client: Any) -> None:
+    _refused(raw_client.get("/api/v1/alerts?stat=open"), 422, field="stat")
+    res = raw_client.delete("/api/v1/devices")
+    _refused(res, 405)
+    assert set(res.headers["allow"].split(", ")) >= {"GET", "POST"}
+    _refused(raw_client.get("/api/v1/no-such-thing"), 404)
