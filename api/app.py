@@ -8,8 +8,8 @@ from importlib import resources
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI
-from fastapi.routing import APIRoute
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.routing import APIRoute
 from psycopg_pool import ConnectionPool
 
 from api import errors
@@ -60,7 +60,7 @@ def create_app(settings: Settings, *, pool: ConnectionPool | None = None) -> Fas
 
     v1 = APIRouter(prefix=API_PREFIX, dependencies=[Depends(refuse_unknown_query)])
 
-    @v1.get("/health", tags=["health"], response_model=Health, responses=errors.responses(400))
+    @v1.get("/health", tags=["health"], response_model=Health, responses=errors.responses(400, 422))
     def health(conn: Conn) -> Health:
         """Liveness and database reachability; needs no token (load balancers call it)."""
         conn.execute("SELECT 1")

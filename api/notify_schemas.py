@@ -7,11 +7,18 @@ from datetime import datetime, time
 from typing import Annotated, Any, Self
 from zoneinfo import available_timezones
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, model_validator
-
 from annotated_types import Interval
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    model_validator,
+)
 
-from api.schemas import LINE_PATTERN, Line, _whole_number
+from api.schemas import LINE_PATTERN, Line, ShipmentId, _whole_number
 from coldchain.domain import Severity
 from rules.notify.delivery import Channel
 from storage.notifications import ContactRow, NotificationRow, PolicyRow
@@ -55,6 +62,8 @@ def _clock(text: str) -> time:
 Clock = Annotated[str, Field(pattern=CLOCK_PATTERN, examples=["22:00"], description="local wall-clock HH:MM")]
 Weekdays = Annotated[list[Weekday], Field(min_length=1, max_length=7)]
 Names = Annotated[list[Annotated[str, Field(pattern=NAME_PATTERN)]], Field(max_length=100)]
+ContactIds = Annotated[list[Annotated[str, Field(pattern=CONTACT_ID_PATTERN)]], Field(max_length=100)]
+ShipmentIds = Annotated[list[ShipmentId], Field(max_length=100)]
 Channels = Annotated[
     list[Channel],
     Field(min_length=1, max_length=4, json_schema_extra={"uniqueItems": True}),
@@ -79,7 +88,7 @@ class _Recipients(_In):
     """Who is told: at least one role or one contact id."""
 
     roles: Names = []
-    contact_ids: Names = []
+    contact_ids: ContactIds = []
 
     @model_validator(mode="after")
     def _someone(self) -> Self:
@@ -244,7 +253,7 @@ class RoutingRuleBody(_Recipients):
     channels: Channels
     severities: Annotated[list[Severity], Field(max_length=3)] = []
     tiers: Annotated[list[TierNumber], Field(max_length=20)] = []
-    shipment_ids: Names = []
+    shipment_ids: ShipmentIds = []
     sites: list[Line] = Field(default=[], max_length=100)
     customers: list[Line] = Field(default=[], max_length=100)
     window: WindowBody | None = None

@@ -8,6 +8,7 @@ Responses are built here from storage rows and domain objects: storage never sha
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime
 from typing import Annotated, Any, Literal, Self
 
@@ -15,8 +16,8 @@ from annotated_types import Interval
 from pydantic import (
     AfterValidator,
     AwareDatetime,
-    BeforeValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -64,7 +65,7 @@ REASON_PATTERN = r"^[^\x00-\x08\x0b-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x08\x0b-
 
 def _whole_number(value: object) -> object:
     """JSON integers as JSON Schema counts them: 196 and 196.0, never "196" or true."""
-    if isinstance(value, bool) or isinstance(value, str):
+    if isinstance(value, bool | str):
         raise ValueError("must be a whole number")
     if isinstance(value, float) and value.is_integer():
         return int(value)
@@ -86,6 +87,28 @@ BigCount = Annotated[int, _whole(0, MAX_SAFE_INT), BeforeValidator(_whole_number
 RowId = Annotated[int, _whole(1, MAX_SAFE_INT), BeforeValidator(_whole_number)]
 IntervalSeconds = Annotated[int, _whole(1, 86_400), BeforeValidator(_whole_number)]
 Intervals = Annotated[int, _whole(1, 10_000), BeforeValidator(_whole_number)]
+
+
+_RFC3339 = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}")
+_ISO_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+
+
+def _rfc3339(value: object) -> object:
+    """A moment is written as RFC 3339 text (the offset is checked by AwareDatetime), never as a
+    number that lax parsing would take for a Unix time."""
+    if not isinstance(value, str) or not _RFC3339.match(value):
+        raise ValueError("must be an RFC 3339 date-time such as 2026-11-24T08:00:00Z")
+    return value
+
+
+def _iso_date(value: object) -> object:
+    if not isinstance(value, str) or not _ISO_DATE.match(value):
+        raise ValueError("must be a date such as 2027-05-31")
+    return value
+
+
+Moment = Annotated[AwareDatetime, BeforeValidator(_rfc3339)]
+Day = Annotated[date, BeforeValidator(_iso_date)]
 
 
 def _check_gtin(value: str) -> str:
@@ -155,7 +178,9 @@ class Health(_Out):
 
 class DeviceCreate(_In):
     id: DeviceId
-    kind: str = Field(default="logger", min_length=1, max_length=64, pattern=LINE_PATTERN, examples=["usb-logger"])
+    kind: str = Field(
+        default="logger", min_length=1, max_length=64, pattern=LINE_PATTERN, examples=["usb-logger"]
+    )
     interval_s: IntervalSeconds = 60
     name: Line | None = None
 
@@ -193,7 +218,7 @@ class DeviceOut(_Out):
 class LotIn(_In):
     gtin: Gtin
     lot: LotCode
-    expiry: date | None = None
+    expiry: Day | None = None
     quantity: Count | None = None
     stability_budget_s: BigCount | None = None
 
@@ -201,8 +226,8 @@ class LotIn(_In):
 class AssignmentIn(_In):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, populate_by_name=True)
     id: DeviceId
-    from_: AwareDatetime = Field(alias="from", description="RFC 3339 with an offset")
-    to: AwareDatetime | None = Field(default=None, description="open-ended when null; after `from`")
+    from_: Moment = Field(alias="from", description="RFC 3339 with an offset")
+    to: Moment | None = Field(default=None, description="open-ended when null; after `from`")
 
 
 class ShipmentCreate(_In):
@@ -265,7 +290,10 @@ def shipment_out(shipment: Shipment, *, profile_version: int, created_at: dateti
             ShipmentLotOut(gtin=sl.lot.gtin, lot=sl.lot.lot, expiry=sl.lot.expiry, quantity=sl.quantity)
             for sl in shipment.lots
         ],
-        devices=[AssignmentOut(id=a.device_id, from_=a.start, to=a.end) for a in shipment.devices],
+        devices=[
+            AssignmentOut.model_validate({"id": a.device_id, "from": a.start, "to": a.end})
+            for a in shipment.devices
+        ],
     )
 
 

@@ -34,7 +34,9 @@ def list_alerts(
     conn: Conn,
     caller: Caller,
     state: Annotated[list[AlertState] | None, Query(description="repeat for several states")] = None,
-    shipment: Annotated[str | None, Query(pattern=SHIPMENT_ID_PATTERN, description="404 when unknown")] = None,
+    shipment: Annotated[
+        str | None, Query(pattern=SHIPMENT_ID_PATTERN, description="404 when unknown")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=5000)] = 500,
 ) -> list[AlertOut]:
     """Newest first."""

@@ -7,7 +7,6 @@ from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, status
-from pydantic import AwareDatetime
 
 from api.deps import Caller, Conn
 from api.errors import AUTHED, WITH_BODY, responses
@@ -21,6 +20,7 @@ from api.schemas import (
     CreditResult,
     LotOut,
     LotReadings,
+    Moment,
     RawReading,
     alert_out,
     check_gtin,
@@ -142,8 +142,8 @@ def lot_readings(
     lot: LotPath,
     conn: Conn,
     caller: Caller,
-    from_: Annotated[AwareDatetime | None, Query(alias="from", description="RFC 3339 with an offset")] = None,
-    to: Annotated[AwareDatetime | None, Query(description="RFC 3339 with an offset; exclusive")] = None,
+    from_: Annotated[Moment | None, Query(alias="from", description="RFC 3339 with an offset")] = None,
+    to: Annotated[Moment | None, Query(description="RFC 3339 with an offset; exclusive")] = None,
     bucket: Annotated[
         str | None, Query(pattern=BUCKET_PATTERN, description="`raw` (default) or a width: 30s, 5m, 1h, 1d")
     ] = None,

@@ -93,7 +93,10 @@ def put_contact(contact_id: ContactPath, body: ContactBody, conn: Conn, caller: 
 
 
 @router.delete(
-    "/notify/contacts/{contact_id}", status_code=204, response_class=Response, responses=responses(*AUTHED, 404)
+    "/notify/contacts/{contact_id}",
+    status_code=204,
+    response_class=Response,
+    responses=responses(*AUTHED, 404),
 )
 def delete_contact(contact_id: ContactPath, conn: Conn, caller: Caller) -> Response:
     caller.require(Permission.ADMINISTER)
