@@ -43,27 +43,27 @@ def test_a_generated_client_registers_and_reads_a_lot(
         sys.path.insert(0, str(tmp_path))
         try:
             client_pkg = importlib.import_module("coldchain_erp_client")
-            api = importlib.import_module("coldchain_erp_client.api.default")
             models = importlib.import_module("coldchain_erp_client.models")
-            for name in ("create_device", "create_shipment", "get_lot"):
-                importlib.import_module(f"coldchain_erp_client.api.default.{name}")
+            devices = importlib.import_module("coldchain_erp_client.api.devices.create_device")
+            shipments = importlib.import_module("coldchain_erp_client.api.shipments.create_shipment")
+            lots = importlib.import_module("coldchain_erp_client.api.lots.get_lot")
         finally:
             sys.path.remove(str(tmp_path))
 
         with client_pkg.AuthenticatedClient(
             base_url=base, token=token, raise_on_unexpected_status=True
         ) as client:
-            device = api.create_device.sync(
+            device = devices.sync(
                 client=client, body=models.DeviceCreate(id="TRK-0042-L1", kind="usb-logger", interval_s=60)
             )
             assert isinstance(device, models.DeviceOut), device
             assert (device.id, device.interval_s, device.status) == ("TRK-0042-L1", 60, None)
 
-            again = api.create_device.sync(client=client, body=models.DeviceCreate(id="TRK-0042-L1"))
+            again = devices.sync(client=client, body=models.DeviceCreate(id="TRK-0042-L1"))
             assert isinstance(again, models.ErrorBody) and again.error == "ConflictError"
 
             start = datetime(2026, 11, 24, 8, 0, tzinfo=UTC)
-            shipment = api.create_shipment.sync(
+            shipment = shipments.sync(
                 client=client,
                 body=models.ShipmentCreate(
                     id="SO-1001",
@@ -77,11 +77,11 @@ def test_a_generated_client_registers_and_reads_a_lot(
             assert isinstance(shipment, models.ShipmentOut), shipment
             assert shipment.profile == "2-8C" and shipment.devices[0].from_ == start
 
-            lot = api.get_lot.sync(gtin=GTIN, lot="A123", client=client)
+            lot = lots.sync(gtin=GTIN, lot="A123", client=client)
             assert isinstance(lot, models.LotOut), lot
             assert lot.shipments == ["SO-1001"] and lot.devices == ["TRK-0042-L1"]
             assert lot.digital_link == f"https://id.gs1.org/01/{GTIN}/10/A123"
             assert lot.excursions == [] and lot.stability_budget_s is None
 
-            wrong = api.get_lot.sync(gtin="09506000134353", lot="A123", client=client)
+            wrong = lots.sync(gtin="09506000134353", lot="A123", client=client)
             assert isinstance(wrong, models.ErrorBody) and wrong.field == "gtin"

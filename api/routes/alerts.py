@@ -29,7 +29,7 @@ AlertId = Annotated[int, Path(ge=1, le=MAX_SAFE_INT)]
 _ACTION = responses(*WITH_BODY, 404, 409)
 
 
-@router.get("/alerts", response_model=list[AlertOut], responses=responses(*AUTHED, 404))
+@router.get("/alerts", tags=["alerts"], response_model=list[AlertOut], responses=responses(*AUTHED, 404))
 def list_alerts(
     conn: Conn,
     caller: Caller,
@@ -47,7 +47,12 @@ def list_alerts(
     return [alert_out(a) for a in found]
 
 
-@router.get("/alerts/{alert_id}", response_model=AlertDetail, responses=responses(*AUTHED, 404))
+@router.get(
+    "/alerts/{alert_id}",
+    tags=["alerts"],
+    response_model=AlertDetail,
+    responses=responses(*AUTHED, 404),
+)
 def get_alert(alert_id: AlertId, conn: Conn, caller: Caller) -> AlertDetail:
     alert = alerts.get_alert(conn, org=caller.org_id, alert_id=alert_id)
     return alert_detail(alert, alerts.alert_history(conn, org=caller.org_id, alert_id=alert_id))
@@ -74,31 +79,36 @@ def _act(
     return alert_out(alert)
 
 
-@router.post("/alerts/{alert_id}/ack", response_model=AlertOut, responses=_ACTION)
+@router.post("/alerts/{alert_id}/ack", tags=["alerts"], response_model=AlertOut, responses=_ACTION)
 def acknowledge(alert_id: AlertId, conn: Conn, caller: Caller, body: AckBody | None = None) -> AlertOut:
     """open -> acknowledged (409 from any other state)."""
     return _act(conn, caller, alert_id, "acknowledge", body.comment if body else None)
 
 
-@router.post("/alerts/{alert_id}/resolve", response_model=AlertOut, responses=_ACTION)
+@router.post("/alerts/{alert_id}/resolve", tags=["alerts"], response_model=AlertOut, responses=_ACTION)
 def resolve(alert_id: AlertId, conn: Conn, caller: Caller, body: AckBody | None = None) -> AlertOut:
     """open or acknowledged -> resolved."""
     return _act(conn, caller, alert_id, "resolve", body.comment if body else None)
 
 
-@router.post("/alerts/{alert_id}/reopen", response_model=AlertOut, responses=_ACTION)
+@router.post("/alerts/{alert_id}/reopen", tags=["alerts"], response_model=AlertOut, responses=_ACTION)
 def reopen(alert_id: AlertId, conn: Conn, caller: Caller, body: AckBody | None = None) -> AlertOut:
     """resolved -> open."""
     return _act(conn, caller, alert_id, "reopen", body.comment if body else None)
 
 
-@router.post("/alerts/{alert_id}/close", response_model=AlertOut, responses=_ACTION)
+@router.post("/alerts/{alert_id}/close", tags=["alerts"], response_model=AlertOut, responses=_ACTION)
 def close(alert_id: AlertId, body: CloseBody, conn: Conn, caller: Caller) -> AlertOut:
     """QA's disposition (release, quarantine or reject) with the reason: resolved -> closed."""
     return _act(conn, caller, alert_id, "close", body.comment, body.disposition)
 
 
-@router.post("/alerts/{alert_id}/assign", response_model=AlertOut, responses=responses(*WITH_BODY, 404))
+@router.post(
+    "/alerts/{alert_id}/assign",
+    tags=["alerts"],
+    response_model=AlertOut,
+    responses=responses(*WITH_BODY, 404),
+)
 def assign(alert_id: AlertId, body: AssignBody, conn: Conn, caller: Caller) -> AlertOut:
     caller.require(permission_for("acknowledge"))
     return alert_out(

@@ -63,7 +63,7 @@ def _figures(conn: Conn, org: int, rec: registry.LotRecord) -> LotFigures:
     return lot_figures(legs, stability_budget_s=rec.stability_budget_s)
 
 
-@router.get("/lots/{gtin}/{lot}", response_model=LotOut, responses=responses(*AUTHED, 404))
+@router.get("/lots/{gtin}/{lot}", tags=["lots"], response_model=LotOut, responses=responses(*AUTHED, 404))
 def get_lot(gtin: GtinPath, lot: LotPath, conn: Conn, caller: Caller) -> LotOut:
     rec = registry.get_lot(conn, org=caller.org_id, gtin=normalize_gtin(check_gtin(gtin)), lot=lot)
     excursions = alerts.list_alerts(conn, org=caller.org_id, shipment_keys=list(rec.shipment_keys))
@@ -92,6 +92,7 @@ def get_lot(gtin: GtinPath, lot: LotPath, conn: Conn, caller: Caller) -> LotOut:
 
 @router.post(
     "/lots/{gtin}/{lot}/credits",
+    tags=["lots"],
     status_code=status.HTTP_201_CREATED,
     response_model=CreditResult,
     responses=responses(*WITH_BODY, 404, 409),
@@ -136,7 +137,12 @@ def credit_budget(gtin: GtinPath, lot: LotPath, body: CreditBody, conn: Conn, ca
     )
 
 
-@router.get("/lots/{gtin}/{lot}/readings", response_model=LotReadings, responses=responses(*AUTHED, 404))
+@router.get(
+    "/lots/{gtin}/{lot}/readings",
+    tags=["lots"],
+    response_model=LotReadings,
+    responses=responses(*AUTHED, 404),
+)
 def lot_readings(
     gtin: GtinPath,
     lot: LotPath,

@@ -62,6 +62,7 @@ def _shipment(rec: ShipmentRecord) -> ShipmentOut:
 
 @router.post(
     "/devices",
+    tags=["devices"],
     status_code=status.HTTP_201_CREATED,
     response_model=DeviceOut,
     responses=responses(*WITH_BODY, 409),
@@ -75,18 +76,24 @@ def create_device(body: DeviceCreate, conn: Conn, caller: Caller) -> DeviceOut:
     return _device(rec)
 
 
-@router.get("/devices", response_model=list[DeviceOut], responses=responses(*AUTHED))
+@router.get("/devices", tags=["devices"], response_model=list[DeviceOut], responses=responses(*AUTHED))
 def list_devices(conn: Conn, caller: Caller) -> list[DeviceOut]:
     return [_device(r) for r in registry.list_devices(conn, org=caller.org_id)]
 
 
-@router.get("/devices/{device_id}", response_model=DeviceOut, responses=responses(*AUTHED, 404))
+@router.get(
+    "/devices/{device_id}",
+    tags=["devices"],
+    response_model=DeviceOut,
+    responses=responses(*AUTHED, 404),
+)
 def get_device(device_id: DevicePath, conn: Conn, caller: Caller) -> DeviceOut:
     return _device(registry.get_device(conn, org=caller.org_id, device_id=device_id))
 
 
 @router.post(
     "/shipments",
+    tags=["shipments"],
     status_code=status.HTTP_201_CREATED,
     response_model=ShipmentOut,
     responses=responses(*WITH_BODY, 404, 409),
@@ -110,22 +117,37 @@ def create_shipment(body: ShipmentCreate, conn: Conn, caller: Caller) -> Shipmen
     return _shipment(registry.get_shipment(conn, org=caller.org_id, shipment_id=shipment.id))
 
 
-@router.get("/shipments", response_model=list[ShipmentOut], responses=responses(*AUTHED))
+@router.get("/shipments", tags=["shipments"], response_model=list[ShipmentOut], responses=responses(*AUTHED))
 def list_shipments(conn: Conn, caller: Caller) -> list[ShipmentOut]:
     return [_shipment(r) for r in registry.list_shipments(conn, org=caller.org_id)]
 
 
-@router.get("/shipments/{shipment_id}", response_model=ShipmentOut, responses=responses(*AUTHED, 404))
+@router.get(
+    "/shipments/{shipment_id}",
+    tags=["shipments"],
+    response_model=ShipmentOut,
+    responses=responses(*AUTHED, 404),
+)
 def get_shipment(shipment_id: ShipmentPath, conn: Conn, caller: Caller) -> ShipmentOut:
     return _shipment(registry.get_shipment(conn, org=caller.org_id, shipment_id=shipment_id))
 
 
-@router.get("/profiles", response_model=list[AlarmProfileOut], responses=responses(*AUTHED))
+@router.get(
+    "/profiles",
+    tags=["profiles"],
+    response_model=list[AlarmProfileOut],
+    responses=responses(*AUTHED),
+)
 def list_profiles(conn: Conn, caller: Caller) -> list[AlarmProfileOut]:
     return [profile_out(p) for p in profiles.list_profiles(conn, org=caller.org_id)]
 
 
-@router.get("/profiles/{profile_id}", response_model=AlarmProfileOut, responses=responses(*AUTHED, 404))
+@router.get(
+    "/profiles/{profile_id}",
+    tags=["profiles"],
+    response_model=AlarmProfileOut,
+    responses=responses(*AUTHED, 404),
+)
 def get_profile(
     profile_id: ProfilePath,
     conn: Conn,
@@ -137,6 +159,7 @@ def get_profile(
 
 @router.post(
     "/profiles",
+    tags=["profiles"],
     status_code=status.HTTP_201_CREATED,
     response_model=AlarmProfileOut,
     responses=responses(*WITH_BODY, 409),
@@ -151,6 +174,7 @@ def create_profile(body: AlarmProfileBody, conn: Conn, caller: Caller) -> AlarmP
 
 @router.put(
     "/products/{gtin}/profile",
+    tags=["profiles"],
     response_model=ProductProfileOut,
     responses=responses(*WITH_BODY, 404),
 )
