@@ -18,7 +18,7 @@ from pydantic import (
     model_validator,
 )
 
-from api.schemas import LINE_PATTERN, Line, ShipmentId, _whole_number
+from api.schemas import LINE_PATTERN, Line, ShipmentId, whole_number
 from coldchain.domain import Severity
 from rules.notify.delivery import Channel
 from storage.notifications import ContactRow, NotificationRow, PolicyRow
@@ -36,11 +36,11 @@ ZONE_PATTERN = r"^[A-Za-z][A-Za-z0-9_+-]{0,30}(?:/[A-Za-z0-9_+-]{1,30}){0,2}$"
 _ZONES = frozenset(available_timezones())
 MAX_DELAY_S = 30 * 86_400
 
-Weekday = Annotated[int, Interval(ge=0, le=6), BeforeValidator(_whole_number)]
-RepeatSeconds = Annotated[int, Interval(ge=60, le=MAX_DELAY_S), BeforeValidator(_whole_number)]
-DelaySeconds = Annotated[int, Interval(ge=0, le=MAX_DELAY_S), BeforeValidator(_whole_number)]
-Repeats = Annotated[int, Interval(ge=0, le=1000), BeforeValidator(_whole_number)]
-TierNumber = Annotated[int, Interval(ge=1, le=20), BeforeValidator(_whole_number)]
+Weekday = Annotated[int, Interval(ge=0, le=6), BeforeValidator(whole_number)]
+RepeatSeconds = Annotated[int, Interval(ge=60, le=MAX_DELAY_S), BeforeValidator(whole_number)]
+DelaySeconds = Annotated[int, Interval(ge=0, le=MAX_DELAY_S), BeforeValidator(whole_number)]
+Repeats = Annotated[int, Interval(ge=0, le=1000), BeforeValidator(whole_number)]
+TierNumber = Annotated[int, Interval(ge=1, le=20), BeforeValidator(whole_number)]
 
 
 def _zone(value: str) -> str:

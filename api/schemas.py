@@ -63,7 +63,7 @@ LINE_PATTERN = r"^[^\x00-\x1f\x7f]*$"
 REASON_PATTERN = r"^[^\x00-\x08\x0b-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x08\x0b-\x1f\x7f]*$"
 
 
-def _whole_number(value: object) -> object:
+def whole_number(value: object) -> object:
     """JSON integers as JSON Schema counts them: 196 and 196.0, never "196" or true."""
     if isinstance(value, bool | str):
         raise ValueError("must be a whole number")
@@ -72,21 +72,13 @@ def _whole_number(value: object) -> object:
     return value
 
 
-WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
-
-
-
-def _whole(lo: int, hi: int) -> Interval:
-    return Interval(ge=lo, le=hi)
-
-
 # Whole numbers within bounds (the bounds come before the validator, so they reach the schema).
-Count = Annotated[int, _whole(0, PG_INT), BeforeValidator(_whole_number)]
-PositiveCount = Annotated[int, _whole(1, PG_INT), BeforeValidator(_whole_number)]
-BigCount = Annotated[int, _whole(0, MAX_SAFE_INT), BeforeValidator(_whole_number)]
-RowId = Annotated[int, _whole(1, MAX_SAFE_INT), BeforeValidator(_whole_number)]
-IntervalSeconds = Annotated[int, _whole(1, 86_400), BeforeValidator(_whole_number)]
-Intervals = Annotated[int, _whole(1, 10_000), BeforeValidator(_whole_number)]
+Count = Annotated[int, Interval(ge=0, le=PG_INT), BeforeValidator(whole_number)]
+PositiveCount = Annotated[int, Interval(ge=1, le=PG_INT), BeforeValidator(whole_number)]
+BigCount = Annotated[int, Interval(ge=0, le=MAX_SAFE_INT), BeforeValidator(whole_number)]
+RowId = Annotated[int, Interval(ge=1, le=MAX_SAFE_INT), BeforeValidator(whole_number)]
+IntervalSeconds = Annotated[int, Interval(ge=1, le=86_400), BeforeValidator(whole_number)]
+Intervals = Annotated[int, Interval(ge=1, le=10_000), BeforeValidator(whole_number)]
 
 
 _RFC3339 = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}")
