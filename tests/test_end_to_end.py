@@ -167,7 +167,7 @@ def test_logger_to_alert_through_every_service(
 def test_contract_example_by_mosquitto_pub(
     platform: dict[str, Any], mqtt_server: MosquittoServer, topics: Topics
 ) -> None:
-    """The CONTRACT.md example, published by hand, lands linked to the right lots, once."""
+    """The docs/contract.md example, published by hand, lands linked to the right lots, once."""
     client: TestClient = platform["client"]
     _register(client, "TRK-0042-L1", "2026-11-24T08:00:00Z")
     example = CONTRACT_EXAMPLE.decode()
