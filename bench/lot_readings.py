@@ -29,7 +29,8 @@ from embedded import PostgresServer  # noqa: E402
 from storage import readings as store  # noqa: E402
 from storage import registry  # noqa: E402
 from storage.migrate import migrate  # noqa: E402
-from storage.readings import ReadingRows, copy_rows, load_devices, lot_readings  # noqa: E402
+from storage.readings import ReadingRows, copy_rows, lot_readings  # noqa: E402
+from tests.support.devices import known_devices  # noqa: E402
 
 LOGGERS = 10
 DAYS = 30
@@ -51,7 +52,7 @@ def build(dsn: str, *, start: datetime, days: int) -> list[int]:
                 shipment=Shipment(id=shipment, lots=(ShipmentLot(Lot("09506000134352", lot)),),
                                   devices=tuple(DeviceAssignment(n, start) for n in names)),
             )
-            devices = load_devices(conn, names)
+            devices = known_devices(conn, names)
             t = int(start.timestamp() * 1000) + np.arange(days * 1440, dtype=np.int64) * STEP_MS
             n = len(t)
             for day in range(days):  # a day at a time, in time order as ingest writes them

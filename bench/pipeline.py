@@ -20,7 +20,7 @@ from coldchain.domain import Device, DeviceAssignment, ReadingBatch, Shipment
 from coldchain.wire import Topics, encode_binary
 from embedded import MosquittoServer, PostgresServer
 from storage import profiles, registry
-from storage.migrate import migrate
+from storage.migrate import Engine, migrate
 
 
 @dataclass
@@ -31,7 +31,7 @@ class Servers:
 
 
 @contextmanager
-def servers(*, durable: bool = True, engine: str = "auto") -> Iterator[Servers]:
+def servers(*, durable: bool = True, engine: Engine = "auto") -> Iterator[Servers]:
     """A private PostgreSQL (fsync on unless `durable` is False) and Mosquitto, migrated on
     `engine` (auto: TimescaleDB when installed, which the private cluster then preloads)."""
     pg = PostgresServer(fast_and_unsafe=not durable)
@@ -42,7 +42,7 @@ def servers(*, durable: bool = True, engine: str = "auto") -> Iterator[Servers]:
         with psycopg.connect(pg.dsn, autocommit=True) as conn:
             conn.execute("CREATE DATABASE bench")
         dsn = pg.dsn_for("bench")
-        migrate(dsn, engine="auto" if engine == "auto" else "timescale" if engine == "timescale" else "plain")
+        migrate(dsn, engine=engine)
         yield Servers(pg, broker, dsn)
     finally:
         broker.destroy()

@@ -32,6 +32,7 @@ import numpy as np  # noqa: E402
 from coldchain.presets import get_preset  # noqa: E402
 from rules.engine import EngineState, SensorSeries, evaluate  # noqa: E402
 from rules.mkt import mean_kinetic_temperature  # noqa: E402
+from storage.migrate import Engine  # noqa: E402
 
 
 def fridge_series(n: int, *, seed: int = 7, step_ms: int = 60_000) -> SensorSeries:
@@ -75,7 +76,7 @@ def pure_figures(*, samples: int = 10_000_000, repeats: int = 3) -> dict[str, An
 
 
 def alert_latency_figures(
-    *, quick: bool, background_fraction: float = 0.5, engine: str = "auto"
+    *, quick: bool, background_fraction: float = 0.5, engine: Engine = "auto"
 ) -> dict[str, Any]:
     """p50/p99 from a hot reading's publish to its alert's commit, under half-capacity load."""
     import subprocess

@@ -52,7 +52,7 @@ class ServerTimescale:
         return self.installed and self.preloaded
 
 
-def inspect(conn: psycopg.Connection) -> ServerTimescale:
+def timescale_state(conn: psycopg.Connection) -> ServerTimescale:
     """The server's and this database's TimescaleDB state (schema_migrations may not exist yet)."""
     row = conn.execute(
         "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'),"
@@ -80,7 +80,7 @@ def timescale_available(conn: psycopg.Connection) -> bool:
     An installed but not preloaded extension is listed in `pg_available_extensions`, yet creating
     it fails ("must be preloaded").
     """
-    return inspect(conn).usable
+    return timescale_state(conn).usable
 
 
 def choose_engine(state: ServerTimescale, engine: Engine) -> bool:
@@ -148,7 +148,7 @@ def migrate(dsn: str, *, engine: Engine = "auto") -> list[str]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_ID,))
         try:
-            timescale = choose_engine(inspect(conn), engine)
+            timescale = choose_engine(timescale_state(conn), engine)
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations ("
                 " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
@@ -168,7 +168,3 @@ def migrate(dsn: str, *, engine: Engine = "auto") -> list[str]:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_ID,))
     return applied_now
 
-
-def engine_of(conn: psycopg.Connection) -> Literal["timescale", "plain"]:
-    """The engine a migrated database runs on (queries pick time_bucket or date_bin by it)."""
-    return "timescale" if inspect(conn).schema == "timescale" else "plain"

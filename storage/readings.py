@@ -3,6 +3,7 @@ its legs for lot figures, an alert's logger around its excursion for the e-mail 
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -118,22 +119,24 @@ def lot_readings(
         # exact numeric sums, so the mean equals the continuous aggregates' to the last digit
         sql = (
             "SELECT date_bin(%(bucket)s, r.t, TIMESTAMPTZ '2000-01-01 00:00+00') AS b, d.id,"
-            " sum(r.c::numeric) / count(*), min(r.c), max(r.c), count(*) FROM readings r"
+            " round(sum(r.c::numeric) / count(*), 3)::float8, round(min(r.c)::numeric, 3)::float8,"
+            " round(max(r.c)::numeric, 3)::float8, count(*) FROM readings r"
             f" JOIN devices d ON d.key = r.device_key WHERE {where}"
             " GROUP BY b, d.id ORDER BY b, d.id LIMIT %(limit)s"
         )
     else:
         sql = (
             "SELECT time_bucket(%(bucket)s, r.bucket, TIMESTAMPTZ '2000-01-01 00:00+00') AS b, d.id,"
-            f" sum(r.sum_c) / sum(r.n), min(r.min_c), max(r.max_c), sum(r.n) FROM {rollup} r"
+            " round(sum(r.sum_c) / sum(r.n), 3)::float8, round(min(r.min_c)::numeric, 3)::float8,"
+            f" round(max(r.max_c)::numeric, 3)::float8, sum(r.n)::int8 FROM {rollup} r"
             " JOIN devices d ON d.key = r.device_key WHERE "
             + where.replace("r.t ", "r.bucket ")
             + " GROUP BY b, d.id ORDER BY b, d.id LIMIT %(limit)s"
         )
     rows = conn.execute(sql, params).fetchall()
+    # rounded in SQL, so both engines hand back the very same floats
     return [
-        {"t": b, "device": dev, "c": round(float(mean), 3), "min_c": round(float(mn), 3),
-         "max_c": round(float(mx), 3), "n": int(n)}
+        {"t": b, "device": dev, "c": mean, "min_c": mn, "max_c": mx, "n": n}
         for b, dev, mean, mn, mx, n in rows
     ]
 
@@ -158,13 +161,26 @@ def bucket_source(
     ]
     if not usable:
         return None
-    present = conn.execute(
-        "SELECT array_agg(relname::text) FROM pg_class WHERE relname = ANY(%s) AND relkind = 'v'"
-        " AND relnamespace = current_schema()::regnamespace",
-        ([name for name, _ in usable],),
-    ).fetchone()
-    names = set(present[0] or []) if present else set()
+    names = _rollups_of(conn)
     return next((name for name, _ in usable if name in names), None)
+
+
+_ROLLUPS_SEEN: weakref.WeakKeyDictionary[psycopg.Connection, frozenset[str]] = weakref.WeakKeyDictionary()
+
+
+def _rollups_of(conn: psycopg.Connection) -> frozenset[str]:
+    """The rollups this connection's database has, looked up once per connection (a database
+    keeps its engine for life: migrations refuse to switch it)."""
+    known = _ROLLUPS_SEEN.get(conn)
+    if known is None:
+        found = conn.execute(
+            "SELECT coalesce(array_agg(name), '{}') FROM unnest(%s::text[]) AS name"
+            " WHERE to_regclass(name) IS NOT NULL",
+            ([name for name, _ in ROLLUPS],),
+        ).fetchone()
+        known = frozenset(found[0]) if found else frozenset()
+        _ROLLUPS_SEEN[conn] = known
+    return known
 
 
 def _on_edge(edge: datetime, width: timedelta) -> bool:

@@ -48,10 +48,17 @@ def _template_name(engine: str) -> str:
     return TEMPLATE_DB if engine == default_engine() else f"{TEMPLATE_DB}_{engine}"
 
 
+_templates_made: set[tuple[int, str]] = set()
+
+
 def _make_template(server: PostgresServer, engine: str) -> str:
+    """The migrated template for `engine` on this cluster, made on first use."""
     name = _template_name(engine)
+    if (server.port, name) in _templates_made:
+        return name
     with psycopg.connect(server.dsn, autocommit=True) as conn:
         if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            _templates_made.add((server.port, name))
             return name
         conn.execute(f"CREATE DATABASE {name}")
     migrate(server.dsn_for(name), engine="timescale" if engine == "timescale" else "plain")
@@ -68,6 +75,7 @@ def _make_template(server: PostgresServer, engine: str) -> str:
             if not conn.execute("SELECT 1 FROM pg_stat_activity WHERE datname = %s", (name,)).fetchone():
                 break
             time.sleep(0.05)
+    _templates_made.add((server.port, name))
     return name
 
 

@@ -16,7 +16,7 @@ from coldchain.errors import ConfigurationError
 from coldchain.settings import Settings
 from embedded import PostgresServer
 from embedded.postgres import find_bindir, timescaledb_installed
-from storage.migrate import inspect, migrate
+from storage.migrate import migrate, timescale_state
 from tests.support.ingest import ROOT
 
 needs_timescale = pytest.mark.skipif(
@@ -65,7 +65,7 @@ def test_auto_on_an_unloaded_extension_goes_plain_and_says_what_to_set(
     assert "011_readings_storage.plain" in applied
     assert any("shared_preload_libraries = 'timescaledb'" in r.getMessage() for r in caplog.records)
     with psycopg.connect(dsn) as conn:
-        state = inspect(conn)
+        state = timescale_state(conn)
     assert (state.installed, state.preloaded, state.created, state.schema) == (True, False, False, "plain")
 
 
@@ -109,7 +109,7 @@ def test_a_plain_database_stays_plain_where_timescale_is_preloaded(
     dsn = database_on("plain")
     assert migrate(dsn) == []
     with psycopg.connect(dsn) as conn:
-        state = inspect(conn)
+        state = timescale_state(conn)
         assert conn.execute("SELECT to_regclass('readings_5m')").fetchone() == (None,)
     assert state.preloaded and not state.created and state.schema == "plain"
     with pytest.raises(ConfigurationError, match="created on plain PostgreSQL"):
@@ -131,4 +131,4 @@ def test_without_timescale_every_engine_but_timescale_works(
     dsn = database_on("plain")
     assert migrate(dsn, engine="plain") == []
     with psycopg.connect(dsn) as conn:
-        assert inspect(conn).schema == "plain"
+        assert timescale_state(conn).schema == "plain"
