@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
         "sim", help="simulated loggers and fleets (see `coldchain sim --help`)", add_help=False
     )
     sim.add_argument("sim_args", nargs=argparse.REMAINDER)
+    evidence = sub.add_parser(
+        "evidence", help="verify evidence offline, print the public key", add_help=False
+    )
+    evidence.add_argument("evidence_args", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -68,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         from firmware_sim.cli import main as sim_main
 
         return int(sim_main(args_list[1:]))
+    if args_list[:1] == ["evidence"]:
+        from evidence.cli import main as evidence_main
+
+        return evidence_main(args_list[1:])
     args = build_parser().parse_args(args_list)
     try:
         settings = load_settings(getattr(args, "config", None))
@@ -111,9 +119,19 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
         run_ingest(settings, stop)
     elif args.command == "rules":
+        from evidence.attach import EvidenceRecorder, verify_url
         from rules.service import run as run_rules
 
-        run_rules(settings, stop)
+        recorder = EvidenceRecorder(
+            dsn=_require(settings.database_url, "DATABASE_URL"),
+            data_dir=settings.data_dir.resolve(),
+            verify_url=verify_url(settings),
+        )
+        recorder.start()
+        try:
+            run_rules(settings, stop)
+        finally:
+            recorder.stop()
     elif args.command == "api":
         _serve_api(settings)
     return 0
@@ -133,6 +151,7 @@ def run_platform(settings: Settings, *, demo: bool, mqtt_port: int | None, time_
     from coldchain.wire import Topics
     from embedded import MosquittoServer, PostgresServer
     from embedded.process import free_port, port_is_free
+    from evidence.attach import EvidenceRecorder, verify_url
     from ingest.service import IngestService
     from rules.service import RulesService
     from storage.db import open_pool
@@ -171,6 +190,9 @@ def run_platform(settings: Settings, *, demo: bool, mqtt_port: int | None, time_
         rules = RulesService(dsn=dsn, settings=settings)
         rules.start()
         stack.callback(rules.stop)
+        recorder = EvidenceRecorder(dsn=dsn, data_dir=data_dir, verify_url=verify_url(settings))
+        recorder.start()  # makes the evidence signing key on the first start
+        stack.callback(recorder.stop)
         if demo:
             fleet = _start_demo(dsn, mqtt_url, topics, time_scale)
             stack.callback(fleet.stop)

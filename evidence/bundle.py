@@ -237,3 +237,10 @@ def iter_file(path: Path, chunk: int = 1 << 20) -> Iterator[bytes]:
     with path.open("rb") as handle:
         while data := handle.read(chunk):
             yield data
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    for chunk in iter_file(path):
+        h.update(chunk)
+    return h.hexdigest()

@@ -147,3 +147,11 @@ def verify_signature(public: Ed25519PublicKey, signature: bytes, message: bytes)
     except InvalidSignature:
         return False
     return True
+
+
+def existing_public_key(data_dir: Path) -> Ed25519PublicKey | None:
+    """The platform's public key if this data folder has one (verification never makes a key)."""
+    path = data_dir / KEY_FILE
+    if not path.exists():
+        return None
+    return signing_key(data_dir).public

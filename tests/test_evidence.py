@@ -273,3 +273,72 @@ def test_evidence_store_reads_both_clocks(db: psycopg.Connection) -> None:
     assert s.t_ms.tolist() == [T0, T0 + MIN, T0 + 2 * MIN]
     assert (s.t_ms - s.device_t_ms).tolist() == [1500, 1500, 1500]
     assert s.c.tolist() == [4.0, 5.0, 6.0] and np.isnan(s.rh).all()
+
+
+def test_command_line_verifies_offline_and_prints_the_public_key(
+    db: psycopg.Connection, lot: dict[str, tuple[np.ndarray, np.ndarray]], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from coldchain.cli import main
+
+    data = tmp_path / "data"
+    assert main(["evidence", "public-key", "--data-dir", str(data)]) == 0
+    pem = capsys.readouterr().out
+    key = signing.signing_key(data)
+    assert signing.public_pem(key.public) in pem
+    assert (data / signing.KEY_FILE).stat().st_mode & 0o777 == 0o600
+
+    ev = model.shipment_evidence(db, org=1, shipment_id="LEG-1")
+    path = tmp_path / "leg1.zip"
+    with path.open("w+b") as out:
+        bundle.write_bundle(ev, out, key=key, verify_url="http://qa.example/verify")
+    assert main(["evidence", "verify", str(path), "--data-dir", str(data)]) == 0
+    assert "authentic bundle" in capsys.readouterr().out
+    (tmp_path / "key.pem").write_text(signing.public_pem(key.public))
+    assert main(["evidence", "verify", str(path), "--public-key", str(tmp_path / "key.pem")]) == 0
+    capsys.readouterr()
+
+    changed = bytearray(path.read_bytes())
+    changed[len(changed) // 2] ^= 0x80
+    path.write_bytes(bytes(changed))
+    assert main(["evidence", "verify", str(path), "--data-dir", str(data)]) == 1
+    assert "NOT authentic" in capsys.readouterr().err
+    assert main(["evidence", "verify", str(path), "--data-dir", str(tmp_path / "empty")]) == 2
+
+
+def test_bundles_are_recorded_when_an_excursion_opens_and_closes_and_a_shipment_completes(
+    db: psycopg.Connection, lot: dict[str, tuple[np.ndarray, np.ndarray]], key: signing.SigningKey,
+    tmp_path: Path,
+) -> None:
+    from coldchain.domain import Disposition
+    from evidence.attach import record_due
+    from storage import alerts
+
+    data = tmp_path / "data"
+    first = record_due(db, data_dir=data, key=key, verify_url="http://qa.example/verify")
+    kinds = sorted((r.subject_kind, r.stage, r.subject) for r in first)
+    excursion = [r for r in first if r.subject_kind == "excursion"]
+    assert len(excursion) == 1 and excursion[0].stage == "preliminary"
+    assert ("shipment", "completed", "LEG-1") in kinds and ("shipment", "completed", "LEG-2") in kinds
+    for row in first:
+        path = data / row.file_name
+        assert path.name == f"{row.bundle_sha256}.zip" and bundle.file_sha256(path) == row.bundle_sha256
+        assert bundle.verify_path(path, key.public).authentic
+    assert record_due(db, data_dir=data, key=key, verify_url="http://qa.example/verify") == []
+
+    alert_id = excursion[0].alert_id
+    assert alert_id is not None
+    # the rules resolved it when the temperature came back; QA closes it with a disposition
+    alerts.transition(db, org=1, alert_id=alert_id, action="close", actor="qa", comment="door left ajar",
+                      disposition=Disposition.RELEASE)
+    final = record_due(db, data_dir=data, key=key, verify_url="http://qa.example/verify")
+    assert [(r.subject_kind, r.stage, r.alert_id) for r in final] == [("excursion", "final", alert_id)]
+    with zipfile.ZipFile(data / final[0].file_name) as zf:
+        doc = json.loads(zf.read("evidence.json"))
+    life = doc["legs"][0]["excursions"][0]["lifecycle"]
+    assert [e["action"] for e in life] == ["open", "resolve", "close"]
+    assert life[-1]["actor"] == "qa" and life[-1]["comment"] == "door left ajar"
+    assert doc["legs"][0]["excursions"][0]["disposition"] == "release"
+    rows = store.records(db, org=1, alert_id=alert_id)
+    assert [r.stage for r in rows] == ["preliminary", "final"]
+    assert rows[0].record_sha256 != rows[1].record_sha256

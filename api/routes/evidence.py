@@ -18,6 +18,7 @@ from api.deps import AppSettings, Caller, Conn
 from coldchain.access import Permission
 from coldchain.settings import Settings
 from evidence import bundle, model, signing
+from evidence.attach import verify_url
 from evidence.epcis import epcis_bytes
 from evidence.report import pdf_bytes
 from evidence.tabular import csv_chunks, json_chunks
@@ -47,11 +48,6 @@ class VerifyResult(BaseModel):
     subject: dict[str, Any] | None
     record_sha256: str | None
     key_id: str | None
-
-
-def verify_url(settings: Settings) -> str:
-    base = settings.public_url or f"http://{settings.http_host}:{settings.http_port}"
-    return base.rstrip("/") + "/api/v1/evidence/verify"
 
 
 FormatQuery = Annotated[EvidenceFormat, Query(description="json, csv, pdf, epcis or bundle")]
