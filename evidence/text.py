@@ -93,18 +93,9 @@ _table_cache: list[U8] = []
 def _decimal_table() -> U8:
     """Every value from -100.000 to 100.000 in steps of 0.001, formatted once per process."""
     if not _table_cache:
-        width = DECIMAL_WIDTH
-        text = "".join(
-            f"{'-' if i < 0 else ''}{abs(i) // 1000}.{_trim(abs(i) % 1000)}".ljust(width, "\0")
-            for i in range(-_TABLE_LIMIT, _TABLE_LIMIT + 1)
-        )
-        table = np.frombuffer(text.encode("ascii"), dtype=np.uint8).reshape(-1, width)
-        _table_cache.append(table)
+        every = np.arange(-_TABLE_LIMIT, _TABLE_LIMIT + 1, dtype=np.int64)
+        _table_cache.append(_decimals_wide(every, np.ones(every.size, dtype=bool)))
     return _table_cache[0]
-
-
-def _trim(thousandths: int) -> str:
-    return f"{thousandths:03d}".rstrip("0") or "0"
 
 
 def decimals(values: npt.NDArray[np.floating]) -> tuple[U8, npt.NDArray[np.bool_]]:
