@@ -139,6 +139,8 @@ def main() -> int:
         bundle_s, _ = timed(write)
         verify_s, verdict = timed(lambda: bundle.verify_path(path, key.public))
         assert verdict.authentic, verdict.reason
+        deep_s, deep = timed(lambda: bundle.verify_path(path, key.public, deep=True))
+        assert deep.authentic, deep.reason
         rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         figures = {
             "readings": ev.readings,
@@ -157,6 +159,7 @@ def main() -> int:
             "pdf_1m_s": round(pdf_s, 3),
             "bundle_1m_s": round(bundle_s, 3),
             "verify_s": round(verify_s, 3),
+            "verify_deep_s": round(deep_s, 3),
             "evidence_rss_mb": round(rss_mb, 1),
             "load_average": round(os.getloadavg()[0], 2),
         }

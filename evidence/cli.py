@@ -16,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     verify = sub.add_parser("verify", help="check a bundle (zip) or PDF; exit 0 only when authentic")
     verify.add_argument("file", type=Path)
+    verify.add_argument("--deep", action="store_true", help="also re-hash every file against the manifest")
     verify.add_argument("--public-key", type=Path, help="a PEM public key file (else the data folder's)")
     verify.add_argument("--data-dir", type=Path,
                         help="the platform's data folder, whose key signed the file (DATA_DIR, ./.coldchain)")
@@ -46,7 +47,7 @@ def main(argv: list[str]) -> int:
         if not args.file.is_file():
             print(f"coldchain evidence: {args.file} is not a file", file=sys.stderr)
             return 2
-        verdict = bundle.verify_path(args.file, public)
+        verdict = bundle.verify_path(args.file, public, deep=args.deep)
     except (ColdchainError, OSError) as exc:
         print(f"coldchain evidence: {exc}", file=sys.stderr)
         return 2

@@ -18,6 +18,7 @@ import numpy.typing as npt
 import orjson
 
 from coldchain.gs1 import digital_link
+from evidence import text
 from evidence.model import Evidence, LegEvidence, LoggerEvidence
 from evidence.tabular import iso_ms
 
@@ -34,6 +35,13 @@ def _urn(kind: str, value: str) -> str:
 Interval = tuple[int, int, float, float, float, int]
 
 
+def _times(ms: npt.NDArray[np.int64]) -> list[str]:
+    """RFC 3339 strings for many times at once."""
+    raw = text.rfc3339_ms(ms).tobytes().decode("ascii")
+    w = text.TIME_WIDTH
+    return [raw[i : i + w] for i in range(0, len(raw), w)]
+
+
 def _intervals(t: npt.NDArray[np.int64], v: npt.NDArray[np.float64]) -> list[Interval]:
     """(start, end, min, max, mean, count) per clock hour holding readings; NaN values skipped."""
     ok = ~np.isnan(v)
@@ -47,8 +55,8 @@ def _intervals(t: npt.NDArray[np.int64], v: npt.NDArray[np.float64]) -> list[Int
     counts = np.diff(np.concatenate((starts, [t.size])))
     means = np.add.reduceat(v, starts) / counts
     ends = np.concatenate((starts[1:] - 1, [t.size - 1]))
-    return list(zip(t[starts].tolist(), t[ends].tolist(), mins.tolist(), maxs.tolist(),
-                    means.tolist(), counts.tolist(), strict=True))
+    return list(zip(t[starts].tolist(), t[ends].tolist(), np.round(mins, 3).tolist(),
+                    np.round(maxs, 3).tolist(), np.round(means, 3).tolist(), counts.tolist(), strict=True))
 
 
 def _round(x: float) -> float:
@@ -56,8 +64,7 @@ def _round(x: float) -> float:
 
 
 def _report(kind: str, uom: str, lo: float, hi: float, mean: float) -> dict[str, Any]:
-    return {"type": kind, "minValue": _round(lo), "maxValue": _round(hi), "meanValue": _round(mean),
-            "uom": uom}
+    return {"type": kind, "minValue": lo, "maxValue": hi, "meanValue": mean, "uom": uom}
 
 
 def _logger_event(ev: Evidence, leg: LegEvidence, lg: LoggerEvidence) -> dict[str, Any] | None:
@@ -69,13 +76,14 @@ def _logger_event(ev: Evidence, leg: LegEvidence, lg: LoggerEvidence) -> dict[st
     elements: list[dict[str, Any]] = []
     temps = _intervals(t, s.c[sl].astype(np.float64))
     humid = {row[0] // INTERVAL_MS: row for row in _intervals(t, s.rh[sl].astype(np.float64))}
-    for start, end, lo, hi, mean, _ in temps:
+    stamps = _times(np.array([x for row in temps for x in row[:2]], dtype=np.int64))
+    for k, (start, _end, lo, hi, mean, _) in enumerate(temps):
         reports = [_report("Temperature", "CEL", lo, hi, mean)]
         h = humid.get(start // INTERVAL_MS)
         if h is not None:
             reports.append(_report("RelativeHumidity", "P1", h[2], h[3], h[4]))
         elements.append({
-            "sensorMetadata": {"startTime": iso_ms(start), "endTime": iso_ms(end), "deviceID": device},
+            "sensorMetadata": {"startTime": stamps[2 * k], "endTime": stamps[2 * k + 1], "deviceID": device},
             "sensorReport": reports,
         })
     limits = {lim.id: lim for lim in leg.profile.limits}

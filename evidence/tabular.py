@@ -145,12 +145,14 @@ def _json_rows(lg: LoggerEvidence) -> Iterator[bytes]:
     has_door = bool((flags & FLAG_DOOR_OPEN).any())
     has_late = bool((flags & FLAG_LATE).any())
     has_fix = bool((flags & FLAG_CLOCK_CORRECTED).any())
+    cw = text.decimal_width(s.c[sl])
+    rw = text.decimal_width(rh)
     parts: list[bytes | tuple[str, int]] = [
         b',{"t":"', ("t", text.TIME_WIDTH), b'","device_t":"', ("d", text.TIME_WIDTH), b'","c":',
-        ("c", text.DECIMAL_WIDTH),
+        ("c", cw),
     ]
     if has_rh:
-        parts.append(("rh", 6 + text.DECIMAL_WIDTH))
+        parts.append(("rh", 6 + rw))
     for name, wanted, width in (("door", has_door, 12), ("late", has_late, 12),
                                 ("fix", has_fix, 23)):
         if wanted:
@@ -168,10 +170,10 @@ def _json_rows(lg: LoggerEvidence) -> Iterator[bytes]:
             layout.slot("d", n)[:] = layout.slot("t", n)
         else:
             text.rfc3339_ms(dt, layout.slot("d", n))
-        layout.slot("c", n)[:] = text.decimals(s.c[a:b])[0]
+        layout.slot("c", n)[:] = text.decimals(s.c[a:b], cw)[0]
         f = s.flags[a:b]
         if has_rh:
-            block, present = text.decimals(s.rh[a:b])
+            block, present = text.decimals(s.rh[a:b], rw)
             layout.slot("rh", n)[:] = text.optional(present, b',"rh":', block)
         if has_door:
             layout.slot("door", n)[:] = text.flag((f & FLAG_DOOR_OPEN) != 0, b',"door":true')
@@ -214,18 +216,25 @@ def _csv_field(value: str) -> bytes:
 def csv_chunks(ev: Evidence) -> Iterator[bytes]:
     """One row per reading (UTF-8, RFC 4180 line ends, RFC 3339 times, both clocks)."""
     yield CSV_HEADER
+    flag_bits = (("door", FLAG_DOOR_OPEN), ("late", FLAG_LATE), ("fix", FLAG_CLOCK_CORRECTED))
     for leg in ev.legs:
         for lg in leg.loggers:
             s, sl = lg.series, lg.listed
             if sl.stop <= sl.start:
                 continue
-            prefix = _csv_field(leg.leg.shipment_id) + b"," + _csv_field(lg.device.device_id) + b","
-            layout = text.RowLayout(
-                [prefix, ("t", text.TIME_WIDTH), b",", ("d", text.TIME_WIDTH), b",",
-                 ("c", text.DECIMAL_WIDTH), b",", ("rh", text.DECIMAL_WIDTH), b",", ("door", 1), b",",
-                 ("late", 1), b",", ("fix", 1), b"\r\n"],
-                min(CHUNK, sl.stop - sl.start),
-            )
+            # Columns a logger never fills are constant text, so no row pays for them.
+            has_rh = bool(np.isfinite(s.rh[sl]).any())
+            present = {name: bool((s.flags[sl] & bit).any()) for name, bit in flag_bits}
+            cw, rw = text.decimal_width(s.c[sl]), text.decimal_width(s.rh[sl])
+            parts: list[bytes | tuple[str, int]] = [
+                _csv_field(leg.leg.shipment_id) + b"," + _csv_field(lg.device.device_id) + b",",
+                ("t", text.TIME_WIDTH), b",", ("d", text.TIME_WIDTH), b",", ("c", cw), b",",
+            ]
+            parts.append(("rh", rw) if has_rh else b"")
+            for name, _ in flag_bits:
+                parts += [b",", (name, 1) if present[name] else b"0"]
+            parts.append(b"\r\n")
+            layout = text.RowLayout([p for p in parts if p != b""], min(CHUNK, sl.stop - sl.start))
             for a in range(sl.start, sl.stop, CHUNK):
                 b = min(a + CHUNK, sl.stop)
                 n = b - a
@@ -236,10 +245,11 @@ def csv_chunks(ev: Evidence) -> Iterator[bytes]:
                     layout.slot("d", n)[:] = layout.slot("t", n)
                 else:
                     text.rfc3339_ms(dt, layout.slot("d", n))
-                layout.slot("c", n)[:] = text.decimals(s.c[a:b])[0]
-                layout.slot("rh", n)[:] = text.decimals(s.rh[a:b])[0]
+                layout.slot("c", n)[:] = text.decimals(s.c[a:b], cw)[0]
+                if has_rh:
+                    layout.slot("rh", n)[:] = text.decimals(s.rh[a:b], rw)[0]
                 f = s.flags[a:b]
-                layout.slot("door", n)[:] = text.flag((f & FLAG_DOOR_OPEN) != 0, b"1", b"0")
-                layout.slot("late", n)[:] = text.flag((f & FLAG_LATE) != 0, b"1", b"0")
-                layout.slot("fix", n)[:] = text.flag((f & FLAG_CLOCK_CORRECTED) != 0, b"1", b"0")
+                for name, bit in flag_bits:
+                    if present[name]:
+                        layout.slot(name, n)[:] = text.flag((f & bit) != 0, b"1", b"0")
                 yield layout.render(n)

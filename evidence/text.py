@@ -87,6 +87,7 @@ def rfc3339_ms(t_ms: npt.NDArray[np.int64], out: U8 | None = None) -> U8:
 
 
 _TABLE_LIMIT = 100_000  # thousandths: -100.000 .. 100.000 °C / %RH come from a lookup table
+TABLE_WIDTH = 8
 _table_cache: list[U8] = []
 
 
@@ -94,22 +95,41 @@ def _decimal_table() -> U8:
     """Every value from -100.000 to 100.000 in steps of 0.001, formatted once per process."""
     if not _table_cache:
         every = np.arange(-_TABLE_LIMIT, _TABLE_LIMIT + 1, dtype=np.int64)
-        _table_cache.append(_decimals_wide(every, np.ones(every.size, dtype=bool)))
+        wide = _decimals_wide(every, np.ones(every.size, dtype=bool))
+        # left-align each text (NULs last) and keep the 8 bytes "-100.000" needs: fewer NULs
+        # per row to remove later
+        order = np.argsort(wide == 0, axis=1, kind="stable")
+        packed = np.take_along_axis(wide, order, axis=1)[:, :TABLE_WIDTH]
+        _table_cache.append(np.ascontiguousarray(packed))
     return _table_cache[0]
 
 
-def decimals(values: npt.NDArray[np.floating]) -> tuple[U8, npt.NDArray[np.bool_]]:
-    """Numbers rounded to three decimals without trailing zeros (at least one decimal), and the
-    mask of values present (NaN gives an empty field)."""
+def decimal_width(values: npt.NDArray[np.floating]) -> int:
+    """The slot width `decimals` needs for these values (narrow when the table covers them)."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[~np.isnan(v)]
+    if v.size == 0 or (float(v.min()) >= -_TABLE_LIMIT / 1000 and float(v.max()) <= _TABLE_LIMIT / 1000):
+        return TABLE_WIDTH
+    return DECIMAL_WIDTH
+
+
+def decimals(
+    values: npt.NDArray[np.floating], width: int = DECIMAL_WIDTH
+) -> tuple[U8, npt.NDArray[np.bool_]]:
+    """Numbers rounded to three decimals without trailing zeros (at least one decimal), as rows
+    of `width` bytes (see `decimal_width`), and the mask of values present (NaN: empty)."""
     v = np.asarray(values, dtype=np.float64)
     present = ~np.isnan(v)
     x = np.rint(np.where(present, v, 0.0) * 1000).astype(np.int64)
     if x.size == 0 or (int(x.min()) >= -_TABLE_LIMIT and int(x.max()) <= _TABLE_LIMIT):
-        table = _decimal_table()
-        out = table[x + _TABLE_LIMIT]
+        out = _decimal_table()[x + _TABLE_LIMIT]
         if not present.all():
             out[~present] = 0
+        if width > TABLE_WIDTH:
+            out = np.concatenate([out, np.zeros((x.size, width - TABLE_WIDTH), np.uint8)], axis=1)
         return out, present
+    if width < DECIMAL_WIDTH:
+        raise ValueError("values beyond ±100 need the wide slot (decimal_width)")
     return _decimals_wide(x, present), present
 
 

@@ -153,6 +153,7 @@ def test_bundle_verifies_and_fails_on_any_changed_byte(
     verdict = bundle.verify_path(path, key.public)
     assert verdict.authentic, verdict.reason
     assert verdict.subject is not None and verdict.subject["lot"] == "A1"
+    assert bundle.verify_path(path, key.public, deep=True).authentic
     with zipfile.ZipFile(path) as zf:
         assert set(zf.namelist()) == {"evidence.json", "readings.csv", "epcis.jsonld", "report.pdf",
                                       "public-key.pem", "manifest.json", "manifest.sig"}
