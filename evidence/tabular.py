@@ -167,10 +167,10 @@ def _json_rows(lg: LoggerEvidence) -> Iterator[bytes]:
         text.rfc3339_ms(t, layout.slot("t", n))
         dt = s.device_t_ms[a:b]
         if np.array_equal(dt, t):
-            layout.slot("d", n)[:] = layout.slot("t", n)
+            text.copy_rows(layout.slot("d", n), layout.slot("t", n))
         else:
             text.rfc3339_ms(dt, layout.slot("d", n))
-        layout.slot("c", n)[:] = text.decimals(s.c[a:b], cw)[0]
+        text.copy_rows(layout.slot("c", n), text.decimals(s.c[a:b], cw)[0])
         f = s.flags[a:b]
         if has_rh:
             block, present = text.decimals(s.rh[a:b], rw)
@@ -242,10 +242,10 @@ def csv_chunks(ev: Evidence) -> Iterator[bytes]:
                 text.rfc3339_ms(t, layout.slot("t", n))
                 dt = s.device_t_ms[a:b]
                 if np.array_equal(dt, t):
-                    layout.slot("d", n)[:] = layout.slot("t", n)
+                    text.copy_rows(layout.slot("d", n), layout.slot("t", n))
                 else:
                     text.rfc3339_ms(dt, layout.slot("d", n))
-                layout.slot("c", n)[:] = text.decimals(s.c[a:b], cw)[0]
+                text.copy_rows(layout.slot("c", n), text.decimals(s.c[a:b], cw)[0])
                 if has_rh:
                     layout.slot("rh", n)[:] = text.decimals(s.rh[a:b], rw)[0]
                 f = s.flags[a:b]
