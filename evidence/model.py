@@ -145,26 +145,20 @@ def _profile_doc(profile: AlarmProfile) -> dict[str, Any]:
     return {**profile.to_dict(), "labelled_range": {"high_limit": high, "low_limit": low}}
 
 
-def _build(
-    conn: psycopg.Connection,
-    *,
-    org: int,
-    kind: SubjectKind,
-    subject: dict[str, Any],
-    shipment_keys: list[int],
-    stability_budget_s: float | None,
-    window: tuple[int, int] | None = None,
-    only_alert: int | None = None,
-) -> tuple[list[LegEvidence], LotFigures, dict[str, dict[str, Any]]]:
-    leg_rows = store.legs(conn, org=org, shipment_keys=shipment_keys)
-    in_force: dict[str, dict[str, Any]] = {}
+_Loaded = tuple[store.LegRow, AlarmProfile, list[tuple[store.LoggerOnLeg, store.SeriesArrays]]]
+
+
+def _load_legs(
+    conn: psycopg.Connection, *, org: int, shipment_keys: list[int]
+) -> tuple[list[_Loaded], list[Leg]]:
+    """Each leg with its profile and loggers' readings (door data included), and the same as
+    the rules' `Leg`s."""
+    loaded: list[_Loaded] = []
     rule_legs: list[Leg] = []
-    loaded: list[tuple[store.LegRow, AlarmProfile, list[tuple[store.LoggerOnLeg, store.SeriesArrays]]]] = []
-    for row in leg_rows:
+    for row in store.legs(conn, org=org, shipment_keys=shipment_keys):
         profile = profiles.resolve_version(
             conn, org=org, profile_id=row.profile_id, version=row.profile_version
         )
-        in_force[f"{profile.id} v{profile.version}"] = _profile_doc(profile)
         seen: dict[str, tuple[store.LoggerOnLeg, store.SeriesArrays]] = {}
         for dev in row.loggers:
             if dev.device_id not in seen:  # a logger assigned twice to one shipment: one series
@@ -176,6 +170,29 @@ def _build(
         rule_legs.append(
             Leg(row.shipment_id, profile, tuple(_logger_series(s, d.device_id) for d, s in series))
         )
+    return loaded, rule_legs
+
+
+def lot_figures_of(conn: psycopg.Connection, *, org: int, rec: registry.LotRecord) -> LotFigures:
+    """A lot's figures from the readings as the rules see them (door data included), for the
+    lot page and the budget credit: the same numbers as the evidence and `lot_budget_state`."""
+    _, rule_legs = _load_legs(conn, org=org, shipment_keys=list(rec.shipment_keys))
+    return lot_figures(rule_legs, stability_budget_s=rec.stability_budget_s)
+
+
+def _build(
+    conn: psycopg.Connection,
+    *,
+    org: int,
+    kind: SubjectKind,
+    subject: dict[str, Any],
+    shipment_keys: list[int],
+    stability_budget_s: float | None,
+    window: tuple[int, int] | None = None,
+    only_alert: int | None = None,
+) -> tuple[list[LegEvidence], LotFigures, dict[str, dict[str, Any]]]:
+    loaded, rule_legs = _load_legs(conn, org=org, shipment_keys=shipment_keys)
+    in_force = {f"{p.id} v{p.version}": _profile_doc(p) for _, p, _ in loaded}
     figures = lot_figures(rule_legs, stability_budget_s=stability_budget_s)
 
     alert_rows = alerts.list_alerts(conn, org=org, shipment_keys=shipment_keys, limit=10_000)
