@@ -64,6 +64,14 @@ def _write_member(zf: zipfile.ZipFile, name: str, chunks: Iterable[bytes]) -> di
     info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
     info.compress_type = _COMPRESSION
     info.external_attr = 0o644 << 16
+    # A ZipInfo given to ZipFile.open() does not inherit the archive's level (zlib's default 6
+    # is four times slower); the attribute is `_compresslevel` up to 3.12, `compress_level` after.
+    for attr in ("compress_level", "_compresslevel"):
+        try:
+            setattr(info, attr, _LEVEL)
+            break
+        except AttributeError:
+            continue
     pending: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
     failed: list[BaseException] = []
 
