@@ -250,6 +250,7 @@ def _lot_figures_doc(figures: LotFigures, credits: list[dict[str, Any]]) -> dict
         "stability_budget_remaining_s": None if remaining is None else remaining + credited,
         "stability_budget_credits": [{k: _iso(v) for k, v in c.items()} for c in credits],
         "worst_logger_per_shipment": figures.worst_logger,
+        "freeze_thaw_cycles": figures.freeze_thaw_cycles,
         "readings": figures.readings,
     }
 

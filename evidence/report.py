@@ -276,6 +276,8 @@ def _figures_table(ev: Evidence, width: float) -> Table:
         ["MKT (worst logger of each leg, whole journey)", _num(f.get("mkt_c"))],
         ["Time outside the labelled range", _hours(f.get("outside_labelled_range_s"))],
     ]
+    if f.get("freeze_thaw_cycles") is not None:
+        rows.append(["Freeze–thaw cycles", str(f["freeze_thaw_cycles"])])
     for limit, seconds in sorted(f.get("time_out_of_range_s", {}).items()):
         rows.append([f"Time beyond limit {limit}", _hours(seconds)])
     if ev.kind == "lot":

@@ -41,6 +41,7 @@ def logger_stats(f: LoggerFigures) -> dict[str, Any]:
         "delta_h_over_r_k": f.delta_h_over_r_k,
         "time_beyond_s": f.time_beyond_s,
         "outside_labelled_range_s": f.outside_labelled_range_s,
+        "freeze_thaw_cycles": f.freeze_thaw_cycles,
         "mkt_windows": {
             name: {"window_s": w.window_s, "max_c": w.max_c, "ending_at": iso_ms(w.ending_ms),
                    "covered": w.covered}

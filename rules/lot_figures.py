@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from coldchain.alarm_profile import AlarmProfile, Excursion
+from coldchain.alarm_profile import AlarmProfile, Excursion, FreezeThaw
 from rules.engine import EngineState, SensorSeries, evaluate
 from rules.mkt import DEFAULT_DELTA_H_OVER_R_K, KELVIN_OFFSET, duration_weights_ms, rolling_mkt
 
@@ -75,6 +75,7 @@ class LoggerFigures:
     mkt_windows: dict[str, MktWindow]
     excursions: tuple[Excursion, ...]
     state: EngineState
+    freeze_thaw_cycles: int | None = None  # None when the profile does not count them
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +87,8 @@ class LotFigures:
     stability_budget_remaining_s: float | None
     worst_logger: dict[str, str] = field(default_factory=dict)  # shipment -> device
     readings: int = 0
+    # per leg the most any of its loggers saw, summed over legs; None when no leg counts them
+    freeze_thaw_cycles: int | None = None
     loggers: dict[tuple[str, str], LoggerFigures] = field(default_factory=dict)  # (shipment, device)
 
 
@@ -133,6 +136,29 @@ def _window(times: npt.NDArray[np.int64], temps: npt.NDArray[np.float64], window
     return MktWindow(window_s, float(rolled[best]), int(times[best]), True)
 
 
+def freeze_thaw_cycles(
+    times_ms: npt.NDArray[np.int64], temps_c: npt.NDArray[np.float64], rule: FreezeThaw
+) -> int:
+    """Cycles of freezing then thawing (see `FreezeThaw`). Each reading holds until the next;
+    the last run lasts to the last reading, as the engine's runs do."""
+    t = np.asarray(times_ms, dtype=np.int64)
+    v = np.asarray(temps_c, dtype=np.float64)
+    if t.size < 2:
+        return 0
+    cls = np.where(v < rule.freeze_below_c, 1, np.where(v > rule.thaw_above_c, 2, 0)).astype(np.int8)
+    starts = np.flatnonzero(np.concatenate(([True], cls[1:] != cls[:-1])))
+    ends_ms = np.concatenate((t[starts[1:]], [t[-1]]))
+    duration = ends_ms - t[starts]
+    kind = cls[starts]
+    frozen = (kind == 1) & (duration >= rule.min_frozen_s * 1000)
+    thawed = (kind == 2) & (duration >= rule.min_thawed_s * 1000)
+    events = np.where(frozen, 1, np.where(thawed, 2, 0))
+    events = events[events != 0]
+    if events.size < 2:
+        return 0
+    return int(np.count_nonzero((events[:-1] == 1) & (events[1:] == 2)))
+
+
 def logger_figures(logger: LoggerSeries, profile: AlarmProfile) -> LoggerFigures:
     """Evaluate one logger's readings on one leg (door data included) once, and take every
     per-logger figure from that evaluation. The logger must have at least one reading."""
@@ -158,6 +184,8 @@ def logger_figures(logger: LoggerSeries, profile: AlarmProfile) -> LoggerFigures
         mkt_windows={name: _window(t, c, s, dhr, mkt) for name, s in MKT_WINDOWS_S.items()},
         excursions=tuple(result.excursions),
         state=state,
+        freeze_thaw_cycles=None if profile.freeze_thaw is None
+        else freeze_thaw_cycles(t, c, profile.freeze_thaw),
     )
 
 
@@ -170,17 +198,23 @@ def lot_figures(legs: list[Leg], *, stability_budget_s: float | None) -> LotFigu
     worst: dict[str, str] = {}
     per_logger: dict[tuple[str, str], LoggerFigures] = {}
     readings = 0
+    cycles: int | None = None
     for leg in legs:
         best: tuple[float, float, LoggerSeries, LoggerFigures] | None = None
+        leg_cycles: list[int] = []
         for logger in leg.loggers:
             if logger.times_ms.size == 0:
                 continue
             figures = logger_figures(logger, leg.profile)
             per_logger[(leg.shipment_id, logger.device_id)] = figures
             readings += figures.readings
+            if figures.freeze_thaw_cycles is not None:
+                leg_cycles.append(figures.freeze_thaw_cycles)
             key = (figures.outside_labelled_range_s, figures.mkt_c)
             if best is None or key > (best[0], best[1]):
                 best = (key[0], key[1], logger, figures)
+        if leg_cycles:
+            cycles = (cycles or 0) + max(leg_cycles)
         if best is None:
             continue
         spent, _, logger, figures = best
@@ -209,4 +243,5 @@ def lot_figures(legs: list[Leg], *, stability_budget_s: float | None) -> LotFigu
         worst_logger=worst,
         readings=readings,
         loggers=per_logger,
+        freeze_thaw_cycles=cycles,
     )

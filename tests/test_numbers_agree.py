@@ -1,9 +1,11 @@
 """The lot page, the stability budget the rules keep, and the evidence come from one evaluation:
-door tolerance and the profile's ΔH/R included; and the 30-day MKT window judged at day 30."""
+door tolerance and the profile's ΔH/R included; the 30-day MKT window judged at day 30; and
+freeze-thaw cycles counted from the profile's settings."""
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -14,12 +16,12 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from coldchain.access import Role
-from coldchain.alarm_profile import MktLimit, get_preset
+from coldchain.alarm_profile import AlarmProfile, FreezeThaw, MktLimit, get_preset
 from coldchain.domain import Device, DeviceAssignment, Lot, Shipment, ShipmentLot
 from coldchain.settings import Settings
 from evidence import model
 from rules.engine import SensorSeries, evaluate
-from rules.lot_figures import LoggerSeries, logger_figures
+from rules.lot_figures import LoggerSeries, freeze_thaw_cycles, logger_figures
 from rules.mkt import mean_kinetic_temperature
 from rules.runner import drain
 from storage import auth, profiles, registry
@@ -82,7 +84,8 @@ def test_with_a_door_tolerance_the_lot_page_the_budget_and_the_evidence_agree(
     client: TestClient, db: psycopg.Connection
 ) -> None:
     _door_leg(db)
-    row = db.execute("SELECT spent_s FROM lot_budget_state WHERE gtin = %s AND lot = 'A1'", (GTIN,)).fetchone()
+    query = "SELECT spent_s FROM lot_budget_state WHERE gtin = %s AND lot = 'A1'"
+    row = db.execute(query, (GTIN,)).fetchone()
     assert row is not None and row[0] == 15 * 60  # the rules excused the open door
     lot = client.get(f"/api/v1/lots/{GTIN}/A1").json()
     assert lot["outside_labelled_range_s"] == 15 * 60
@@ -131,3 +134,47 @@ def test_the_30_day_mkt_window_is_judged_at_day_30(start_offset_h: int) -> None:
     f = logger_figures(LoggerSeries("X", t, c), get_preset("15-25C"))
     assert f.mkt_windows["30d"].covered
     assert f.mkt_windows["30d"].max_c >= expected - 1e-9
+
+
+def _cycles_reference(minutes: np.ndarray, temps: np.ndarray, rule: FreezeThaw) -> int:
+    """A plain loop: runs of frozen / thawed / neither, each lasting until the next run starts."""
+    runs: list[list[float]] = []  # [class, start minute, end minute]
+    for m, v in zip(minutes.tolist(), temps.tolist(), strict=True):
+        cls = 1 if v < rule.freeze_below_c else 2 if v > rule.thaw_above_c else 0
+        if runs and runs[-1][0] == cls:
+            runs[-1][2] = m
+            continue
+        if runs:
+            runs[-1][2] = m
+        runs.append([cls, m, m])
+    least = {1: rule.min_frozen_s, 2: rule.min_thawed_s}
+    events = [c for c, a, b in runs if c in least and (b - a) * 60 >= least[c]]
+    return sum(1 for a, b in itertools.pairwise(events) if a == 1 and b == 2)
+
+
+def test_freeze_thaw_cycles_are_counted_from_the_profile_settings() -> None:
+    rule = FreezeThaw(freeze_below_c=0.0, thaw_above_c=2.0, min_frozen_s=1800, min_thawed_s=1800)
+    minutes = np.arange(600)
+    temps = np.full(600, 5.0)
+    temps[50:100] = -3.0  # frozen 50 min, then thawed: cycle 1
+    temps[200:210] = -3.0  # frozen only 10 min: not a freeze
+    temps[300:340] = -2.0  # frozen 40 min
+    temps[340:350] = 1.0  # between: neither frozen nor thawed
+    temps[350:360] = 3.0  # thawed only 10 min ...
+    temps[360:380] = -1.0  # ... frozen again (still one freeze, no cycle yet)
+    # from 380 on, 5 °C for 220 min: thawed, cycle 2
+    t = T0 + minutes.astype(np.int64) * MIN
+    assert freeze_thaw_cycles(t, temps, rule) == 2 == _cycles_reference(minutes, temps, rule)
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        walk = np.cumsum(rng.normal(0, 0.6, 400)) + 2
+        assert freeze_thaw_cycles(T0 + np.arange(400) * MIN, walk, rule) == _cycles_reference(
+            np.arange(400), walk, rule)
+
+    profile = dataclasses.replace(get_preset("2-8C"), id="vaccine", freeze_thaw=rule)
+    again = AlarmProfile.from_dict(profile.to_dict())
+    assert again.freeze_thaw == rule
+    assert "freeze_thaw" not in get_preset("2-8C").to_dict()  # unchanged form for others
+    f = logger_figures(LoggerSeries("X", t, temps), profile)
+    assert f.freeze_thaw_cycles == 2
+    assert logger_figures(LoggerSeries("X", t, temps), get_preset("2-8C")).freeze_thaw_cycles is None

@@ -62,6 +62,7 @@ def get_lot(gtin: str, lot: str, conn: Conn, caller: Caller) -> dict[str, Any]:
         "stability_budget_remaining_s": None if remaining is None else remaining + credited,
         "stability_budget_credits": credits,
         "worst_logger_per_shipment": figures.worst_logger,
+        "freeze_thaw_cycles": figures.freeze_thaw_cycles,
     }
 
 
