@@ -191,14 +191,15 @@ def verify_bytes(
 
 
 _PDF_SUBJECT = re.compile(rb"/Subject \(record sha256:([0-9a-f]{64})\)")
-_PDF_TITLE = re.compile(rb"/Title \(Temperature evidence: ([^()\\]{1,300})\)")
+_PDF_TITLE = re.compile(rb"/Title \(Temperature evidence: ((?:[^()\\]|\\.){1,300})\)")
+_PDF_ESCAPE = re.compile(rb"\\(.)")
 
 
 def _verify_pdf(content: Any, public: Ed25519PublicKey) -> Verdict:
     reason = check_seal(content, public)
     record = _PDF_SUBJECT.search(content)
     title = _PDF_TITLE.search(content)
-    subject = {"title": title.group(1).decode("latin-1")} if title else None
+    subject = {"title": _PDF_ESCAPE.sub(rb"\1", title.group(1)).decode("latin-1")} if title else None
     digest = record.group(1).decode() if record else None
     if reason is not None:
         return Verdict(False, reason, "pdf", subject, digest)

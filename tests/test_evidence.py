@@ -235,6 +235,10 @@ def test_http_evidence_in_every_format_and_verification(
         assert got.status_code == 200, got.text
         assert got.headers["content-type"].startswith(kind)
         assert "attachment" in got.headers["content-disposition"]
+        if fmt == "pdf":
+            pdf = client.post("/api/v1/evidence/verify", headers=h, files={"file": ("lot.pdf", got.content)})
+            assert pdf.status_code == 200 and pdf.json()["authentic"] is True and pdf.json()["file"] == "pdf"
+            assert "A1" in pdf.json()["subject"]["title"]
     bundle_bytes = got.content
     ship = client.get("/api/v1/shipments/LEG-1/evidence", headers=h)
     assert ship.status_code == 200 and [x["id"] for x in ship.json()["legs"][0]["devices"]] == ["L1", "L2"]
