@@ -178,3 +178,25 @@ def test_freeze_thaw_cycles_are_counted_from_the_profile_settings() -> None:
     f = logger_figures(LoggerSeries("X", t, temps), profile)
     assert f.freeze_thaw_cycles == 2
     assert logger_figures(LoggerSeries("X", t, temps), get_preset("2-8C")).freeze_thaw_cycles is None
+
+
+def test_the_edge_alarm_and_the_platform_agree_on_an_exclusive_threshold() -> None:
+    """2-8 °C is exclusive on the platform: an hour at exactly 8.0 °C is no excursion there, and
+    the driver's local alarm must not sound for it either; 8.1 °C alarms on both."""
+    from gateway_agent.alarm import LocalAlarm, LocalProfile
+    from gateway_agent.drivers.base import Sample
+
+    preset = get_preset("2-8C")
+    for value, alarms in ((8.0, False), (8.1, True)):
+        minutes = np.arange(120)
+        temps = np.where((minutes >= 20) & (minutes < 100), value, 5.0)
+        t = T0 + minutes.astype(np.int64) * MIN
+        platform = [x for x in evaluate(SensorSeries(t, temps), preset).excursions if x.limit_id == "H1"]
+        edge = LocalAlarm([])
+        edge.set_profile("D", LocalProfile.from_dict(preset.to_dict()))
+        raised = [e for m, c in zip(t.tolist(), temps.tolist(), strict=True)
+                  for e in edge.observe(Sample("D", m, c)) if e.raised and e.limit_id == "H1"]
+        assert bool(platform) is alarms
+        assert bool(raised) is alarms
+        if alarms:
+            assert raised[0].t_ms == platform[0].raised_ms
