@@ -48,40 +48,56 @@ def record_due(
     """Make and record every bundle now owed (up to `limit`); returns the rows added."""
     added: list[store.EvidenceRecord] = []
     for item in store.due(conn, limit=limit):
+        if not store.try_claim(conn, item=item):
+            continue  # another recorder is making it
         try:
-            ev = _evidence_for(conn, item)
-        except NotFoundError:
-            log.warning("evidence: %s %s vanished before its bundle was made", item.subject_kind,
-                        item.alert_id or item.shipment_id)
-            continue
-        now = datetime.now(UTC)
-        folder = data_dir / "evidence" / f"{now:%Y}" / f"{now:%m}"
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".partial-", suffix=".zip")
-        try:
-            with os.fdopen(fd, "w+b") as out:
-                manifest = bundle.write_bundle(ev, out, key=key, verify_url=verify_url)
-            digest = bundle.file_sha256(Path(tmp))
-            final = folder / f"{digest}.zip"
-            os.replace(tmp, final)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        subject = str(item.alert_id) if item.subject_kind == "excursion" else str(item.shipment_id)
-        with conn.transaction():
-            row = store.add_record(
-                conn, org=item.org_id, subject_kind=item.subject_kind, subject=subject, stage=item.stage,
-                alert_id=item.alert_id,
-                shipment_key=item.shipment_key or (ev.shipment_keys[0] if ev.shipment_keys else None),
-                file_name=str(final.relative_to(data_dir)), size_bytes=final.stat().st_size,
-                bundle_sha256=digest, record_sha256=manifest["record_sha256"], key_id=key.key_id,
-                generated_at=ev.generated_at,
-            )
-        if row is None:
-            continue
-        log.info("evidence recorded: %s %s %s (%s)", item.subject_kind, subject, item.stage, digest[:12])
-        added.append(row)
+            row = _record(conn, item, data_dir=data_dir, key=key, verify_url=verify_url)
+        finally:
+            store.release_claim(conn, item=item)
+        if row is not None:
+            added.append(row)
     return added
+
+
+def _record(
+    conn: psycopg.Connection, item: store.DueEvidence, *, data_dir: Path, key: signing.SigningKey,
+    verify_url: str,
+) -> store.EvidenceRecord | None:
+    try:
+        ev = _evidence_for(conn, item)
+    except NotFoundError:
+        log.warning("evidence: %s %s vanished before its bundle was made", item.subject_kind,
+                    item.alert_id or item.shipment_id)
+        return None
+    now = datetime.now(UTC)
+    folder = data_dir / "evidence" / f"{now:%Y}" / f"{now:%m}"
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".partial-", suffix=".zip")
+    try:
+        with os.fdopen(fd, "w+b") as out:
+            manifest = bundle.write_bundle(ev, out, key=key, verify_url=verify_url)
+        digest = bundle.file_sha256(Path(tmp))
+        final = folder / f"{digest}.zip"
+        os.replace(tmp, final)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    subject = str(item.alert_id) if item.subject_kind == "excursion" else str(item.shipment_id)
+    with conn.transaction():
+        row = store.add_record(
+            conn, org=item.org_id, subject_kind=item.subject_kind, subject=subject, stage=item.stage,
+            alert_id=item.alert_id,
+            shipment_key=item.shipment_key or (ev.shipment_keys[0] if ev.shipment_keys else None),
+            file_name=str(final.relative_to(data_dir)), size_bytes=final.stat().st_size,
+            bundle_sha256=digest, record_sha256=manifest["record_sha256"], key_id=key.key_id,
+            generated_at=ev.generated_at,
+        )
+    if row is None:  # recorded meanwhile by a recorder that did not hold the claim
+        if not store.file_recorded(conn, file_name=str(final.relative_to(data_dir))):
+            final.unlink(missing_ok=True)
+        return None
+    log.info("evidence recorded: %s %s %s (%s)", item.subject_kind, subject, item.stage, digest[:12])
+    return row
 
 
 class EvidenceRecorder:

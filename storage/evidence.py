@@ -314,3 +314,23 @@ def lot_spent_s(conn: psycopg.Connection, *, org: int, gtin: str, lot: str) -> f
         (org, gtin, lot),
     ).fetchone()
     return None if row is None else float(row[0])
+
+
+def try_claim(conn: psycopg.Connection, *, item: DueEvidence) -> bool:
+    """A session lock on one owed bundle, so two recorders never make the same one twice."""
+    row = conn.execute(
+        "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (_claim_key(item),)
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def release_claim(conn: psycopg.Connection, *, item: DueEvidence) -> None:
+    conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (_claim_key(item),))
+
+
+def _claim_key(item: DueEvidence) -> str:
+    return f"evidence:{item.org_id}:{item.subject_kind}:{item.alert_id}:{item.shipment_key}:{item.stage}"
+
+
+def file_recorded(conn: psycopg.Connection, *, file_name: str) -> bool:
+    return conn.execute("SELECT 1 FROM evidence_records WHERE file_name = %s", (file_name,)).fetchone() is not None
