@@ -333,4 +333,5 @@ def _claim_key(item: DueEvidence) -> str:
 
 
 def file_recorded(conn: psycopg.Connection, *, file_name: str) -> bool:
-    return conn.execute("SELECT 1 FROM evidence_records WHERE file_name = %s", (file_name,)).fetchone() is not None
+    row = conn.execute("SELECT 1 FROM evidence_records WHERE file_name = %s", (file_name,)).fetchone()
+    return row is not None
