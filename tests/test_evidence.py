@@ -347,3 +347,19 @@ def test_bundles_are_recorded_when_an_excursion_opens_and_closes_and_a_shipment_
     rows = store.records(db, org=1, alert_id=alert_id)
     assert [r.stage for r in rows] == ["preliminary", "final"]
     assert rows[0].record_sha256 != rows[1].record_sha256
+
+
+def test_a_lot_without_readings_yet_has_every_format(
+    db: psycopg.Connection, key: signing.SigningKey, tmp_path: Path
+) -> None:
+    add_leg(db, "LEG-0", ["Q1"], 0, None)
+    ev = model.lot_evidence(db, org=1, gtin=GTIN, lot="A1")
+    assert ev.readings == 0 and ev.figures["mkt_c"] is None
+    doc = json.loads(b"".join(json_chunks(ev)))
+    assert doc["legs"][0]["devices"][0]["readings"] == [] and doc["legs"][0]["stats"] is None
+    assert b"".join(csv_chunks(ev)).count(b"\r\n") == 1  # the header only
+    assert list(_validator().iter_errors(epcis_document(ev))) == []
+    path = tmp_path / "empty.zip"
+    with path.open("w+b") as out:
+        bundle.write_bundle(ev, out, key=key, verify_url="http://qa.example/verify")
+    assert bundle.verify_path(path, key.public, deep=True).authentic
