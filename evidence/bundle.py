@@ -19,7 +19,9 @@ import queue
 import re
 import threading
 import zipfile
+import zlib
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -56,9 +58,30 @@ def record_sha256(ev: Evidence) -> str:
     return h.hexdigest()
 
 
+def _deflate_block(chunk: bytes) -> bytes:
+    """A chunk as raw deflate blocks ending on a byte boundary, not final: such pieces, each
+    compressed on its own, concatenate (with one final empty block) into one valid stream."""
+    c = zlib.compressobj(_LEVEL, zlib.DEFLATED, -15)
+    return c.compress(chunk) + c.flush(zlib.Z_FULL_FLUSH)
+
+
+class _Precompressed:
+    """Stands in for zipfile's compressor: hands back, in order, the pieces compressed in
+    parallel, so zipfile still computes the CRC and sizes and writes every header itself."""
+
+    def __init__(self) -> None:
+        self.pieces: queue.Queue[Future[bytes]] = queue.Queue()
+
+    def compress(self, data: bytes) -> bytes:
+        return self.pieces.get().result()
+
+    def flush(self) -> bytes:
+        return zlib.compressobj(_LEVEL, zlib.DEFLATED, -15).flush()  # the final empty block
+
+
 def _write_member(zf: zipfile.ZipFile, name: str, chunks: Iterable[bytes]) -> dict[str, Any]:
-    """Write one member while its text is still being rendered: a second thread hashes,
-    compresses and writes (zlib and hashlib release the GIL), the caller's thread renders."""
+    """Write one member while its text is still being rendered: the caller's thread renders,
+    two threads deflate the chunks, one hashes and writes (zlib and hashlib release the GIL)."""
     h = hashlib.sha256()
     size = 0
     info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
@@ -74,10 +97,13 @@ def _write_member(zf: zipfile.ZipFile, name: str, chunks: Iterable[bytes]) -> di
             continue
     pending: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
     failed: list[BaseException] = []
+    parallel = _Precompressed()
 
     def consume() -> None:
         try:
             with zf.open(info, "w", force_zip64=True) as member:
+                if hasattr(member, "_compressor"):  # else zipfile compresses, in this thread
+                    member._compressor = parallel
                 while (chunk := pending.get()) is not None:
                     h.update(chunk)
                     member.write(chunk)
@@ -87,14 +113,18 @@ def _write_member(zf: zipfile.ZipFile, name: str, chunks: Iterable[bytes]) -> di
                 pass
 
     worker = threading.Thread(target=consume, name=f"bundle-{name}")
-    worker.start()
-    try:
-        for chunk in chunks:
-            size += len(chunk)
-            pending.put(chunk)
-    finally:
-        pending.put(None)
-        worker.join()
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"deflate-{name}") as pool:
+        worker.start()
+        try:
+            for chunk in chunks:
+                if not chunk:
+                    continue
+                size += len(chunk)
+                parallel.pieces.put(pool.submit(_deflate_block, chunk))
+                pending.put(chunk)
+        finally:
+            pending.put(None)
+            worker.join()
     if failed:
         raise failed[0]
     return {"sha256": h.hexdigest(), "bytes": size}
