@@ -184,8 +184,6 @@ def _build(
     conn: psycopg.Connection,
     *,
     org: int,
-    kind: SubjectKind,
-    subject: dict[str, Any],
     shipment_keys: list[int],
     stability_budget_s: float | None,
     window: tuple[int, int] | None = None,
@@ -267,7 +265,7 @@ def lot_evidence(conn: psycopg.Connection, *, org: int, gtin: str, lot: str) -> 
         "shipments": list(rec.shipments),
     }
     legs, figures, in_force = _build(
-        conn, org=org, kind="lot", subject=subject, shipment_keys=list(rec.shipment_keys),
+        conn, org=org, shipment_keys=list(rec.shipment_keys),
         stability_budget_s=rec.stability_budget_s,
     )
     credits = lot_budget.credits(conn, org=org, gtin=rec.lot.gtin, lot=rec.lot.lot)
@@ -306,7 +304,7 @@ def shipment_evidence(conn: psycopg.Connection, *, org: int, shipment_id: str) -
     key = store.shipment_key(conn, org=org, shipment_id=shipment_id)
     subject: dict[str, Any] = {"kind": "shipment", "shipment": shipment_id}
     legs, figures, in_force = _build(
-        conn, org=org, kind="shipment", subject=subject, shipment_keys=[key], stability_budget_s=None
+        conn, org=org, shipment_keys=[key], stability_budget_s=None
     )
     subject["lots"] = _lots_on(conn, org, legs)
     doc = _lot_figures_doc(figures, [])
@@ -334,7 +332,7 @@ def excursion_evidence(conn: psycopg.Connection, *, org: int, alert_id: int) -> 
                    "to": None if end is None else _iso(datetime.fromtimestamp((hi - 1) / 1000, UTC))},
     }
     legs, figures, in_force = _build(
-        conn, org=org, kind="excursion", subject=subject, shipment_keys=[key],
+        conn, org=org, shipment_keys=[key],
         stability_budget_s=None, window=(lo, hi), only_alert=alert_id,
     )
     subject["lots"] = _lots_on(conn, org, legs)
