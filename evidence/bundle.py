@@ -102,7 +102,9 @@ def _write_member(zf: zipfile.ZipFile, name: str, chunks: Iterable[bytes]) -> di
     def consume() -> None:
         try:
             with zf.open(info, "w", force_zip64=True) as member:
-                if hasattr(member, "_compressor"):  # else zipfile compresses, in this thread
+                # `_compressor` is private to CPython's zipfile (3.11-3.13); without it zipfile
+                # compresses the chunks itself, in this thread, and the pieces go unused.
+                if hasattr(member, "_compressor"):
                     member._compressor = parallel
                 while (chunk := pending.get()) is not None:
                     h.update(chunk)
