@@ -227,7 +227,7 @@ def pdf_bytes(ev: Evidence, *, record_sha256: str, verify_url: str, key: Signing
     for leg in ev.legs:
         row = leg.leg
         story.append(Paragraph(
-            f"Leg {_esc(row.shipment_id)}: {_esc(row.origin or '?')} → {_esc(row.destination or '?')}"
+            f"Leg {_esc(row.shipment_id)}: from {_esc(row.origin or '?')} to {_esc(row.destination or '?')}"
             f" · profile {_esc(leg.profile.id)} v{leg.profile.version}", styles["h2"]))
         story.append(LegChart(leg, width))
         story.append(Spacer(1, 2 * mm))
