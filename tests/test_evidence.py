@@ -204,8 +204,19 @@ def test_pdf_report_holds_the_lot_the_figures_and_the_signature_block(
             descriptor = font.get_object()["/FontDescriptor"].get_object()
             assert "/FontFile2" in descriptor, "fonts must be embedded"
 
-    if shutil.which("pdftoppm") is None:
-        pytest.skip("pdftoppm (poppler-utils) is not installed: the PDF was not rendered to PNG")
+
+
+@pytest.mark.skipif(shutil.which("pdftoppm") is None,
+                    reason="pdftoppm (poppler-utils) is not installed: the PDF cannot be rendered to PNG")
+def test_pdf_report_renders_to_png(
+    db: psycopg.Connection, lot: dict[str, tuple[np.ndarray, np.ndarray]], key: signing.SigningKey,
+    tmp_path: Path,
+) -> None:
+    from evidence.report import pdf_bytes
+
+    ev = model.lot_evidence(db, org=1, gtin=GTIN, lot="A1")
+    record = bundle.record_sha256(ev)
+    pdf = pdf_bytes(ev, record_sha256=record, verify_url="http://qa.example/verify", key=key)
     (tmp_path / "report.pdf").write_bytes(pdf)
     subprocess.run(["pdftoppm", "-png", "-r", "50", "-f", "1", "-l", "1", str(tmp_path / "report.pdf"),
                     str(tmp_path / "page")], check=True, timeout=60)
