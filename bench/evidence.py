@@ -43,7 +43,8 @@ from evidence.tabular import csv_chunks, json_chunks  # noqa: E402
 from rules.runner import drain  # noqa: E402
 from storage import registry  # noqa: E402
 from storage.migrate import migrate  # noqa: E402
-from storage.readings import ReadingRows, copy_rows, load_devices  # noqa: E402
+from storage.readings import ReadingRows, copy_rows  # noqa: E402
+from tests.support.devices import known_devices  # noqa: E402
 
 GTIN = "09506000134352"
 T0 = int(datetime(2026, 1, 1, tzinfo=UTC).timestamp() * 1000)
@@ -73,7 +74,7 @@ def build_lot(conn: psycopg.Connection, readings: int, loggers: int = 10) -> Non
             ),
         )
         for i, d in enumerate(devices):
-            dev = load_devices(conn, [d])[d]
+            dev = known_devices(conn, [d])[d]
             t = start + np.arange(per, dtype=np.int64) * STEP_MS
             c = 5.0 + 1.2 * np.sin(np.arange(per) / 300.0) + rng.normal(0, 0.15, per)
             for k in range(3):  # a few warm spells per logger, some long enough to alarm

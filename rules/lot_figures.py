@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from coldchain.alarm_profile import AlarmProfile, Excursion, FreezeThaw
+from coldchain.alarm_profile import AlarmProfile, FreezeThaw
+from coldchain.excursion import Excursion
 from rules.engine import EngineState, SensorSeries, evaluate
 from rules.mkt import DEFAULT_DELTA_H_OVER_R_K, KELVIN_OFFSET, duration_weights_ms, rolling_mkt
 

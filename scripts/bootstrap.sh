@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up for a fresh Debian/Ubuntu machine: the servers the platform and its tests
-# run (PostgreSQL, Mosquitto) from apt when their binaries are missing, then .venv with the project.
+# run (PostgreSQL, Mosquitto, poppler-utils' pdftoppm) from apt when their binaries are missing, TimescaleDB built from the
+# source archive that TIMESCALEDB_SOURCE names (once; skipped when installed), then .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,8 @@ have_initdb() { ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -
 have_initdb || packages+=(postgresql postgresql-contrib)
 { command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ]; } || packages+=(mosquitto)
 command -v mosquitto_passwd >/dev/null || command -v mosquitto_pub >/dev/null || packages+=(mosquitto-clients)
+# pdftoppm renders the evidence PDF to PNG in tests/test_evidence.py (skipped without it)
+command -v pdftoppm >/dev/null || packages+=(poppler-utils)
 
 python_ok() {
     command -v python3 >/dev/null &&
@@ -27,6 +30,10 @@ if [ ${#packages[@]} -gt 0 ]; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${packages[@]}"
 fi
 python_ok || { echo "bootstrap: Python >= 3.11 with venv is required" >&2; exit 1; }
+
+if [ -n "${TIMESCALEDB_SOURCE:-}" ]; then
+    bash scripts/timescaledb.sh "$TIMESCALEDB_SOURCE"
+fi
 
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv

@@ -31,7 +31,7 @@ from rules.runner import drain
 from storage import auth, profiles
 from storage import evidence as store
 from storage.db import open_pool
-from tests.lot_support import GTIN, MIN, T0, add_leg, write_readings
+from tests.support.lots import GTIN, MIN, T0, add_leg, write_readings
 
 DATA = Path(__file__).parent / "data" / "epcis"
 SCHEMA = Path(__file__).parent.parent / "evidence" / "standards" / "EPCIS-JSON-Schema.json"
@@ -232,6 +232,15 @@ def api(db_dsn: str, db: psycopg.Connection, tmp_path: Path) -> Iterator[tuple[T
         yield client, bearer
 
 
+def _check_documented(client: TestClient, doc: object, name: str = "EvidenceRecord") -> None:
+    """`doc` is valid against the schema the OpenAPI document gives the answer (as a client reads it)."""
+    components = client.get("/openapi.json").json()["components"]
+    schema = {"$ref": f"#/components/schemas/{name}", "components": components}
+    checker = jsonschema.Draft202012Validator.FORMAT_CHECKER
+    errors = list(jsonschema.Draft202012Validator(schema, format_checker=checker).iter_errors(doc))
+    assert errors == [], [f"{list(e.absolute_path)}: {e.message}" for e in errors[:5]]
+
+
 def test_http_evidence_in_every_format_and_verification(
     db: psycopg.Connection, lot: dict[str, tuple[np.ndarray, np.ndarray]],
     api: tuple[TestClient, dict[str, str]], tmp_path: Path,
@@ -240,6 +249,7 @@ def test_http_evidence_in_every_format_and_verification(
     got = client.get(f"/api/v1/lots/{GTIN}/A1/evidence", headers=h)
     assert got.status_code == 200, got.text
     assert got.json()["figures"]["outside_labelled_range_s"] == 3600
+    _check_documented(client, got.json())
     for fmt, kind in (("csv", "text/csv"), ("epcis", "application/ld+json"), ("pdf", "application/pdf"),
                       ("bundle", "application/zip")):
         got = client.get(f"/api/v1/lots/{GTIN}/A1/evidence?format={fmt}", headers=h)
@@ -258,14 +268,18 @@ def test_http_evidence_in_every_format_and_verification(
     assert exc.status_code == 200
     listed = {d["id"]: d["readings_listed"] for d in exc.json()["legs"][0]["devices"]}
     assert 0 < listed["L2"] < 300  # the window around the excursion
+    _check_documented(client, ship.json())
+    _check_documented(client, exc.json())
     assert client.get(f"/api/v1/lots/{GTIN}/A1/evidence?format=xml", headers=h).status_code == 422
     assert client.get("/api/v1/shipments/NOPE/evidence", headers=h).status_code == 404
 
     pem = client.get("/api/v1/evidence/public-key", headers=h)
     assert pem.status_code == 200 and pem.json()["algorithm"] == "Ed25519"
+    _check_documented(client, pem.json(), "PublicKeyOut")
     ok = client.post("/api/v1/evidence/verify", headers=h, files={"file": ("lot.zip", bundle_bytes)})
     assert ok.status_code == 200 and ok.json()["authentic"] is True
     assert ok.json()["subject"]["lot"] == "A1"
+    _check_documented(client, ok.json(), "VerifyResult")
     changed = bytearray(bundle_bytes)
     changed[len(changed) // 3] ^= 0x04
     bad = client.post("/api/v1/evidence/verify", headers=h, files={"file": ("lot.zip", bytes(changed))})
@@ -374,3 +388,33 @@ def test_a_lot_without_readings_yet_has_every_format(
     with path.open("w+b") as out:
         bundle.write_bundle(ev, out, key=key, verify_url="http://qa.example/verify")
     assert bundle.verify_path(path, key.public, deep=True).authentic
+
+
+def test_http_freeze_thaw_profiles_and_large_uploads(
+    db_dsn: str, db: psycopg.Connection, tmp_path: Path
+) -> None:
+    admin = {"Authorization": "Bearer " + auth.create_token(db, org=1, name="adm", role=Role.ADMIN, actor="t")}
+    settings = Settings(database_url=db_dsn, data_dir=tmp_path / "data", http_max_body_bytes=1024)
+    with open_pool(db_dsn, max_size=2) as pool, TestClient(create_app(settings, pool=pool)) as client:
+        body = {
+            "id": "vaccine", "name": "Vaccine", "limits": [
+                {"id": "H", "side": "high", "threshold_c": 8.0, "single_event_delay_s": 0}],
+            "freeze_thaw": {"freeze_below_c": 0.0, "thaw_above_c": 2.0, "min_frozen_s": 600},
+        }
+        made = client.post("/api/v1/profiles", headers=admin, json=body)
+        assert made.status_code == 201, made.text
+        assert made.json()["freeze_thaw"] == {
+            "freeze_below_c": 0.0, "thaw_above_c": 2.0, "min_frozen_s": 600, "min_thawed_s": 3600}
+        assert profiles.resolve(db, org=1, profile_id="vaccine").freeze_thaw is not None
+        upside_down = {**body, "freeze_thaw": {"freeze_below_c": 3.0, "thaw_above_c": 2.0}}
+        refused = client.post("/api/v1/profiles", headers=admin, json=upside_down)
+        assert refused.status_code == 422 and "thaw_above_c" in refused.json()["field"]
+
+        # the verify upload may pass the general body limit (1 KiB here), up to its own
+        big = client.post("/api/v1/evidence/verify", headers=admin, files={"file": ("x.bin", b"x" * 4096)})
+        assert big.status_code == 200 and big.json()["authentic"] is False
+        assert client.post("/api/v1/profiles", headers=admin,
+                           json={**body, "description": "d" * 2048}).status_code == 413
+        extra = client.post("/api/v1/evidence/verify", headers=admin,
+                            files={"file": ("x.bin", b"x")}, data={"note": "1"})
+        assert extra.status_code == 422 and extra.json()["field"] == "note"

@@ -16,8 +16,9 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from coldchain.access import Role
-from coldchain.alarm_profile import AlarmProfile, FreezeThaw, MktLimit, get_preset
+from coldchain.alarm_profile import AlarmProfile, FreezeThaw, MktLimit
 from coldchain.domain import Device, DeviceAssignment, Lot, Shipment, ShipmentLot
+from coldchain.presets import get_preset
 from coldchain.settings import Settings
 from evidence import model
 from rules.engine import SensorSeries, evaluate
@@ -26,8 +27,9 @@ from rules.mkt import mean_kinetic_temperature
 from rules.runner import drain
 from storage import auth, profiles, registry
 from storage.db import open_pool
-from storage.readings import FLAG_DOOR_OPEN, ReadingRows, copy_rows, load_devices
-from tests.lot_support import GTIN, MIN, T0
+from storage.readings import FLAG_DOOR_OPEN, ReadingRows, copy_rows
+from tests.support.devices import known_devices
+from tests.support.lots import GTIN, MIN, T0
 
 
 @pytest.fixture
@@ -64,7 +66,7 @@ def _door_leg(db: psycopg.Connection) -> None:
     temps[100:120] = 11.0
     flags[100:120] = FLAG_DOOR_OPEN
     temps[200:215] = 11.0
-    dev = load_devices(db, ["D1"])["D1"]
+    dev = known_devices(db, ["D1"])["D1"]
     t = T0 + minutes.astype(np.int64) * MIN
     with db.transaction():
         copy_rows(db, ReadingRows(
