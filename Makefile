@@ -12,13 +12,14 @@ setup:
 
 lint: setup
 	.venv/bin/ruff check .
-	.venv/bin/mypy coldchain storage ingest rules notify api embedded gateway_agent firmware_sim
+	.venv/bin/mypy coldchain storage ingest rules notify api embedded gateway_agent firmware_sim evidence
 
 bench: setup
 	.venv/bin/python bench/ingest.py --quick
 	.venv/bin/python bench/rules.py --quick
 	.venv/bin/python bench/gateway.py --quick
 	.venv/bin/python bench/notify.py --quick
+	.venv/bin/python bench/evidence.py --readings 100000
 
 clean:
 	rm -rf .venv .coldchain .pytest_cache .mypy_cache .ruff_cache

@@ -15,7 +15,7 @@ from psycopg_pool import ConnectionPool
 from api import errors
 from api.deps import Conn, refuse_unknown_query
 from api.limits import RequestGuard
-from api.routes import alerts, lots, notify, registry
+from api.routes import alerts, evidence, lots, notify, registry
 from api.schemas import Health
 from coldchain import __version__
 from coldchain.settings import Settings
@@ -56,7 +56,11 @@ def create_app(settings: Settings, *, pool: ConnectionPool | None = None) -> Fas
         generate_unique_id_function=_operation_id,
     )
     errors.install(app)
-    app.add_middleware(RequestGuard, max_body_bytes=settings.http_max_body_bytes)
+    app.add_middleware(
+        RequestGuard,
+        max_body_bytes=settings.http_max_body_bytes,
+        large_bodies={f"{API_PREFIX}/evidence/verify": evidence.MAX_UPLOAD_BYTES},
+    )
 
     v1 = APIRouter(prefix=API_PREFIX, dependencies=[Depends(refuse_unknown_query)])
 
@@ -66,7 +70,7 @@ def create_app(settings: Settings, *, pool: ConnectionPool | None = None) -> Fas
         conn.execute("SELECT 1")
         return Health(status="ok", database="ok", version=__version__)
 
-    for module in (registry, lots, alerts, notify):
+    for module in (registry, lots, alerts, notify, evidence):
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(notify.ack_router)  # /ack/{token}: the signed link is the credential

@@ -34,9 +34,15 @@ async def _refuse(send: Send, status: int, error: str, message: str) -> None:
 class RequestGuard:
     """ASGI middleware: the request body limit and the NUL check, ahead of routing."""
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, *, max_body_bytes: int, large_bodies: dict[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        # Paths that take uploads larger than the limit (a file to verify): a declared length
+        # over their own limit is refused here; the body streams to the route unbuffered, and
+        # the route counts it as it spools it to disk.
+        self.large_bodies = dict(large_bodies or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -55,6 +61,13 @@ class RequestGuard:
                 if declared < 0:
                     await _refuse(send, 400, "BadRequest", "Content-Length is not a whole number")
                     return
+        large = self.large_bodies.get(scope.get("path", ""))
+        if large is not None:
+            if declared is not None and declared > large:
+                await _refuse(send, 413, "PayloadTooLarge", f"the request body exceeds {large} bytes")
+                return
+            await self.app(scope, receive, send)
+            return
         limit = self.max_body_bytes
         if declared is not None and declared > limit:
             await _refuse(send, 413, "PayloadTooLarge", f"the request body exceeds {limit} bytes")

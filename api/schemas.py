@@ -353,6 +353,16 @@ class MktLimitModel(_In):
         return self
 
 
+class FreezeThawModel(_In):
+    """How freeze-thaw cycles are counted (figures only, never an alarm); `thaw_above_c` may not
+    be below `freeze_below_c`."""
+
+    freeze_below_c: Celsius = 0.0
+    thaw_above_c: Celsius = 2.0
+    min_frozen_s: Seconds = 3600
+    min_thawed_s: Seconds = 3600
+
+
 class AlarmProfileBody(_In):
     """A custom alarm profile; the server assigns the version (a POST makes the next one)."""
 
@@ -373,10 +383,13 @@ class AlarmProfileBody(_In):
     low_battery_pct: StrictFloat | None = Field(default=None, ge=0, le=100)
     hysteresis_c: StrictFloat = Field(default=0.0, ge=0, le=100)
     resolve_hold_s: Seconds = 0
+    freeze_thaw: FreezeThawModel | None = Field(default=None, description="counted in the lot figures")
 
     def to_domain(self) -> AlarmProfile:
         """The domain profile; its own checks (unique ids, budget groups, ...) still apply."""
         doc = self.model_dump(exclude={"version"})
+        if doc["freeze_thaw"] is None:
+            del doc["freeze_thaw"]
         return AlarmProfile.from_dict({**doc, "version": self.version or 1})
 
 
@@ -409,6 +422,13 @@ class MktLimitOut(_Out):
     min_coverage_s: int | None
 
 
+class FreezeThawOut(_Out):
+    freeze_below_c: float
+    thaw_above_c: float
+    min_frozen_s: int
+    min_thawed_s: int
+
+
 class AlarmProfileOut(_Out):
     id: str
     version: int
@@ -427,6 +447,7 @@ class AlarmProfileOut(_Out):
     low_battery_pct: float | None
     hysteresis_c: float
     resolve_hold_s: int
+    freeze_thaw: FreezeThawOut | None = None
 
 
 def _limit_out(x: Limit) -> LimitOut:
@@ -460,6 +481,7 @@ def profile_out(p: AlarmProfile) -> AlarmProfileOut:
         low_battery_pct=p.low_battery_pct,
         hysteresis_c=p.hysteresis_c,
         resolve_hold_s=p.resolve_hold_s,
+        freeze_thaw=None if p.freeze_thaw is None else FreezeThawOut.model_validate(p.freeze_thaw.to_dict()),
     )
 
 
@@ -596,6 +618,10 @@ class LotOut(_Out):
     stability_budget_remaining_s: float | None
     stability_budget_credits: list[CreditOut]
     worst_logger_per_shipment: dict[str, str] = Field(description="device id by shipment id")
+    freeze_thaw_cycles: int | None = Field(
+        description="freeze-thaw cycles over the lot's legs (per leg, the most any one logger "
+        "counted); null when no leg's profile counts them (its `freeze_thaw` is unset)"
+    )
 
 
 class RawReading(_Out):
@@ -629,3 +655,215 @@ def check_gtin(value: str) -> str:
         return _check_gtin(value)
     except ValueError as exc:
         raise ValidationError(str(exc), field="gtin") from None
+
+
+# -- evidence ---------------------------------------------------------------------------------
+# The evidence record (`?format=json`) is written by `evidence.tabular` as a stream, byte for byte
+# the document whose SHA-256 the PDF and the bundle's manifest name; these models describe it.
+# Objects the platform stores as frozen JSON (alarm profile bodies, lifecycle events, messages
+# sent, signatures) are described as objects: their keys are documented in docs/evidence.md.
+
+
+class EvidenceWindow(_Out):
+    from_: datetime = Field(alias="from")
+    to: datetime | None
+
+
+class EvidenceLot(_Out):
+    gtin: str
+    lot: str
+    quantity: int | None = None
+    expiry: date | None = None
+    digital_link: str | None = None
+    stability_budget_s: float | None = None
+    stability_budget_spent_s: float | None = None
+    stability_budget_credited_s: float | None = None
+    stability_budget_remaining_s: float | None = None
+
+
+class EvidenceSubject(_Out):
+    """What the record covers; which fields are present depends on `kind`."""
+
+    kind: Literal["lot", "shipment", "excursion"]
+    gtin: str | None = Field(default=None, description="lot")
+    lot: str | None = Field(default=None, description="lot")
+    expiry: date | None = Field(default=None, description="lot")
+    digital_link: str | None = Field(default=None, description="lot")
+    shipments: list[str] | None = Field(default=None, description="lot: every leg's shipment")
+    shipment: str | None = Field(default=None, description="shipment, excursion")
+    alert: int | None = Field(default=None, description="excursion")
+    device: str | None = Field(default=None, description="excursion")
+    state: str | None = Field(default=None, description="excursion")
+    window: EvidenceWindow | None = Field(default=None, description="excursion: the readings listed")
+    lots: list[EvidenceLot] | None = Field(default=None, description="shipment, excursion: lots carried")
+
+
+class EvidenceCredit(_Out):
+    id: int
+    seconds: float
+    reason: str
+    alert_id: int | None
+    credited_by: str
+    credited_at: datetime
+
+
+class EvidenceFigures(_Out):
+    mkt_c: float | None
+    time_out_of_range_s: dict[str, float]
+    outside_labelled_range_s: float
+    stability_budget_s: float | None
+    stability_budget_credited_s: float
+    stability_budget_remaining_s: float | None
+    stability_budget_credits: list[EvidenceCredit]
+    worst_logger_per_shipment: dict[str, str]
+    freeze_thaw_cycles: int | None
+    readings: int
+
+
+class EvidenceMktWindow(_Out):
+    window_s: int
+    max_c: float
+    ending_at: datetime
+    covered: bool
+
+
+class EvidenceEngineExcursion(_Out):
+    kind: str
+    limit: str
+    tier: str
+    start: datetime
+    raised: datetime
+    end: datetime | None
+    resolved: datetime | None
+    peak: float
+    duration_s: float
+
+
+class EvidenceLoggerStats(_Out):
+    readings: int
+    first: datetime
+    last: datetime
+    min_c: float
+    max_c: float
+    mean_c: float
+    mkt_c: float | None
+    delta_h_over_r_k: float
+    time_beyond_s: dict[str, float]
+    outside_labelled_range_s: float
+    freeze_thaw_cycles: int | None
+    mkt_windows: dict[str, EvidenceMktWindow]
+    engine_excursions: list[EvidenceEngineExcursion]
+
+
+class EvidenceLegStats(_Out):
+    loggers: int
+    readings: int
+    min_c: float
+    max_c: float
+    mean_c: float
+    worst_logger: str
+    mkt_c: float | None
+    time_beyond_s: dict[str, float]
+    outside_labelled_range_s: float
+    mkt_windows: dict[str, EvidenceMktWindow]
+
+
+class EvidenceReading(_Out):
+    t: datetime = Field(description="the platform's time (clock corrections applied)")
+    device_t: datetime = Field(description="the logger's own clock")
+    c: float
+    rh: float | None = None
+    door: bool | None = Field(default=None, description="present (true) only when the door was open")
+    late: bool | None = Field(default=None, description="present (true) only for late data")
+    clock_corrected: bool | None = Field(default=None, description="present (true) only when corrected")
+
+
+class EvidenceDevice(_Out):
+    id: str
+    kind: str | None
+    name: str | None
+    interval_s: int | None
+    from_: datetime | None = Field(alias="from")
+    to: datetime | None
+    calibration: dict[str, Any] | None
+    stats: EvidenceLoggerStats | None
+    readings_listed: int
+    readings: list[EvidenceReading]
+
+
+class EvidenceLotCarried(_Out):
+    gtin: str
+    lot: str
+    quantity: int | None
+
+
+class EvidenceShipment(_Out):
+    id: str
+    origin: str | None
+    destination: str | None
+    created_at: datetime | None
+    profile: str = Field(description="the profile in force: `id vN`")
+    lots: list[EvidenceLotCarried]
+
+
+class EvidenceExcursion(_Out):
+    id: int
+    kind: str
+    severity: str
+    state: str
+    device: str | None
+    shipment: str | None
+    limit: str | None
+    profile: str | None
+    message: str
+    started_at: datetime | None
+    ended_at: datetime | None
+    peak_c: float | None
+    opened_at: datetime
+    acknowledged_at: datetime | None
+    acknowledged_by: str | None
+    resolved_at: datetime | None
+    closed_at: datetime | None
+    disposition: str | None
+    lifecycle: list[dict[str, Any]] = Field(description="who, when, what, why")
+    notifications: list[dict[str, Any]] = Field(description="who was told, by which channel, and the outcome")
+    signatures: list[dict[str, Any]]
+
+
+class EvidenceLeg(_Out):
+    shipment: EvidenceShipment
+    stats: EvidenceLegStats | None
+    devices: list[EvidenceDevice]
+    excursions: list[EvidenceExcursion]
+
+
+class EvidenceRecord(_Out):
+    """The evidence record (`format` `coldchain-evidence/1`); its SHA-256 is the record hash."""
+
+    format: Literal["coldchain-evidence/1"]
+    kind: Literal["lot", "shipment", "excursion"]
+    title: str
+    subject: EvidenceSubject
+    generated_at: datetime
+    platform_version: str
+    profile: dict[str, Any] | None = Field(description="the first leg's alarm profile, as frozen")
+    profiles: dict[str, dict[str, Any]] = Field(description="every profile in force, by `id vN`")
+    figures: EvidenceFigures
+    legs: list[EvidenceLeg]
+    signatures: list[dict[str, Any]]
+    disposition: dict[str, Any] | None
+
+
+class PublicKeyOut(_Out):
+    algorithm: Literal["Ed25519"]
+    key_id: str
+    public_key_pem: str
+
+
+class VerifyResult(_Out):
+    authentic: bool
+    reason: str
+    file: str | None = Field(description="what was checked: `bundle` or `pdf`")
+    subject: dict[str, Any] | None = Field(description="the record's subject, when it could be read")
+    record_sha256: str | None
+    key_id: str | None

@@ -26,6 +26,7 @@ from coldchain.field_checks import (
 __all__ = [
     "MKT_WINDOWS",
     "AlarmProfile",
+    "FreezeThaw",
     "HumidityLimit",
     "Limit",
     "MktLimit",
@@ -232,11 +233,50 @@ class MktLimit:
         return cls(**d)
 
 
+# --- freeze-thaw counting ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FreezeThaw:
+    """How freeze-thaw cycles are counted: a cycle is a stay below `freeze_below_c` lasting at
+    least `min_frozen_s`, later followed by a stay above `thaw_above_c` lasting at least
+    `min_thawed_s` (sample-and-hold durations, as for every limit)."""
+
+    freeze_below_c: float = 0.0
+    thaw_above_c: float = 2.0
+    min_frozen_s: int = 3600
+    min_thawed_s: int = 3600
+
+    def __post_init__(self) -> None:
+        where = "profile.freeze_thaw"
+        check_float(f"{where}.freeze_below_c", self.freeze_below_c, low=_ABSOLUTE_ZERO_C)
+        check_float(f"{where}.thaw_above_c", self.thaw_above_c, low=_ABSOLUTE_ZERO_C)
+        if self.thaw_above_c < self.freeze_below_c:
+            raise fail(f"{where}.thaw_above_c", "must not be below freeze_below_c")
+        check_seconds(f"{where}.min_frozen_s", self.min_frozen_s)
+        check_seconds(f"{where}.min_thawed_s", self.min_thawed_s)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "freeze_below_c": self.freeze_below_c,
+            "thaw_above_c": self.thaw_above_c,
+            "min_frozen_s": self.min_frozen_s,
+            "min_thawed_s": self.min_thawed_s,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: object, *, where: str = "profile.freeze_thaw") -> FreezeThaw:
+        return cls(**fields_of(where, raw, required=frozenset(), optional=frozenset(
+            {"freeze_below_c", "thaw_above_c", "min_frozen_s", "min_thawed_s"})))
+
+
 # --- the profile --------------------------------------------------------------------------------
 
 _PROFILE_REQUIRED = frozenset({"id", "version", "name", "limits"})
+
 _PROFILE_OPTIONAL = frozenset(
     {
+        "freeze_thaw",
         "description",
         "start_delay_s",
         "door_open_tolerance_s",
@@ -281,6 +321,7 @@ class AlarmProfile:
     low_battery_pct: float | None = None
     hysteresis_c: float = 0.0
     resolve_hold_s: int = 0
+    freeze_thaw: FreezeThaw | None = None  # counted in the figures, never an alarm by itself
 
     def __post_init__(self) -> None:
         check_id("profile.id", self.id)
@@ -375,6 +416,8 @@ class AlarmProfile:
             "low_battery_pct": self.low_battery_pct,
             "hysteresis_c": self.hysteresis_c,
             "resolve_hold_s": self.resolve_hold_s,
+            # only when set, so the stored bodies of existing profiles keep their exact form
+            **({"freeze_thaw": self.freeze_thaw.to_dict()} if self.freeze_thaw is not None else {}),
         }
 
     @classmethod
@@ -391,6 +434,8 @@ class AlarmProfile:
                 if not isinstance(items, list | tuple):
                     raise fail(f"profile.{key}", "must be a list")
                 d[key] = tuple(parse(x, where=f"profile.{key}[{i}]") for i, x in enumerate(items))
+        if d.get("freeze_thaw") is not None:
+            d["freeze_thaw"] = FreezeThaw.from_dict(d["freeze_thaw"])
         return cls(**d)
 
 

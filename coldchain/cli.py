@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
         "sim", help="simulated loggers and fleets (see `coldchain sim --help`)", add_help=False
     )
     sim.add_argument("sim_args", nargs=argparse.REMAINDER)
+    evidence = sub.add_parser(
+        "evidence", help="verify evidence offline, print the public key", add_help=False
+    )
+    evidence.add_argument("evidence_args", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -88,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         from firmware_sim.cli import main as sim_main
 
         return int(sim_main(args_list[1:]))
+    if args_list[:1] == ["evidence"]:
+        from evidence.cli import main as evidence_main
+
+        return evidence_main(args_list[1:])
     args = build_parser().parse_args(args_list)
     try:
         settings = load_settings(getattr(args, "config", None))
@@ -232,6 +240,7 @@ def run_platform(settings: Settings, *, demo: bool, mqtt_port: int | None, time_
     from api.app import create_app
     from coldchain.wire import Topics
     from embedded.process import free_port, port_is_free
+    from evidence.attach import EvidenceRecorder, verify_url
     from ingest.service import IngestService
     from notify.service import NotificationService
     from rules.service import RulesService
@@ -258,6 +267,9 @@ def run_platform(settings: Settings, *, demo: bool, mqtt_port: int | None, time_
         notifier = NotificationService(dsn=dsn, settings=settings)
         notifier.start()
         stack.callback(notifier.stop)
+        recorder = EvidenceRecorder(dsn=dsn, data_dir=data_dir, verify_url=verify_url(settings))
+        recorder.start()  # makes the evidence signing key on the first start
+        stack.callback(recorder.stop)
         if demo:
             fleet = _start_demo(dsn, mqtt_url, topics, time_scale)
             stack.callback(fleet.stop)
@@ -446,13 +458,22 @@ def _stop_on_signals() -> threading.Event:
 
 
 def _run_rules(settings: Settings, stop: threading.Event) -> None:
-    """`coldchain rules`: the rules service and the notification service, until `stop` is set."""
+    """`coldchain rules`: the rules service, the notification service and the evidence recorder,
+    until `stop` is set."""
+    from evidence.attach import EvidenceRecorder, verify_url
     from notify.service import NotificationService
     from rules.service import RulesService
 
     dsn = _require(settings.database_url, "DATABASE_URL")
+    recorder = EvidenceRecorder(
+        dsn=dsn, data_dir=settings.data_dir.resolve(), verify_url=verify_url(settings)
+    )
     with RulesService(dsn=dsn, settings=settings), NotificationService(dsn=dsn, settings=settings):
-        stop.wait()
+        recorder.start()  # makes the evidence signing key on the first start
+        try:
+            stop.wait()
+        finally:
+            recorder.stop()
 
 
 def _serve_api(settings: Settings) -> None:

@@ -5,7 +5,10 @@ The profile is the `profile` of the platform's DeviceConfig: ``{"limits": [{"id"
 "threshold_c", "single_event_delay_s", ...}], "hysteresis_c": 0.5, "start_delay_s": 600}``.
 Unknown keys are ignored here (the platform validates profiles; the edge only needs these few),
 and a limit without a single-event delay (a cumulative-only limit) is left to the platform.
-Thresholds are inclusive: 8.0 °C is beyond a high limit of 8.0 °C.
+A limit's `inclusive` decides as on the platform (rules/engine.py): inclusive, 8.0 °C is beyond a
+high limit of 8.0 °C; exclusive (the platform's default, and its 2-8 °C preset), only above it.
+The platform's config always states it; a hand-written limit without the key stays inclusive,
+as the edge always treated it.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ class LocalLimit:
     side: str
     threshold_c: float
     delay_s: float
+    inclusive: bool = True
 
     def __post_init__(self) -> None:
         if self.side not in ("high", "low"):
@@ -37,9 +41,12 @@ class LocalLimit:
             raise ValidationError("delay must not be negative", field="single_event_delay_s")
 
     def beyond(self, celsius: float, hysteresis_c: float = 0.0) -> bool:
+        """Beyond the limit (with the hysteresis: not yet back inside by that much)."""
         if self.side == "high":
-            return celsius >= self.threshold_c - hysteresis_c
-        return celsius <= self.threshold_c + hysteresis_c
+            edge = self.threshold_c - hysteresis_c
+            return celsius >= edge if self.inclusive else celsius > edge
+        edge = self.threshold_c + hysteresis_c
+        return celsius <= edge if self.inclusive else celsius < edge
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +74,7 @@ class LocalProfile:
                         side=str(item["side"]),
                         threshold_c=float(item["threshold_c"]),
                         delay_s=float(delay),
+                        inclusive=bool(item.get("inclusive", True)),
                     )
                 )
             except (KeyError, TypeError, ValueError) as exc:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent set-up for a fresh Debian/Ubuntu machine: the servers the platform and its tests
-# run (PostgreSQL, Mosquitto) from apt when their binaries are missing, TimescaleDB built from the
+# run (PostgreSQL, Mosquitto, poppler-utils' pdftoppm) from apt when their binaries are missing, TimescaleDB built from the
 # source archive that TIMESCALEDB_SOURCE names (once; skipped when installed), then .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +15,8 @@ have_initdb() { ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -
 have_initdb || packages+=(postgresql postgresql-contrib)
 { command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ]; } || packages+=(mosquitto)
 command -v mosquitto_passwd >/dev/null || command -v mosquitto_pub >/dev/null || packages+=(mosquitto-clients)
+# pdftoppm renders the evidence PDF to PNG in tests/test_evidence.py (skipped without it)
+command -v pdftoppm >/dev/null || packages+=(poppler-utils)
 
 python_ok() {
     command -v python3 >/dev/null &&

@@ -28,8 +28,9 @@ from api.schemas import (
 from coldchain.access import Permission
 from coldchain.errors import ValidationError
 from coldchain.gs1 import digital_link, normalize_gtin
-from rules.lot_figures import Leg, LoggerSeries, LotFigures, lot_figures
-from storage import alerts, lot_budget, profiles, readings, registry
+from evidence.model import lot_figures_of
+from rules.lot_figures import LotFigures
+from storage import alerts, lot_budget, readings, registry
 
 router = APIRouter()
 
@@ -52,15 +53,9 @@ def parse_bucket(text: str | None) -> timedelta | None:
 
 
 def _figures(conn: Conn, org: int, rec: registry.LotRecord) -> LotFigures:
-    legs = [
-        Leg(
-            shipment_id=leg.shipment_id,
-            profile=profiles.resolve(conn, org=org, profile_id=leg.profile_id, version=leg.profile_version),
-            loggers=tuple(LoggerSeries(dev, t, c) for dev, (t, c) in leg.loggers.items()),
-        )
-        for leg in readings.lot_legs(conn, org=org, shipment_keys=list(rec.shipment_keys))
-    ]
-    return lot_figures(legs, stability_budget_s=rec.stability_budget_s)
+    # The readings as the rules judged them (door data included): the same numbers as the
+    # stored budget spend and the evidence.
+    return lot_figures_of(conn, org=org, rec=rec)
 
 
 @router.get("/lots/{gtin}/{lot}", tags=["lots"], response_model=LotOut, responses=responses(*AUTHED, 404))
@@ -87,6 +82,7 @@ def get_lot(gtin: GtinPath, lot: LotPath, conn: Conn, caller: Caller) -> LotOut:
         stability_budget_remaining_s=None if remaining is None else remaining + credited,
         stability_budget_credits=[CreditOut.model_validate(c) for c in credits],
         worst_logger_per_shipment=figures.worst_logger,
+        freeze_thaw_cycles=figures.freeze_thaw_cycles,
     )
 
 
