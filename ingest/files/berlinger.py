@@ -293,6 +293,10 @@ def _fridge_tag(
             })
         timeout = node.child("Ext Sensor timeout") or node.child("Int Sensor timeout")
         checked = node.child("Checked")
+        checked_at = (
+            next(iter(checked.children[0].pairs.values()), None)
+            if checked and checked.children else None
+        )
         days.append(DeviceDay(
             day=day,
             min_c=reader.temp(node.get("Min T"), node.line),
@@ -303,7 +307,7 @@ def _fridge_tag(
             alarms=tuple(day_alarms),
             sensor_timeout_min=reader.integer(timeout.get("t AccST"), timeout.line) if timeout else None,
             events=reader.integer(node.get("Events"), node.line),
-            checked=next(iter(checked.children[0].pairs.values()), None) if checked and checked.children else None,
+            checked=checked_at,
         ))
     days.sort(key=lambda d: d.day)
     events = _day_events(days, {a.number: a for a in alarms})
