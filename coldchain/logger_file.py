@@ -146,6 +146,7 @@ class LoggerFile:
     interval_s: int | None = None
     internal_sample_s: int = 60
     start_delay_s: int = 0
+    zone_offset_s: int = 0  # the device clock's offset from UTC (its daily records are local days)
     alarms: tuple[DeviceAlarm, ...] = ()
     results: DeviceResults = field(default_factory=DeviceResults)
     days: tuple[DeviceDay, ...] = ()

@@ -329,6 +329,7 @@ def _fridge_tag(
     return LoggerFile(
         format=fmt, model=model, serial=conf.get("Serial"), times_ms=t, celsius=c,
         missing=missing, interval_s=interval * 60 if interval else None, start_delay_s=delay * 60,
+        zone_offset_s=int(reader.zone.total_seconds()),
         alarms=tuple(alarms), results=results, days=tuple(days), events=tuple(events),
         signature=_signature(root), settings=_flat(conf),
     )
@@ -421,6 +422,7 @@ def _qtag(
         format=fmt, model=model, serial=conf.get("Serial"), times_ms=t, celsius=c,
         missing=missing, interval_s=interval * 60 if interval else None,
         start_delay_s=0,  # the series starts after the start delay (TS Start)
+        zone_offset_s=int(reader.zone.total_seconds()),
         alarms=tuple(alarms), results=results, events=tuple(events),
         signature=_signature(root), settings=_flat(conf),
     )
