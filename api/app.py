@@ -13,7 +13,7 @@ from psycopg_pool import ConnectionPool
 
 from api import errors
 from api.deps import Conn
-from api.routes import alerts, lots, notify, registry
+from api.routes import alerts, logger_files, lots, notify, registry
 from coldchain import __version__
 from coldchain.settings import Settings
 from storage.db import open_pool
@@ -56,7 +56,7 @@ def create_app(settings: Settings, *, pool: ConnectionPool | None = None) -> Fas
         conn.execute("SELECT 1")
         return JSONResponse({"status": "ok", "database": "ok", "version": __version__})
 
-    for module in (registry, lots, alerts, notify):
+    for module in (registry, lots, alerts, notify, logger_files):
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(notify.ack_router)  # /ack/{token}: the signed link is the credential

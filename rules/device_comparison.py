@@ -290,7 +290,8 @@ def _compare_alarms(
                               "condition even allowing two logging intervals",
                 })
             continue
-        i, x = min(near, key=lambda p: abs(p[1].raised_ms - e.triggered_ms))
+        trig = e.triggered_ms
+        i, x = min(near, key=lambda p: abs(p[1].raised_ms - trig))
         matched.add(i)
         if e.duration_s is not None and (e.end_ms is not None or a.mode == "cumulative"):
             t, c = s.window(since - s.interval_ms, (e.end_ms or int(s.t[-1])) + s.interval_ms)

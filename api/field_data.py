@@ -1,0 +1,93 @@
+"""One logger file imported and judged in one transaction: the original kept, the readings through
+the ingest writer, the device's report beside the platform's, the discrepancies. The HTTP route
+and `coldchain logger-file import` both call this."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from coldchain.settings import Settings
+from ingest.core import Limits
+from ingest.files.generic_csv import ColumnMapping
+from ingest.files.importer import file_writer, import_logger_file
+from rules.device_comparison import compare_with_device
+from storage import logger_files as store
+from storage import profiles
+
+__all__ = ["import_and_compare", "mapping_for", "stored_response"]
+
+
+def mapping_for(
+    conn: psycopg.Connection, *, org: int, mapping: dict[str, Any] | None, mapping_name: str | None
+) -> ColumnMapping | None:
+    """The CSV column mapping named (saved before) or given inline; None for vendor formats."""
+    if mapping_name:
+        return ColumnMapping.from_dict(store.get_mapping(conn, org=org, name=mapping_name))
+    if mapping is not None:
+        return ColumnMapping.from_dict(mapping)
+    return None
+
+
+def stored_response(
+    kept: store.StoredFile, *, stored: int, duplicates: int, repeated: bool
+) -> dict[str, Any]:
+    return {
+        "id": kept.id,
+        "sha256": kept.sha256,
+        "filename": kept.filename,
+        "size_bytes": kept.size_bytes,
+        "format": kept.format,
+        "device": kept.device_id,
+        "shipment": kept.shipment_id,
+        "readings": kept.readings,
+        "stored": stored,
+        "duplicates": duplicates,
+        "missing": kept.missing,
+        "repeated": repeated,
+        "summary_only": bool(kept.device_report.get("summary_only")),
+        "uploaded_at": kept.uploaded_at.isoformat(),
+        "device_report": kept.device_report,
+        "platform_report": kept.platform_report,
+        "discrepancies": kept.discrepancies,
+    }
+
+
+def import_and_compare(
+    conn: psycopg.Connection,
+    raw: bytes,
+    *,
+    org: int,
+    organization: str,
+    actor: str,
+    settings: Settings,
+    filename: str | None = None,
+    device_id: str | None = None,
+    shipment_id: str | None = None,
+    mapping: ColumnMapping | None = None,
+) -> dict[str, Any]:
+    """Import, evaluate and keep one file; the response of POST /logger-files."""
+    writer = file_writer(Limits.from_settings(settings))
+    with conn.transaction():
+        imp = import_logger_file(
+            conn, raw, org=org, organization=organization, actor=actor, writer=writer,
+            filename=filename, device_id=device_id, shipment_id=shipment_id, mapping=mapping,
+        )
+        if imp.repeated:
+            assert imp.stored_file is not None
+            return stored_response(imp.stored_file, stored=0, duplicates=imp.readings, repeated=True)
+        assert imp.logger_file is not None
+        shipment_profile = None
+        if shipment_id is not None:
+            _, profile_id, version = store.shipment_of(conn, org=org, shipment_id=shipment_id)
+            shipment_profile = profiles.resolve(conn, org=org, profile_id=profile_id, version=version)
+        comparison = compare_with_device(imp.logger_file, shipment_profile=shipment_profile)
+        store.update_outcome(
+            conn, imp.file_id, stored=imp.stored, duplicates=imp.duplicates,
+            platform_report=comparison.platform_report, discrepancies=comparison.discrepancies,
+        )
+        kept = store.get_file(conn, org=org, file_id=imp.file_id)
+    body = stored_response(kept, stored=imp.stored, duplicates=imp.duplicates, repeated=False)
+    body["refused"] = imp.refused
+    return body
