@@ -56,8 +56,9 @@ def create_app(settings: Settings, *, pool: ConnectionPool | None = None) -> Fas
         conn.execute("SELECT 1")
         return JSONResponse({"status": "ok", "database": "ok", "version": __version__})
 
-    for module in (registry, lots, alerts, notify, logger_files):
+    for module in (registry, lots, alerts, notify):
         v1.include_router(module.router)
+    v1.include_router(logger_files.router)
     app.include_router(v1)
     app.include_router(notify.ack_router)  # /ack/{token}: the signed link is the credential
 

@@ -91,3 +91,39 @@ def import_and_compare(
     body = stored_response(kept, stored=imp.stored, duplicates=imp.duplicates, repeated=False)
     body["refused"] = imp.refused
     return body
+
+
+def import_command(args: Any, settings: Settings) -> int:
+    """`coldchain logger-file import FILE`: the same import as the upload, printed for a clerk."""
+    import orjson
+
+    from coldchain.errors import ConfigurationError
+    from storage import auth
+    from storage.db import connect
+
+    if settings.database_url is None:
+        raise ConfigurationError("DATABASE_URL is required")
+    raw = args.file.read_bytes()
+    inline = orjson.loads(args.mapping.read_bytes()) if args.mapping else None
+    with connect(settings.database_url, autocommit=True) as conn:
+        org = auth.org_id(conn, args.organization)
+        mapping = mapping_for(conn, org=org, mapping=inline, mapping_name=args.mapping_name)
+        body = import_and_compare(
+            conn, raw, org=org, organization=args.organization, actor="cli", settings=settings,
+            filename=args.file.name, device_id=args.device, shipment_id=args.shipment,
+            mapping=mapping,
+        )
+    if args.json:
+        print(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    dev, ours = body["device_report"], body["platform_report"] or {}
+    print(f"{body['format']} {body['device']}: {body['readings']} readings, {body['stored']} stored, "
+          f"{body['duplicates']} already there, {body['missing']} missing"
+          + (" (same file as before: nothing stored)" if body["repeated"] else ""))
+    for name in ("mkt_c", "min_c", "max_c", "mean_c"):
+        print(f"  {name:7} device {dev.get(name)!s:>8}   platform {ours.get(name)!s:>8}")
+    print(f"  device alarms: {len(dev.get('alarms', []))}, platform excursions: "
+          f"{len(ours.get('excursions', []))}, daily records: {len(dev.get('days', []))}")
+    for d in body["discrepancies"]:
+        print(f"  DISCREPANCY {d['check']} {d.get('subject', '')}: {d['detail']}")
+    return 0

@@ -215,11 +215,6 @@ def compare_with_device(lf: LoggerFile, *, shipment_profile: AlarmProfile | None
     if profile is not None:
         own = evaluate(SensorSeries(t, c), profile).excursions
         excursions += [_excursion(x, "device_config") for x in own]
-    if shipment_profile is not None:
-        excursions += [
-            _excursion(x, f"shipment_profile:{shipment_profile.id}")
-            for x in evaluate(SensorSeries(t, c), shipment_profile).excursions
-        ]
         margin = 2 * s.interval_ms // 1000
         lenient = device_profile(lf, shift_s=-margin)
         strict = device_profile(lf, shift_s=margin)
@@ -229,6 +224,11 @@ def compare_with_device(lf: LoggerFile, *, shipment_profile: AlarmProfile | None
             lenient=evaluate(SensorSeries(t, c), lenient).excursions,
             strict=evaluate(SensorSeries(t, c), strict).excursions,
         )
+    if shipment_profile is not None:
+        excursions += [
+            _excursion(x, f"shipment_profile:{shipment_profile.id}")
+            for x in evaluate(SensorSeries(t, c), shipment_profile).excursions
+        ]
     days = _compare_days(lf, s, found, not_compared)
     report = {
         "source": "readings", "readings": len(t), "first": _iso(int(t[0])), "last": _iso(int(t[-1])),

@@ -272,35 +272,9 @@ def _stamp_column(
     zone = _zone(mapping.timezone)
     offset_ms: npt.NDArray[np.int64] | None = None
     if fmt == "iso":
-        trimmed = np.char.rstrip(stamps, b"\x00")
-        width = stamps.dtype.itemsize
-        chars = stamps.view(np.uint8).reshape(len(stamps), width) if len(stamps) else None
-        lengths = np.char.str_len(trimmed)
-        if chars is not None and len(stamps):
-            last = chars[np.arange(len(stamps)), lengths - 1]
-            if bool(np.isin(last, (90, 122)).all()):  # Z
-                chars = chars.copy()
-                chars[np.arange(len(stamps)), lengths - 1] = 0
-                iso = chars.view(f"S{width}").ravel()
-                zone = timedelta(0)
-            elif bool((chars[np.arange(len(stamps)), lengths - 3] == 58).all()) and bool(
-                np.isin(chars[np.arange(len(stamps)), lengths - 6], (43, 45)).all()
-            ):
-                rows = np.arange(len(stamps))
-                sign = np.where(chars[rows, lengths - 6] == 45, -1, 1)
-                digit = chars.astype(np.int64) - 48
-                hh = digit[rows, lengths - 5] * 10 + digit[rows, lengths - 4]
-                mm = digit[rows, lengths - 2] * 10 + digit[rows, lengths - 1]
-                offset_ms = sign * (hh * 3_600_000 + mm * 60_000)
-                chars = chars.copy()
-                for back in range(1, 7):
-                    chars[rows, lengths - back] = 0
-                iso = chars.view(f"S{width}").ravel()
-                zone = timedelta(0)
-            else:
-                iso = stamps
-        else:
-            iso = stamps
+        iso, offset_ms = _iso_offsets(stamps, lines)
+        if offset_ms is not None:
+            zone = timedelta(0)
     else:
         iso = _fixed_to_iso(stamps, fmt, lines)
     try:
@@ -311,6 +285,45 @@ def _stamp_column(
         raise LoggerFileError(f"time does not match {fmt!r}", line=bad) from None
     utc = _local_to_utc(local, zone)
     return utc - offset_ms if offset_ms is not None else utc
+
+
+def _iso_offsets(
+    stamps: npt.NDArray[np.bytes_], lines: list[int]
+) -> tuple[npt.NDArray[np.bytes_], npt.NDArray[np.int64] | None]:
+    """ISO times as wall times and their own UTC offsets (ms; None: the times carry none).
+
+    Every row must be written the way the first one is (all 'Z', all '±hh:mm', or all without).
+    """
+    n = len(stamps)
+    if not n:
+        return stamps, None
+    width = stamps.dtype.itemsize
+    chars = stamps.view(np.uint8).reshape(n, width)
+    lengths = np.char.str_len(stamps).astype(np.int64)
+    rows = np.arange(n)
+
+    def at(back: int) -> npt.NDArray[np.uint8]:
+        return chars[rows, np.maximum(lengths - back, 0)]
+
+    zulu = np.isin(at(1), (90, 122))
+    offset = np.isin(at(6), (43, 45)) & (at(3) == 58) & (lengths > 6)
+    style = zulu if zulu[0] else offset if offset[0] else ~(zulu | offset)
+    wrong = np.flatnonzero(~style)
+    if len(wrong):
+        raise LoggerFileError("time is not written like the first row's", line=lines[int(wrong[0])])
+    if not (zulu[0] or offset[0]):
+        return stamps, None
+    cut = 1 if zulu[0] else 6
+    offsets = np.zeros(n, dtype=np.int64)
+    if offset[0]:
+        digit = chars.astype(np.int64) - 48
+        hh = digit[rows, lengths - 5] * 10 + digit[rows, lengths - 4]
+        mm = digit[rows, lengths - 2] * 10 + digit[rows, lengths - 1]
+        offsets = np.where(at(6) == 45, -1, 1) * (hh * 3_600_000 + mm * 60_000)
+    wall = chars.copy()
+    for back in range(1, cut + 1):
+        wall[rows, lengths - back] = 0
+    return np.ascontiguousarray(wall).view(f"S{width}").ravel(), offsets
 
 
 def _fixed_to_iso(stamps: npt.NDArray[np.bytes_], fmt: str, lines: list[int]) -> npt.NDArray[np.bytes_]:
