@@ -101,8 +101,9 @@ class _Series:
         return not bool(((self.gap_after >= lo) & (self.gap_after < hi)).any())
 
     def window(self, start_ms: int, end_ms: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
-        sel = (self.t >= start_ms) & (self.t < end_ms)
-        return self.t[sel], self.c[sel]
+        lo = int(np.searchsorted(self.t, start_ms, side="left"))
+        hi = int(np.searchsorted(self.t, end_ms, side="left"))
+        return self.t[lo:hi], self.c[lo:hi]
 
     def swing_at(self, at_ms: int) -> float:
         """How far the temperature moved over the logged interval(s) around a moment."""

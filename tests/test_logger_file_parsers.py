@@ -50,7 +50,8 @@ def test_fridge_tag_2_is_kept_as_daily_summaries_not_readings() -> None:
     # The two ALARM cells of the PDF are sensor-connection errors (2h 58min, 21min), not alarms.
     assert [d.sensor_timeout_min for d in lf.days] == [178, 0, 0, 21]
     assert lf.events == ()
-    assert [(a.side, a.threshold_c, a.delay_s) for a in lf.alarms] == [("low", -0.5, 3600), ("high", 8.0, 36000)]
+    limits = [(a.side, a.threshold_c, a.delay_s) for a in lf.alarms]
+    assert limits == [("low", -0.5, 3600), ("high", 8.0, 36000)]
     assert lf.results.start_ms == _ms("17.04.2023 16:43")
     assert lf.signature["Sig"].startswith("83847cd9") and lf.signature["Cert Issuer"] == "Berlinger & Co. AG"
     report = compare_with_device(lf).platform_report
@@ -150,7 +151,8 @@ def test_q_tag_alarm_events_as_printed() -> None:
 def test_a_device_report_that_its_readings_contradict_is_a_discrepancy() -> None:
     text = (DATA / QTAG2).read_bytes().decode()
     tampered = text.replace(" MKT: 10.5\r\n", " MKT: 12.5\r\n").replace(
-        "   TS S: 2022-11-08 21:50, t A: 219, TS A: 2022-11-08 22:20, TS E:, T M: 24.5, TS M: 2022-11-09 01:28\r\n",
+        "   TS S: 2022-11-08 21:50, t A: 219, TS A: 2022-11-08 22:20, TS E:, T M: 24.5,"
+        " TS M: 2022-11-09 01:28\r\n",
         "",
     )
     assert tampered != text
@@ -242,7 +244,8 @@ def test_generic_csv_parses_a_large_export_as_columns() -> None:
     t0 = 1_700_000_000_000
     stamps = np.datetime_as_string((t0 + np.arange(n) * 60_000).astype("datetime64[ms]"), unit="s")
     values = np.round(np.linspace(2.0, 8.0, n), 2)
-    raw = ("t;c\n" + "\n".join(f"{s};{str(v).replace('.', ',')}" for s, v in zip(stamps, values, strict=True))).encode()
+    rows = (f"{s};{str(v).replace('.', ',')}" for s, v in zip(stamps, values, strict=True))
+    raw = ("t;c\n" + "\n".join(rows)).encode()
     lf = parse_csv(raw, ColumnMapping(time_column="t", value_column="c", delimiter=";", decimal=","))
     assert len(lf) == n and lf.interval_s == 60
     assert (lf.times_ms == t0 + np.arange(n) * 60_000).all()

@@ -45,7 +45,9 @@ def _h(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def _upload(client: TestClient, token: str, name: str, raw: bytes | None = None, **form: str) -> tuple[int, dict]:
+def _upload(
+    client: TestClient, token: str, name: str, raw: bytes | None = None, **form: str
+) -> tuple[int, dict]:
     content = (DATA / name).read_bytes() if raw is None else raw
     res = client.post(
         "/api/v1/logger-files", headers=_h(token), files={"file": (name, content, "text/plain")}, data=form
@@ -109,9 +111,8 @@ def test_summary_only_file_keeps_daily_records_and_no_readings(
         "2023-04-17", "2023-04-18", "2023-04-19", "2023-04-20"
     ]
     rows = db.execute("SELECT day, min_c, max_c, mean_c FROM logger_file_days ORDER BY day").fetchall()
-    assert [(str(d), round(a, 1), round(b, 1), round(c, 1)) for d, a, b, c in rows][0] == (
-        "2023-04-17", 2.3, 20.8, 4.4
-    )
+    d, lo, hi, mean = rows[0]
+    assert (str(d), round(lo, 1), round(hi, 1), round(mean, 1)) == ("2023-04-17", 2.3, 20.8, 4.4)
     assert _counts(db)[0] == 0
 
 
@@ -134,14 +135,19 @@ def test_bad_files_get_422_naming_the_line_and_store_nothing(
     assert _counts(db) == (0, 0, 0, 0)
 
 
-def test_csv_with_a_saved_mapping_and_a_bad_row(client: TestClient, token: str, db: psycopg.Connection) -> None:
+def test_csv_with_a_saved_mapping_and_a_bad_row(
+    client: TestClient, token: str, db: psycopg.Connection
+) -> None:
     mapping = {
         "time_column": "Zeit", "value_column": "Temperatur", "time_format": "%d.%m.%Y %H:%M",
         "timezone": "Europe/Berlin", "delimiter": ";", "decimal": ",", "encoding": "cp1252",
     }
     res = client.put("/api/v1/logger-files/mappings/depot-csv", json=mapping, headers=_h(token))
     assert res.status_code == 200, res.text
-    good = "Zeit;Temperatur;Ort\n01.07.2024 12:00;5,5;Kühlraum\n01.07.2024 12:05;--.-;\n01.07.2024 12:10;6,0;\n"
+    good = (
+        "Zeit;Temperatur;Ort\n01.07.2024 12:00;5,5;Kühlraum\n01.07.2024 12:05;--.-;\n"
+        "01.07.2024 12:10;6,0;\n"
+    )
     code, body = _upload(client, token, "export.csv", raw=good.encode("cp1252"),
                          mapping_name="depot-csv", device="DEPOT-7")
     assert code == 201, body

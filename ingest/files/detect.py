@@ -22,7 +22,7 @@ def read_logger_file(
     raw: bytes, *, mapping: ColumnMapping | None = None, filename: str | None = None
 ) -> LoggerFile:
     """Parse an export; LoggerFileError (a ValidationError naming the line) when it cannot be read."""
-    if not raw.strip():
+    if not raw or (len(raw) < 4096 and not raw.strip()):
         raise LoggerFileError("the file is empty", line=1)
     if mapping is not None:
         return parse_csv(raw, mapping, model=filename or "CSV export")
