@@ -78,6 +78,12 @@ class DayRow:
     events: int | None
 
 
+def lock_hash(conn: psycopg.Connection, *, org: int, sha256: str) -> None:
+    """Serialise imports of the same bytes (until the transaction ends), so a file uploaded twice
+    at once is kept once and the second import sees the first."""
+    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, %s))", (sha256, org))
+
+
 def new_file_id(conn: psycopg.Connection) -> int:
     row = conn.execute("SELECT nextval(pg_get_serial_sequence('logger_files', 'id'))").fetchone()
     assert row is not None

@@ -208,3 +208,32 @@ def test_cli_imports_a_file(db_dsn: str, db: psycopg.Connection, monkeypatch: py
     assert body["repeated"] is True and body["stored"] == 0
     assert main(["logger-file", "import", str(DATA / "QTag_CLm_doc_LR__RCPJ00010_02_202211090128.pdf")]) == 2
     assert "line 1:" in capsys.readouterr().err
+
+
+def test_the_same_file_uploaded_twice_at_once_is_kept_once(db_dsn: str, db: psycopg.Connection) -> None:
+    import threading
+
+    from api.field_data import import_and_compare
+
+    raw = (DATA / QTAG2).read_bytes()
+    results: list[dict] = []
+    errors: list[BaseException] = []
+
+    def upload() -> None:
+        try:
+            with psycopg.connect(db_dsn, autocommit=True) as conn:
+                results.append(import_and_compare(
+                    conn, raw, org=1, organization="default", actor="clerk",
+                    settings=Settings(database_url=db_dsn),
+                ))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=upload) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    assert sorted(r["stored"] for r in results) == [0, 124]
+    assert _counts(db)[:3] == (124, 1, 1)

@@ -28,7 +28,7 @@ import numpy as np
 import psycopg
 
 from coldchain.domain import Device, DeviceAssignment, ReadingBatch
-from coldchain.errors import ValidationError
+from coldchain.errors import ConflictError, ValidationError
 from coldchain.logger_file import LoggerFile
 from ingest.core import ClockTracker, Limits, Message, Prepared
 from ingest.files.detect import read_logger_file
@@ -121,6 +121,7 @@ def import_logger_file(
 ) -> FileImport:
     """Import one file in the caller's transaction (open one around it: all or nothing)."""
     sha = hashlib.sha256(raw).hexdigest()
+    store.lock_hash(conn, org=org, sha256=sha)
     kept = store.find_by_hash(conn, org=org, sha256=sha)
     if kept is not None:
         key = store.device_key_of(conn, org=org, device_id=kept.device_id or "")
@@ -137,14 +138,20 @@ def import_logger_file(
     device_key = store.device_key_of(conn, org=org, device_id=dev_id)
     if device_key is None:
         # A logger read out for the first time is registered from its own file (audited).
-        rec = registry.create_device(
-            conn, org=org, actor=actor,
-            device=Device(
-                id=dev_id, kind=_KIND.get(lf.format, "logger"), interval_s=lf.interval_s or 60,
-                organization=organization, name=f"{lf.model} {lf.serial or ''}".strip(),
-            ),
-        )
-        device_key = rec.key
+        try:
+            device_key = registry.create_device(
+                conn, org=org, actor=actor,
+                device=Device(
+                    id=dev_id, kind=_KIND.get(lf.format, "logger"),
+                    interval_s=min(max(lf.interval_s or 60, 1), 86_400),
+                    organization=organization, name=f"{lf.model} {lf.serial or ''}".strip(),
+                ),
+            ).key
+        except ConflictError:
+            # Registered meanwhile by a concurrent import (or it belongs to another organization).
+            device_key = store.device_key_of(conn, org=org, device_id=dev_id)
+            if device_key is None:
+                raise
     shipment_key = None
     if shipment_id is not None:
         shipment_key, _, _ = store.shipment_of(conn, org=org, shipment_id=shipment_id)
