@@ -4,6 +4,7 @@ and `coldchain logger-file import` both call this."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -11,10 +12,10 @@ import psycopg
 from coldchain.settings import Settings
 from ingest.core import Limits
 from ingest.files.generic_csv import ColumnMapping
-from ingest.files.importer import file_writer, import_logger_file
+from ingest.files.importer import FileImport, file_writer, import_logger_file
 from rules.device_comparison import compare_with_device
+from storage import calibrations, profiles
 from storage import logger_files as store
-from storage import profiles
 
 __all__ = ["import_and_compare", "mapping_for", "stored_response"]
 
@@ -54,6 +55,26 @@ def stored_response(
     }
 
 
+def _calibration(conn: psycopg.Connection, imp: FileImport) -> dict[str, Any]:
+    """The logger's calibration status on the first and the last day of the file's readings."""
+    lf = imp.logger_file
+    assert lf is not None
+    first = lf.times_ms[0] if len(lf) else lf.results.start_ms
+    last = lf.times_ms[-1] if len(lf) else lf.results.stop_ms
+    out: dict[str, Any] = {}
+    for name, ms in (("first_reading", first), ("last_reading", last)):
+        if ms is None:
+            continue
+        day = datetime.fromtimestamp(int(ms) / 1000, UTC).date()
+        state, rec = calibrations.status_of(conn, imp.device_key, day)
+        out[name] = {
+            "date": day.isoformat(), "status": state.value,
+            "certificate": rec.certificate.certificate_number if rec else None,
+            "due_on": rec.certificate.due_on.isoformat() if rec else None,
+        }
+    return out
+
+
 def import_and_compare(
     conn: psycopg.Connection,
     raw: bytes,
@@ -83,9 +104,10 @@ def import_and_compare(
             _, profile_id, version = store.shipment_of(conn, org=org, shipment_id=shipment_id)
             shipment_profile = profiles.resolve(conn, org=org, profile_id=profile_id, version=version)
         comparison = compare_with_device(imp.logger_file, shipment_profile=shipment_profile)
+        report = {**comparison.platform_report, "calibration": _calibration(conn, imp)}
         store.update_outcome(
             conn, imp.file_id, stored=imp.stored, duplicates=imp.duplicates,
-            platform_report=comparison.platform_report, discrepancies=comparison.discrepancies,
+            platform_report=report, discrepancies=comparison.discrepancies,
         )
         kept = store.get_file(conn, org=org, file_id=imp.file_id)
     body = stored_response(kept, stored=imp.stored, duplicates=imp.duplicates, repeated=False)

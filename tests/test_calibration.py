@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import orjson
 import psycopg
@@ -21,6 +22,7 @@ from storage import auth
 from storage.db import open_pool
 
 GTIN = "09506000134352"
+DATA = Path(__file__).parent / "data" / "loggers"
 def _days(n: int) -> timedelta:
     return timedelta(days=n)
 
@@ -152,3 +154,18 @@ def test_warning_alert_thirty_days_before_due(client: TestClient, token: str, db
     _calibrate(client, token, "LOG-DUE", today, today + _days(365), "C-21")
     assert check_calibrations(db, today=today) == (0, 1)
     assert db.execute("SELECT state FROM alerts WHERE kind = 'calibration_due'").fetchone() == ("resolved",)
+
+
+def test_a_logger_file_shows_the_calibration_at_the_time_of_its_readings(
+    client: TestClient, token: str
+) -> None:
+    _register(client, token, "RCPJ00010")
+    code, _ = _calibrate(client, token, "RCPJ00010", date(2021, 11, 20), date(2022, 11, 20), "Q-2021")
+    assert code == 201
+    raw = (DATA / "QTag_CLm_doc_LR__RCPJ00010_02_202211090128.txt").read_bytes()
+    files = {"file": ("q.txt", raw, "text/plain")}
+    res = client.post("/api/v1/logger-files", headers=_h(token), files=files)
+    assert res.status_code == 201, res.text
+    calibration = res.json()["platform_report"]["calibration"]
+    assert calibration["first_reading"]["status"] == "due_soon"  # 12 days before it was due
+    assert calibration["last_reading"]["certificate"] == "Q-2021"

@@ -75,6 +75,9 @@ def test_upload_stores_readings_once_and_the_second_upload_stores_nothing(
     assert 10.5 <= body["platform_report"]["mkt_c"] < 10.6
     assert body["discrepancies"] == []
     assert {a["alarm"] for a in body["device_report"]["alarms"]} == {1, 2, 4, 5}
+    assert body["platform_report"]["calibration"]["first_reading"] == {
+        "date": "2022-11-08", "status": "never", "certificate": None, "due_on": None
+    }
     # The readings went through the ingest writer: one file batch (seq < 0), late, 2022 data kept.
     batch = db.execute("SELECT seq, readings, late FROM batches").fetchall()
     assert batch == [(-body["id"], 124, True)]
