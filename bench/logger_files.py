@@ -4,7 +4,7 @@
   does it: parse, hash, keep the original, readings through the ingest writer (one binary COPY),
   daily records, the platform's evaluation beside the device's, one commit. Each run imports into
   a fresh database so nothing is a duplicate; the figure is the median of the runs.
-* the generic CSV importer's parse rate on a generated export (ISO times, and a
+* the generic CSV importer's parse rate (best of three) on a generated export (ISO times, and a
   "dd.mm.yyyy HH:MM:SS" / decimal-comma / Windows-1252 variant), rows per second.
 
     python bench/logger_files.py [--quick]
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -45,17 +46,17 @@ def fresh_db(server: PostgresServer, name: str) -> str:
     return dsn
 
 
-def import_once(dsn: str, raw: bytes) -> tuple[float, dict[str, object]]:
+def import_once(dsn: str, raw: bytes) -> tuple[float, float, dict[str, object]]:
     settings = Settings(database_url=dsn)  # built once at start-up in the API, so not timed
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("SELECT 1")  # connection set up outside the timing, as the API's pool does
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         body = import_and_compare(
             conn, raw, org=1, organization="default", actor="bench", settings=settings,
             filename=FT2L.name,
         )
-        elapsed = time.perf_counter() - t0
-    return elapsed, body
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return elapsed, cpu, body
 
 
 def csv_export(n: int, *, variant: str) -> tuple[bytes, ColumnMapping]:
@@ -97,12 +98,14 @@ def main() -> None:
     rows = 200_000 if args.quick else 1_000_000
     raw = FT2L.read_bytes()
     times: list[float] = []
+    cpus: list[float] = []
     with PostgresServer() as server:
         for i in range(runs):
             dsn = fresh_db(server, f"bench_files{i}")
-            elapsed, body = import_once(dsn, raw)
+            elapsed, cpu, body = import_once(dsn, raw)
             assert body["stored"] == 10_653 and body["discrepancies"] == [], body["discrepancies"]
             times.append(elapsed)
+            cpus.append(cpu)
             print(f"run {i}: {elapsed * 1000:.0f} ms", file=sys.stderr)
     iso = csv_rate(rows, "iso", 3)
     local = csv_rate(rows, "local", 3)
@@ -111,11 +114,13 @@ def main() -> None:
         "fridge_tag_2l_rows": 10_653,
         "import_end_to_end_s_median": round(statistics.median(times), 3),
         "import_end_to_end_s_min": round(min(times), 3),
+        "import_client_cpu_s_median": round(statistics.median(cpus), 3),
         "import_target_s": 0.3,
         "csv_rows": rows,
         "csv_iso_rows_per_s": round(iso),
         "csv_local_decimal_comma_rows_per_s": round(local),
         "csv_target_rows_per_s": 500_000,
+        "load_average_1m": round(os.getloadavg()[0], 2),
     }
     print(json.dumps(result))
 

@@ -118,13 +118,13 @@ def _fixed_slices(fmt: str) -> list[tuple[str, int, int]] | None:
     return out if {d for d, _, _ in out} >= {"%Y", "%m", "%d", "%H", "%M"} else None
 
 
-def _first_bad(lines: list[int], values: list[str], check: Any) -> int:
+def _first_bad(lines: Any, values: list[str], check: Any) -> int:
     for n, v in zip(lines, values, strict=True):
         try:
             check(v)
         except (ValueError, OverflowError):
-            return n
-    return lines[0] if lines else 1
+            return int(n)
+    return int(lines[0]) if len(lines) else 1
 
 
 def _local_to_utc(local_ms: npt.NDArray[np.int64], zone: ZoneInfo | timedelta) -> npt.NDArray[np.int64]:
@@ -141,16 +141,32 @@ def _local_to_utc(local_ms: npt.NDArray[np.int64], zone: ZoneInfo | timedelta) -
 
 
 def _fields(
-    buf: npt.NDArray[np.uint8], bounds: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]
+    buf: npt.NDArray[np.uint8],
+    bounds: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]],
+    *,
+    decimal: int | None = None,
 ) -> npt.NDArray[np.bytes_]:
-    """Each row's field as a fixed-width bytes array (NUL-padded, which numpy ignores)."""
+    """Each row's field as a fixed-width bytes array (NUL-padded, which numpy ignores).
+
+    Gathered one character position at a time (a column of n bytes per step), so memory stays at
+    n x width bytes. `decimal` is a decimal-mark byte to turn into '.' on the way.
+    """
     begin, end = bounds
-    width = int((end - begin).max()) if len(begin) else 1
-    width = max(width, 1)
-    idx = begin[:, None] + np.arange(width, dtype=np.int64)
-    inside = idx < end[:, None]
-    chars = np.where(inside, buf[np.minimum(idx, len(buf) - 1)], 0).astype(np.uint8)
-    return np.ascontiguousarray(chars).view(f"S{width}").ravel()
+    n = len(begin)
+    lengths = end - begin
+    width = max(int(lengths.max()) if n else 1, 1)
+    chars = np.zeros((n, width), dtype=np.uint8)
+    last = len(buf) - 1
+    shortest = int(lengths.min()) if n else 0
+    if shortest:  # the part inside every row's field: one gather
+        index_type = np.int32 if len(buf) < (1 << 31) - width else np.int64
+        idx = begin.astype(index_type)[:, None] + np.arange(shortest, dtype=index_type)
+        chars[:, :shortest] = buf[idx]
+    for j in range(shortest, width):
+        chars[:, j] = np.where(lengths > j, buf[np.minimum(begin + j, last)], 0)
+    if decimal is not None:
+        chars[chars == decimal] = 46
+    return chars.view(f"S{width}").ravel()
 
 
 def _bounds(
@@ -166,11 +182,40 @@ def _bounds(
     end = row_end.copy() if column == k else delims[:, column].copy()
     last = len(buf) - 1
     for _ in range(2):  # a space and a quote on either side
-        lead = (begin < end) & np.isin(buf[np.minimum(begin, last)], (32, 34))
-        begin = begin + lead
-        trail = (end > begin) & np.isin(buf[np.maximum(end - 1, 0)], (32, 34))
+        first = buf[np.minimum(begin, last)]
+        lead = (begin < end) & ((first == 32) | (first == 34))
+        if lead.any():
+            begin = begin + lead
+        final = buf[np.maximum(end - 1, 0)]
+        trail = (end > begin) & ((final == 32) | (final == 34))
+        if not trail.any():
+            if not lead.any():
+                break
+            continue
         end = end - trail
     return begin, end
+
+
+_CP1252_UNDEFINED: Final = (0x81, 0x8D, 0x8F, 0x90, 0x9D)
+
+
+def _check_encoding(raw: bytes, encoding: str) -> None:
+    """The file must be text of its mapping's encoding; the error names the first bad line."""
+    enc = encoding.lower()
+    if enc in ("latin-1", "iso-8859-1"):
+        return  # every byte is a Latin-1 character
+    if enc in ("cp1252", "windows-1252"):
+        buf = np.frombuffer(raw, dtype=np.uint8)
+        bad = np.flatnonzero(np.isin(buf, _CP1252_UNDEFINED))
+        if len(bad):
+            line = raw[: int(bad[0])].count(b"\n") + 1
+            raise LoggerFileError(f"not {encoding} text (byte 0x{buf[bad[0]]:02x})", line=line)
+        return
+    try:
+        raw.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise LoggerFileError(f"not {encoding} text ({exc.reason})", line=line) from None
 
 
 def parse_csv(raw: bytes, mapping: ColumnMapping, *, model: str = "CSV export") -> LoggerFile:
@@ -180,11 +225,7 @@ def parse_csv(raw: bytes, mapping: ColumnMapping, *, model: str = "CSV export") 
     decoded only to check its encoding and to read the header. A quoted field may not contain the
     delimiter: such a row has too many columns and is refused with its line number.
     """
-    try:
-        raw.decode(mapping.encoding)
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise LoggerFileError(f"not {mapping.encoding} text ({exc.reason})", line=line) from None
+    _check_encoding(raw, mapping.encoding)
     offset = 3 if raw.startswith(b"\xef\xbb\xbf") else 0
     buf = np.frombuffer(raw, dtype=np.uint8)[offset:]
     if not len(buf) or not raw[offset:].strip():
@@ -222,12 +263,12 @@ def parse_csv(raw: bytes, mapping: ColumnMapping, *, model: str = "CSV export") 
         raise LoggerFileError(f"the row {what}, the header has {expected + 1}", line=first + i + 1)
     delims = delim_at.reshape(n, expected) if expected else np.empty((n, 0), dtype=np.int64)
     line_no = np.arange(first + 1, first + 1 + n)
-    values = _fields(buf, _bounds(buf, r_start, r_end, delims, vi))
-    missing = np.isin(values, [m.encode() for m in _MISSING])
+    decimal = ord(mapping.decimal) if mapping.decimal != "." else None
+    values = _fields(buf, _bounds(buf, r_start, r_end, delims, vi), decimal=decimal)
+    missing = np.isin(values, [m.replace(mapping.decimal, ".").encode() for m in _MISSING])
     keep = ~missing
-    values, line_no = values[keep], line_no[keep]
-    if mapping.decimal != ".":
-        values = np.char.replace(values, mapping.decimal.encode(), b".")
+    if not bool(keep.all()):
+        values, line_no = values[keep], line_no[keep]
     try:
         c = values.astype(np.float64)
     except ValueError:
@@ -237,7 +278,9 @@ def parse_csv(raw: bytes, mapping: ColumnMapping, *, model: str = "CSV export") 
         raise LoggerFileError(
             "temperature is not a finite number", line=int(line_no[np.flatnonzero(~np.isfinite(c))[0]])
         )
-    stamps = _fields(buf, _bounds(buf, r_start, r_end, delims, ti))[keep]
+    stamps = _fields(buf, _bounds(buf, r_start, r_end, delims, ti))
+    if not bool(keep.all()):
+        stamps = stamps[keep]
     t = _stamp_column(stamps, line_no, mapping)
     if mapping.unit == "F":
         c = (c - 32.0) * (5.0 / 9.0)
@@ -261,7 +304,7 @@ def _stamp_column(
 ) -> npt.NDArray[np.int64]:
     """UTC epoch ms of a column of time fields; fixed-width formats are rearranged as bytes."""
     fmt = mapping.time_format
-    lines = line_no.tolist()
+    lines = line_no  # turned into Python ints only where an error names a line
     if fmt in ("epoch_s", "epoch_ms"):
         try:
             raw = stamps.astype(np.float64)
@@ -288,7 +331,7 @@ def _stamp_column(
 
 
 def _iso_offsets(
-    stamps: npt.NDArray[np.bytes_], lines: list[int]
+    stamps: npt.NDArray[np.bytes_], lines: npt.NDArray[np.int64]
 ) -> tuple[npt.NDArray[np.bytes_], npt.NDArray[np.int64] | None]:
     """ISO times as wall times and their own UTC offsets (ms; None: the times carry none).
 
@@ -310,7 +353,7 @@ def _iso_offsets(
     style = zulu if zulu[0] else offset if offset[0] else ~(zulu | offset)
     wrong = np.flatnonzero(~style)
     if len(wrong):
-        raise LoggerFileError("time is not written like the first row's", line=lines[int(wrong[0])])
+        raise LoggerFileError("time is not written like the first row's", line=int(lines[int(wrong[0])]))
     if not (zulu[0] or offset[0]):
         return stamps, None
     cut = 1 if zulu[0] else 6
@@ -326,7 +369,9 @@ def _iso_offsets(
     return np.ascontiguousarray(wall).view(f"S{width}").ravel(), offsets
 
 
-def _fixed_to_iso(stamps: npt.NDArray[np.bytes_], fmt: str, lines: list[int]) -> npt.NDArray[np.bytes_]:
+def _fixed_to_iso(
+    stamps: npt.NDArray[np.bytes_], fmt: str, lines: npt.NDArray[np.int64]
+) -> npt.NDArray[np.bytes_]:
     slices = _fixed_slices(fmt)
     if slices is None:  # a format that is not fixed-width: parsed row by row (slower)
         out: list[str] = []
@@ -334,13 +379,13 @@ def _fixed_to_iso(stamps: npt.NDArray[np.bytes_], fmt: str, lines: list[int]) ->
             try:
                 out.append(datetime.strptime(s.decode("latin-1"), fmt).isoformat())
             except ValueError:
-                raise LoggerFileError(f"time does not match {fmt!r}", line=n) from None
+                raise LoggerFileError(f"time does not match {fmt!r}", line=int(n)) from None
         return np.array(out, dtype="S32")
     width = len(datetime(2000, 1, 1).strftime(fmt))
     lengths = np.char.str_len(stamps)
     bad = np.flatnonzero(lengths != width)
     if len(bad):
-        raise LoggerFileError(f"time does not match {fmt!r}", line=lines[int(bad[0])])
+        raise LoggerFileError(f"time does not match {fmt!r}", line=int(lines[int(bad[0])]))
     chars = stamps.view(np.uint8).reshape(len(stamps), stamps.dtype.itemsize)
     part = {d: (a, b) for d, a, b in slices}
     layout: list[int | bytes] = []
@@ -358,5 +403,5 @@ def _fixed_to_iso(stamps: npt.NDArray[np.bytes_], fmt: str, lines: list[int]) ->
     part_digits = iso[:, digits]
     nondigit = np.flatnonzero(((part_digits < 48) | (part_digits > 57)).any(axis=1))
     if len(nondigit):
-        raise LoggerFileError(f"time does not match {fmt!r}", line=lines[int(nondigit[0])])
+        raise LoggerFileError(f"time does not match {fmt!r}", line=int(lines[int(nondigit[0])]))
     return np.ascontiguousarray(iso).view(f"S{len(layout)}").ravel()
