@@ -12,7 +12,7 @@ import psycopg
 from coldchain.settings import Settings
 from ingest.core import Limits
 from ingest.files.generic_csv import ColumnMapping
-from ingest.files.importer import FileImport, file_writer, import_logger_file
+from ingest.files.importer import FileImport, device_report, file_writer, import_logger_file
 from rules.device_comparison import compare_with_device
 from storage import calibrations, profiles
 from storage import logger_files as store
@@ -109,7 +109,13 @@ def import_and_compare(
             conn, imp.file_id, stored=imp.stored, duplicates=imp.duplicates,
             platform_report=report, discrepancies=comparison.discrepancies,
         )
-        kept = store.get_file(conn, org=org, file_id=imp.file_id)
+    kept = store.StoredFile(  # what was just written, without reading it back
+        id=imp.file_id, sha256=imp.sha256, format=imp.logger_file.format, device_id=imp.device_id,
+        shipment_id=shipment_id, readings=imp.readings, stored=imp.stored,
+        duplicates=imp.duplicates, missing=imp.missing, device_report=device_report(imp.logger_file),
+        platform_report=report, discrepancies=comparison.discrepancies,
+        uploaded_at=datetime.now(UTC), filename=filename, size_bytes=len(raw),
+    )
     body = stored_response(kept, stored=imp.stored, duplicates=imp.duplicates, repeated=False)
     body["refused"] = imp.refused
     return body

@@ -159,8 +159,9 @@ def _fields(
     last = len(buf) - 1
     shortest = int(lengths.min()) if n else 0
     if shortest:  # the part inside every row's field: one gather
-        index_type = np.int32 if len(buf) < (1 << 31) - width else np.int64
-        idx = begin.astype(index_type)[:, None] + np.arange(shortest, dtype=index_type)
+        small = len(buf) < (1 << 31) - width  # int32 indexes halve the gather's memory
+        starts: npt.NDArray[np.signedinteger[Any]] = begin.astype(np.int32) if small else begin
+        idx = starts[:, None] + np.arange(shortest, dtype=starts.dtype)
         chars[:, :shortest] = buf[idx]
     for j in range(shortest, width):
         chars[:, j] = np.where(lengths > j, buf[np.minimum(begin + j, last)], 0)
