@@ -162,6 +162,14 @@ def test_csv_with_a_saved_mapping_and_a_bad_row(
     assert _counts(db)[:2] == (2, 1)
     code, body = _upload(client, token, "x.csv", raw=good.encode(), mapping_name="nope")
     assert code == 404
+    # A reading outside the physical range is refused by the writer's checks, as over MQTT.
+    hot = good.replace("01.07.2024 12:10;6,0;", "01.07.2024 12:15;150,0;")
+    code, body = _upload(client, token, "export3.csv", raw=hot.encode("cp1252"),
+                         mapping_name="depot-csv", device="DEPOT-7")
+    assert code == 201, body
+    assert (body["stored"], body["duplicates"], body["refused"]) == (0, 1, 1)
+    letter = db.execute("SELECT topic, reason FROM dead_letters").fetchone()
+    assert letter == (f"logger-files/{body['id']}", "out_of_range")
 
 
 def test_original_comes_back_byte_for_byte_with_its_hash(client: TestClient, token: str) -> None:

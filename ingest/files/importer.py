@@ -187,7 +187,8 @@ def import_logger_file(
             device=dev_id, seq=-file_id, sent_ms=received, t_ms=t[fresh],
             celsius=c[fresh], rh=np.full(n_new, np.nan),
         )
-        message = Message(topic=f"coldchain/v1/{dev_id}/readings", payload=b"", received_ms=received)
+        # The topic names the file, so a dead letter for a refused reading points back to it.
+        message = Message(topic=f"logger-files/{file_id}", payload=b"", received_ms=received)
         result = writer.write(conn, [Prepared(message, batch)])
         stored = result.readings
         refused = n_new - stored
