@@ -244,13 +244,16 @@ def restore_device_state(
     )
 
 
-def has_assignment(conn: psycopg.Connection, device_key: int, *, from_ms: int, to_ms: int) -> bool:
-    row = conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM device_assignments WHERE device_key = %s"
-        " AND during && tstzrange(to_timestamp(%s / 1000.0), to_timestamp(%s / 1000.0), '[]'))",
+def assigned_shipments(conn: psycopg.Connection, device_key: int, *, from_ms: int, to_ms: int) -> list[str]:
+    """Ids of the shipments the device is assigned to at some time within [from_ms, to_ms]."""
+    rows = conn.execute(
+        "SELECT DISTINCT s.id FROM device_assignments a JOIN shipments s ON s.key = a.shipment_key"
+        " WHERE a.device_key = %s"
+        " AND a.during && tstzrange(to_timestamp(%s / 1000.0), to_timestamp(%s / 1000.0), '[]')"
+        " ORDER BY s.id",
         (device_key, from_ms, to_ms),
-    ).fetchone()
-    return bool(row and row[0])
+    ).fetchall()
+    return [str(r[0]) for r in rows]
 
 
 def stored_times(

@@ -4,12 +4,17 @@ agrees with the device's within sampling and printing resolution."""
 
 from __future__ import annotations
 
+import csv
+import io
 import math
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from coldchain.logger_file import LoggerFile, LoggerFileError
 from ingest.files import ColumnMapping, read_logger_file
@@ -250,3 +255,52 @@ def test_generic_csv_parses_a_large_export_as_columns() -> None:
     assert len(lf) == n and lf.interval_s == 60
     assert (lf.times_ms == t0 + np.arange(n) * 60_000).all()
     assert np.allclose(lf.celsius, values)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.integers(min_value=0, max_value=10**6),  # minutes since 2020-01-01
+            st.one_of(st.none(), st.decimals(min_value=-80, max_value=60, places=2)),
+            st.text(alphabet="abcäöü xyz.-", max_size=8),
+        ),
+        min_size=1, max_size=40, unique_by=lambda r: r[0],
+    ),
+    local=st.booleans(),
+    crlf=st.booleans(),
+)
+def test_generic_csv_equals_a_row_by_row_reading(
+    rows: list[tuple[int, Decimal | None, str]], local: bool, crlf: bool
+) -> None:
+    """The vectorised parser against the plain reading of the same rows with the csv module."""
+    base = datetime(2020, 1, 1, tzinfo=UTC)
+    if local:
+        mapping = ColumnMapping(
+            time_column="Zeit", value_column="T", time_format="%d.%m.%Y %H:%M",
+            timezone="+02:00", delimiter=";", decimal=",", encoding="cp1252",
+        )
+    else:
+        mapping = ColumnMapping(time_column="Zeit", value_column="T")
+    lines = ["Zeit" + mapping.delimiter + "T" + mapping.delimiter + "Notiz"]
+    for minute, value, note in rows:
+        at = base + timedelta(minutes=minute)
+        stamp = (
+            (at + timedelta(hours=2)).strftime("%d.%m.%Y %H:%M") if local
+            else at.strftime("%Y-%m-%dT%H:%M:%SZ")
+        )
+        text = "--.-" if value is None else str(value).replace(".", mapping.decimal)
+        lines.append(mapping.delimiter.join((stamp, text, note)))
+    raw = ("\r\n" if crlf else "\n").join(lines).encode(mapping.encoding)
+    reference = sorted(
+        (int((base + timedelta(minutes=m)).timestamp() * 1000), float(v))
+        for m, v, _ in rows if v is not None
+    )
+    decoded = list(csv.reader(io.StringIO(raw.decode(mapping.encoding)), delimiter=mapping.delimiter))
+    assert len(decoded) == len(rows) + 1
+    if not reference:
+        return
+    lf = parse_csv(raw, mapping)
+    assert lf.times_ms.tolist() == [t for t, _ in reference]
+    assert lf.celsius.tolist() == pytest.approx([v for _, v in reference])
+    assert lf.missing == sum(v is None for _, v, _ in rows)

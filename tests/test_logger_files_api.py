@@ -248,3 +248,26 @@ def test_the_same_file_uploaded_twice_at_once_is_kept_once(db_dsn: str, db: psyc
     assert errors == []
     assert sorted(r["stored"] for r in results) == [0, 124]
     assert _counts(db)[:3] == (124, 1, 1)
+
+
+def test_a_logger_that_rode_with_another_shipment_is_a_conflict(
+    client: TestClient, token: str, db: psycopg.Connection
+) -> None:
+    def shipment(ship: str, devices: list[dict[str, object]]) -> None:
+        body = {
+            "id": ship, "origin": "Plant", "destination": "Depot", "profile": "2-8C",
+            "lots": [{"gtin": GTIN, "lot": "L1", "expiry": "2027-05-31", "quantity": 10}],
+            "devices": devices,
+        }
+        res = client.post("/api/v1/shipments", json=body, headers=_h(token))
+        assert res.status_code == 201, res.text
+
+    assert client.post("/api/v1/devices", json={"id": "RCPJ00010"}, headers=_h(token)).status_code == 201
+    shipment("SO-A", [{"id": "RCPJ00010", "from": "2022-11-08T00:00:00Z", "to": "2022-11-10T00:00:00Z"}])
+    shipment("SO-B", [])
+    code, body = _upload(client, token, QTAG2, shipment="SO-B")
+    assert code == 409 and "SO-A" in body["message"]
+    assert _counts(db)[:2] == (0, 0)
+    code, body = _upload(client, token, QTAG2, shipment="SO-A")
+    assert code == 201 and body["stored"] == 124
+    assert db.execute("SELECT count(*) FROM device_assignments").fetchone() == (1,)

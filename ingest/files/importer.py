@@ -206,8 +206,16 @@ def _assign_if_unassigned(
     first_ms: int, last_ms: int, actor: str,
 ) -> None:
     """A file read out for a shipment ties the logger to it for the file's span, unless the logger
-    already has an assignment there (then that one decides the linking, as for live data)."""
-    if store.has_assignment(conn, device_key, from_ms=first_ms, to_ms=last_ms):
+    is already assigned to it there (then that assignment decides the linking, as for live data).
+    A logger assigned to another shipment within the span is a conflict the clerk must see."""
+    assigned = store.assigned_shipments(conn, device_key, from_ms=first_ms, to_ms=last_ms)
+    others = [s for s in assigned if s != shipment_id]
+    if others:
+        raise ConflictError(
+            f"device {device_id!r} rode with shipment {others[0]!r} within the file's span;"
+            f" its readings cannot be given to {shipment_id!r}"
+        )
+    if assigned:
         return
     start = datetime.fromtimestamp(first_ms / 1000, UTC)
     end = datetime.fromtimestamp(last_ms / 1000, UTC) + timedelta(milliseconds=1)
