@@ -305,3 +305,29 @@ def shipment_of(conn: psycopg.Connection, *, org: int, shipment_id: str) -> tupl
     if row is None:
         raise NotFoundError("shipment", shipment_id)
     return int(row[0]), str(row[1]), int(row[2])
+
+
+@dataclass(frozen=True, slots=True)
+class OriginalFile:
+    """A kept logger file as an evidence bundle takes it: the bytes as uploaded and their hash."""
+
+    id: int
+    filename: str | None
+    sha256: str
+    content: bytes
+    signature: dict[str, str]
+
+
+def originals_for_device(
+    conn: psycopg.Connection, *, org: int, device_key: int, from_ms: int, to_ms: int
+) -> list[OriginalFile]:
+    """The device's kept files whose readings (or, for summary-only files, whose upload) fall
+    within [from_ms, to_ms], oldest first: what evidence for that span must carry."""
+    rows = conn.execute(
+        "SELECT id, filename, sha256, content, signature FROM logger_files"
+        " WHERE org_id = %s AND device_key = %s"
+        " AND coalesce(last_t, uploaded_at) >= to_timestamp(%s / 1000.0)"
+        " AND coalesce(first_t, uploaded_at) <= to_timestamp(%s / 1000.0) ORDER BY id",
+        (org, device_key, from_ms, to_ms),
+    ).fetchall()
+    return [OriginalFile(int(i), n, h, bytes(c), s) for i, n, h, c, s in rows]

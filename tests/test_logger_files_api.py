@@ -5,6 +5,7 @@ a 422 naming the line and store nothing, the original comes back byte for byte."
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from coldchain.access import Role
 from coldchain.cli import main
 from coldchain.settings import Settings
 from storage import auth
+from storage import logger_files as store
 from storage.db import open_pool
 
 DATA = Path(__file__).parent / "data" / "loggers"
@@ -172,7 +174,9 @@ def test_csv_with_a_saved_mapping_and_a_bad_row(
     assert letter == (f"logger-files/{body['id']}", "out_of_range")
 
 
-def test_original_comes_back_byte_for_byte_with_its_hash(client: TestClient, token: str) -> None:
+def test_original_comes_back_byte_for_byte_with_its_hash(
+    client: TestClient, token: str, db: psycopg.Connection
+) -> None:
     raw = (DATA / QTAG2).read_bytes()
     _, body = _upload(client, token, QTAG2)
     res = client.get(f"/api/v1/logger-files/{body['id']}/original", headers=_h(token))
@@ -181,6 +185,11 @@ def test_original_comes_back_byte_for_byte_with_its_hash(client: TestClient, tok
     assert res.headers["X-Content-SHA256"] == hashlib.sha256(raw).hexdigest() == body["sha256"]
     listed = client.get("/api/v1/logger-files?device=RCPJ00010", headers=_h(token)).json()
     assert [f["id"] for f in listed] == [body["id"]]
+    key = store.device_key_of(db, org=1, device_id="RCPJ00010")
+    assert key is not None
+    trip = store.originals_for_device(db, org=1, device_key=key, from_ms=1667900000000, to_ms=1667910000000)
+    assert [(f.id, f.content) for f in trip] == [(body["id"], raw)]
+    assert store.originals_for_device(db, org=1, device_key=key, from_ms=0, to_ms=1_600_000_000_000) == []
 
 
 def test_file_for_a_shipment_links_readings_and_is_judged_by_its_profile(
@@ -208,6 +217,17 @@ def test_viewer_may_not_upload(client: TestClient, db: psycopg.Connection) -> No
     assert code == 403
 
 
+@pytest.fixture
+def root_logging() -> Iterator[None]:
+    """The CLI configures the root logger on the captured stderr; put the handlers back after."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.usefixtures("root_logging")
 def test_cli_imports_a_file(db_dsn: str, db: psycopg.Connection, monkeypatch: pytest.MonkeyPatch,
                             capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("DATABASE_URL", db_dsn)
