@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Body, File, Form, UploadFile, status
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 
 from api.deps import AppSettings, Caller, Conn
 from api.field_data import import_and_compare, mapping_for, stored_response
@@ -18,6 +19,34 @@ from ingest.files.generic_csv import ColumnMapping
 from storage import logger_files as store
 
 router = APIRouter(tags=["logger files"])
+
+
+class LoggerFilePublic(BaseModel):
+    """A kept logger file: what was stored, the device's report and the platform's beside it."""
+
+    id: int
+    sha256: str
+    filename: str | None
+    size_bytes: int
+    format: str
+    device: str | None
+    shipment: str | None
+    readings: int
+    stored: int
+    duplicates: int
+    missing: int
+    refused: int = 0
+    repeated: bool
+    summary_only: bool
+    uploaded_at: str
+    device_report: dict[str, Any]
+    platform_report: dict[str, Any] | None
+    discrepancies: list[dict[str, Any]]
+
+
+class ColumnMappingPublic(BaseModel):
+    name: str
+    mapping: dict[str, Any]
 
 MAX_FILE_BYTES = 64 << 20
 
@@ -32,8 +61,12 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.post("/logger-files", status_code=status.HTTP_201_CREATED, responses=_ERRORS)
+@router.post(
+    "/logger-files", status_code=status.HTTP_201_CREATED, response_model=LoggerFilePublic,
+    responses={200: {"description": "the same file was kept before: nothing stored"}, **_ERRORS},
+)
 async def upload_logger_file(
+    response: Response,
     conn: Conn,
     caller: Caller,
     settings: AppSettings,
@@ -42,7 +75,7 @@ async def upload_logger_file(
     shipment: Annotated[str | None, Form(description="the shipment the logger travelled with")] = None,
     mapping: Annotated[str | None, Form(description="a CSV column mapping, as JSON")] = None,
     mapping_name: Annotated[str | None, Form(description="the name of a saved column mapping")] = None,
-) -> Response:
+) -> LoggerFilePublic | JSONResponse:
     """Import a read-out file: readings through the ingest writer, the original kept byte for byte.
 
     The same file uploaded again stores nothing (`stored: 0`, `repeated: true`); readings already
@@ -68,27 +101,28 @@ async def upload_logger_file(
         settings=settings, filename=file.filename, device_id=device or None,
         shipment_id=shipment or None, mapping=column_mapping,
     )
-    code = status.HTTP_200_OK if body["repeated"] else status.HTTP_201_CREATED
-    return Response(orjson.dumps(body), status_code=code, media_type="application/json")
+    if body["repeated"]:
+        response.status_code = status.HTTP_200_OK
+    return LoggerFilePublic(**body)
 
 
-@router.get("/logger-files", responses=_ERRORS)
-def list_logger_files(conn: Conn, caller: Caller, device: str | None = None) -> list[dict[str, Any]]:
+@router.get("/logger-files", response_model=list[LoggerFilePublic], responses=_ERRORS)
+def list_logger_files(conn: Conn, caller: Caller, device: str | None = None) -> list[LoggerFilePublic]:
     key = None
     if device is not None:
         key = store.device_key_of(conn, org=caller.org_id, device_id=device)
         if key is None:
             return []
     return [
-        stored_response(f, stored=f.stored, duplicates=f.duplicates, repeated=False)
+        LoggerFilePublic(**stored_response(f, stored=f.stored, duplicates=f.duplicates, repeated=False))
         for f in store.list_files(conn, org=caller.org_id, device_key=key)
     ]
 
 
-@router.get("/logger-files/{file_id}", responses=_ERRORS)
-def get_logger_file(file_id: int, conn: Conn, caller: Caller) -> dict[str, Any]:
+@router.get("/logger-files/{file_id}", response_model=LoggerFilePublic, responses=_ERRORS)
+def get_logger_file(file_id: int, conn: Conn, caller: Caller) -> LoggerFilePublic:
     f = store.get_file(conn, org=caller.org_id, file_id=file_id)
-    return stored_response(f, stored=f.stored, duplicates=f.duplicates, repeated=False)
+    return LoggerFilePublic(**stored_response(f, stored=f.stored, duplicates=f.duplicates, repeated=False))
 
 
 @router.get("/logger-files/{file_id}/original", responses=_ERRORS)
@@ -102,10 +136,10 @@ def get_original(file_id: int, conn: Conn, caller: Caller) -> Response:
     )
 
 
-@router.put("/logger-files/mappings/{name}", responses=_ERRORS)
+@router.put("/logger-files/mappings/{name}", response_model=ColumnMappingPublic, responses=_ERRORS)
 def save_mapping(
     name: str, conn: Conn, caller: Caller, body: dict[str, Any] = Body(...)  # noqa: B008
-) -> dict[str, Any]:
+) -> ColumnMappingPublic:
     """Save a CSV column mapping under a name, for the next uploads of that kind of export."""
     caller.require(Permission.REGISTER)
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
@@ -113,9 +147,9 @@ def save_mapping(
     mapping = ColumnMapping.from_dict(body).to_dict()
     with conn.transaction():
         store.save_mapping(conn, org=caller.org_id, name=name, mapping=mapping, actor=caller.name)
-    return {"name": name, "mapping": mapping}
+    return ColumnMappingPublic(name=name, mapping=mapping)
 
 
-@router.get("/logger-files/mappings/{name}", responses=_ERRORS)
-def get_mapping(name: str, conn: Conn, caller: Caller) -> dict[str, Any]:
-    return {"name": name, "mapping": store.get_mapping(conn, org=caller.org_id, name=name)}
+@router.get("/logger-files/mappings/{name}", response_model=ColumnMappingPublic, responses=_ERRORS)
+def get_mapping(name: str, conn: Conn, caller: Caller) -> ColumnMappingPublic:
+    return ColumnMappingPublic(name=name, mapping=store.get_mapping(conn, org=caller.org_id, name=name))
