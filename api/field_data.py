@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 
 from coldchain.settings import Settings
-from ingest.core import Limits
+from ingest.core import AcceptanceBounds
 from ingest.files.generic_csv import ColumnMapping
 from ingest.files.importer import FileImport, device_report, file_writer, import_logger_file
 from rules.device_comparison import compare_with_device
@@ -89,7 +89,7 @@ def import_and_compare(
     mapping: ColumnMapping | None = None,
 ) -> dict[str, Any]:
     """Import, evaluate and keep one file; the response of POST /logger-files."""
-    writer = file_writer(Limits.from_settings(settings))
+    writer = file_writer(AcceptanceBounds.from_settings(settings))
     with conn.transaction():
         imp = import_logger_file(
             conn, raw, org=org, organization=organization, actor=actor, writer=writer,

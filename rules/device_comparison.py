@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from coldchain.alarm_profile import AlarmProfile, Excursion, Limit
+from coldchain.alarm_profile import AlarmProfile, Limit
+from coldchain.excursion import Excursion
 from coldchain.logger_file import DeviceAlarm, LoggerFile
 from rules.engine import SensorSeries, evaluate
 from rules.mkt import DEFAULT_DELTA_H_OVER_R_K, mean_kinetic_temperature

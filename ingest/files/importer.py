@@ -30,7 +30,7 @@ import psycopg
 from coldchain.domain import Device, DeviceAssignment, ReadingBatch
 from coldchain.errors import ConflictError, ValidationError
 from coldchain.logger_file import LoggerFile
-from ingest.core import ClockTracker, Limits, Message, Prepared
+from ingest.core import AcceptanceBounds, ClockTracker, Message, Prepared
 from ingest.files.detect import read_logger_file
 from ingest.files.generic_csv import ColumnMapping
 from ingest.writer import GroupWriter
@@ -65,7 +65,7 @@ class FileImport:
     stored_file: store.StoredFile | None = None
 
 
-def file_writer(limits: Limits) -> GroupWriter:
+def file_writer(limits: AcceptanceBounds) -> GroupWriter:
     """The ingest writer with the limits for read-out files: no past-age limit, no clock
     correction (a file's times are the device's record; the upload time says nothing about them)."""
     return GroupWriter(
