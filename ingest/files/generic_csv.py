@@ -85,7 +85,7 @@ def _zone(name: str) -> ZoneInfo | timedelta:
         return sign * timedelta(hours=int(m.group(2)), minutes=int(m.group(3)))
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         raise ValidationError(f"unknown time zone {name!r}", field="mapping.timezone") from None
 
 
