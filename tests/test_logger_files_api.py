@@ -291,3 +291,22 @@ def test_a_logger_that_rode_with_another_shipment_is_a_conflict(
     code, body = _upload(client, token, QTAG2, shipment="SO-A")
     assert code == 201 and body["stored"] == 124
     assert db.execute("SELECT count(*) FROM device_assignments").fetchone() == (1,)
+
+
+@pytest.mark.usefixtures("root_logging")
+def test_cli_imports_into_the_installation_under_data_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without DATABASE_URL the import finds the private cluster under --data-dir, as every
+    command does: started for the command (created and migrated), stopped after it."""
+    from embedded.installation import Installation
+
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.delenv("MQTT_URL", raising=False)
+    data = tmp_path / "data"
+    assert main(["logger-file", "import", "--data-dir", str(data), str(DATA / QTAG2)]) == 0
+    out, err = capsys.readouterr()
+    assert "qtag-clm RCPJ00010: 124 readings, 124 stored" in out and "starting PostgreSQL" in err
+    assert Installation(data).running_postgres_port() is None  # stopped again after the command
+    assert main(["logger-file", "import", "--data-dir", str(data), str(DATA / QTAG2)]) == 0
+    assert "same file as before" in capsys.readouterr().out  # the same database the second time
