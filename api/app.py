@@ -15,7 +15,7 @@ from psycopg_pool import ConnectionPool
 from api import errors
 from api.deps import Conn, refuse_unknown_query
 from api.limits import RequestGuard
-from api.routes import alerts, evidence, lots, notify, registry
+from api.routes import alerts, calibrations, evidence, logger_files, lots, notify, registry
 from api.schemas import Health
 from coldchain import __version__
 from coldchain.settings import Settings
@@ -72,6 +72,8 @@ def create_app(settings: Settings, *, pool: ConnectionPool | None = None) -> Fas
 
     for module in (registry, lots, alerts, notify, evidence):
         v1.include_router(module.router)
+    v1.include_router(logger_files.router)
+    v1.include_router(calibrations.router)
     app.include_router(v1)
     app.include_router(notify.ack_router)  # /ack/{token}: the signed link is the credential
 

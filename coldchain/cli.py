@@ -75,6 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("--name", required=True)
     revoke.add_argument("--organization", default="default")
 
+    logger_file = sub.add_parser("logger-file", help="logger export files read out after a trip")
+    logger_file_sub = logger_file.add_subparsers(dest="logger_file_command", required=True)
+    lf_import = logger_file_sub.add_parser("import", help="import a Berlinger .txt or a CSV export")
+    _common(lf_import)
+    lf_import.add_argument("file", type=Path)
+    lf_import.add_argument("--device", help="device id (default: the serial in the file)")
+    lf_import.add_argument("--shipment", help="the shipment the logger travelled with")
+    lf_import.add_argument("--mapping", type=Path, help="a CSV column mapping (JSON file)")
+    lf_import.add_argument("--mapping-name", help="a column mapping saved before")
+    lf_import.add_argument("--organization", default="default")
+    lf_import.add_argument("--json", action="store_true", help="print the whole report as JSON")
+
     sim = sub.add_parser(
         "sim", help="simulated loggers and fleets (see `coldchain sim --help`)", add_help=False
     )
@@ -123,6 +135,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             return _db(args, servers, settings)
         if args.command == "token":
             return _token(args, servers)
+        if args.command == "logger-file":
+            from api.field_data import import_command
+
+            return import_command(args, settings.model_copy(update={"database_url": servers.database_url()}))
         stop = _stop_on_signals()
         if args.command == "ingest":
             from ingest.service import run as run_ingest

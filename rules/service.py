@@ -8,11 +8,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import psycopg
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from coldchain.settings import Settings
+from rules.calibration_check import check_calibrations
 from rules.device_health import check_batteries, check_data_loss, check_silence
 from rules.runner import RunStats, drain
 from storage.db import connect
@@ -66,6 +68,7 @@ class RulesService:
                     check_silence(conn, now_ms=now),
                     check_data_loss(conn),
                     check_batteries(conn, now_ms=now),
+                    check_calibrations(conn, today=datetime.fromtimestamp(now / 1000, UTC).date()),
                 ]
                 return sum(c[0] for c in checks), sum(c[1] for c in checks)
         except psycopg.OperationalError as exc:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import psycopg
@@ -14,6 +14,7 @@ from psycopg.types.range import Range
 from coldchain.domain import Device, DeviceAssignment, Lot, Shipment, ShipmentLot
 from coldchain.errors import ConflictError, NotFoundError, ValidationError
 from storage.audit import record
+from storage.calibrations import refuse_out_of_calibration
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +170,9 @@ def _assign(conn: psycopg.Connection, *, org: int, shipment_key: int, assignment
     ).fetchone()
     if row is None:
         raise ValidationError(f"device {assignment.device_id!r} is not registered", field="devices")
+    refuse_out_of_calibration(
+        conn, device_key=row[0], device_id=assignment.device_id, day=assignment.start.astimezone(UTC).date()
+    )
     try:
         with conn.transaction():
             conn.execute(

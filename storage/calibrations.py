@@ -1,0 +1,170 @@
+"""Calibration certificates of loggers: recorded (audited), listed, their PDFs, the status on a
+day, the loggers coming due, and the refusal to assign an out-of-calibration logger. Every
+function runs in the caller's transaction."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.types.json import Jsonb
+
+from coldchain.calibration import (
+    CalibrationCertificate,
+    CalibrationStatus,
+    ReferencePoint,
+    status_on,
+)
+from coldchain.errors import ConflictError, NotFoundError
+from storage.audit import record
+
+
+@dataclass(frozen=True, slots=True)
+class CalibrationRecord:
+    id: int
+    device_id: str
+    certificate: CalibrationCertificate
+    certificate_sha256: str | None
+    recorded_by: str
+    recorded_at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "device": self.device_id, **self.certificate.to_dict(),
+            "certificate_pdf": self.certificate_sha256 is not None,
+            "certificate_sha256": self.certificate_sha256, "recorded_by": self.recorded_by,
+            "recorded_at": self.recorded_at.isoformat(),
+        }
+
+
+def _device(conn: psycopg.Connection, org: int, device_id: str) -> int:
+    row = conn.execute("SELECT key FROM devices WHERE org_id = %s AND id = %s", (org, device_id)).fetchone()
+    if row is None:
+        raise NotFoundError("device", device_id)
+    return int(row[0])
+
+
+def add_certificate(
+    conn: psycopg.Connection, *, org: int, device_id: str, certificate: CalibrationCertificate,
+    pdf: bytes | None, actor: str,
+) -> CalibrationRecord:
+    key = _device(conn, org, device_id)
+    sha = hashlib.sha256(pdf).hexdigest() if pdf is not None else None
+    try:
+        with conn.transaction():
+            row = conn.execute(
+                "INSERT INTO device_calibrations (org_id, device_key, performed_on, due_on, laboratory,"
+                " certificate_number, reference_points, certificate_pdf, certificate_sha256, recorded_by)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+                (
+                    org, key, certificate.performed_on, certificate.due_on, certificate.laboratory,
+                    certificate.certificate_number,
+                    Jsonb([p.to_dict() for p in certificate.reference_points]), pdf, sha, actor,
+                ),
+            ).fetchone()
+    except pg_errors.UniqueViolation:
+        raise ConflictError(
+            f"certificate {certificate.certificate_number!r} is already recorded for {device_id!r}"
+        ) from None
+    assert row is not None
+    record(
+        conn, org_id=org, actor=actor, action="calibrate", entity="device", key=device_id,
+        new={**certificate.to_dict(), "certificate_sha256": sha},
+    )
+    return next(r for r in list_certificates(conn, org=org, device_id=device_id) if r.id == int(row[0]))
+
+
+def _certs(conn: psycopg.Connection, device_key: int) -> list[tuple[Any, ...]]:
+    return conn.execute(
+        "SELECT c.id, d.id, c.performed_on, c.due_on, c.laboratory, c.certificate_number,"
+        " c.reference_points, c.certificate_sha256, c.recorded_by, c.recorded_at"
+        " FROM device_calibrations c JOIN devices d ON d.key = c.device_key"
+        " WHERE c.device_key = %s ORDER BY c.performed_on, c.id",
+        (device_key,),
+    ).fetchall()
+
+
+def _record(r: tuple[Any, ...]) -> CalibrationRecord:
+    cert = CalibrationCertificate(
+        performed_on=r[2], due_on=r[3], laboratory=r[4], certificate_number=r[5],
+        reference_points=tuple(ReferencePoint.from_dict(p) for p in r[6]),
+    )
+    return CalibrationRecord(int(r[0]), r[1], cert, r[7], r[8], r[9])
+
+
+def list_certificates(conn: psycopg.Connection, *, org: int, device_id: str) -> list[CalibrationRecord]:
+    return [_record(r) for r in _certs(conn, _device(conn, org, device_id))]
+
+
+def certificate_pdf(conn: psycopg.Connection, *, org: int, device_id: str, calibration_id: int) -> bytes:
+    row = conn.execute(
+        "SELECT c.certificate_pdf FROM device_calibrations c JOIN devices d ON d.key = c.device_key"
+        " WHERE d.org_id = %s AND d.id = %s AND c.id = %s",
+        (org, device_id, calibration_id),
+    ).fetchone()
+    if row is None or row[0] is None:
+        raise NotFoundError("calibration certificate", f"{device_id}/{calibration_id}")
+    return bytes(row[0])
+
+
+def status_of(
+    conn: psycopg.Connection, device_key: int, day: date
+) -> tuple[CalibrationStatus, CalibrationRecord | None]:
+    """The logger's calibration status on a day (for assignment checks and evidence)."""
+    records = [_record(r) for r in _certs(conn, device_key)]
+    status, cert = status_on([r.certificate for r in records], day)
+    return status, next((r for r in records if r.certificate is cert), None)
+
+
+def refuse_out_of_calibration(
+    conn: psycopg.Connection, *, device_key: int, device_id: str, day: date
+) -> None:
+    """ConflictError (409) when a logger that has calibration records is not calibrated on `day`.
+
+    A logger with no certificate recorded at all is not refused: the platform cannot know a
+    fleet's calibration before its certificates are entered, and refusing every logger would
+    stop every shipment on the day the feature arrives.
+    """
+    status, rec = status_of(conn, device_key, day)
+    if status is CalibrationStatus.OVERDUE and rec is not None:
+        raise ConflictError(
+            f"device {device_id!r} is out of calibration on {day.isoformat()}: certificate "
+            f"{rec.certificate.certificate_number} ({rec.certificate.laboratory}) was due on "
+            f"{rec.certificate.due_on.isoformat()}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DueCalibration:
+    org_id: int
+    device_key: int
+    device_id: str
+    due_on: date
+    certificate_number: str
+
+
+def coming_due(conn: psycopg.Connection, *, today: date, within_days: int) -> list[DueCalibration]:
+    """Loggers whose latest certificate is due within `within_days` of today (or already past)."""
+    rows = conn.execute(
+        "SELECT DISTINCT ON (c.device_key) c.org_id, c.device_key, d.id, c.due_on, c.certificate_number"
+        " FROM device_calibrations c JOIN devices d ON d.key = c.device_key"
+        " ORDER BY c.device_key, c.due_on DESC",
+    ).fetchall()
+    return [
+        DueCalibration(int(o), int(k), i, due, n)
+        for o, k, i, due, n in rows
+        if (due - today).days <= within_days
+    ]
+
+
+def open_calibration_alerts(conn: psycopg.Connection) -> list[tuple[int, int, str]]:
+    """(alert id, organization, episode key) of calibration alerts not resolved yet."""
+    rows = conn.execute(
+        "SELECT id, org_id, episode_key FROM alerts WHERE kind = 'calibration_due'"
+        " AND state IN ('open', 'acknowledged')"
+    ).fetchall()
+    return [(int(a), int(o), str(k)) for a, o, k in rows]
