@@ -14,6 +14,7 @@ from psycopg_pool import ConnectionPool
 from api import errors
 from api.deps import Conn
 from api.routes import alerts, lots, notify, registry
+from api.routes import gs1 as gs1_routes
 from coldchain import __version__
 from coldchain.settings import Settings
 from storage.db import open_pool
@@ -58,6 +59,7 @@ def create_app(settings: Settings, *, pool: ConnectionPool | None = None) -> Fas
 
     for module in (registry, lots, alerts, notify):
         v1.include_router(module.router)
+    v1.include_router(gs1_routes.router)
     app.include_router(v1)
     app.include_router(notify.ack_router)  # /ack/{token}: the signed link is the credential
 
