@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create.add_argument("--organization", default="default")
 
+    from erp.cli import add_parser as add_import_parser  # argparse only: cheap to import
+
+    _common(add_import_parser(sub))
+
     sim = sub.add_parser(
         "sim", help="simulated loggers and fleets (see `coldchain sim --help`)", add_help=False
     )
@@ -105,6 +109,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             token = auth.create_token(conn, org=org, name=args.name, role=Role(args.role), actor="cli")
         print(token)
         return 0
+    if args.command == "import":
+        from erp.cli import run as run_import
+
+        return run_import(args, settings)
     stop = _stop_on_signals()
     if args.command == "ingest":
         from ingest.service import run as run_ingest
