@@ -27,6 +27,7 @@ Columns per kind (`*` required; names are case-insensitive, spaces become `_`):
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import itertools
@@ -236,7 +237,7 @@ def _csv(text: str, report: ImportReport) -> list[tuple[int, dict[str, Any]]]:
             if len(cells) > len(header):
                 report.add(number, None, f"{len(cells)} cells but {len(header)} columns")
                 continue
-            records.append((number, {h: c.strip() for h, c in zip(header, cells, strict=False) if c.strip()}))
+            records.append((number, {h: v for h, c in zip(header, cells, strict=False) if (v := c.strip())}))
     except csv.Error as exc:
         report.add(reader.line_num, None, f"CSV syntax: {exc}")
     return records
@@ -275,14 +276,33 @@ def _text(rec: dict[str, Any], name: str, *, required: bool = False, max_length:
     return value
 
 
+# Files repeat the same GTINs and dates on many rows: each distinct value is checked once.
+@functools.lru_cache(maxsize=65_536)
+def _checked_gtin(value: str) -> tuple[str | None, str | None]:
+    try:
+        return normalize_gtin(value), None
+    except ValidationError as exc:
+        reason = "bad GTIN check digit" if "check digit" in str(exc) else str(exc)
+        return None, f"{reason}: {value}"
+
+
+@functools.lru_cache(maxsize=65_536)
+def _checked_date(value: str) -> date | None:
+    try:
+        if len(value) == 6 and value.isdigit():  # GS1 YYMMDD, DD=00 the month's last day
+            return parse_gs1(f"(17){value}", check_requisites=False).expiry
+        return date.fromisoformat(value)
+    except (ValueError, GS1Error):
+        return None
+
+
 def _gtin(rec: dict[str, Any], name: str = "gtin") -> str:
     value = _text(rec, name, required=True, max_length=14)
     assert value is not None
-    try:
-        return normalize_gtin(value)
-    except ValidationError as exc:
-        reason = "bad GTIN check digit" if "check digit" in str(exc) else str(exc)
-        raise _Bad(name, f"{reason}: {value}") from None
+    gtin, reason = _checked_gtin(value)
+    if gtin is None:
+        raise _Bad(name, reason or "bad GTIN")
+    return gtin
 
 
 def _gln(rec: dict[str, Any], name: str, *, required: bool = False) -> str | None:
@@ -309,14 +329,10 @@ def _date(rec: dict[str, Any], name: str) -> date | None:
     value = _text(rec, name, max_length=10)
     if value is None:
         return None
-    try:
-        if len(value) == 6 and value.isdigit():  # GS1 YYMMDD, DD=00 the month's last day
-            parsed = parse_gs1(f"(17){value}", check_requisites=False).expiry
-            assert parsed is not None
-            return parsed
-        return date.fromisoformat(value)
-    except (ValueError, GS1Error):
-        raise _Bad(name, f"{name} {value!r} is not a date (YYYY-MM-DD or YYMMDD)") from None
+    parsed = _checked_date(value)
+    if parsed is None:
+        raise _Bad(name, f"{name} {value!r} is not a date (YYYY-MM-DD or YYMMDD)")
+    return parsed
 
 
 def _time(rec: dict[str, Any], name: str, *, required: bool = False) -> datetime | None:
@@ -372,6 +388,7 @@ def _budget(rec: dict[str, Any]) -> int | None:
     return None if seconds is None else int(seconds)
 
 
+_SERIAL_SPLIT = re.compile(r"[|\s]+")
 _SERIAL_RE = re.compile(r"[!\"%&'()*+,\-./0-9:;<=>?A-Z_a-z]{1,20}")
 
 
@@ -379,7 +396,11 @@ def _serials(rec: dict[str, Any]) -> list[str] | None:
     value = rec.get("serials")
     if value is None:
         return None
-    items = [str(v) for v in value] if isinstance(value, list) else re.split(r"[|\s]+", str(value).strip())
+    if isinstance(value, list):
+        items = [str(v) for v in value]
+    else:
+        text = str(value).strip()
+        items = _SERIAL_SPLIT.split(text) if "|" in text or " " in text else [text]
     out: list[str] = []
     for item in items:
         if not item:

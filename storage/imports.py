@@ -22,7 +22,7 @@ from storage.ingest_store import RULES_CHANNEL
 STAGES: dict[str, tuple[tuple[str, str], ...]] = {
     "products": (
         ("row", "int4"),
-        ("gtin", "text"),
+        ("gtin", "bpchar"),
         ("name", "text"),
         ("range_min_c", "float4"),
         ("range_max_c", "float4"),
@@ -32,21 +32,21 @@ STAGES: dict[str, tuple[tuple[str, str], ...]] = {
     ),
     "lots": (
         ("row", "int4"),
-        ("gtin", "text"),
+        ("gtin", "bpchar"),
         ("lot", "text"),
         ("expiry", "date"),
         ("quantity", "int4"),
         ("serials", "text[]"),
         ("stability_budget_s", "int8"),
     ),
-    "sites": (("row", "int4"), ("gln", "text"), ("name", "text"), ("address", "text")),
+    "sites": (("row", "int4"), ("gln", "bpchar"), ("name", "text"), ("address", "text")),
     "shipments": (
         ("row", "int4"),
         ("id", "text"),
         ("origin", "text"),
         ("destination", "text"),
-        ("origin_gln", "text"),
-        ("destination_gln", "text"),
+        ("origin_gln", "bpchar"),
+        ("destination_gln", "bpchar"),
         ("profile_id", "text"),
         ("profile_version", "int4"),
         ("carrier", "text"),
@@ -57,7 +57,7 @@ STAGES: dict[str, tuple[tuple[str, str], ...]] = {
     "shipment_lines": (
         ("row", "int4"),
         ("shipment_id", "text"),
-        ("gtin", "text"),
+        ("gtin", "bpchar"),
         ("lot", "text"),
         ("quantity", "int4"),
     ),
@@ -97,7 +97,8 @@ def stage(conn: psycopg.Connection, name: str, rows: Iterable[Sequence[Any]]) ->
             )
         ) as copy,
     ):
-        copy.set_types([t for _, t in columns])
+        # bpchar has the same binary form as text, which psycopg can dump.
+        copy.set_types(["text" if t == "bpchar" else t for _, t in columns])
         for row in rows:
             copy.write_row(row)
             count += 1
@@ -182,21 +183,34 @@ def check_lots(conn: psycopg.Connection, *, org: int) -> list[Problem]:
 
 
 def apply_lots(conn: psycopg.Connection, *, org: int) -> Counts:
-    # A lot that names no stability budget keeps the one it has, or takes its product's.
+    # A lot that names no stability budget keeps the one it has, or takes its product's. The rows
+    # are resolved into a table first: an INSERT reading `lots` while it fills it would rescan
+    # its own new rows.
+    conn.execute(
+        "CREATE TEMP TABLE import_lots_resolved ON COMMIT DROP AS"
+        " SELECT s.gtin, s.lot, s.expiry, s.quantity, s.serials,"
+        " coalesce(s.stability_budget_s, e.stability_budget_s, p.stability_budget_s) AS stability_budget_s"
+        " FROM import_lots s JOIN products p ON p.org_id = %s AND p.gtin = s.gtin"
+        " LEFT JOIN lots e ON e.org_id = %s AND e.gtin = s.gtin AND e.lot = s.lot",
+        (org, org),
+    )
     lots = _counted(
         conn,
         "INSERT INTO lots AS l (org_id, gtin, lot, expiry, quantity, serials, stability_budget_s)"
-        " SELECT %s, s.gtin, s.lot, s.expiry, s.quantity, s.serials,"
-        " coalesce(s.stability_budget_s, e.stability_budget_s, p.stability_budget_s)"
-        " FROM import_lots s JOIN products p ON p.org_id = %s AND p.gtin = s.gtin"
-        " LEFT JOIN lots e ON e.org_id = %s AND e.gtin = s.gtin AND e.lot = s.lot"
+        " SELECT %s, r.gtin, r.lot, r.expiry, r.quantity, r.serials, r.stability_budget_s"
+        " FROM import_lots_resolved r"
+        # Rows equal to what is stored are left out before the upsert: an anti-join is cheaper
+        # than a conflict per row, and a re-import is then nearly free.
+        " WHERE NOT EXISTS (SELECT 1 FROM lots e WHERE e.org_id = %s AND e.gtin = r.gtin AND e.lot = r.lot"
+        " AND (coalesce(r.expiry, e.expiry), r.quantity, r.serials, r.stability_budget_s)"
+        " IS NOT DISTINCT FROM (e.expiry, e.quantity, e.serials, e.stability_budget_s))"
         " ON CONFLICT (org_id, gtin, lot) DO UPDATE SET expiry = coalesce(EXCLUDED.expiry, l.expiry),"
         " quantity = EXCLUDED.quantity, serials = EXCLUDED.serials,"
         " stability_budget_s = EXCLUDED.stability_budget_s, updated_at = now()"
         " WHERE (coalesce(EXCLUDED.expiry, l.expiry), EXCLUDED.quantity, EXCLUDED.serials,"
         " EXCLUDED.stability_budget_s)"
         " IS DISTINCT FROM (l.expiry, l.quantity, l.serials, l.stability_budget_s)",
-        (org, org, org),
+        (org, org),
     )
     return {"lots": lots}
 
