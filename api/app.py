@@ -16,6 +16,7 @@ from api.deps import Conn
 from api.routes import alerts, lots, notify, registry
 from api.routes import gs1 as gs1_routes
 from api.routes import imports as import_routes
+from api.routes import recalls as recall_routes
 from coldchain import __version__
 from coldchain.settings import Settings
 from storage.db import open_pool
@@ -62,6 +63,7 @@ def create_app(settings: Settings, *, pool: ConnectionPool | None = None) -> Fas
         v1.include_router(module.router)
     v1.include_router(gs1_routes.router)
     v1.include_router(import_routes.router)
+    v1.include_router(recall_routes.router)
     app.include_router(v1)
     app.include_router(notify.ack_router)  # /ack/{token}: the signed link is the credential
 
