@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import psycopg
 
+from coldchain.errors import ValidationError
 from coldchain.gs1 import gtin_check_digit
 from embedded import PostgresServer
 from erp.imports import run_import
