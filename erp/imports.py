@@ -31,6 +31,7 @@ import functools
 import hashlib
 import io
 import itertools
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -349,30 +350,26 @@ def _time(rec: dict[str, Any], name: str, *, required: bool = False) -> datetime
 
 
 def _number(rec: dict[str, Any], name: str, *, integer: bool, minimum: float | None = None) -> Any:
+    """A number from a cell or a JSON value; a decimal comma is read as a point (`;` files)."""
     value = rec.get(name)
     if value is None:
         return None
-    try:
-        number: int | float = int(value) if integer else float(value)
-    except (TypeError, ValueError):
-        if integer and isinstance(value, str):
-            try:
-                as_float = float(value.replace(",", "."))
-            except ValueError:
-                as_float = float("nan")
-            if as_float.is_integer():
-                number = int(as_float)
-            else:
-                raise _Bad(name, f"{name} {value!r} is not a whole number") from None
-        elif not integer and isinstance(value, str):
-            try:
-                number = float(value.replace(",", "."))  # decimal comma, as ;-separated files use
-            except ValueError:
-                raise _Bad(name, f"{name} {value!r} is not a number") from None
-        else:
-            raise _Bad(name, f"{name} {value!r} is not a number") from None
-    if isinstance(value, bool) or number != number:
+    number: int | float
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise _Bad(name, f"{name} {value!r} is not a number")
+    if isinstance(value, int) or (isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value)):
+        number = int(value)
+    else:
+        try:
+            number = float(value.replace(",", ".")) if isinstance(value, str) else float(value)
+        except ValueError:
+            raise _Bad(name, f"{name} {value!r} is not a number") from None
+        if not math.isfinite(number):
+            raise _Bad(name, f"{name} {value!r} is not a number")
+        if integer:
+            if not number.is_integer():
+                raise _Bad(name, f"{name} {value!r} is not a whole number")
+            number = int(number)
     if minimum is not None and number < minimum:
         raise _Bad(name, f"{name} must be at least {minimum:g}")
     return number

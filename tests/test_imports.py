@@ -168,6 +168,19 @@ def test_lot_errors_from_the_file_and_from_the_database(db: psycopg.Connection) 
     assert "whole number" in problems[(8, "quantity")]
     assert not report.committed
     assert count(db, "lots") == 1
+    data = (
+        f'{{"gtin": "{GTIN}", "lot": "Q1", "quantity": 2.5}}\n'
+        f'{{"gtin": "{GTIN}", "lot": "Q2", "quantity": true}}\n'
+        "[1]\n{bad\n"
+    ).encode()
+    report = run_import(db, org=1, kind="lots", data=data, actor="t")
+    assert [(e.row, e.field) for e in report.errors] == [
+        (3, None),
+        (4, None),
+        (1, "quantity"),
+        (2, "quantity"),
+    ]
+    assert "whole number" in report.errors[2].reason and "not a number" in report.errors[3].reason
 
 
 def _shipment_world(db: psycopg.Connection) -> None:
