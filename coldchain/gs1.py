@@ -46,6 +46,8 @@ __all__ = [
     "SyntaxDictionary",
     "digital_link",
     "gtin_check_digit",
+    "identify_lot",
+    "identify_product",
     "load_dictionary",
     "normalize_gtin",
     "parse",
@@ -890,3 +892,21 @@ def _read_date(date_format: str, text: str, today: date) -> date | str:
 
 
 _DAYS_IN_MONTH = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+def identify_lot(data: str) -> tuple[str, str]:
+    """(GTIN, lot) named by GS1 data in any form, e.g. an `?id=` query parameter of the API."""
+    parsed = parse(data)
+    if parsed.gtin is None or parsed.lot is None:
+        raise GS1Error("the data names no lot: it needs (01) and (10)", ai=None, rule="lot-key")
+    return parsed.gtin, parsed.lot
+
+
+def identify_product(data: str) -> str:
+    """The GTIN named by GS1 data in any form, or by a bare GTIN-8/12/13/14."""
+    if data.isdigit():
+        return normalize_gtin(data)
+    parsed = parse(data)
+    if parsed.gtin is None:
+        raise GS1Error("the data names no product: it needs (01)", ai=None, rule="product-key")
+    return parsed.gtin

@@ -12,6 +12,8 @@ from coldchain.errors import ValidationError
 from coldchain.gs1 import (
     GS1Error,
     gtin_check_digit,
+    identify_lot,
+    identify_product,
     load_dictionary,
     parse,
     syntax_dictionary,
@@ -336,3 +338,14 @@ def test_forms_round_trip(body: str, lot: str, expiry: date) -> None:
     assert link is not None
     assert parse(link, today=TODAY).hri == f"(01){gtin}(10){lot.replace('(', chr(92) + '(')}(17){yymmdd}"
     assert parse(parsed.hri, today=TODAY).elements == parsed.elements
+
+
+def test_lots_and_products_named_by_any_gs1_form() -> None:
+    assert identify_lot(f"https://id.gs1.org/01/{GTIN}/10/A%2F1") == (GTIN, "A/1")
+    assert identify_lot(f"]d201{GTIN}10A1") == (GTIN, "A1")
+    assert identify_product("9506000134352") == GTIN
+    assert identify_product(f"(01){GTIN}(17)270531") == GTIN
+    with pytest.raises(GS1Error, match="names no lot"):
+        identify_lot(f"(01){GTIN}")
+    with pytest.raises(GS1Error, match="names no product"):
+        identify_product("(00)106141412345678908")
