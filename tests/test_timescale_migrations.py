@@ -177,6 +177,8 @@ def test_whole_chain_takes_the_timescale_branch(pglite_dsn: str, applied: list[s
         "020_rules",
         "030_notifications",
         "040_lot_budget",
+        "070_master_data",
+        "071_recalls",
     ]
     assert migrate(pglite_dsn) == []
     with psycopg.connect(pglite_dsn, autocommit=True, prepare_threshold=None) as conn:
