@@ -183,34 +183,33 @@ def check_lots(conn: psycopg.Connection, *, org: int) -> list[Problem]:
 
 
 def apply_lots(conn: psycopg.Connection, *, org: int) -> Counts:
-    # A lot that names no stability budget keeps the one it has, or takes its product's. The rows
-    # are resolved into a table first: an INSERT reading `lots` while it fills it would rescan
-    # its own new rows.
+    # A lot that names no stability budget keeps the one it has, or takes its product's. Only
+    # new or different rows are kept, resolved into a table before the upsert: a join is cheaper
+    # than a conflict per row (a re-import is nearly free), and an INSERT that read `lots` while
+    # filling it would rescan its own new rows whenever the planner takes `lots` for empty.
     conn.execute(
         "CREATE TEMP TABLE import_lots_resolved ON COMMIT DROP AS"
-        " SELECT s.gtin, s.lot, s.expiry, s.quantity, s.serials,"
-        " coalesce(s.stability_budget_s, e.stability_budget_s, p.stability_budget_s) AS stability_budget_s"
-        " FROM import_lots s JOIN products p ON p.org_id = %s AND p.gtin = s.gtin"
-        " LEFT JOIN lots e ON e.org_id = %s AND e.gtin = s.gtin AND e.lot = s.lot",
+        " SELECT * FROM (SELECT s.gtin, s.lot, coalesce(s.expiry, e.expiry) AS expiry, s.quantity, s.serials,"
+        "  coalesce(s.stability_budget_s, e.stability_budget_s, p.stability_budget_s) AS stability_budget_s,"
+        "  e.lot IS NULL AS new, e.expiry AS old_expiry, e.quantity AS old_quantity,"
+        "  e.serials AS old_serials, e.stability_budget_s AS old_budget"
+        "  FROM import_lots s JOIN products p ON p.org_id = %s AND p.gtin = s.gtin"
+        "  LEFT JOIN lots e ON e.org_id = %s AND e.gtin = s.gtin AND e.lot = s.lot) AS x"
+        " WHERE new OR (expiry, quantity, serials, stability_budget_s)"
+        "  IS DISTINCT FROM (old_expiry, old_quantity, old_serials, old_budget)",
         (org, org),
     )
     lots = _counted(
         conn,
         "INSERT INTO lots AS l (org_id, gtin, lot, expiry, quantity, serials, stability_budget_s)"
-        " SELECT %s, r.gtin, r.lot, r.expiry, r.quantity, r.serials, r.stability_budget_s"
-        " FROM import_lots_resolved r"
-        # Rows equal to what is stored are left out before the upsert: an anti-join is cheaper
-        # than a conflict per row, and a re-import is then nearly free.
-        " WHERE NOT EXISTS (SELECT 1 FROM lots e WHERE e.org_id = %s AND e.gtin = r.gtin AND e.lot = r.lot"
-        " AND (coalesce(r.expiry, e.expiry), r.quantity, r.serials, r.stability_budget_s)"
-        " IS NOT DISTINCT FROM (e.expiry, e.quantity, e.serials, e.stability_budget_s))"
+        " SELECT %s, gtin, lot, expiry, quantity, serials, stability_budget_s FROM import_lots_resolved"
         " ON CONFLICT (org_id, gtin, lot) DO UPDATE SET expiry = coalesce(EXCLUDED.expiry, l.expiry),"
         " quantity = EXCLUDED.quantity, serials = EXCLUDED.serials,"
         " stability_budget_s = EXCLUDED.stability_budget_s, updated_at = now()"
         " WHERE (coalesce(EXCLUDED.expiry, l.expiry), EXCLUDED.quantity, EXCLUDED.serials,"
         " EXCLUDED.stability_budget_s)"
         " IS DISTINCT FROM (l.expiry, l.quantity, l.serials, l.stability_budget_s)",
-        (org, org),
+        (org,),
     )
     return {"lots": lots}
 
