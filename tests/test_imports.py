@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -17,6 +18,7 @@ from coldchain.cli import main
 from coldchain.domain import Device
 from coldchain.gs1 import gtin_check_digit
 from coldchain.settings import Settings
+from erp.cli import ProgressBar
 from erp.imports import Kind, run_import
 from storage import auth, registry
 from storage.db import open_pool
@@ -370,3 +372,17 @@ def test_the_import_command(
     assert main(["import", str(lots), "--kind", "lots", "--json"]) == 1
     report = orjson.loads(capsys.readouterr().out)
     assert report["errors"][0]["reason"].startswith("bad GTIN check digit")
+
+
+def test_the_progress_bar_draws_each_phase() -> None:
+    out = io.StringIO()
+    bar = ProgressBar(out, enabled=True)
+    bar("checking", 0, 100)
+    bar("checking", 100, 100)
+    bar("writing", 100, 100)
+    text = out.getvalue()
+    assert "checking  [" + "." * 30 + "] 0/100" in text
+    assert "writing   [" + "#" * 30 + "] 100/100\n" in text
+    silent = io.StringIO()
+    ProgressBar(silent, enabled=False)("checking", 1, 2)
+    assert silent.getvalue() == ""
