@@ -23,13 +23,15 @@ CLASSIFICATIONS = ("I", "II", "III")
 
 @dataclass(frozen=True, slots=True)
 class RecallRequest:
-    """What to recall: `lots` of `gtin` (each a lot number or GS1 data naming one), or every lot
-    that rode with `device` in [`start`, `end`), or the lots of the excursion `alert_id`."""
+    """What to recall: `lots` of `gtin` (each a lot number or GS1 data naming one), or the lots
+    of `gtin` holding any of `serials`, or every lot that rode with `device` in [`start`, `end`),
+    or the lots of the excursion `alert_id`."""
 
     reason: str
     classification: str | None = None
     gtin: str | None = None
     lots: tuple[str, ...] = ()
+    serials: tuple[str, ...] = ()
     device: str | None = None
     start: datetime | None = None
     end: datetime | None = None
@@ -40,12 +42,15 @@ class RecallRequest:
             raise ValidationError("a recall needs a reason", field="reason")
         if self.classification is not None and self.classification not in CLASSIFICATIONS:
             raise ValidationError("classification must be I, II or III", field="classification")
-        ways = sum([bool(self.lots), self.device is not None, self.alert_id is not None])
+        ways = sum([bool(self.lots), bool(self.serials), self.device is not None, self.alert_id is not None])
         if ways != 1:
             raise ValidationError(
-                "name lots (gtin and lots), a logger and a window (device, from, to), or an alert",
+                "name lots (gtin and lots), serials (gtin and serials), a logger and a window"
+                " (device, from, to), or an alert",
                 field="lots",
             )
+        if self.serials and self.gtin is None:
+            raise ValidationError("serials need the gtin", field="gtin")
         if self.device is not None:
             if self.start is None or self.end is None:
                 raise ValidationError("a logger recall needs from and to", field="from")
@@ -58,6 +63,8 @@ class RecallRequest:
             return {"device": self.device, "from": self.start.isoformat(), "to": self.end.isoformat()}
         if self.alert_id is not None:
             return {"alert": self.alert_id}
+        if self.serials:
+            return {"gtin": self.gtin, "serials": list(self.serials)}
         return {"gtin": self.gtin, "lots": list(self.lots)}
 
 
@@ -92,6 +99,11 @@ def resolve_lots(conn: psycopg.Connection, *, org: int, request: RecallRequest) 
         )
     elif request.alert_id is not None:
         lots = store.lots_of_alert(conn, org=org, alert_id=request.alert_id)
+    elif request.serials:
+        assert request.gtin is not None
+        lots = store.lots_with_serials(
+            conn, org=org, gtin=normalize_gtin(request.gtin), serials=list(request.serials)
+        )
     else:
         lots = named_lots(request)
         known = store.registered_lots(conn, org=org, lots=lots)

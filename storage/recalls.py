@@ -333,3 +333,18 @@ def registered_lots(conn: psycopg.Connection, *, org: int, lots: list[LotKey]) -
         ([g for g, _ in lots], [n for _, n in lots], org),
     ).fetchall()
     return {(str(r[0]), str(r[1])) for r in rows}
+
+
+def lots_with_serials(conn: psycopg.Connection, *, org: int, gtin: str, serials: list[str]) -> list[LotKey]:
+    """Lots of the GTIN whose serial list holds one of these serials, singly or in a range
+    `A..B` (serials of a range compare as text of the same length, as zero-padded serials do)."""
+    rows = conn.execute(
+        "SELECT DISTINCT l.gtin, l.lot FROM lots l CROSS JOIN LATERAL unnest(l.serials) AS entry(s)"
+        " JOIN unnest(%s::text[]) AS q(serial) ON q.serial = entry.s OR (position('..' IN entry.s) > 0"
+        "  AND length(q.serial) = length(split_part(entry.s, '..', 1))"
+        "  AND q.serial >= split_part(entry.s, '..', 1) COLLATE \"C\""
+        "  AND q.serial <= split_part(entry.s, '..', 2) COLLATE \"C\")"
+        " WHERE l.org_id = %s AND l.gtin = %s ORDER BY 1, 2",
+        (serials, org, gtin),
+    ).fetchall()
+    return [(str(r[0]), str(r[1])) for r in rows]

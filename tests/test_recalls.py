@@ -29,7 +29,10 @@ def world(db: psycopg.Connection) -> None:
     loggers L1 on SO-1 then SO-3, L2 on SO-2, and an excursion on SO-1."""
     files = {
         "products": f"gtin,name,stability_budget_h\n{GTIN},Insulin,72\n{GTIN2},Vaccine,\n",
-        "lots": f"gtin,lot,expiry,quantity\n{GTIN},A1,2027-05-31,1000\n{GTIN},A2,,500\n{GTIN2},B1,,50\n",
+        "lots": (
+            "gtin,lot,expiry,quantity,serials\n"
+            f"{GTIN},A1,2027-05-31,1000,S0001..S1000\n{GTIN},A2,,500,X1|X2\n{GTIN2},B1,,50,\n"
+        ),
         "shipments": (
             "id,profile,destination,destination_gln,carrier,gtin,lot,quantity\n"
             f"SO-1,2-8C,Hospital B,9520123456788,DHL,{GTIN},A1,400\n"
@@ -227,3 +230,23 @@ def test_recalls_over_http(client: TestClient, db: psycopg.Connection) -> None:
     )
     assert res.status_code == 200 and res.json()["consignees"][0]["quarantined"] == 400
     assert client.get("/api/v1/recalls/999999", headers=qa).status_code == 404
+
+
+def test_recall_by_serials(db: psycopg.Connection) -> None:
+    world(db)
+    rec = open_recall(
+        db, org=1, request=RecallRequest(reason="r", gtin=GTIN, serials=("S0500", "X2")), actor="qa"
+    )
+    assert {lot["lot"] for lot in rec.impact["lots"]} == {"A1", "A2"}
+    assert rec.criteria == {"gtin": GTIN, "serials": ["S0500", "X2"]}
+    only_a1 = open_recall(
+        db, org=1, request=RecallRequest(reason="r", gtin=GTIN, serials=("S1000",)), actor="qa"
+    )
+    assert [lot["lot"] for lot in only_a1.impact["lots"]] == ["A1"]
+    for outside in ("S1001", "S050", "Z1"):
+        with pytest.raises(ValidationError, match="reaches no lot"):
+            open_recall(
+                db, org=1, request=RecallRequest(reason="r", gtin=GTIN, serials=(outside,)), actor="qa"
+            )
+    with pytest.raises(ValidationError, match="need the gtin"):
+        RecallRequest(reason="r", serials=("S1",))

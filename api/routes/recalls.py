@@ -28,6 +28,9 @@ class RecallCreate(BaseModel):
         max_length=10_000,
         description="lot numbers of `gtin`, or GS1 data naming a lot (HRI, element string, Digital Link)",
     )
+    serials: list[str] = Field(
+        default_factory=list, max_length=10_000, description="serials of `gtin`: recall the lots holding them"
+    )
     device: str | None = Field(default=None, description="a logger: recall every lot that rode with it")
     from_: datetime | None = Field(default=None, alias="from")
     to: datetime | None = None
@@ -64,6 +67,7 @@ def create_recall(body: RecallCreate, conn: Conn, caller: Caller) -> dict[str, A
         classification=body.classification,
         gtin=body.gtin,
         lots=tuple(body.lots),
+        serials=tuple(body.serials),
         device=body.device,
         start=body.from_,
         end=body.to,
