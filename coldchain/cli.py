@@ -18,8 +18,22 @@ from coldchain.settings import Settings, load_settings
 log = logging.getLogger("coldchain")
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+DATABASE_NAME = "coldchain"
+# The database roles `coldchain db url --role` hands out URLs for. Only the superuser of the
+# installation's cluster (or DATABASE_URL as given) for now; a role of its own login (the app,
+# the schema owner) joins this table when it has one.
+DB_ROLES = ("superuser",)
+
+
+def _common(parser: argparse.ArgumentParser, *, servers: bool = True) -> None:
     parser.add_argument("--config", type=Path, help="a TOML settings file (same names as the environment)")
+    if servers:
+        parser.add_argument(
+            "--data-dir",
+            type=Path,
+            help="the installation whose private servers to use when DATABASE_URL / MQTT_URL are not set"
+            " (./.coldchain)",
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +43,6 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="the whole platform on this machine")
     _common(up)
     up.add_argument("--demo", action="store_true", help="register a demo fleet and simulate it")
-    up.add_argument("--data-dir", type=Path, help="where the private servers keep their data (./.coldchain)")
     up.add_argument("--http-port", type=int, help="dashboard and API port (8000)")
     up.add_argument("--mqtt-port", type=int, help="port of the private broker (1883, or a free one)")
     up.add_argument("--time-scale", type=float, default=120.0, help="demo: simulated seconds per second")
@@ -44,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True)
     _common(db_sub.add_parser("migrate", help="apply pending migrations"))
+    url = db_sub.add_parser("url", help="print a database URL an operator can hand to psql")
+    _common(url)
+    url.add_argument("--role", choices=DB_ROLES, default="superuser", help="whose URL (superuser)")
 
     token = sub.add_parser("token", help="API tokens")
     token_sub = token.add_subparsers(dest="token_command", required=True)
@@ -54,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--role", required=True, choices=["admin", "qa", "logistics", "driver", "erp", "viewer"]
     )
     create.add_argument("--organization", default="default")
+    revoke = token_sub.add_parser("revoke", help="revoke a token by its name")
+    _common(revoke)
+    revoke.add_argument("--name", required=True)
+    revoke.add_argument("--organization", default="default")
 
     from erp.cli import add_parser as add_import_parser  # argparse only: cheap to import
 
@@ -85,45 +105,126 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    import contextlib
+
+    if getattr(args, "data_dir", None) is not None:
+        settings = settings.model_copy(update={"data_dir": args.data_dir})
     if args.command == "up":
-        overrides: dict[str, Any] = {}
-        if args.data_dir is not None:
-            overrides["data_dir"] = args.data_dir
         if args.http_port is not None:
-            overrides["http_port"] = args.http_port
-        settings = settings.model_copy(update=overrides)
+            settings = settings.model_copy(update={"http_port": args.http_port})
         return run_platform(settings, demo=args.demo, mqtt_port=args.mqtt_port, time_scale=args.time_scale)
-    if args.command == "db":
-        from storage.migrate import migrate
+    with contextlib.ExitStack() as stack:
+        servers = Servers(settings, stack)
+        if args.command == "db":
+            return _db(args, servers, settings)
+        if args.command == "token":
+            return _token(args, servers)
+        if args.command == "import":
+            from erp.cli import run as run_import
 
-        applied = migrate(_require(settings.database_url, "DATABASE_URL"))
-        print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
+            return run_import(args, servers.database_url())
+        stop = _stop_on_signals()
+        if args.command == "ingest":
+            from ingest.service import run as run_ingest
+
+            update = {"database_url": servers.database_url(), "mqtt_url": servers.mqtt_url()}
+            run_ingest(settings.model_copy(update=update), stop)
+        elif args.command == "rules":
+            _run_rules(settings.model_copy(update={"database_url": servers.database_url()}), stop)
+        elif args.command == "api":
+            _serve_api(settings.model_copy(update={"database_url": servers.database_url()}))
+    return 0
+
+
+class Servers:
+    """Where a command finds the database and the broker, as `coldchain up` does: DATABASE_URL and
+    MQTT_URL when set, otherwise the private servers of the installation under `data_dir`, started
+    if they are not running (and stopped, when the command ends, only if it started them)."""
+
+    def __init__(self, settings: Settings, stack: Any) -> None:
+        self._settings = settings
+        self._stack = stack
+        self._cluster: Any = None
+        self._database_url: str | None = None
+
+    @property
+    def embedded_database(self) -> bool:
+        return self._settings.database_url is None
+
+    def _announce(self, text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    def _running_cluster(self, *, keep_running: bool) -> Any:
+        if self._cluster is None:
+            from embedded.installation import Installation
+
+            self._cluster = Installation(self._settings.data_dir).postgres(announce=self._announce)
+            if self._cluster.stop is not None:
+                if keep_running:
+                    self._announce(
+                        f"PostgreSQL of {self._settings.data_dir.resolve()} keeps running on port"
+                        f" {self._cluster.port}; `coldchain up` will use it"
+                    )
+                else:
+                    self._stack.callback(self._cluster.stop)
+        return self._cluster
+
+    def database_url(self, *, keep_running: bool = False) -> str:
+        """The platform's database; in the private cluster created and migrated when needed."""
+        if self._database_url is None:
+            if self._settings.database_url is not None:
+                self._database_url = self._settings.database_url
+            else:
+                from storage.db import ensure_database
+                from storage.migrate import migrate
+
+                cluster = self._running_cluster(keep_running=keep_running)
+                ensure_database(cluster.url, DATABASE_NAME)
+                self._database_url = cluster.url.rsplit("/", 1)[0] + "/" + DATABASE_NAME
+                migrate(self._database_url, engine=self._settings.database_engine)
+        return self._database_url
+
+    def role_url(self, role: str, *, keep_running: bool = False) -> str:
+        """A URL to the platform's database as `role` (see DB_ROLES)."""
+        if role not in DB_ROLES:
+            raise ColdchainError(f"no database role {role!r}; known: {', '.join(DB_ROLES)}")
+        return self.database_url(keep_running=keep_running)
+
+    def mqtt_url(self, *, port: int | None = None) -> str:
+        if self._settings.mqtt_url is not None:
+            return self._settings.mqtt_url
+        from embedded.installation import Installation
+
+        broker = Installation(self._settings.data_dir).broker(port=port, announce=self._announce)
+        if broker.stop is not None:
+            self._stack.callback(broker.stop)
+        return broker.url
+
+
+def _db(args: argparse.Namespace, servers: Servers, settings: Settings) -> int:
+    if args.db_command == "url":
+        print(servers.role_url(args.role, keep_running=True))
         return 0
-    if args.command == "token":
-        from coldchain.access import Role
-        from storage import auth
-        from storage.db import connect
+    from storage.migrate import migrate
 
-        with connect(_require(settings.database_url, "DATABASE_URL")) as conn, conn.transaction():
-            org = auth.org_id(conn, args.organization)
-            token = auth.create_token(conn, org=org, name=args.name, role=Role(args.role), actor="cli")
-        print(token)
-        return 0
-    if args.command == "import":
-        from erp.cli import run as run_import
+    applied = migrate(servers.database_url(), engine=settings.database_engine)
+    print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
+    return 0
 
-        return run_import(args, settings)
-    stop = _stop_on_signals()
-    if args.command == "ingest":
-        from ingest.service import run as run_ingest
 
-        run_ingest(settings, stop)
-    elif args.command == "rules":
-        from rules.service import run as run_rules
+def _token(args: argparse.Namespace, servers: Servers) -> int:
+    from coldchain.access import Role
+    from storage import auth
+    from storage.db import connect
 
-        run_rules(settings, stop)
-    elif args.command == "api":
-        _serve_api(settings)
+    with connect(servers.database_url()) as conn, conn.transaction():
+        org = auth.org_id(conn, args.organization)
+        if args.token_command == "revoke":
+            auth.revoke_token(conn, org=org, name=args.name, actor="cli")
+            print(f"revoked: {args.name}")
+            return 0
+        token = auth.create_token(conn, org=org, name=args.name, role=Role(args.role), actor="cli")
+    print(token)
     return 0
 
 
@@ -134,14 +235,13 @@ def run_platform(settings: Settings, *, demo: bool, mqtt_port: int | None, time_
     """Every service in one process tree; private servers when no DATABASE_URL / MQTT_URL."""
     import contextlib
 
-    import psycopg
     import uvicorn
 
     from api.app import create_app
     from coldchain.wire import Topics
-    from embedded import MosquittoServer, PostgresServer
     from embedded.process import free_port, port_is_free
     from ingest.service import IngestService
+    from notify.service import NotificationService
     from rules.service import RulesService
     from storage.db import open_pool
     from storage.migrate import migrate
@@ -149,27 +249,11 @@ def run_platform(settings: Settings, *, demo: bool, mqtt_port: int | None, time_
     data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
-        dsn = settings.database_url
-        if dsn is None:
-            port = 54329 if port_is_free(54329) else free_port()
-            pg = PostgresServer(data_dir / "postgres", port=port)
-            print(f"starting PostgreSQL in {pg.data_dir} on port {port} ...", flush=True)
-            pg.start()
-            stack.callback(pg.stop)
-            with psycopg.connect(pg.dsn, autocommit=True) as conn:
-                if conn.execute("SELECT 1 FROM pg_database WHERE datname = 'coldchain'").fetchone() is None:
-                    conn.execute("CREATE DATABASE coldchain")
-            dsn = pg.dsn_for("coldchain")
-        mqtt_url = settings.mqtt_url
-        if mqtt_url is None:
-            port = mqtt_port or (1883 if port_is_free(1883) else free_port())
-            broker = MosquittoServer(data_dir / "mosquitto", port=port)
-            print(f"starting Mosquitto on port {port} ...", flush=True)
-            broker.start()
-            stack.callback(broker.stop)
-            mqtt_url = broker.url
+        servers = Servers(settings, stack)
+        dsn = servers.database_url()
+        mqtt_url = servers.mqtt_url(port=mqtt_port)
         settings = settings.model_copy(update={"database_url": dsn, "mqtt_url": mqtt_url})
-        migrate(dsn)
+        migrate(dsn, engine=settings.database_engine)
         token, fresh = _bootstrap_token(settings, dsn, data_dir)
         topics = Topics(settings.topic_prefix)
 
@@ -179,6 +263,9 @@ def run_platform(settings: Settings, *, demo: bool, mqtt_port: int | None, time_
         rules = RulesService(dsn=dsn, settings=settings)
         rules.start()
         stack.callback(rules.stop)
+        notifier = NotificationService(dsn=dsn, settings=settings)
+        notifier.start()
+        stack.callback(notifier.stop)
         if demo:
             fleet = _start_demo(dsn, mqtt_url, topics, time_scale)
             stack.callback(fleet.stop)
@@ -257,7 +344,7 @@ def _start_demo(dsn: str, mqtt_url: str, topics: Any, time_scale: float) -> Any:
     from coldchain.demo import demo_fleet
     from coldchain.errors import ConflictError
     from firmware_sim.fleet import Fleet, LoggerSpec
-    from storage import registry
+    from storage import readings, registry
     from storage.db import connect
 
     now = datetime.now(UTC)
@@ -283,12 +370,9 @@ def _start_demo(dsn: str, mqtt_url: str, topics: Any, time_scale: float) -> Any:
         for rec in registry.list_devices(conn, org=1):
             if rec.device.id.startswith("DEMO-") and rec.last_seq is not None:
                 seq_start[rec.device.id] = rec.last_seq + 1
-        row = conn.execute(
-            "SELECT (extract(epoch FROM max(r.t)) * 1000)::bigint FROM readings r"
-            " JOIN devices d ON d.key = r.device_key WHERE d.id LIKE 'DEMO-%'"
-        ).fetchone()
-        if row and row[0] is not None:
-            resume_ms = int(row[0]) + 60_000
+        last_ms = readings.last_reading_ms(conn, device_id_prefix="DEMO-")
+        if last_ms is not None:
+            resume_ms = last_ms + 60_000
     start_ms = max(int(start.timestamp() * 1000), resume_ms or 0)
     start_ms = min(start_ms, int(time.time() * 1000) - 3_600_000)
     specs = [
@@ -367,6 +451,16 @@ def _stop_on_signals() -> threading.Event:
     signal.signal(signal.SIGINT, _handler)
     signal.signal(signal.SIGTERM, _handler)
     return stop
+
+
+def _run_rules(settings: Settings, stop: threading.Event) -> None:
+    """`coldchain rules`: the rules service and the notification service, until `stop` is set."""
+    from notify.service import NotificationService
+    from rules.service import RulesService
+
+    dsn = _require(settings.database_url, "DATABASE_URL")
+    with RulesService(dsn=dsn, settings=settings), NotificationService(dsn=dsn, settings=settings):
+        stop.wait()
 
 
 def _serve_api(settings: Settings) -> None:

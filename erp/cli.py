@@ -9,8 +9,6 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from coldchain.settings import Settings
-
 KINDS = ("products", "lots", "sites", "shipments", "assignments")
 
 
@@ -48,18 +46,15 @@ class ProgressBar:
         self.stream.flush()
 
 
-def run(args: argparse.Namespace, settings: Settings) -> int:
+def run(args: argparse.Namespace, database_url: str) -> int:
     """Exit 0 when committed (or a clean dry run), 1 when rows failed, 2 for unusable input."""
     from erp.imports import run_import
     from storage import auth
     from storage.db import connect
 
-    if settings.database_url is None:
-        print("coldchain import: DATABASE_URL is not set", file=sys.stderr)
-        return 2
     data = sys.stdin.buffer.read() if str(args.file) == "-" else args.file.read_bytes()
     bar = ProgressBar(sys.stderr, enabled=not args.no_progress and sys.stderr.isatty())
-    with connect(settings.database_url, autocommit=True) as conn:
+    with connect(database_url, autocommit=True) as conn:
         org = auth.org_id(conn, args.organization)
         report = run_import(
             conn, org=org, kind=args.kind, data=data, actor="cli", dry_run=args.dry_run, progress=bar

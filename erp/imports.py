@@ -42,11 +42,11 @@ from typing import Any
 import orjson
 import psycopg
 
-from coldchain.alarm_profile import list_presets
 from coldchain.domain import SHIPMENT_ID_RE, validate_device_id
 from coldchain.errors import ValidationError
 from coldchain.gs1 import GS1Error, gtin_check_digit, normalize_gtin, validate_lot
 from coldchain.gs1 import parse as parse_gs1
+from coldchain.presets import list_presets
 from storage import imports as store
 
 MAX_REPORTED_ERRORS = 1000

@@ -242,33 +242,3 @@ def acknowledge(
             actor=actor,
         )
     return store.get_recall(conn, org=org, recall_id=recall_id)
-
-
-def recall_document(rec: store.RecallRecord) -> dict[str, Any]:
-    return {
-        "id": rec.id,
-        "state": rec.state,
-        "reason": rec.reason,
-        "classification": rec.classification,
-        "criteria": rec.criteria,
-        "opened_at": _iso(rec.opened_at),
-        "opened_by": rec.opened_by,
-        "all_acknowledged_at": _iso(rec.all_acknowledged_at),
-        "response_time_s": rec.response_time_s,
-        "impact": rec.impact,
-        "consignees": [
-            {
-                "id": c.id,
-                "shipment": c.shipment_id,
-                "consignee": c.consignee,
-                "consignee_gln": c.consignee_gln,
-                "quantity": c.quantity,
-                "notified_at": _iso(c.notified_at),
-                "acknowledged_at": _iso(c.acknowledged_at),
-                "acknowledged_by": c.acknowledged_by,
-                "quarantined": c.quarantined,
-                "returned": c.returned,
-            }
-            for c in rec.consignees
-        ],
-    }

@@ -16,7 +16,7 @@ import psycopg
 from psycopg import sql
 
 from storage.audit import record
-from storage.ingest_store import RULES_CHANNEL
+from storage.listen import Wakeup, wake
 
 # Staging tables: (column, PostgreSQL type); the first column is always the file's row number.
 STAGES: dict[str, tuple[tuple[str, str], ...]] = {
@@ -327,7 +327,7 @@ def apply_assignments(conn: psycopg.Connection, *, org: int) -> Counts:
         (org, org),
     ).rowcount
     if relinked:
-        conn.execute(sql.SQL("NOTIFY {}").format(sql.Identifier(RULES_CHANNEL)))
+        wake(conn, Wakeup.RULES)
     return {"device_assignments": (inserted, 0)}
 
 

@@ -94,3 +94,33 @@ def test_the_route_is_in_the_openapi_document(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     operation = spec["paths"]["/api/v1/gs1/parse"]["post"]
     assert "422" in operation["responses"]
+
+
+def test_a_lot_by_its_gs1_id(client: TestClient, db: psycopg.Connection) -> None:
+    token = auth.create_token(db, org=1, name="logistics", role=Role.LOGISTICS, actor="test")
+    h = {"Authorization": f"Bearer {token}"}
+    assert client.post("/api/v1/devices", json={"id": "L1"}, headers=h).status_code == 201
+    shipment = {
+        "id": "SO-1",
+        "profile": "2-8C",
+        "lots": [{"gtin": GTIN, "lot": "A/1", "quantity": 10}],
+        "devices": [{"id": "L1", "from": "2026-11-24T08:00:00Z", "to": None}],
+    }
+    assert client.post("/api/v1/shipments", json=shipment, headers=h).status_code == 201
+    for data in (
+        f"https://id.gs1.org/01/{GTIN}/10/A%2F1",
+        f"(01){GTIN}(10)A/1",
+        f"]d201{GTIN}10A/1",
+    ):
+        res = client.get("/api/v1/lots", params={"id": data}, headers=h)
+        assert res.status_code == 200, (data, res.text)
+        body = res.json()
+        assert (body["gtin"], body["lot"], body["shipments"]) == (GTIN, "A/1", ["SO-1"])
+    assert client.get("/api/v1/lots", params={"id": f"(01){GTIN}(10)B2"}, headers=h).status_code == 404
+    res = client.get("/api/v1/lots", params={"id": f"(01){GTIN}"}, headers=h)
+    assert res.status_code == 422
+    assert (res.json()["field"], res.json()["ai"], res.json()["rule"]) == ("id", None, "lot-key")
+    res = client.get("/api/v1/lots", params={"id": "(01)09506000134353(10)A"}, headers=h)
+    assert (res.status_code, res.json()["ai"], res.json()["rule"]) == (422, "01", "csum")
+    assert client.get("/api/v1/lots", headers=h).status_code == 422
+    assert client.get("/api/v1/lots", params={"id": f"(01){GTIN}(10)A"}).status_code == 401

@@ -341,7 +341,11 @@ def test_imports_over_http(client: TestClient, db: psycopg.Connection) -> None:
     bad = b"gtin,lot\n09506000134353,A1\n"
     res = client.post("/api/v1/imports?kind=lots", content=bad, headers=csv_headers)
     assert res.status_code == 422
-    assert res.json()["errors"][0] == {
+    body = res.json()
+    assert (body["error"], body["field"]) == ("ValidationError", "body")
+    assert body["details"] == [{"field": "row 1.gtin", "message": "bad GTIN check digit: 09506000134353"}]
+    assert body["report"]["committed"] is False
+    assert body["report"]["errors"][0] == {
         "row": 1,
         "field": "gtin",
         "reason": "bad GTIN check digit: 09506000134353",
@@ -349,6 +353,20 @@ def test_imports_over_http(client: TestClient, db: psycopg.Connection) -> None:
     assert client.post("/api/v1/imports?kind=lots", content=bad, headers=viewer).status_code == 403
     assert client.post("/api/v1/imports?kind=pallets", content=bad, headers=erp).status_code == 422
     assert client.post("/api/v1/imports?kind=lots", content=bad).status_code == 401
+
+
+def test_imports_have_a_body_limit_of_their_own(db_dsn: str, db: psycopg.Connection) -> None:
+    token = auth.create_token(db, org=1, name="erp", role=Role.ERP, actor="t")
+    h = {"Authorization": f"Bearer {token}", "Content-Type": "text/csv"}
+    data = ("gtin,name\n" + "".join(f"{gtin(n)},product {n}\n" for n in range(400))).encode()
+    assert len(data) > 4096
+    with open_pool(db_dsn, max_size=2) as pool:
+        app = create_app(Settings(database_url=db_dsn, http_max_body_bytes=4096), pool=pool)
+        with TestClient(app) as c:
+            res = c.post("/api/v1/imports?kind=products", content=data, headers=h)
+            assert (res.status_code, res.json()["inserted"]) == (200, 400), res.text
+            big = {"id": "D1", "name": "x" * 5000}
+            assert c.post("/api/v1/devices", json=big, headers=h).status_code == 413
 
 
 def test_the_import_command(

@@ -3,42 +3,45 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field, StrictBool
 
 from api.deps import Caller
+from api.errors import WITH_BODY, responses
+from api.schemas import ErrorBody, _In, _Out
 from coldchain.gs1 import GS1Data, GS1Error, parse
 
 router = APIRouter(tags=["gs1"])
 
 
-class GS1ParseRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    data: str = Field(
-        min_length=1,
-        max_length=4096,
-        description="Bracketed HRI, an element string (GS or ^ for FNC1), scan data with a symbology "
-        "identifier (]d2, ]C1, ]Q3, ]e0, ...) or a GS1 Digital Link URI",
-        examples=["(01)09506000134352(17)270531(10)A123", "https://id.gs1.org/01/09506000134352/10/A123"],
-    )
-    check_requisites: bool = Field(
+class GS1ParseRequest(_In):
+    data: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=4096,
+            description="Bracketed HRI, an element string (GS or ^ for FNC1), scan data with a symbology "
+            "identifier (]d2, ]C1, ]Q3, ]e0, ...) or a GS1 Digital Link URI",
+            examples=["(01)09506000134352(17)270531(10)A123", "https://id.gs1.org/01/09506000134352/10/A123"],
+        ),
+    ]
+    check_requisites: StrictBool = Field(
         default=True, description="Check the dictionary's req= rules (ex= rules always apply)"
     )
 
 
-class GS1ElementPublic(BaseModel):
+class GS1ElementOut(_Out):
     ai: str
     value: str
     title: str
     date: dt.date | None = None
 
 
-class GS1ParsePublic(BaseModel):
-    elements: list[GS1ElementPublic]
+class GS1ParseOut(_Out):
+    elements: list[GS1ElementOut]
     hri: str
     source: str
     symbology: str | None = None
@@ -50,19 +53,9 @@ class GS1ParsePublic(BaseModel):
     digital_link: str | None = None
 
 
-class GS1ErrorPublic(BaseModel):
-    error: str
-    message: str
-    field: str
-    ai: str | None
-    rule: str
-
-
-def _public(parsed: GS1Data) -> GS1ParsePublic:
-    return GS1ParsePublic(
-        elements=[
-            GS1ElementPublic(ai=e.ai, value=e.value, title=e.title, date=e.date) for e in parsed.elements
-        ],
+def _out(parsed: GS1Data) -> GS1ParseOut:
+    return GS1ParseOut(
+        elements=[GS1ElementOut(ai=e.ai, value=e.value, title=e.title, date=e.date) for e in parsed.elements],
         hri=parsed.hri,
         source=parsed.source,
         symbology=parsed.symbology,
@@ -75,19 +68,29 @@ def _public(parsed: GS1Data) -> GS1ParsePublic:
     )
 
 
+_RESPONSES = responses(*WITH_BODY)
+_RESPONSES[422] = {
+    **_RESPONSES[422],
+    "description": "The request breaks a rule, or the data is not valid GS1: then `field` is `data` and the"
+    " error body also carries `ai` (the Application Identifier at fault, or null) and `rule` (the"
+    " Syntax Dictionary rule broken: csum, length, cset, req, ex, ...)",
+}
+
+
 @router.post(
-    "/gs1/parse",
-    response_model=GS1ParsePublic,
-    response_model_exclude_none=True,
-    responses={422: {"model": GS1ErrorPublic, "description": "invalid GS1 data: the AI and the rule broken"}},
+    "/gs1/parse", response_model=GS1ParseOut, response_model_exclude_none=True, responses=_RESPONSES
 )
 def parse_gs1(body: GS1ParseRequest, caller: Caller) -> Any:
-    """Validate GS1 data against the Barcode Syntax Dictionary and return its elements."""
+    """Validate GS1 data against the Barcode Syntax Dictionary and return its elements. Invalid
+    GS1 data is a 422 in the one error shape with two more fields, `ai` and `rule`."""
     try:
         parsed = parse(body.data, check_requisites=body.check_requisites)
     except GS1Error as exc:
-        error = GS1ErrorPublic(
-            error="ValidationError", message=str(exc), field="data", ai=exc.ai, rule=exc.rule
-        )
-        return JSONResponse(error.model_dump(), status_code=422)
-    return _public(parsed)
+        return gs1_error(exc, field="data")
+    return _out(parsed)
+
+
+def gs1_error(exc: GS1Error, *, field: str) -> JSONResponse:
+    """422 in the one error shape, with the AI at fault and the Syntax Dictionary rule broken."""
+    body = ErrorBody(error="ValidationError", message=str(exc), field=field).model_dump(exclude_none=True)
+    return JSONResponse({**body, "ai": exc.ai, "rule": exc.rule}, status_code=422)

@@ -3,20 +3,42 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta
-from typing import Annotated, Any
+from datetime import timedelta
+from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Path, Query, status
+from fastapi.responses import JSONResponse
 
 from api.deps import Caller, Conn
-from api.schemas import CreditBody, alert_public
+from api.errors import AUTHED, WITH_BODY, responses
+from api.routes.gs1 import gs1_error
+from api.schemas import (
+    BUCKET_PATTERN,
+    GTIN_PATTERN,
+    LOT_SEGMENT_PATTERN,
+    BucketReading,
+    CreditBody,
+    CreditOut,
+    CreditResult,
+    LotOut,
+    LotReadings,
+    Moment,
+    RawReading,
+    alert_out,
+    check_gtin,
+)
 from coldchain.access import Permission
 from coldchain.errors import ValidationError
-from coldchain.gs1 import digital_link, normalize_gtin
+from coldchain.gs1 import GS1Error, digital_link, identify_lot, normalize_gtin
 from rules.lot_figures import Leg, LoggerSeries, LotFigures, lot_figures
-from storage import alerts, lot_budget, profiles, readings, registry, rules_store
+from storage import alerts, lot_budget, profiles, readings, registry
 
 router = APIRouter()
+
+GtinPath = Annotated[
+    str, Path(pattern=GTIN_PATTERN, examples=["09506000134352"], json_schema_extra={"format": "gtin"})
+]
+LotPath = Annotated[str, Path(pattern=LOT_SEGMENT_PATTERN, examples=["A123"])]
 _BUCKET = re.compile(r"^(\d{1,6})(s|m|h|d)$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -38,44 +60,88 @@ def _figures(conn: Conn, org: int, rec: registry.LotRecord) -> LotFigures:
             profile=profiles.resolve(conn, org=org, profile_id=leg.profile_id, version=leg.profile_version),
             loggers=tuple(LoggerSeries(dev, t, c) for dev, (t, c) in leg.loggers.items()),
         )
-        for leg in rules_store.lot_legs(conn, org=org, shipment_keys=list(rec.shipment_keys))
+        for leg in readings.lot_legs(conn, org=org, shipment_keys=list(rec.shipment_keys))
     ]
     return lot_figures(legs, stability_budget_s=rec.stability_budget_s)
 
 
-@router.get("/lots/{gtin}/{lot}")
-def get_lot(gtin: str, lot: str, conn: Conn, caller: Caller) -> dict[str, Any]:
-    rec = registry.get_lot(conn, org=caller.org_id, gtin=normalize_gtin(gtin), lot=lot)
+@router.get("/lots/{gtin}/{lot}", tags=["lots"], response_model=LotOut, responses=responses(*AUTHED, 404))
+def get_lot(gtin: GtinPath, lot: LotPath, conn: Conn, caller: Caller) -> LotOut:
+    rec = registry.get_lot(conn, org=caller.org_id, gtin=normalize_gtin(check_gtin(gtin)), lot=lot)
+    return _lot_out(conn, caller, rec)
+
+
+_ID_RESPONSES = responses(*AUTHED, 404)
+_ID_RESPONSES[422] = {
+    **_ID_RESPONSES[422],
+    "description": "A bad parameter, or `id` is not GS1 data naming a GTIN and a lot: then `field` is"
+    " `id` and the error body also carries `ai` and `rule`, as POST /gs1/parse's",
+}
+
+
+@router.get("/lots", tags=["lots"], response_model=LotOut, responses=_ID_RESPONSES)
+def get_lot_by_id(
+    conn: Conn,
+    caller: Caller,
+    id: Annotated[
+        str,
+        Query(
+            min_length=1,
+            max_length=4096,
+            description="GS1 data naming the lot: a Digital Link URI, bracketed HRI, an element string"
+            " or scan data with (01) and (10)",
+            examples=["https://id.gs1.org/01/09506000134352/10/A123"],
+        ),
+    ],
+) -> LotOut | JSONResponse:
+    """The lot named by a scanned carrier, as GET /lots/{gtin}/{lot} answers it."""
+    try:
+        gtin, lot = identify_lot(id)
+    except GS1Error as exc:
+        return gs1_error(exc, field="id")
+    rec = registry.get_lot(conn, org=caller.org_id, gtin=gtin, lot=lot)
+    return _lot_out(conn, caller, rec)
+
+
+def _lot_out(conn: Conn, caller: Caller, rec: registry.LotRecord) -> LotOut:
     excursions = alerts.list_alerts(conn, org=caller.org_id, shipment_keys=list(rec.shipment_keys))
     figures = _figures(conn, caller.org_id, rec)
     credits = lot_budget.credits(conn, org=caller.org_id, gtin=rec.lot.gtin, lot=rec.lot.lot)
     credited = sum(c["seconds"] for c in credits)
     remaining = figures.stability_budget_remaining_s
-    return {
-        "gtin": rec.lot.gtin,
-        "lot": rec.lot.lot,
-        "expiry": rec.lot.expiry,
-        "digital_link": digital_link(rec.lot.gtin, rec.lot.lot),
-        "shipments": list(rec.shipments),
-        "devices": list(rec.devices),
-        "excursions": [alert_public(a) for a in excursions],
-        "mkt_c": figures.mkt_c,
-        "time_out_of_range_s": figures.time_out_of_range_s,
-        "outside_labelled_range_s": figures.outside_labelled_range_s,
-        "stability_budget_s": figures.stability_budget_s,
-        "stability_budget_credited_s": credited,
-        "stability_budget_remaining_s": None if remaining is None else remaining + credited,
-        "stability_budget_credits": credits,
-        "worst_logger_per_shipment": figures.worst_logger,
-    }
+    return LotOut(
+        gtin=rec.lot.gtin,
+        lot=rec.lot.lot,
+        expiry=rec.lot.expiry,
+        digital_link=digital_link(rec.lot.gtin, rec.lot.lot),
+        shipments=list(rec.shipments),
+        devices=list(rec.devices),
+        excursions=[alert_out(a) for a in excursions],
+        mkt_c=figures.mkt_c,
+        time_out_of_range_s=figures.time_out_of_range_s,
+        outside_labelled_range_s=figures.outside_labelled_range_s,
+        stability_budget_s=figures.stability_budget_s,
+        stability_budget_credited_s=credited,
+        stability_budget_remaining_s=None if remaining is None else remaining + credited,
+        stability_budget_credits=[CreditOut.model_validate(c) for c in credits],
+        worst_logger_per_shipment=figures.worst_logger,
+    )
 
 
-@router.post("/lots/{gtin}/{lot}/credits", status_code=status.HTTP_201_CREATED)
-def credit_budget(gtin: str, lot: str, body: CreditBody, conn: Conn, caller: Caller) -> dict[str, Any]:
+@router.post(
+    "/lots/{gtin}/{lot}/credits",
+    tags=["lots"],
+    status_code=status.HTTP_201_CREATED,
+    response_model=CreditResult,
+    responses=responses(*WITH_BODY, 404, 409),
+)
+def credit_budget(gtin: GtinPath, lot: LotPath, body: CreditBody, conn: Conn, caller: Caller) -> CreditResult:
     """QA credits time back to the lot's stability budget, with a reason (audited). A credit that
-    leaves budget again resolves the lot's open budget alert."""
+    leaves budget again resolves the lot's open budget alert. 409 when the lot has no budget;
+    422 when all credits together would exceed the time spent outside the labelled range, or
+    `alert_id` is not an excursion of the lot."""
     caller.require(Permission.DISPOSITION)
-    rec = registry.get_lot(conn, org=caller.org_id, gtin=normalize_gtin(gtin), lot=lot)
+    rec = registry.get_lot(conn, org=caller.org_id, gtin=normalize_gtin(check_gtin(gtin)), lot=lot)
     figures = _figures(conn, caller.org_id, rec)
     with conn.transaction():
         credit = lot_budget.add_credit(
@@ -104,31 +170,37 @@ def credit_budget(gtin: str, lot: str, body: CreditBody, conn: Conn, caller: Cal
                     comment=f"stability budget restored by credit {credit['id']}: {body.reason}",
                 )
                 resolved.append(alert_id)
-    return {**credit, "stability_budget_remaining_s": remaining, "resolved_alerts": resolved}
+    return CreditResult(
+        **credit, stability_budget_remaining_s=remaining, resolved_alerts=resolved
+    )
 
 
-@router.get("/lots/{gtin}/{lot}/readings")
+@router.get(
+    "/lots/{gtin}/{lot}/readings",
+    tags=["lots"],
+    response_model=LotReadings,
+    responses=responses(*AUTHED, 404),
+)
 def lot_readings(
-    gtin: str,
-    lot: str,
+    gtin: GtinPath,
+    lot: LotPath,
     conn: Conn,
     caller: Caller,
-    from_: Annotated[datetime | None, Query(alias="from")] = None,
-    to: datetime | None = None,
-    bucket: str | None = None,
+    from_: Annotated[Moment | None, Query(alias="from", description="RFC 3339 with an offset")] = None,
+    to: Annotated[Moment | None, Query(description="RFC 3339 with an offset; exclusive")] = None,
+    bucket: Annotated[
+        str | None, Query(pattern=BUCKET_PATTERN, description="`raw` (default) or a width: 30s, 5m, 1h, 1d")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500_000)] = 100_000,
-) -> dict[str, Any]:
+) -> LotReadings:
     width = parse_bucket(bucket)
-    for name, value in (("from", from_), ("to", to)):
-        if value is not None and value.tzinfo is None:
-            raise ValidationError(f"{name} needs a UTC offset", field=name)
-    rec = registry.get_lot(conn, org=caller.org_id, gtin=normalize_gtin(gtin), lot=lot)
+    rec = registry.get_lot(conn, org=caller.org_id, gtin=normalize_gtin(check_gtin(gtin)), lot=lot)
     rows = readings.lot_readings(
         conn, shipment_keys=list(rec.shipment_keys), start=from_, end=to, bucket=width, limit=limit
     )
-    return {
-        "gtin": rec.lot.gtin,
-        "lot": rec.lot.lot,
-        "bucket": bucket or "raw",
-        "readings": rows,
-    }
+    found: list[RawReading] | list[BucketReading]
+    if width is None:
+        found = [RawReading.model_validate(r) for r in rows]
+    else:
+        found = [BucketReading.model_validate(r) for r in rows]
+    return LotReadings(gtin=rec.lot.gtin, lot=rec.lot.lot, bucket=bucket or "raw", readings=found)
