@@ -71,6 +71,8 @@ def get_lot(gtin: GtinPath, lot: LotPath, conn: Conn, caller: Caller) -> LotOut:
     return _lot_out(conn, caller, rec)
 
 
+# GS1 data in a query: no control characters but GS (FNC1 in an element string).
+GS1_QUERY_PATTERN = r"^[^\x00-\x1c\x1e\x1f\x7f]+$"
 _ID_RESPONSES = responses(*AUTHED, 404)
 _ID_RESPONSES[422] = {
     **_ID_RESPONSES[422],
@@ -88,6 +90,7 @@ def get_lot_by_id(
         Query(
             min_length=1,
             max_length=4096,
+            pattern=GS1_QUERY_PATTERN,
             description="GS1 data naming the lot: a Digital Link URI, bracketed HRI, an element string"
             " or scan data with (01) and (10)",
             examples=["https://id.gs1.org/01/09506000134352/10/A123"],
