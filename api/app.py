@@ -16,6 +16,9 @@ from api import errors
 from api.deps import Conn, refuse_unknown_query
 from api.limits import RequestGuard
 from api.routes import alerts, calibrations, evidence, logger_files, lots, notify, registry
+from api.routes import gs1 as gs1_routes
+from api.routes import imports as import_routes
+from api.routes import recalls as recall_routes
 from api.schemas import Health
 from coldchain import __version__
 from coldchain.settings import Settings
@@ -60,6 +63,7 @@ def create_app(settings: Settings, *, pool: ConnectionPool | None = None) -> Fas
         RequestGuard,
         max_body_bytes=settings.http_max_body_bytes,
         large_bodies={f"{API_PREFIX}/evidence/verify": evidence.MAX_UPLOAD_BYTES},
+        path_limits={f"{API_PREFIX}/imports": import_routes.MAX_IMPORT_BYTES},
     )
 
     v1 = APIRouter(prefix=API_PREFIX, dependencies=[Depends(refuse_unknown_query)])
@@ -74,6 +78,9 @@ def create_app(settings: Settings, *, pool: ConnectionPool | None = None) -> Fas
         v1.include_router(module.router)
     v1.include_router(logger_files.router)
     v1.include_router(calibrations.router)
+    v1.include_router(gs1_routes.router)
+    v1.include_router(import_routes.router)
+    v1.include_router(recall_routes.router)
     app.include_router(v1)
     app.include_router(notify.ack_router)  # /ack/{token}: the signed link is the credential
 

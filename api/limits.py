@@ -35,7 +35,12 @@ class RequestGuard:
     """ASGI middleware: the request body limit and the NUL check, ahead of routing."""
 
     def __init__(
-        self, app: ASGIApp, *, max_body_bytes: int, large_bodies: dict[str, int] | None = None
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        large_bodies: dict[str, int] | None = None,
+        path_limits: dict[str, int] | None = None,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
@@ -43,6 +48,9 @@ class RequestGuard:
         # over their own limit is refused here; the body streams to the route unbuffered, and
         # the route counts it as it spools it to disk.
         self.large_bodies = dict(large_bodies or {})
+        # Routes that take files (a bulk import) have a larger limit of their own, by exact path;
+        # their bodies are counted and buffered here like every other.
+        self.path_limits = dict(path_limits or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -68,7 +76,7 @@ class RequestGuard:
                 return
             await self.app(scope, receive, send)
             return
-        limit = self.max_body_bytes
+        limit = self.path_limits.get(scope.get("path", ""), self.max_body_bytes)
         if declared is not None and declared > limit:
             await _refuse(send, 413, "PayloadTooLarge", f"the request body exceeds {limit} bytes")
             return

@@ -87,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     lf_import.add_argument("--organization", default="default")
     lf_import.add_argument("--json", action="store_true", help="print the whole report as JSON")
 
+    from erp.cli import add_parser as add_import_parser  # argparse only: cheap to import
+
+    _common(add_import_parser(sub))
+
     sim = sub.add_parser(
         "sim", help="simulated loggers and fleets (see `coldchain sim --help`)", add_help=False
     )
@@ -139,6 +143,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             from api.field_data import import_command
 
             return import_command(args, settings.model_copy(update={"database_url": servers.database_url()}))
+        if args.command == "import":
+            from erp.cli import run as run_import
+
+            return run_import(args, servers.database_url())
         stop = _stop_on_signals()
         if args.command == "ingest":
             from ingest.service import run as run_ingest

@@ -18,3 +18,7 @@ def _gtins(draw: st.DrawFn) -> str:
 
 
 schemathesis.openapi.format("gtin", _gtins())
+
+
+# Bulk imports take CSV or JSON lines: text bodies, sent as they were generated.
+schemathesis.serializer.alias("application/x-ndjson", "text/plain")

@@ -7,9 +7,11 @@ from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, status
+from fastapi.responses import JSONResponse
 
 from api.deps import Caller, Conn
 from api.errors import AUTHED, WITH_BODY, responses
+from api.routes.gs1 import gs1_error
 from api.schemas import (
     BUCKET_PATTERN,
     GTIN_PATTERN,
@@ -27,7 +29,7 @@ from api.schemas import (
 )
 from coldchain.access import Permission
 from coldchain.errors import ValidationError
-from coldchain.gs1 import digital_link, normalize_gtin
+from coldchain.gs1 import GS1Error, digital_link, identify_lot, normalize_gtin
 from evidence.model import lot_figures_of
 from rules.lot_figures import LotFigures
 from storage import alerts, lot_budget, readings, registry
@@ -61,6 +63,45 @@ def _figures(conn: Conn, org: int, rec: registry.LotRecord) -> LotFigures:
 @router.get("/lots/{gtin}/{lot}", tags=["lots"], response_model=LotOut, responses=responses(*AUTHED, 404))
 def get_lot(gtin: GtinPath, lot: LotPath, conn: Conn, caller: Caller) -> LotOut:
     rec = registry.get_lot(conn, org=caller.org_id, gtin=normalize_gtin(check_gtin(gtin)), lot=lot)
+    return _lot_out(conn, caller, rec)
+
+
+# GS1 data in a query: no control characters but GS (FNC1 in an element string).
+GS1_QUERY_PATTERN = r"^[^\x00-\x1c\x1e\x1f\x7f]+$"
+_ID_RESPONSES = responses(*AUTHED, 404)
+_ID_RESPONSES[422] = {
+    **_ID_RESPONSES[422],
+    "description": "A bad parameter, or `id` is not GS1 data naming a GTIN and a lot: then `field` is"
+    " `id` and the error body also carries `ai` and `rule`, as POST /gs1/parse's",
+}
+
+
+@router.get("/lots", tags=["lots"], response_model=LotOut, responses=_ID_RESPONSES)
+def get_lot_by_id(
+    conn: Conn,
+    caller: Caller,
+    id: Annotated[
+        str,
+        Query(
+            min_length=1,
+            max_length=4096,
+            pattern=GS1_QUERY_PATTERN,
+            description="GS1 data naming the lot: a Digital Link URI, bracketed HRI, an element string"
+            " or scan data with (01) and (10)",
+            examples=["https://id.gs1.org/01/09506000134352/10/A123"],
+        ),
+    ],
+) -> LotOut | JSONResponse:
+    """The lot named by a scanned carrier, as GET /lots/{gtin}/{lot} answers it."""
+    try:
+        gtin, lot = identify_lot(id)
+    except GS1Error as exc:
+        return gs1_error(exc, field="id")
+    rec = registry.get_lot(conn, org=caller.org_id, gtin=gtin, lot=lot)
+    return _lot_out(conn, caller, rec)
+
+
+def _lot_out(conn: Conn, caller: Caller, rec: registry.LotRecord) -> LotOut:
     excursions = alerts.list_alerts(conn, org=caller.org_id, shipment_keys=list(rec.shipment_keys))
     figures = _figures(conn, caller.org_id, rec)
     credits = lot_budget.credits(conn, org=caller.org_id, gtin=rec.lot.gtin, lot=rec.lot.lot)

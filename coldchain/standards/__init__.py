@@ -1,0 +1,1 @@
+"""Standards data shipped with the kernel (GS1 Barcode Syntax Dictionary)."""

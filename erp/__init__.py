@@ -1,0 +1,1 @@
+"""The ERP boundary: master-data import, outbound adapters and recalls."""

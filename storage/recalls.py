@@ -1,0 +1,350 @@
+"""Recalls: the impact of named lots (or of a logger's window) in a few set-based queries, and
+the recall record with its consignees, their actions and the response time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from coldchain.errors import ConflictError, NotFoundError
+from storage.audit import record
+
+LotKey = tuple[str, str]  # (gtin, lot)
+
+
+@dataclass(frozen=True, slots=True)
+class LotImpact:
+    gtin: str
+    lot: str
+    expiry: Any
+    quantity: int | None
+    stability_budget_s: int | None
+    spent_s: float
+    credited_s: float
+
+    @property
+    def remaining_s(self) -> float | None:
+        if self.stability_budget_s is None:
+            return None
+        return self.stability_budget_s + self.credited_s - self.spent_s
+
+
+@dataclass(frozen=True, slots=True)
+class ShipmentLine:
+    shipment_key: int
+    shipment_id: str
+    origin: str | None
+    destination: str | None
+    destination_gln: str | None
+    carrier: str | None
+    mode: str | None
+    gtin: str
+    lot: str
+    quantity: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Ride:
+    """A logger's window on a shipment."""
+
+    shipment_key: int
+    device_id: str
+    start: datetime
+    end: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Excursion:
+    id: int
+    shipment_key: int
+    kind: str
+    severity: str
+    state: str
+    started_at: datetime | None
+    ended_at: datetime | None
+    peak_c: float | None
+    disposition: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Impact:
+    lots: list[LotImpact]
+    lines: list[ShipmentLine]
+    rides: list[Ride]
+    excursions: list[Excursion]
+
+
+def lots_with_device(
+    conn: psycopg.Connection, *, org: int, device_id: str, start: datetime, end: datetime
+) -> list[LotKey]:
+    """Every lot on a shipment the logger rode with at some time in [start, end)."""
+    rows = conn.execute(
+        "SELECT DISTINCT sl.gtin, sl.lot FROM devices d"
+        " JOIN device_assignments a ON a.device_key = d.key AND a.during && tstzrange(%s, %s, '[)')"
+        " JOIN shipment_lots sl ON sl.shipment_key = a.shipment_key"
+        " WHERE d.org_id = %s AND d.id = %s ORDER BY 1, 2",
+        (start, end, org, device_id),
+    ).fetchall()
+    return [(str(r[0]), str(r[1])) for r in rows]
+
+
+def device_known(conn: psycopg.Connection, *, org: int, device_id: str) -> bool:
+    row = conn.execute("SELECT 1 FROM devices WHERE org_id = %s AND id = %s", (org, device_id)).fetchone()
+    return row is not None
+
+
+def impact(conn: psycopg.Connection, *, org: int, lots: list[LotKey]) -> Impact:
+    """The named lots' figures, every shipment line that carried them, the loggers on those
+    shipments and their excursions. Lots not registered are left out (the caller checks)."""
+    gtins, names = [g for g, _ in lots], [n for _, n in lots]
+    wanted = "unnest(%(g)s::char(14)[], %(l)s::text[]) AS w(gtin, lot)"
+    params = {"org": org, "g": gtins, "l": names}
+    lot_rows = conn.execute(
+        f"SELECT l.gtin, l.lot, l.expiry, l.quantity, l.stability_budget_s, coalesce(b.spent_s, 0),"
+        " coalesce((SELECT sum(c.seconds) FROM lot_budget_credits c WHERE c.org_id = l.org_id"
+        "  AND c.gtin = l.gtin AND c.lot = l.lot), 0)"
+        f" FROM {wanted} JOIN lots l ON l.org_id = %(org)s AND l.gtin = w.gtin AND l.lot = w.lot"
+        " LEFT JOIN lot_budget_state b ON b.org_id = l.org_id AND b.gtin = l.gtin AND b.lot = l.lot"
+        " ORDER BY l.gtin, l.lot",
+        params,
+    ).fetchall()
+    line_rows = conn.execute(
+        "SELECT s.key, s.id, s.origin, s.destination, s.destination_gln, s.carrier, s.mode,"
+        " sl.gtin, sl.lot, sl.quantity"
+        f" FROM {wanted} JOIN shipment_lots sl ON sl.org_id = %(org)s AND sl.gtin = w.gtin AND sl.lot = w.lot"
+        " JOIN shipments s ON s.key = sl.shipment_key ORDER BY s.id, sl.gtin, sl.lot",
+        params,
+    ).fetchall()
+    keys = sorted({int(r[0]) for r in line_rows})
+    ride_rows = conn.execute(
+        "SELECT a.shipment_key, d.id, lower(a.during), upper(a.during) FROM device_assignments a"
+        " JOIN devices d ON d.key = a.device_key WHERE a.shipment_key = ANY(%s)"
+        " ORDER BY a.shipment_key, lower(a.during), d.id",
+        (keys,),
+    ).fetchall()
+    excursion_rows = conn.execute(
+        "SELECT id, shipment_key, kind, severity, state, started_at, ended_at, peak_c, disposition"
+        " FROM alerts WHERE org_id = %s AND shipment_key = ANY(%s) ORDER BY shipment_key, opened_at, id",
+        (org, keys),
+    ).fetchall()
+    return Impact(
+        lots=[
+            LotImpact(
+                gtin=r[0],
+                lot=r[1],
+                expiry=r[2],
+                quantity=r[3],
+                stability_budget_s=None if r[4] is None else int(r[4]),
+                spent_s=float(r[5]),
+                credited_s=float(r[6]),
+            )
+            for r in lot_rows
+        ],
+        lines=[ShipmentLine(int(r[0]), *r[1:]) for r in line_rows],
+        rides=[Ride(int(r[0]), r[1], r[2], r[3]) for r in ride_rows],
+        excursions=[Excursion(int(r[0]), int(r[1]), *r[2:]) for r in excursion_rows],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Consignee:
+    id: int
+    shipment_id: str
+    consignee: str | None
+    consignee_gln: str | None
+    quantity: int | None
+    notified_at: datetime | None
+    acknowledged_at: datetime | None
+    acknowledged_by: str | None
+    quarantined: int | None
+    returned: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class RecallRecord:
+    id: int
+    state: str
+    reason: str
+    classification: str | None
+    criteria: dict[str, Any]
+    impact: dict[str, Any]
+    opened_at: datetime
+    opened_by: str
+    all_acknowledged_at: datetime | None
+    response_time_s: float | None
+    consignees: list[Consignee]
+
+
+def create_recall(
+    conn: psycopg.Connection,
+    *,
+    org: int,
+    reason: str,
+    classification: str | None,
+    criteria: dict[str, Any],
+    impact_document: dict[str, Any],
+    lots: list[LotKey],
+    consignees: list[tuple[int, str | None, str | None, int | None]],  # shipment key, name, GLN, quantity
+    actor: str,
+) -> int:
+    """Insert the recall, its lots and consignees, and the audit row, in the caller's transaction."""
+    row = conn.execute(
+        "INSERT INTO recalls (org_id, reason, classification, criteria, impact, opened_by)"
+        " VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+        (org, reason, classification, Jsonb(criteria), Jsonb(impact_document), actor),
+    ).fetchone()
+    assert row is not None
+    recall_id = int(row[0])
+    conn.execute(
+        "INSERT INTO recall_lots (recall_id, org_id, gtin, lot)"
+        " SELECT %s, %s, g, l FROM unnest(%s::char(14)[], %s::text[]) AS w(g, l)",
+        (recall_id, org, [g for g, _ in lots], [n for _, n in lots]),
+    )
+    conn.execute(
+        "INSERT INTO recall_consignees (recall_id, shipment_key, consignee, consignee_gln, quantity)"
+        " SELECT %s, k, c, g, q"
+        " FROM unnest(%s::int[], %s::text[], %s::char(13)[], %s::bigint[]) AS w(k, c, g, q)",
+        (
+            recall_id,
+            [c[0] for c in consignees],
+            [c[1] for c in consignees],
+            [c[2] for c in consignees],
+            [c[3] for c in consignees],
+        ),
+    )
+    record(
+        conn,
+        org_id=org,
+        actor=actor,
+        action="open",
+        entity="recall",
+        key=str(recall_id),
+        new={
+            "reason": reason,
+            "classification": classification,
+            "criteria": criteria,
+            "lots": [f"{g}/{n}" for g, n in lots],
+            "consignees": len(consignees),
+        },
+    )
+    return recall_id
+
+
+def get_recall(conn: psycopg.Connection, *, org: int, recall_id: int) -> RecallRecord:
+    row = conn.execute(
+        "SELECT id, state, reason, classification, criteria, impact, opened_at, opened_by,"
+        " all_acknowledged_at, response_time_s FROM recalls WHERE org_id = %s AND id = %s",
+        (org, recall_id),
+    ).fetchone()
+    if row is None:
+        raise NotFoundError("recall", str(recall_id))
+    consignees = conn.execute(
+        "SELECT c.id, s.id, c.consignee, c.consignee_gln, c.quantity, c.notified_at, c.acknowledged_at,"
+        " c.acknowledged_by, c.quarantined, c.returned FROM recall_consignees c"
+        " JOIN shipments s ON s.key = c.shipment_key WHERE c.recall_id = %s ORDER BY c.id",
+        (recall_id,),
+    ).fetchall()
+    return RecallRecord(
+        id=int(row[0]),
+        state=row[1],
+        reason=row[2],
+        classification=row[3],
+        criteria=row[4],
+        impact=row[5],
+        opened_at=row[6],
+        opened_by=row[7],
+        all_acknowledged_at=row[8],
+        response_time_s=None if row[9] is None else float(row[9]),
+        consignees=[Consignee(int(c[0]), *c[1:]) for c in consignees],
+    )
+
+
+def acknowledge(
+    conn: psycopg.Connection,
+    *,
+    org: int,
+    recall_id: int,
+    consignee_id: int,
+    quarantined: int | None,
+    returned: int | None,
+    actor: str,
+) -> None:
+    """A consignee's acknowledgement with what it quarantined or returned; the last one stamps
+    the recall's response time (opened to every consignee acknowledged)."""
+    state = conn.execute(
+        "SELECT state FROM recalls WHERE org_id = %s AND id = %s FOR UPDATE", (org, recall_id)
+    ).fetchone()
+    if state is None:
+        raise NotFoundError("recall", str(recall_id))
+    if state[0] == "closed":
+        raise ConflictError(f"recall {recall_id} is closed")
+    row = conn.execute(
+        "UPDATE recall_consignees SET acknowledged_at = now(), acknowledged_by = %s,"
+        " quarantined = %s, returned = %s, notified_at = coalesce(notified_at, now())"
+        " WHERE recall_id = %s AND id = %s AND acknowledged_at IS NULL RETURNING id",
+        (actor, quarantined, returned, recall_id, consignee_id),
+    ).fetchone()
+    if row is None:
+        exists = conn.execute(
+            "SELECT 1 FROM recall_consignees WHERE recall_id = %s AND id = %s", (recall_id, consignee_id)
+        ).fetchone()
+        if exists is None:
+            raise NotFoundError("consignee", str(consignee_id))
+        raise ConflictError(f"consignee {consignee_id} has already acknowledged recall {recall_id}")
+    conn.execute(
+        "UPDATE recalls SET all_acknowledged_at = now(),"
+        " response_time_s = extract(epoch FROM now() - opened_at)"
+        " WHERE id = %s AND all_acknowledged_at IS NULL AND NOT EXISTS"
+        " (SELECT 1 FROM recall_consignees WHERE recall_id = %s AND acknowledged_at IS NULL)",
+        (recall_id, recall_id),
+    )
+    record(
+        conn,
+        org_id=org,
+        actor=actor,
+        action="acknowledge",
+        entity="recall",
+        key=str(recall_id),
+        new={"consignee": consignee_id, "quarantined": quarantined, "returned": returned},
+    )
+
+
+def lots_of_alert(conn: psycopg.Connection, *, org: int, alert_id: int) -> list[LotKey]:
+    """The lots on the shipment an excursion alert belongs to."""
+    row = conn.execute(
+        "SELECT shipment_key FROM alerts WHERE org_id = %s AND id = %s", (org, alert_id)
+    ).fetchone()
+    if row is None:
+        raise NotFoundError("alert", str(alert_id))
+    rows = conn.execute(
+        "SELECT gtin, lot FROM shipment_lots WHERE shipment_key = %s ORDER BY gtin, lot", (row[0],)
+    ).fetchall()
+    return [(str(r[0]), str(r[1])) for r in rows]
+
+
+def registered_lots(conn: psycopg.Connection, *, org: int, lots: list[LotKey]) -> set[LotKey]:
+    rows = conn.execute(
+        "SELECT l.gtin, l.lot FROM unnest(%s::char(14)[], %s::text[]) AS w(gtin, lot)"
+        " JOIN lots l ON l.org_id = %s AND l.gtin = w.gtin AND l.lot = w.lot",
+        ([g for g, _ in lots], [n for _, n in lots], org),
+    ).fetchall()
+    return {(str(r[0]), str(r[1])) for r in rows}
+
+
+def lots_with_serials(conn: psycopg.Connection, *, org: int, gtin: str, serials: list[str]) -> list[LotKey]:
+    """Lots of the GTIN whose serial list holds one of these serials, singly or in a range
+    `A..B` (serials of a range compare as text of the same length, as zero-padded serials do)."""
+    rows = conn.execute(
+        "SELECT DISTINCT l.gtin, l.lot FROM lots l CROSS JOIN LATERAL unnest(l.serials) AS entry(s)"
+        " JOIN unnest(%s::text[]) AS q(serial) ON q.serial = entry.s OR (position('..' IN entry.s) > 0"
+        "  AND length(q.serial) = length(split_part(entry.s, '..', 1))"
+        "  AND q.serial >= split_part(entry.s, '..', 1) COLLATE \"C\""
+        "  AND q.serial <= split_part(entry.s, '..', 2) COLLATE \"C\")"
+        " WHERE l.org_id = %s AND l.gtin = %s ORDER BY 1, 2",
+        (serials, org, gtin),
+    ).fetchall()
+    return [(str(r[0]), str(r[1])) for r in rows]

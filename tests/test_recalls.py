@@ -1,0 +1,252 @@
+"""Recalls against a real PostgreSQL: impact by lots, by a logger's window and by an excursion;
+consignee acknowledgements and the response time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from coldchain.access import Role
+from coldchain.domain import Device, Severity
+from coldchain.errors import ConflictError, ValidationError
+from coldchain.settings import Settings
+from erp.imports import run_import
+from erp.recalls import RecallRequest, acknowledge, open_recall
+from storage import alerts, auth, registry
+from storage.db import open_pool
+
+GTIN = "09506000134352"
+GTIN2 = "04006381333931"
+
+
+def world(db: psycopg.Connection) -> None:
+    """Two products, three lots, three shipments (SO-1 with A1 and B1, SO-2 with A1, SO-3 with A2),
+    loggers L1 on SO-1 then SO-3, L2 on SO-2, and an excursion on SO-1."""
+    files = {
+        "products": f"gtin,name,stability_budget_h\n{GTIN},Insulin,72\n{GTIN2},Vaccine,\n",
+        "lots": (
+            "gtin,lot,expiry,quantity,serials\n"
+            f"{GTIN},A1,2027-05-31,1000,S0001..S1000\n{GTIN},A2,,500,X1|X2\n{GTIN2},B1,,50,\n"
+        ),
+        "shipments": (
+            "id,profile,destination,destination_gln,carrier,gtin,lot,quantity\n"
+            f"SO-1,2-8C,Hospital B,9520123456788,DHL,{GTIN},A1,400\n"
+            f"SO-1,2-8C,Hospital B,9520123456788,DHL,{GTIN2},B1,20\n"
+            f"SO-2,2-8C,Pharmacy C,,,{GTIN},A1,100\n"
+            f"SO-3,2-8C,Clinic D,,,{GTIN},A2,500\n"
+        ),
+    }
+    for kind, text in files.items():
+        assert run_import(db, org=1, kind=kind, data=text.encode(), actor="t").committed
+    for device in ("L1", "L2"):
+        registry.create_device(db, org=1, device=Device(id=device), actor="t")
+    assignments = (
+        "device,shipment,from,to\n"
+        "L1,SO-1,2026-11-01T00:00:00Z,2026-11-03T00:00:00Z\n"
+        "L1,SO-3,2026-11-05T00:00:00Z,2026-11-07T00:00:00Z\n"
+        "L2,SO-2,2026-11-01T00:00:00Z,\n"
+    )
+    assert run_import(db, org=1, kind="assignments", data=assignments.encode(), actor="t").committed
+    so1 = db.execute("SELECT key FROM shipments WHERE id = 'SO-1'").fetchone()
+    assert so1 is not None
+    with db.transaction():
+        alerts.raise_alert(
+            db,
+            alerts.NewAlert(
+                org_id=1,
+                episode_key="e1",
+                kind="single",
+                severity=Severity.ALARM,
+                message="above 8 °C",
+                shipment_key=so1[0],
+                started_at=datetime(2026, 11, 2, tzinfo=UTC),
+                peak_c=11.5,
+            ),
+        )
+    db.execute(
+        "INSERT INTO lot_budget_state (org_id, gtin, lot, spent_s) VALUES (1, %s, 'A1', 7200)", (GTIN,)
+    )
+
+
+def test_impact_of_a_lot(db: psycopg.Connection) -> None:
+    world(db)
+    rec = open_recall(
+        db,
+        org=1,
+        request=RecallRequest(reason="seal defect", classification="II", gtin=GTIN, lots=("A1",)),
+        actor="qa",
+    )
+    impact = rec.impact
+    assert [s["id"] for s in impact["shipments"]] == ["SO-1", "SO-2"]
+    so1 = impact["shipments"][0]
+    assert (so1["destination"], so1["destination_gln"], so1["carrier"]) == (
+        "Hospital B",
+        "9520123456788",
+        "DHL",
+    )
+    assert so1["lots"] == [{"gtin": GTIN, "lot": "A1", "quantity": 400}]  # only the recalled lot's line
+    assert [d["id"] for d in so1["devices"]] == ["L1"]
+    assert [(e["severity"], e["peak_c"]) for e in so1["excursions"]] == [("alarm", 11.5)]
+    assert impact["shipments"][1]["devices"][0]["to"] is None
+    (lot,) = impact["lots"]
+    assert (lot["quantity"], lot["stability_budget_s"], lot["stability_budget_remaining_s"]) == (
+        1000,
+        72 * 3600,
+        72 * 3600 - 7200,
+    )
+    assert lot["shipments"] == ["SO-1", "SO-2"]
+    assert lot["evidence"] == f"/api/v1/lots/{GTIN}/A1/evidence"
+    assert impact["totals"] == {
+        "shipments": 2,
+        "lots": 1,
+        "consignees": 2,
+        "quantity": 500,
+        "excursions": 1,
+        "devices": 2,
+    }
+    assert [(c.shipment_id, c.consignee, c.quantity) for c in rec.consignees] == [
+        ("SO-1", "Hospital B", 400),
+        ("SO-2", "Pharmacy C", 100),
+    ]
+    assert rec.state == "open" and rec.response_time_s is None
+
+
+def test_lots_named_by_gs1_data_and_unknown_lots(db: psycopg.Connection) -> None:
+    world(db)
+    rec = open_recall(
+        db,
+        org=1,
+        request=RecallRequest(reason="r", lots=(f"https://id.gs1.org/01/{GTIN}/10/A2", f"(01){GTIN2}(10)B1")),
+        actor="qa",
+    )
+    assert sorted(s["id"] for s in rec.impact["shipments"]) == ["SO-1", "SO-3"]
+    with pytest.raises(ValidationError, match="unknown lots"):
+        open_recall(db, org=1, request=RecallRequest(reason="r", gtin=GTIN, lots=("NOPE",)), actor="qa")
+    with pytest.raises(ValidationError):
+        RecallRequest(reason="r")
+    with pytest.raises(ValidationError):
+        RecallRequest(reason=" ", gtin=GTIN, lots=("A1",))
+
+
+def test_which_lots_rode_with_a_faulty_logger(db: psycopg.Connection) -> None:
+    world(db)
+    request = RecallRequest(
+        reason="logger L1 out of calibration",
+        device="L1",
+        start=datetime(2026, 11, 2, tzinfo=UTC),
+        end=datetime(2026, 11, 6, tzinfo=UTC),
+    )
+    rec = open_recall(db, org=1, request=request, actor="qa")
+    lots = {(lot["gtin"], lot["lot"]) for lot in rec.impact["lots"]}
+    assert lots == {(GTIN, "A1"), (GTIN2, "B1"), (GTIN, "A2")}
+    # A1 also went out on SO-2 (with L2): every shipment of a recalled lot is reached.
+    assert sorted(s["id"] for s in rec.impact["shipments"]) == ["SO-1", "SO-2", "SO-3"]
+    narrow = RecallRequest(
+        reason="r",
+        device="L1",
+        start=datetime(2026, 11, 4, tzinfo=UTC),
+        end=datetime(2026, 11, 8, tzinfo=UTC),
+    )
+    assert {lot["lot"] for lot in open_recall(db, org=1, request=narrow, actor="qa").impact["lots"]} == {"A2"}
+    with pytest.raises(ValidationError, match="unknown device"):
+        open_recall(
+            db,
+            org=1,
+            request=RecallRequest(reason="r", device="L9", start=narrow.start, end=narrow.end),
+            actor="qa",
+        )
+
+
+def test_recall_by_excursion_and_the_response_time(db: psycopg.Connection) -> None:
+    world(db)
+    alert_id = db.execute("SELECT id FROM alerts").fetchone()
+    assert alert_id is not None
+    rec = open_recall(db, org=1, request=RecallRequest(reason="excursion", alert_id=alert_id[0]), actor="qa")
+    assert {lot["lot"] for lot in rec.impact["lots"]} == {"A1", "B1"}
+    first, second = rec.consignees[0], rec.consignees[1]
+    rec = acknowledge(
+        db, org=1, recall_id=rec.id, consignee_id=first.id, quarantined=400, returned=None, actor="hospital"
+    )
+    assert rec.response_time_s is None
+    assert rec.consignees[0].quarantined == 400 and rec.consignees[0].acknowledged_at is not None
+    rec = acknowledge(
+        db, org=1, recall_id=rec.id, consignee_id=second.id, quarantined=None, returned=100, actor="pharmacy"
+    )
+    assert (
+        rec.all_acknowledged_at is not None and rec.response_time_s is not None and rec.response_time_s >= 0
+    )
+    with pytest.raises(ConflictError):
+        acknowledge(
+            db, org=1, recall_id=rec.id, consignee_id=second.id, quarantined=None, returned=1, actor="x"
+        )
+
+
+@pytest.fixture
+def client(db_dsn: str) -> Iterator[TestClient]:
+    with open_pool(db_dsn, max_size=2) as pool:
+        app = create_app(Settings(database_url=db_dsn), pool=pool)
+        with TestClient(app) as c:
+            yield c
+
+
+def test_recalls_over_http(client: TestClient, db: psycopg.Connection) -> None:
+    world(db)
+    qa = {"Authorization": "Bearer " + auth.create_token(db, org=1, name="qa", role=Role.QA, actor="t")}
+    erp = {"Authorization": "Bearer " + auth.create_token(db, org=1, name="erp", role=Role.ERP, actor="t")}
+    body = {"gtin": GTIN, "lots": ["A1"], "reason": "seal defect", "classification": "II"}
+    assert client.post("/api/v1/recalls", json=body, headers=erp).status_code == 403
+    res = client.post("/api/v1/recalls", json=body, headers=qa)
+    assert res.status_code == 201, res.text
+    recall = res.json()
+    assert recall["impact"]["shipments"][0]["excursions"][0]["peak_c"] == 11.5
+    assert recall["impact"]["lots"][0]["stability_budget_remaining_s"] == 72 * 3600 - 7200
+    got = client.get(f"/api/v1/recalls/{recall['id']}", headers=erp).json()
+    assert got["consignees"] == recall["consignees"]
+    res = client.post(
+        "/api/v1/recalls",
+        json={
+            "device": "L1",
+            "from": "2026-11-04T00:00:00Z",
+            "to": "2026-11-08T00:00:00Z",
+            "reason": "drift",
+        },
+        headers=qa,
+    )
+    assert [lot["lot"] for lot in res.json()["impact"]["lots"]] == ["A2"]
+    assert client.post("/api/v1/recalls", json={"reason": "x"}, headers=qa).status_code == 422
+    assert (
+        client.post("/api/v1/recalls", json={**body, "classification": "IV"}, headers=qa).status_code == 422
+    )
+    consignee = recall["consignees"][0]["id"]
+    res = client.post(
+        f"/api/v1/recalls/{recall['id']}/consignees/{consignee}/acknowledge",
+        json={"quarantined": 400},
+        headers=qa,
+    )
+    assert res.status_code == 200 and res.json()["consignees"][0]["quarantined"] == 400
+    assert client.get("/api/v1/recalls/999999", headers=qa).status_code == 404
+
+
+def test_recall_by_serials(db: psycopg.Connection) -> None:
+    world(db)
+    rec = open_recall(
+        db, org=1, request=RecallRequest(reason="r", gtin=GTIN, serials=("S0500", "X2")), actor="qa"
+    )
+    assert {lot["lot"] for lot in rec.impact["lots"]} == {"A1", "A2"}
+    assert rec.criteria == {"gtin": GTIN, "serials": ["S0500", "X2"]}
+    only_a1 = open_recall(
+        db, org=1, request=RecallRequest(reason="r", gtin=GTIN, serials=("S1000",)), actor="qa"
+    )
+    assert [lot["lot"] for lot in only_a1.impact["lots"]] == ["A1"]
+    for outside in ("S1001", "S050", "Z1"):
+        with pytest.raises(ValidationError, match="reaches no lot"):
+            open_recall(
+                db, org=1, request=RecallRequest(reason="r", gtin=GTIN, serials=(outside,)), actor="qa"
+            )
+    with pytest.raises(ValidationError, match="need the gtin"):
+        RecallRequest(reason="r", serials=("S1",))
