@@ -3,7 +3,8 @@
 -- from exact numeric sums (sum_c / n), never an average of averages, so any rollup of the
 -- 5-minute buckets gives the same figure as the raw readings.
 --
--- readings_5m is recreated (it had no sums); a continuous aggregate cannot gain a column. Its
+-- readings_5m is recreated where an older 011 made it without sums (a continuous aggregate cannot
+-- gain a column); a database migrated from scratch has none yet. Its
 -- refresh policy goes with it and is added again; back-filled batches can be up to
 -- ingest_max_past_days (400) old, so both policies refresh that far back (only invalidated
 -- buckets are recomputed). Real-time aggregation adds what the policies have not materialised.
