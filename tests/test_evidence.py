@@ -393,7 +393,8 @@ def test_a_lot_without_readings_yet_has_every_format(
 def test_http_freeze_thaw_profiles_and_large_uploads(
     db_dsn: str, db: psycopg.Connection, tmp_path: Path
 ) -> None:
-    admin = {"Authorization": "Bearer " + auth.create_token(db, org=1, name="adm", role=Role.ADMIN, actor="t")}
+    token = auth.create_token(db, org=1, name="adm", role=Role.ADMIN, actor="t")
+    admin = {"Authorization": "Bearer " + token}
     settings = Settings(database_url=db_dsn, data_dir=tmp_path / "data", http_max_body_bytes=1024)
     with open_pool(db_dsn, max_size=2) as pool, TestClient(create_app(settings, pool=pool)) as client:
         body = {
