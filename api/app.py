@@ -13,7 +13,8 @@ from psycopg_pool import ConnectionPool
 
 from api import errors
 from api.deps import Conn
-from api.routes import alerts, lots, notify, registry
+from api.routes import alerts, api_keys, audit, auth, lots, notify, organizations, registry, users
+from api.security_headers import SecurityHeaders
 from coldchain import __version__
 from coldchain.settings import Settings
 from storage.db import open_pool
@@ -25,6 +26,7 @@ def create_app(settings: Settings, *, pool: ConnectionPool | None = None) -> Fas
     """An app for these settings; given a pool it uses it (and leaves closing it to the caller)."""
     if settings.database_url is None and pool is None:
         raise ValueError("the API needs DATABASE_URL or a pool")
+    settings.require_secret_key()  # signs access tokens and ack links: no public default
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
@@ -43,10 +45,14 @@ def create_app(settings: Settings, *, pool: ConnectionPool | None = None) -> Fas
         version=__version__,
         description="Cold-chain telemetry and excursion alerting: devices, shipments, lots, alerts.",
         lifespan=lifespan,
-        openapi_url="/openapi.json",
-        docs_url="/docs",
+        openapi_url="/openapi.json" if settings.docs_enabled else None,
+        docs_url="/docs" if settings.docs_enabled else None,
+        redoc_url="/redoc" if settings.docs_enabled else None,
     )
     errors.install(app)
+    app.add_middleware(
+        SecurityHeaders, hsts=bool(settings.public_url and settings.public_url.startswith("https://"))
+    )
 
     v1 = APIRouter(prefix=API_PREFIX)
 
@@ -56,7 +62,7 @@ def create_app(settings: Settings, *, pool: ConnectionPool | None = None) -> Fas
         conn.execute("SELECT 1")
         return JSONResponse({"status": "ok", "database": "ok", "version": __version__})
 
-    for module in (registry, lots, alerts, notify):
+    for module in (registry, lots, alerts, notify, auth, users, api_keys, audit, organizations):
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(notify.ack_router)  # /ack/{token}: the signed link is the credential

@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.esign import SignatureIn
 from coldchain.domain import Alert, Device, DeviceAssignment, Lot, Shipment, ShipmentLot
 
 
@@ -82,6 +83,7 @@ class AckBody(_Strict):
 class CloseBody(_Strict):
     disposition: str = Field(pattern="^(release|quarantine|reject)$")
     comment: str = Field(min_length=1, max_length=4000)
+    signature: SignatureIn | None = None  # required: QA's e-signature (21 CFR Part 11)
 
 
 class CreditBody(_Strict):
@@ -90,6 +92,7 @@ class CreditBody(_Strict):
     seconds: float = Field(gt=0, le=10 * 365 * 86400)
     reason: str = Field(min_length=1, max_length=4000)
     alert_id: int | None = Field(default=None, ge=1)
+    signature: SignatureIn | None = None  # required: QA's e-signature (21 CFR Part 11)
 
 
 class AssignBody(_Strict):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -36,6 +38,128 @@ def record(
     ).fetchone()
     assert row is not None
     return int(row[0])
+
+
+_RECOMPUTE = (
+    "encode(sha256(prev_hash || convert_to(concat_ws(E'\\x1f',"
+    " org_id::text, to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US'), actor,"
+    " action, entity, entity_key, coalesce(old_value::text, ''), coalesce(new_value::text, ''),"
+    " coalesce(reason, '')), 'UTF8')), 'hex')"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditVerdict:
+    """The outcome of checking the whole trail: intact, or the first bad row and why."""
+
+    intact: bool
+    rows: int
+    organizations: int
+    org_id: int | None = None
+    row_id: int | None = None
+    reason: str | None = None
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "intact": self.intact,
+            "rows": self.rows,
+            "organizations": self.organizations,
+            "org_id": self.org_id,
+            "row_id": self.row_id,
+            "reason": self.reason,
+        }
+
+
+def verify_trail(conn: psycopg.Connection) -> AuditVerdict:
+    """Check every link of every organization's chain, then the chain's end against the recorded
+    head (hash, row count, last id), so an altered row and removed newest rows are both found."""
+    heads = {
+        int(r[0]): (bytes(r[1]), r[2], r[3])
+        for r in conn.execute("SELECT org_id, hash, rows, last_id FROM audit_heads")
+    }
+    orgs = [int(r[0]) for r in conn.execute("SELECT DISTINCT org_id FROM audit_trail ORDER BY 1")]
+    total = 0
+    for org in sorted(set(orgs) | set(heads)):
+        prev, count, last_id = b"", 0, None
+        with conn.cursor() as cur:
+            cur.execute(
+                f"SELECT id, prev_hash, hash, {_RECOMPUTE} FROM audit_trail WHERE org_id = %s ORDER BY id",
+                (org,),
+            )
+            for row_id, prev_hash, stored, recomputed in cur:
+                if bytes(prev_hash) != prev:
+                    return AuditVerdict(
+                        False, total, len(heads), org, int(row_id),
+                        "its prev_hash is not the hash of the row before it (a row was removed or inserted)",
+                    )
+                if bytes(stored).hex() != recomputed:
+                    return AuditVerdict(
+                        False, total, len(heads), org, int(row_id),
+                        "its content does not match its hash (altered)",
+                    )
+                prev, count, last_id = bytes(stored), count + 1, int(row_id)
+                total += 1
+        head = heads.get(org)
+        if head is None:
+            return AuditVerdict(
+                False, total, len(heads), org, last_id, "the organization has no recorded head"
+            )
+        head_hash, head_rows, head_last = head
+        if head_hash != prev:
+            return AuditVerdict(
+                False, total, len(heads), org, last_id,
+                "the last row's hash is not the recorded head (newest rows were removed or the head altered)",
+            )
+        if head_rows is not None and head_rows != count:
+            return AuditVerdict(
+                False, total, len(heads), org, last_id,
+                f"the head records {head_rows} rows but the trail holds {count}",
+            )
+        if head_last is not None and head_last != last_id:
+            return AuditVerdict(
+                False, total, len(heads), org, last_id,
+                f"the head records last row {head_last}, the trail ends at {last_id}",
+            )
+    return AuditVerdict(True, total, len(heads))
+
+
+def search(
+    conn: psycopg.Connection,
+    *,
+    org_id: int,
+    entity: str | None = None,
+    key: str | None = None,
+    actor: str | None = None,
+    action: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    after_id: int | None = None,
+    limit: int = 500,
+) -> list[dict[str, Any]]:
+    """The organization's trail with filters, oldest first (page on with `after_id`)."""
+    rows = conn.execute(
+        "SELECT id, at, actor, action, entity, entity_key, old_value, new_value, reason, hash"
+        " FROM audit_trail WHERE org_id = %(org)s"
+        " AND (%(entity)s::text IS NULL OR entity = %(entity)s)"
+        " AND (%(key)s::text IS NULL OR entity_key = %(key)s)"
+        " AND (%(actor)s::text IS NULL OR actor = %(actor)s)"
+        " AND (%(action)s::text IS NULL OR action = %(action)s)"
+        " AND (%(since)s::timestamptz IS NULL OR at >= %(since)s)"
+        " AND (%(until)s::timestamptz IS NULL OR at < %(until)s)"
+        " AND (%(after)s::bigint IS NULL OR id > %(after)s)"
+        " ORDER BY id LIMIT %(limit)s",
+        {
+            "org": org_id, "entity": entity, "key": key, "actor": actor, "action": action,
+            "since": since, "until": until, "after": after_id, "limit": limit,
+        },
+    ).fetchall()
+    return [
+        {
+            "id": r[0], "at": r[1], "actor": r[2], "action": r[3], "entity": r[4], "key": r[5],
+            "old": r[6], "new": r[7], "reason": r[8], "hash": bytes(r[9]).hex(),
+        }
+        for r in rows
+    ]
 
 
 def verify_chain(conn: psycopg.Connection, org_id: int) -> tuple[bool, int | None]:

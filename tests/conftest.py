@@ -16,6 +16,10 @@ from coldchain.wire import Topics
 from embedded import MosquittoServer, PostgresServer
 from storage.migrate import migrate
 
+# identity: services refuse to start without SECRET_KEY outside explicit development mode; tests
+# that build Settings() without one run in development mode (a random key per process).
+os.environ.setdefault("ENVIRONMENT", "development")
+
 TEMPLATE_DB = "coldchain_template"
 _db_counter = itertools.count()
 

@@ -15,6 +15,7 @@ from coldchain.domain import Device, Severity
 from coldchain.settings import Settings
 from storage import alerts, auth, registry
 from storage.db import open_pool
+from tests.identity_support import bearer, make_user, signature
 
 GTIN = "09506000134352"
 
@@ -109,9 +110,14 @@ def test_alert_lifecycle_over_http(client: TestClient, db: psycopg.Connection, a
         )
     assert created
     h = _h(admin_token)
+    # Closing is QA's signed decision: a person with the qa role, who re-enters the password.
+    make_user(db, "qa@example.com", ["qa"])
+    qa = bearer(client, "qa@example.com")
     assert [a["id"] for a in client.get("/api/v1/alerts?state=open", headers=h).json()] == [alert_id]
     res = client.post(
-        f"/api/v1/alerts/{alert_id}/close", json={"disposition": "release", "comment": "x"}, headers=h
+        f"/api/v1/alerts/{alert_id}/close",
+        json={"disposition": "release", "comment": "x", "signature": signature()},
+        headers=qa,
     )
     assert res.status_code == 409  # must be resolved first
     assert (
@@ -121,8 +127,8 @@ def test_alert_lifecycle_over_http(client: TestClient, db: psycopg.Connection, a
     assert client.post(f"/api/v1/alerts/{alert_id}/resolve", json={}, headers=h).json()["state"] == "resolved"
     res = client.post(
         f"/api/v1/alerts/{alert_id}/close",
-        json={"disposition": "release", "comment": "MKT within label"},
-        headers=h,
+        json={"disposition": "release", "comment": "MKT within label", "signature": signature()},
+        headers=qa,
     )
     assert res.json()["state"] == "closed" and res.json()["disposition"] == "release"
     history = client.get(f"/api/v1/alerts/{alert_id}", headers=h).json()["history"]

@@ -6,7 +6,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from api.deps import Caller, Conn
+from api import esign
+from api.deps import AppSettings, Caller, Conn
 from api.schemas import AckBody, AssignBody, CloseBody, alert_public
 from coldchain.alert_lifecycle import permission_for
 from coldchain.domain import AlertState, Disposition
@@ -39,8 +40,11 @@ def list_alerts(
 
 @router.get("/alerts/{alert_id}")
 def get_alert(alert_id: int, conn: Conn, caller: Caller) -> dict[str, Any]:
-    doc = alert_public(alerts.get_alert(conn, org=caller.org_id, alert_id=alert_id))
+    alert = alerts.get_alert(conn, org=caller.org_id, alert_id=alert_id)
+    doc = alert_public(alert)
     doc["history"] = alerts.alert_history(conn, org=caller.org_id, alert_id=alert_id)
+    record = esign.alert_record(conn, org=caller.org_id, alert=alert)
+    doc["signatures"] = esign.shown(conn, org=caller.org_id, entity="alert", key=str(alert_id), record=record)
     return doc
 
 
@@ -81,9 +85,24 @@ def reopen(alert_id: int, conn: Conn, caller: Caller, body: AckBody | None = Non
 
 
 @router.post("/alerts/{alert_id}/close")
-def close(alert_id: int, body: CloseBody, conn: Conn, caller: Caller) -> dict[str, Any]:
-    """QA's disposition (release, quarantine or reject) with the reason, closing the alert."""
-    return _act(conn, caller, alert_id, "close", body.comment, Disposition(body.disposition))
+def close(
+    alert_id: int, body: CloseBody, conn: Conn, caller: Caller, settings: AppSettings
+) -> dict[str, Any]:
+    """QA's disposition (release, quarantine or reject) with the reason, closing the alert, under
+    the signer's e-signature (password re-entered; API keys cannot sign)."""
+    caller.require(permission_for("close"))
+    signature = esign.require(body.signature)
+    alerts.get_alert(conn, org=caller.org_id, alert_id=alert_id)  # 404 before a password is spent
+    signer = esign.reauthenticate(conn, settings, caller, signature)
+    with conn.transaction():
+        doc = _act(conn, caller, alert_id, "close", body.comment, Disposition(body.disposition))
+        closed = alerts.get_alert(conn, org=caller.org_id, alert_id=alert_id)
+        record = esign.alert_record(conn, org=caller.org_id, alert=closed)
+        signed = esign.sign(
+            conn, caller, signer, signature, entity="alert", key=str(alert_id), action="close", record=record
+        )
+    doc["signatures"] = [signed.public()]
+    return doc
 
 
 @router.post("/alerts/{alert_id}/assign")

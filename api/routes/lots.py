@@ -8,7 +8,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, status
 
-from api.deps import Caller, Conn
+from api import esign
+from api.deps import AppSettings, Caller, Conn
 from api.schemas import CreditBody, alert_public
 from coldchain.access import Permission
 from coldchain.errors import ValidationError
@@ -50,6 +51,11 @@ def get_lot(gtin: str, lot: str, conn: Conn, caller: Caller) -> dict[str, Any]:
     figures = _figures(conn, caller.org_id, rec)
     credits = lot_budget.credits(conn, org=caller.org_id, gtin=rec.lot.gtin, lot=rec.lot.lot)
     credited = sum(c["seconds"] for c in credits)
+    for credit in credits:
+        credit["signatures"] = esign.shown(
+            conn, org=caller.org_id, entity="lot_budget_credit", key=str(credit["id"]),
+            record=esign.credit_record(rec.lot.gtin, rec.lot.lot, credit),
+        )
     remaining = figures.stability_budget_remaining_s
     return {
         "gtin": rec.lot.gtin,
@@ -71,12 +77,16 @@ def get_lot(gtin: str, lot: str, conn: Conn, caller: Caller) -> dict[str, Any]:
 
 
 @router.post("/lots/{gtin}/{lot}/credits", status_code=status.HTTP_201_CREATED)
-def credit_budget(gtin: str, lot: str, body: CreditBody, conn: Conn, caller: Caller) -> dict[str, Any]:
-    """QA credits time back to the lot's stability budget, with a reason (audited). A credit that
-    leaves budget again resolves the lot's open budget alert."""
+def credit_budget(
+    gtin: str, lot: str, body: CreditBody, conn: Conn, caller: Caller, settings: AppSettings
+) -> dict[str, Any]:
+    """QA credits time back to the lot's stability budget, with a reason (audited), under the
+    signer's e-signature. A credit that leaves budget again resolves the lot's open budget alert."""
     caller.require(Permission.DISPOSITION)
+    signature = esign.require(body.signature)
     rec = registry.get_lot(conn, org=caller.org_id, gtin=normalize_gtin(gtin), lot=lot)
     figures = _figures(conn, caller.org_id, rec)
+    signer = esign.reauthenticate(conn, settings, caller, signature)
     with conn.transaction():
         credit = lot_budget.add_credit(
             conn,
@@ -90,6 +100,14 @@ def credit_budget(gtin: str, lot: str, body: CreditBody, conn: Conn, caller: Cal
             alert_id=body.alert_id,
         )
         remaining = (figures.stability_budget_remaining_s or 0.0) + credit.pop("credited_s")
+        signed = esign.sign(
+            conn, caller, signer, signature, entity="lot_budget_credit", key=str(credit["id"]),
+            action="credit_stability_budget",
+            record=esign.credit_records(conn, org=caller.org_id, gtin=rec.lot.gtin, lot=rec.lot.lot)[
+                credit["id"]
+            ],
+        )
+        credit["signatures"] = [signed.public()]
         resolved: list[int] = []
         if remaining > 0:
             for alert_id in lot_budget.open_budget_alerts(
