@@ -16,6 +16,7 @@ from coldchain.log import configure_logging
 from coldchain.settings import Settings, load_settings
 
 log = logging.getLogger("coldchain")
+_IDENTITY_COMMANDS = frozenset({"users", "orgs", "api-keys", "audit"})
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -54,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--role", required=True, choices=["admin", "qa", "logistics", "driver", "erp", "viewer"]
     )
     create.add_argument("--organization", default="default")
+
+    from coldchain import cli_identity  # users, orgs, api-keys, audit
+
+    cli_identity.add_parsers(sub, _common)
 
     sim = sub.add_parser(
         "sim", help="simulated loggers and fleets (see `coldchain sim --help`)", add_help=False
@@ -95,6 +100,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         applied = migrate(_require(settings.database_url, "DATABASE_URL"))
         print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
         return 0
+    if args.command in _IDENTITY_COMMANDS:
+        from coldchain import cli_identity
+
+        return cli_identity.dispatch(args, settings)
     if args.command == "token":
         from coldchain.access import Role
         from storage import auth
@@ -105,6 +114,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             token = auth.create_token(conn, org=org, name=args.name, role=Role(args.role), actor="cli")
         print(token)
         return 0
+    if args.command in ("rules", "api"):
+        settings.require_secret_key()  # ack links and access tokens: no public default key
     stop = _stop_on_signals()
     if args.command == "ingest":
         from ingest.service import run as run_ingest
@@ -126,7 +137,6 @@ def run_platform(settings: Settings, *, demo: bool, mqtt_port: int | None, time_
     """Every service in one process tree; private servers when no DATABASE_URL / MQTT_URL."""
     import contextlib
 
-    import psycopg
     import uvicorn
 
     from api.app import create_app
@@ -140,18 +150,21 @@ def run_platform(settings: Settings, *, demo: bool, mqtt_port: int | None, time_
 
     data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
+    settings = _ensure_secret_key(settings, data_dir)
     with contextlib.ExitStack() as stack:
-        dsn = settings.database_url
+        dsn = app_dsn = settings.database_url
         if dsn is None:
             port = 54329 if port_is_free(54329) else free_port()
             pg = PostgresServer(data_dir / "postgres", port=port)
             print(f"starting PostgreSQL in {pg.data_dir} on port {port} ...", flush=True)
             pg.start()
             stack.callback(pg.stop)
-            with psycopg.connect(pg.dsn, autocommit=True) as conn:
-                if conn.execute("SELECT 1 FROM pg_database WHERE datname = 'coldchain'").fetchone() is None:
-                    conn.execute("CREATE DATABASE coldchain")
-            dsn = pg.dsn_for("coldchain")
+            # Password authentication with generated secrets; migrations as the owner, services as app.
+            from embedded.credentials import ClusterCredentials, secure_cluster
+
+            creds = ClusterCredentials.ensure(data_dir).with_port(port)
+            secure_cluster(creds.url("superuser"), pg.data_dir / "pg_hba.conf", creds)
+            dsn, app_dsn = creds.url("owner"), creds.url("app")
         mqtt_url = settings.mqtt_url
         if mqtt_url is None:
             port = mqtt_port or (1883 if port_is_free(1883) else free_port())
@@ -160,8 +173,10 @@ def run_platform(settings: Settings, *, demo: bool, mqtt_port: int | None, time_
             broker.start()
             stack.callback(broker.stop)
             mqtt_url = broker.url
-        settings = settings.model_copy(update={"database_url": dsn, "mqtt_url": mqtt_url})
+        assert dsn is not None and app_dsn is not None
         migrate(dsn)
+        dsn = app_dsn  # everything from here on runs as the application role
+        settings = settings.model_copy(update={"database_url": dsn, "mqtt_url": mqtt_url})
         token, fresh = _bootstrap_token(settings, dsn, data_dir)
         topics = Topics(settings.topic_prefix)
 
@@ -214,8 +229,7 @@ def _bootstrap_token(settings: Settings, dsn: str, data_dir: Path) -> tuple[str,
     """The admin API key: COLDCHAIN_BOOTSTRAP_TOKEN, or one made on first start and kept in a 0600 file."""
     import os
 
-    from coldchain.access import Role
-    from storage import auth
+    from storage import api_keys, auth
     from storage.db import connect
 
     path = data_dir / "admin-token"
@@ -230,15 +244,30 @@ def _bootstrap_token(settings: Settings, dsn: str, data_dir: Path) -> tuple[str,
         with os.fdopen(fd, "w") as handle:
             handle.write(token + "\n")
         fresh = True
-    with connect(dsn) as conn, conn.transaction():
-        added = auth.ensure_token(
-            conn,
-            org=auth.org_id(conn, settings.organization),
-            name="bootstrap-admin",
-            role=Role.ADMIN,
-            token=token,
-        )
+    with connect(dsn, autocommit=True) as conn:
+        # A changed COLDCHAIN_BOOTSTRAP_TOKEN revokes the earlier bootstrap key (rotation).
+        added = api_keys.ensure_bootstrap(conn, org=auth.org_id(conn, settings.organization), token=token)
     return token, fresh or (added and settings.bootstrap_token is None)
+
+
+def _ensure_secret_key(settings: Settings, data_dir: Path) -> Settings:
+    """SECRET_KEY, or one generated on first start into `<data>/secrets/secret-key` (0600)."""
+    import os
+    import secrets
+
+    from pydantic import SecretStr
+
+    if settings.secret_key.get_secret_value():
+        return settings
+    folder = data_dir / "secrets"
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    path = folder / "secret-key"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(48) + "\n")
+    return settings.model_copy(update={"secret_key": SecretStr(path.read_text().strip())})
 
 
 def _start_demo(dsn: str, mqtt_url: str, topics: Any, time_scale: float) -> Any:

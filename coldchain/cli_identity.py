@@ -1,0 +1,163 @@
+"""The identity commands of `coldchain` (users, orgs, api-keys, audit): part of the composition
+root beside cli.py, so it imports other packages lazily, as cli.py does."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from coldchain.errors import ColdchainError
+from coldchain.settings import Settings
+
+COMMANDS = frozenset({"users", "orgs", "api-keys", "audit"})
+_ROLES = ["admin", "qa", "logistics", "driver", "erp", "viewer"]
+
+
+def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    """Add the identity subcommands to the `coldchain` parser."""
+
+    def leaf(parent: Any, name: str, text: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = parent.add_parser(name, help=text)
+        common(parser)
+        parser.add_argument("--data-dir", type=Path, help="the embedded install (else DATABASE_URL)")
+        return parser
+
+    users = sub.add_parser("users", help="people who sign in (and sign)")
+    users_sub = users.add_subparsers(dest="users_command", required=True)
+    create = leaf(users_sub, "create", "create a user; the password is read from standard input")
+    create.add_argument("--email", required=True)
+    create.add_argument("--name", required=True, help="printed name, shown on every signature")
+    create.add_argument("--role", required=True, action="append", choices=_ROLES, help="repeat for several")
+    create.add_argument("--organization", default="default")
+    create.add_argument("--password-stdin", action="store_true", required=True)
+    listing = leaf(users_sub, "list", "list the users of an organization")
+    listing.add_argument("--organization", default="default")
+
+    orgs = sub.add_parser("orgs", help="organizations (tenants and partners)")
+    orgs_sub = orgs.add_subparsers(dest="orgs_command", required=True)
+    org = leaf(orgs_sub, "create", "create an organization")
+    org.add_argument("id")
+    org.add_argument("--name", required=True)
+    org.add_argument(
+        "--kind",
+        default="manufacturer",
+        choices=["manufacturer", "3pl", "carrier", "customer", "hospital", "partner"],
+    )
+
+    keys = sub.add_parser("api-keys", help="API keys for machines")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    kc = leaf(keys_sub, "create", "create a key and print it once")
+    kc.add_argument("--name", required=True)
+    kc.add_argument("--role", required=True, choices=_ROLES)
+    kc.add_argument("--expires-in-days", type=int, default=365)
+    kc.add_argument("--organization", default="default")
+    kl = leaf(keys_sub, "list", "list keys (never their values)")
+    kl.add_argument("--organization", default="default")
+    kl.add_argument("--include-revoked", action="store_true")
+    kr = leaf(keys_sub, "revoke", "revoke a key by id")
+    kr.add_argument("id", type=int)
+    kr.add_argument("--organization", default="default")
+
+    audit = sub.add_parser("audit", help="the audit trail")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    leaf(audit_sub, "verify", "check every link and the recorded head (exit 0 when intact)")
+
+
+def _dsn(args: argparse.Namespace, settings: Settings) -> str:
+    data_dir = getattr(args, "data_dir", None)
+    if data_dir is not None:
+        from embedded.credentials import ClusterCredentials
+
+        return ClusterCredentials.load(data_dir).url("owner")
+    if not settings.database_url:
+        raise ColdchainError("DATABASE_URL is not set (or give --data-dir of an embedded install)")
+    return settings.database_url
+
+
+def dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    from storage.db import connect
+
+    with connect(_dsn(args, settings), autocommit=True) as conn:
+        if args.command == "users":
+            return _users(conn, args, settings)
+        if args.command == "orgs":
+            from storage import organizations
+
+            print(
+                json.dumps(
+                    organizations.create(conn, slug=args.id, name=args.name, kind=args.kind, actor="cli"),
+                    default=str,
+                )
+            )
+            return 0
+        if args.command == "api-keys":
+            return _keys(conn, args)
+        return _audit(conn)
+
+
+def _users(conn: Any, args: argparse.Namespace, settings: Settings) -> int:
+    from api import identity
+    from coldchain.access import parse_roles
+    from storage import auth, users
+
+    org = auth.org_id(conn, args.organization)
+    if args.users_command == "list":
+        for user in users.list_users(conn, org=org):
+            print(json.dumps(user.public(), default=str))
+        return 0
+    password = sys.stdin.readline().rstrip("\r\n")
+    user = users.create_user(
+        conn,
+        org=org,
+        email=args.email,
+        printed_name=args.name,
+        roles=parse_roles(args.role),
+        password=password,
+        actor="cli",
+        policy=identity.policy(settings),
+        hashing=identity.hashing(settings),
+    )
+    print(json.dumps(user.public(), default=str))
+    return 0
+
+
+def _keys(conn: Any, args: argparse.Namespace) -> int:
+    from coldchain.access import Role
+    from storage import api_keys, auth
+
+    org = auth.org_id(conn, args.organization)
+    if args.keys_command == "create":
+        row, key = api_keys.create_key(
+            conn,
+            org=org,
+            name=args.name,
+            role=Role(args.role),
+            expires_in_days=args.expires_in_days,
+            actor="cli",
+        )
+        print(json.dumps({**row.public(), "key": key}, default=str))
+    elif args.keys_command == "list":
+        for row in api_keys.list_keys(conn, org=org, include_revoked=args.include_revoked):
+            print(json.dumps(row.public(), default=str))
+    else:
+        row = api_keys.revoke_key(conn, org=org, key_id=args.id, actor="cli")
+        print(json.dumps(row.public(), default=str))
+    return 0
+
+
+def _audit(conn: Any) -> int:
+    from storage import audit
+
+    verdict = audit.verify_trail(conn)
+    if verdict.intact:
+        print(f"audit trail intact: {verdict.rows} rows in {verdict.organizations} organization(s)")
+        return 0
+    print(
+        f"audit trail BROKEN at row {verdict.row_id} (organization {verdict.org_id}): {verdict.reason}",
+        file=sys.stderr,
+    )
+    return 3
