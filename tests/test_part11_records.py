@@ -4,6 +4,7 @@ passwords, shown broken after an edit), the application role that cannot rewrite
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from coldchain.access import Role
 from coldchain.domain import Device, Severity
+from coldchain.errors import ConflictError
 from coldchain.esignature import record_hash
 from coldchain.settings import Settings
 from storage import alerts, audit, auth, registry
@@ -32,16 +34,16 @@ def _app_dsn(db_dsn: str, db: psycopg.Connection) -> str:
 @pytest.fixture
 def client(db_dsn: str, db: psycopg.Connection) -> Iterator[TestClient]:
     """The API as the services run it: connected as coldchain_app, not as the superuser."""
-    with open_pool(_app_dsn(db_dsn, db), max_size=4) as pool:
-        with TestClient(create_app(Settings(database_url=db_dsn), pool=pool)) as c:
-            yield c
+    with (
+        open_pool(_app_dsn(db_dsn, db), max_size=4) as pool,
+        TestClient(create_app(Settings(database_url=db_dsn), pool=pool)) as c,
+    ):
+        yield c
 
 
 def _resolved_alert(db: psycopg.Connection, key: str = "k1") -> int:
-    try:
+    with contextlib.suppress(ConflictError):  # registered by an earlier call of this test
         registry.create_device(db, org=1, device=Device(id="D1"), actor="t")
-    except Exception:  # noqa: BLE001 - registered by an earlier call of this test
-        pass
     with db.transaction():
         alert_id, _ = alerts.raise_alert(
             db,
