@@ -98,8 +98,9 @@ def get_profile(profile_id: str, conn: Conn, caller: Caller, version: int | None
 
 @router.post("/profiles", status_code=status.HTTP_201_CREATED)
 def create_profile(conn: Conn, caller: Caller, body: dict[str, Any] = Body(...)) -> dict[str, Any]:  # noqa: B008
-    """A new custom profile, or a new version of one (the version number is assigned here)."""
-    caller.require(Permission.REGISTER)
+    """A new custom profile, or a new version of one (the version number is assigned here).
+    Alarm limits are QA's to change (segregation of duties), never ERP's or logistics'."""
+    caller.require(Permission.CHANGE_PROFILE)
     profile = AlarmProfile.from_dict({**body, "version": body.get("version", 1)})
     return profiles.save(conn, org=caller.org_id, profile=profile, actor=caller.name).to_dict()
 
