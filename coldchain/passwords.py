@@ -10,6 +10,7 @@ successful login (`needs_rehash`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -59,7 +60,7 @@ class PasswordHashing:
     lanes: int = 1
 
     def _hasher(self) -> PasswordHasher:
-        return PasswordHasher(time_cost=self.passes, memory_cost=self.memory_kib, parallelism=self.lanes)
+        return _hasher(self.memory_kib, self.passes, self.lanes)
 
     def hash(self, password: str) -> str:
         return self._hasher().hash(password)
@@ -76,6 +77,12 @@ class PasswordHashing:
     def burn(self, password: str) -> None:
         """Spend a verify's time for an unknown e-mail, so timing does not tell which e-mails exist."""
         self.verify(_DUMMY.get(self), password)
+
+
+@cache
+def _hasher(memory_kib: int, passes: int, lanes: int) -> PasswordHasher:
+    """Building a PasswordHasher costs milliseconds; one per cost is enough (it holds no secret)."""
+    return PasswordHasher(time_cost=passes, memory_cost=memory_kib, parallelism=lanes)
 
 
 class _Dummy:
