@@ -16,6 +16,7 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import AppSettings, Caller, Conn
+from api.webhook_policy import check_webhook_url
 from coldchain.access import Permission
 from coldchain.domain import Severity
 from coldchain.errors import ConflictError, NotFoundError, ValidationError
@@ -130,7 +131,9 @@ def get_contact(contact_id: str, conn: Conn, caller: Caller) -> dict[str, Any]:
 
 
 @router.put("/notify/contacts/{contact_id}")
-def put_contact(contact_id: str, body: ContactBody, conn: Conn, caller: Caller) -> dict[str, Any]:
+def put_contact(
+    contact_id: str, body: ContactBody, conn: Conn, caller: Caller, settings: AppSettings
+) -> dict[str, Any]:
     """Create or replace a contact (validated: E.164 phone, time zone, quiet hours)."""
     caller.require(Permission.ADMINISTER)
     quiet = body.quiet_hours
@@ -153,6 +156,8 @@ def put_contact(contact_id: str, body: ContactBody, conn: Conn, caller: Caller) 
         may_acknowledge=body.may_acknowledge,
     )
     contact_from_row(row)  # the same checks routing applies, refused here rather than skipped later
+    if body.webhook_url:
+        check_webhook_url(body.webhook_url, allow_private=settings.webhook_allow_private)
     if body.webhook_url and not body.webhook_secret:
         raise ValidationError("a webhook needs a secret of 16+ characters", field="webhook_secret")
     return store.upsert_contact(conn, row, actor=caller.name).public()
@@ -407,6 +412,10 @@ def ack_confirm(token: str, conn: Conn, settings: AppSettings) -> HTMLResponse:
     try:
         facts = store.alert_facts(conn, claims.alert_id)
         contact = store.get_contact(conn, org=facts.org_id, contact_id=claims.contact_id)
+        # The link is signed, but the contact must still be enabled and allowed to acknowledge now.
+        if contact.disabled or not contact.may_acknowledge or not _may_acknowledge(conn, contact, facts):
+            log.warning("ack link of contact %s refused for alert %d", claims.contact_id, claims.alert_id)
+            return _page("Not allowed", "<p>This contact may not acknowledge this alert.</p>", 403)
         with conn.transaction():
             store.use_ack_nonce(
                 conn,
