@@ -37,7 +37,9 @@ def webhook_host(url: str, *, allow_private: bool = False) -> tuple[str, int]:
     except ValueError:
         literal = None
     if literal is not None and not allow_private and not public_address(host):
-        raise ValidationError(f"a webhook may not point at {host} (not a public address)", field="webhook_url")
+        raise ValidationError(
+            f"a webhook may not point at {host} (not a public address)", field="webhook_url"
+        )
     if not allow_private and host.lower() in {"localhost", "localhost.localdomain"}:
         raise ValidationError("a webhook may not point at localhost", field="webhook_url")
     return host, port
