@@ -13,7 +13,18 @@ from psycopg_pool import ConnectionPool
 
 from api import errors
 from api.deps import Conn
-from api.routes import alerts, api_keys, audit, auth, lots, notify, organizations, registry, users
+from api.routes import (
+    alerts,
+    api_keys,
+    audit,
+    auth,
+    lots,
+    notify,
+    organizations,
+    profile_changes,
+    registry,
+    users,
+)
 from api.security_headers import SecurityHeaders
 from coldchain import __version__
 from coldchain.settings import Settings
@@ -62,7 +73,8 @@ def create_app(settings: Settings, *, pool: ConnectionPool | None = None) -> Fas
         conn.execute("SELECT 1")
         return JSONResponse({"status": "ok", "database": "ok", "version": __version__})
 
-    for module in (registry, lots, alerts, notify, auth, users, api_keys, audit, organizations):
+    routers = (registry, profile_changes, lots, alerts, notify, auth, users, api_keys, audit, organizations)
+    for module in routers:
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(notify.ack_router)  # /ack/{token}: the signed link is the credential

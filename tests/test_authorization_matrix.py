@@ -17,9 +17,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from coldchain.alarm_profile import AlarmProfile, get_preset
 from coldchain.domain import Device, Lot, Severity, Shipment, ShipmentLot
 from coldchain.settings import Settings
-from storage import alerts, auth, registry
+from storage import alerts, auth, profile_changes, profiles, registry
 from storage.db import open_pool
 from tests.identity_support import PASSWORD, login, make_user, signature
 
@@ -51,6 +52,9 @@ MATRIX: dict[tuple[str, str], Expectation] = {
     ("GET", "/api/v1/profiles"): (READ, False),
     ("POST", "/api/v1/profiles"): (QA, False),  # alarm limits are QA's, not ERP's or logistics'
     ("GET", "/api/v1/profiles/{profile_id}"): (READ, False),  # built-in presets are everyone's
+    ("GET", "/api/v1/profiles/{profile_id}/versions"): (READ, True),
+    ("POST", "/api/v1/profiles/{profile_id}/versions/{version}/approve"): (QA, True),
+    ("POST", "/api/v1/profiles/{profile_id}/versions/{version}/rollback"): (QA, True),
     ("PUT", "/api/v1/products/{gtin}/profile"): (REGISTER, False),
     ("GET", "/api/v1/lots/{gtin}/{lot}"): (READ, True),
     ("POST", "/api/v1/lots/{gtin}/{lot}/credits"): (QA, True),
@@ -114,6 +118,12 @@ def _home(db: psycopg.Connection) -> dict[str, Any]:
                 device_key=int(device_key[0]),
             ),
         )
+    base = get_preset("2-8C").to_dict()
+    profiles.save(
+        db, org=1, profile=AlarmProfile.from_dict({**base, "id": "custom-home"}), actor="author@home.org"
+    )
+    changed = AlarmProfile.from_dict({**base, "id": "custom-home", "hysteresis_c": 0.3})
+    profile_changes.save_draft(db, org=1, profile=changed, actor="author@home.org")
     return {"alert": alert_id}
 
 
@@ -132,6 +142,8 @@ def _request(method: str, path: str, who: str, ids: dict[str, Any], tokens: dict
         "user_id": ids["other_user"],
         "key_id": ids["keys"][who],
     }
+    if "/versions" in path:  # a custom profile of the home organization: v1 approved, v2 a draft
+        values.update(profile_id="custom-home", version=2 if path.endswith("/approve") else 1)
     url = path.format(**values)
     body: Any = None
     data: Any = None
@@ -146,6 +158,10 @@ def _request(method: str, path: str, who: str, ids: dict[str, Any], tokens: dict
             "name": "Custom 2-8",
             "limits": [{"id": "H1", "side": "high", "threshold_c": 8.0, "single_event_delay_s": 1800}],
         }
+    elif path.endswith("/approve"):
+        body = {"signature": signature("approval")}
+    elif path.endswith("/rollback"):
+        body = {"reason": f"restore v1 ({who})"}
     elif path.endswith("/profile"):
         body = {"profile": "15-25C"}
     elif path.endswith("/credits"):

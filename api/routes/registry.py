@@ -11,7 +11,7 @@ from api.schemas import DeviceCreate, DevicePublic, ProductProfileBody, Shipment
 from coldchain.access import Permission
 from coldchain.alarm_profile import AlarmProfile
 from coldchain.gs1 import normalize_gtin
-from storage import profiles, registry
+from storage import profile_changes, profiles, registry
 from storage.registry import DeviceRecord, ShipmentRecord, shipment_document
 
 router = APIRouter()
@@ -102,7 +102,9 @@ def create_profile(conn: Conn, caller: Caller, body: dict[str, Any] = Body(...))
     Alarm limits are QA's to change (segregation of duties), never ERP's or logistics'."""
     caller.require(Permission.CHANGE_PROFILE)
     profile = AlarmProfile.from_dict({**body, "version": body.get("version", 1)})
-    return profiles.save(conn, org=caller.org_id, profile=profile, actor=caller.name).to_dict()
+    # A draft: in force only once a different QA person approves it (POST .../versions/{v}/approve).
+    draft = profile_changes.save_draft(conn, org=caller.org_id, profile=profile, actor=caller.name)
+    return {**draft.body, "state": draft.state, "created_by": draft.created_by}
 
 
 @router.put("/products/{gtin}/profile")
