@@ -178,6 +178,11 @@ def run_platform(settings: Settings, *, demo: bool, mqtt_port: int | None, time_
         dsn = app_dsn  # everything from here on runs as the application role
         settings = settings.model_copy(update={"database_url": dsn, "mqtt_url": mqtt_url})
         token, fresh = _bootstrap_token(settings, dsn, data_dir)
+        from coldchain.cli_identity import Checkpoints, checkpoint_key
+
+        key = checkpoint_key(None, settings)
+        if key is not None:  # the audit heads, signed with the platform key now and then
+            stack.callback(Checkpoints(dsn, key, settings.audit_checkpoint_interval_s).start().stop)
         topics = Topics(settings.topic_prefix)
 
         ingest = IngestService(dsn=dsn, mqtt_url=mqtt_url, topics=topics, settings=settings)
@@ -257,7 +262,7 @@ def _ensure_secret_key(settings: Settings, data_dir: Path) -> Settings:
 
     from pydantic import SecretStr
 
-    if settings.secret_key.get_secret_value():
+    if not settings.secret_key_generated:
         return settings
     folder = data_dir / "secrets"
     folder.mkdir(parents=True, exist_ok=True)

@@ -64,7 +64,12 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> 
 
     audit = sub.add_parser("audit", help="the audit trail")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
-    leaf(audit_sub, "verify", "check every link and the recorded head (exit 0 when intact)")
+    leaf(
+        audit_sub,
+        "verify",
+        "check every link, the recorded head and the signed checkpoints (exit 0 when intact)",
+    )
+    leaf(audit_sub, "checkpoint", "sign the current head of every organization's trail with the platform key")
 
 
 def _dsn(args: argparse.Namespace, settings: Settings) -> str:
@@ -96,7 +101,55 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
             return 0
         if args.command == "api-keys":
             return _keys(conn, args)
-        return _audit(conn)
+        return _audit(conn, args, checkpoint_key(args, settings))
+
+
+def checkpoint_key(args: argparse.Namespace | None, settings: Settings) -> bytes | None:
+    """The platform key that signs audit checkpoints: from SECRET_KEY, or the embedded install's."""
+    from coldchain.access_tokens import derive_key
+
+    secret = "" if settings.secret_key_generated else settings.secret_key.get_secret_value()
+    data_dir = getattr(args, "data_dir", None) if args is not None else None
+    if not secret and data_dir is not None and (data_dir / "secrets" / "secret-key").exists():
+        secret = (data_dir / "secrets" / "secret-key").read_text().strip()
+    return derive_key(secret, "audit-checkpoint") if secret else None
+
+
+class Checkpoints:
+    """Signs the audit heads every `interval_s` in a thread of its own (and once more at stop)."""
+
+    def __init__(self, dsn: str, key: bytes, interval_s: float) -> None:
+        import threading
+
+        self._dsn, self._key, self._interval = dsn, key, interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="audit-checkpoints", daemon=True)
+
+    def _once(self) -> None:
+        from storage import audit
+        from storage.db import connect
+
+        try:
+            with connect(self._dsn, autocommit=True) as conn:
+                audit.checkpoint(conn, self._key)
+        except Exception:  # a failed checkpoint is retried at the next interval
+            import logging
+
+            logging.getLogger(__name__).exception("audit checkpoint failed")
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._once()
+
+    def start(self) -> Checkpoints:
+        self._once()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self._once()
 
 
 def _users(conn: Any, args: argparse.Namespace, settings: Settings) -> int:
@@ -149,12 +202,21 @@ def _keys(conn: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def _audit(conn: Any) -> int:
+def _audit(conn: Any, args: argparse.Namespace, key: bytes | None) -> int:
     from storage import audit
 
-    verdict = audit.verify_trail(conn)
+    if args.audit_command == "checkpoint":
+        if key is None:
+            raise ColdchainError("SECRET_KEY is not set (or give --data-dir of an embedded install)")
+        print(f"signed {audit.checkpoint(conn, key)} checkpoint(s)")
+        return 0
+    verdict = audit.verify_trail(conn, checkpoint_key=key)
     if verdict.intact:
-        print(f"audit trail intact: {verdict.rows} rows in {verdict.organizations} organization(s)")
+        checked = "with" if key is not None else "without (no SECRET_KEY)"
+        print(
+            f"audit trail intact: {verdict.rows} rows in {verdict.organizations} organization(s),"
+            f" {checked} signed checkpoints"
+        )
         return 0
     print(
         f"audit trail BROKEN at row {verdict.row_id} (organization {verdict.org_id}): {verdict.reason}",

@@ -88,6 +88,8 @@ class Settings(BaseSettings):
     argon2_memory_kib: int = Field(default=19_456, ge=1024)
     argon2_passes: int = Field(default=2, ge=1)
     argon2_lanes: int = Field(default=1, ge=1)
+    # how often `coldchain up` signs the audit trail's heads with the platform key
+    audit_checkpoint_interval_s: float = Field(default=600.0, gt=0)
     # the OpenAPI pages (/docs, /openapi.json), as the contract has them; DOCS_ENABLED=false hides them
     docs_enabled: bool = True
     # webhooks may only go to public https endpoints; tests on loopback turn this on
@@ -103,6 +105,12 @@ class Settings(BaseSettings):
         if self.topic_prefix and not self.topic_prefix.endswith("/"):
             raise ValueError("TOPIC_PREFIX must end with '/'")
         return self
+
+    @property
+    def secret_key_generated(self) -> bool:
+        """True when SECRET_KEY was not given (development mode made one for this process only)."""
+        key = self.secret_key.get_secret_value()
+        return not key or key == _development_secret()
 
     def require_secret_key(self) -> str:
         """The key that signs ack links and access tokens; a service without one refuses to start."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -70,9 +72,60 @@ class AuditVerdict:
         }
 
 
-def verify_trail(conn: psycopg.Connection) -> AuditVerdict:
+def _checkpoint_mac(key: bytes, org: int, last_id: int, rows: int, digest: bytes) -> str:
+    message = f"audit-checkpoint|{org}|{last_id}|{rows}|{digest.hex()}".encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def checkpoint(conn: psycopg.Connection, key: bytes) -> int:
+    """Record a signed checkpoint of every organization's head that moved since its last one."""
+    made = 0
+    with conn.transaction():
+        heads = conn.execute(
+            "SELECT h.org_id, h.last_id, h.rows, h.hash FROM audit_heads h"
+            " WHERE h.last_id IS NOT NULL AND h.rows IS NOT NULL"
+            " AND NOT EXISTS (SELECT 1 FROM audit_checkpoints c"
+            "  WHERE c.org_id = h.org_id AND c.last_id = h.last_id AND c.hash = h.hash)"
+            " FOR UPDATE OF h"
+        ).fetchall()
+        for org, last_id, rows, digest in heads:
+            mac = _checkpoint_mac(key, int(org), int(last_id), int(rows), bytes(digest))
+            conn.execute(
+                "INSERT INTO audit_checkpoints (org_id, last_id, rows, hash, mac)"
+                " VALUES (%s, %s, %s, %s, %s)",
+                (org, last_id, rows, digest, mac),
+            )
+            made += 1
+    return made
+
+
+def _check_checkpoints(conn: psycopg.Connection, key: bytes, total: int, orgs: int) -> AuditVerdict | None:
+    rows = conn.execute(
+        "SELECT c.id, c.org_id, c.last_id, c.rows, c.hash, c.mac, t.hash,"
+        " (SELECT count(*) FROM audit_trail x WHERE x.org_id = c.org_id AND x.id <= c.last_id)"
+        " FROM audit_checkpoints c LEFT JOIN audit_trail t ON t.id = c.last_id AND t.org_id = c.org_id"
+        " ORDER BY c.id"
+    ).fetchall()
+    for cp_id, org, last_id, count, digest, mac, trail_hash, trail_count in rows:
+        expected = _checkpoint_mac(key, int(org), int(last_id), int(count), bytes(digest))
+        if not hmac.compare_digest(expected, mac):
+            return AuditVerdict(
+                False, total, orgs, int(org), int(last_id),
+                f"checkpoint {cp_id} does not carry the platform key's signature (forged or altered)",
+            )
+        if trail_hash is None or bytes(trail_hash) != bytes(digest) or int(trail_count) != int(count):
+            return AuditVerdict(
+                False, total, orgs, int(org), int(last_id),
+                f"the trail up to row {last_id} differs from signed checkpoint {cp_id}"
+                " (the chain was rewritten)",
+            )
+    return None
+
+
+def verify_trail(conn: psycopg.Connection, *, checkpoint_key: bytes | None = None) -> AuditVerdict:
     """Check every link of every organization's chain, then the chain's end against the recorded
-    head (hash, row count, last id), so an altered row and removed newest rows are both found."""
+    head (hash, row count, last id), so an altered row and removed newest rows are both found; with
+    the platform key, also every signed checkpoint, so a chain rewritten end to end is found too."""
     heads = {
         int(r[0]): (bytes(r[1]), r[2], r[3])
         for r in conn.execute("SELECT org_id, hash, rows, last_id FROM audit_heads")
@@ -120,6 +173,10 @@ def verify_trail(conn: psycopg.Connection) -> AuditVerdict:
                 False, total, len(heads), org, last_id,
                 f"the head records last row {head_last}, the trail ends at {last_id}",
             )
+    if checkpoint_key is not None:
+        broken = _check_checkpoints(conn, checkpoint_key, total, len(heads))
+        if broken is not None:
+            return broken
     return AuditVerdict(True, total, len(heads))
 
 

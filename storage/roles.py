@@ -16,6 +16,7 @@ PROTECTED: dict[str, tuple[str, ...]] = {
     "audit_heads": ("INSERT", "UPDATE", "DELETE", "TRUNCATE"),
     "alert_events": ("UPDATE", "DELETE", "TRUNCATE"),
     "signatures": ("UPDATE", "DELETE", "TRUNCATE"),
+    "audit_checkpoints": ("UPDATE", "DELETE", "TRUNCATE"),
     "schema_migrations": ("INSERT", "UPDATE", "DELETE", "TRUNCATE"),
 }
 

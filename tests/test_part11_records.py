@@ -173,10 +173,10 @@ def test_the_application_role_cannot_rewrite_history(db_dsn: str, db: psycopg.Co
         db.execute("TRUNCATE audit_trail")
 
 
-def _verify(db_dsn: str) -> subprocess.CompletedProcess[str]:
+def _verify(db_dsn: str, command: str = "verify", **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "coldchain.cli", "audit", "verify"],
-        env={"DATABASE_URL": db_dsn, "PATH": "/usr/bin:/bin", "ENVIRONMENT": "development"},
+        [sys.executable, "-m", "coldchain.cli", "audit", command],
+        env={"DATABASE_URL": db_dsn, "PATH": "/usr/bin:/bin", "ENVIRONMENT": "development", **env},
         capture_output=True,
         text=True,
         timeout=60,
@@ -242,3 +242,50 @@ def test_record_hash_is_canonical() -> None:
     b = {"t": datetime(2026, 1, 1, tzinfo=UTC), "a": [1, 2], "b": 1}
     assert record_hash(a) == record_hash(b) != record_hash({**a, "b": 2})
     assert PASSWORD not in record_hash(a)
+
+
+_REWRITE = r"""
+DO $$
+DECLARE r record; prev bytea := '\x'; h bytea; first bigint;
+BEGIN
+    SELECT min(id) INTO first FROM audit_trail WHERE org_id = 1;
+    FOR r IN SELECT * FROM audit_trail WHERE org_id = 1 ORDER BY id LOOP
+        IF r.id = first THEN r.actor := 'mallory'; END IF;
+        h := sha256(prev || convert_to(concat_ws(E'\x1f', r.org_id::text,
+            to_char(r.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US'), r.actor, r.action, r.entity,
+            r.entity_key, coalesce(r.old_value::text, ''), coalesce(r.new_value::text, ''),
+            coalesce(r.reason, '')), 'UTF8'));
+        UPDATE audit_trail SET actor = r.actor, prev_hash = prev, hash = h WHERE id = r.id;
+        prev := h;
+    END LOOP;
+    UPDATE audit_heads SET hash = prev WHERE org_id = 1;
+END $$;
+"""
+
+
+def test_signed_checkpoints_catch_a_chain_rewritten_end_to_end(db_dsn: str, db: psycopg.Connection) -> None:
+    for name in ("A", "B"):
+        registry.create_device(db, org=1, device=Device(id=name), actor="alice")
+    key_env = {"SECRET_KEY": "checkpoint-test-secret-key-0123456789abcdef"}
+    done = _verify(db_dsn, "checkpoint", **key_env)
+    assert done.returncode == 0 and "signed 1 checkpoint" in done.stdout, done.stderr
+    registry.create_device(db, org=1, device=Device(id="C"), actor="alice")  # after the checkpoint
+    assert _verify(db_dsn, **key_env).returncode == 0
+    # A superuser rewrites the whole chain consistently (every hash recomputed, the head moved):
+    with db.transaction():
+        db.execute("SET LOCAL session_replication_role = replica")
+        db.execute(_REWRITE)
+    assert db.execute("SELECT actor FROM audit_trail ORDER BY id LIMIT 1").fetchone() == ("mallory",)
+    assert _verify(db_dsn).returncode == 0  # links and head alone cannot see it ...
+    done = _verify(db_dsn, **key_env)  # ... the signed checkpoint can
+    assert done.returncode != 0 and "rewritten" in done.stderr, done.stderr
+    # A checkpoint forged without the platform key is caught too.
+    db.execute(
+        "INSERT INTO audit_checkpoints (org_id, last_id, rows, hash, mac)"
+        " SELECT org_id, last_id, rows, hash, 'forged' FROM audit_heads WHERE org_id = 1"
+    )
+    with db.transaction():
+        db.execute("SET LOCAL session_replication_role = replica")
+        db.execute("DELETE FROM audit_checkpoints WHERE mac <> 'forged'")
+    done = _verify(db_dsn, **key_env)
+    assert done.returncode != 0 and "forged" in done.stderr, done.stderr
