@@ -23,6 +23,7 @@ from api.routes import (
     organizations,
     profile_changes,
     registry,
+    shares,
     users,
 )
 from api.security_headers import SecurityHeaders
@@ -73,8 +74,8 @@ def create_app(settings: Settings, *, pool: ConnectionPool | None = None) -> Fas
         conn.execute("SELECT 1")
         return JSONResponse({"status": "ok", "database": "ok", "version": __version__})
 
-    routers = (registry, profile_changes, lots, alerts, notify, auth, users, api_keys, audit, organizations)
-    for module in routers:
+    routers = (registry, shares, profile_changes, lots, alerts, notify)
+    for module in (*routers, auth, users, api_keys, audit, organizations):
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(notify.ack_router)  # /ack/{token}: the signed link is the credential

@@ -49,6 +49,9 @@ MATRIX: dict[tuple[str, str], Expectation] = {
     ("GET", "/api/v1/shipments"): (READ, False),
     ("POST", "/api/v1/shipments"): (REGISTER, False),
     ("GET", "/api/v1/shipments/{shipment_id}"): (READ, True),
+    ("POST", "/api/v1/shipments/{shipment_id}/shares"): (REGISTER, True),
+    ("GET", "/api/v1/shipments/{shipment_id}/shares"): (REGISTER, True),
+    ("DELETE", "/api/v1/shipments/{shipment_id}/shares/{organization}"): (REGISTER, True),
     ("GET", "/api/v1/profiles"): (READ, False),
     ("POST", "/api/v1/profiles"): (QA, False),  # alarm limits are QA's, not ERP's or logistics'
     ("GET", "/api/v1/profiles/{profile_id}"): (READ, False),  # built-in presets are everyone's
@@ -141,6 +144,7 @@ def _request(method: str, path: str, who: str, ids: dict[str, Any], tokens: dict
         "policy_id": f"p-{who}",
         "user_id": ids["other_user"],
         "key_id": ids["keys"][who],
+        "organization": f"p-{who}",
     }
     if "/versions" in path:  # a custom profile of the home organization: v1 approved, v2 a draft
         values.update(profile_id="custom-home", version=2 if path.endswith("/approve") else 1)
@@ -158,6 +162,8 @@ def _request(method: str, path: str, who: str, ids: dict[str, Any], tokens: dict
             "name": "Custom 2-8",
             "limits": [{"id": "H1", "side": "high", "threshold_c": 8.0, "single_event_delay_s": 1800}],
         }
+    elif (method, path) == ("POST", "/api/v1/shipments/{shipment_id}/shares"):
+        body = {"organization": f"p-{who}", "scope": ["readings"]}
     elif path.endswith("/approve"):
         body = {"signature": signature("approval")}
     elif path.endswith("/rollback"):
@@ -207,6 +213,8 @@ def world(db_dsn: str, db: psycopg.Connection) -> Iterator[tuple[TestClient, dic
         "INSERT INTO notify_contacts (org_id, id, name, email) VALUES (1, 'c-home', 'Desk', 'd@example.com')"
     )
     tenant = auth.create_organization(db, "acme", "Acme")
+    for who in PRINCIPALS:  # a partner organization per caller, for sharing and unsharing
+        auth.create_organization(db, f"p-{who}", f"Partner of {who}")
     for role in ROLES:
         make_user(db, f"{role}@home.org", [role])
     make_user(db, "tenant@acme.org", ["admin"], org=tenant)

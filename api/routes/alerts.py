@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from api import esign
+from api import esign, partner_view
 from api.deps import AppSettings, Caller, Conn
 from api.schemas import AckBody, AssignBody, CloseBody, alert_public
 from coldchain.alert_lifecycle import permission_for
@@ -35,16 +35,19 @@ def list_alerts(
     if shipment is not None:
         keys = [registry.get_shipment(conn, org=caller.org_id, shipment_id=shipment).key]
     found = alerts.list_alerts(conn, org=caller.org_id, states=states, shipment_keys=keys, limit=limit)
+    if shipment is None:  # a partner also sees the alerts of shipments shared with "alerts"
+        found += partner_view.shared_alerts(conn, caller, states, limit)
     return [alert_public(a) for a in found]
 
 
 @router.get("/alerts/{alert_id}")
 def get_alert(alert_id: int, conn: Conn, caller: Caller) -> dict[str, Any]:
-    alert = alerts.get_alert(conn, org=caller.org_id, alert_id=alert_id)
+    org = partner_view.alert_org(conn, caller, alert_id, need="alerts")
+    alert = alerts.get_alert(conn, org=org, alert_id=alert_id)
     doc = alert_public(alert)
-    doc["history"] = alerts.alert_history(conn, org=caller.org_id, alert_id=alert_id)
-    record = esign.alert_record(conn, org=caller.org_id, alert=alert)
-    doc["signatures"] = esign.shown(conn, org=caller.org_id, entity="alert", key=str(alert_id), record=record)
+    doc["history"] = alerts.alert_history(conn, org=org, alert_id=alert_id)
+    record = esign.alert_record(conn, org=org, alert=alert)
+    doc["signatures"] = esign.shown(conn, org=org, entity="alert", key=str(alert_id), record=record)
     return doc
 
 
@@ -55,11 +58,12 @@ def _act(
     action: str,
     comment: str | None,
     disposition: Disposition | None = None,
+    org: int | None = None,
 ) -> dict[str, Any]:
     caller.require(permission_for(action))
     alert = alerts.transition(
         conn,
-        org=caller.org_id,
+        org=caller.org_id if org is None else org,
         alert_id=alert_id,
         action=action,
         actor=caller.name,
@@ -71,7 +75,9 @@ def _act(
 
 @router.post("/alerts/{alert_id}/ack")
 def acknowledge(alert_id: int, conn: Conn, caller: Caller, body: AckBody | None = None) -> dict[str, Any]:
-    return _act(conn, caller, alert_id, "acknowledge", body.comment if body else None)
+    caller.require(permission_for("acknowledge"))
+    org = partner_view.alert_org(conn, caller, alert_id, need="acknowledge")  # or a partner's share
+    return _act(conn, caller, alert_id, "acknowledge", body.comment if body else None, org=org)
 
 
 @router.post("/alerts/{alert_id}/resolve")

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, status
 
-from api import esign
+from api import esign, partner_view
 from api.deps import AppSettings, Caller, Conn
 from api.schemas import CreditBody, alert_public
 from coldchain.access import Permission
@@ -46,10 +46,14 @@ def _figures(conn: Conn, org: int, rec: registry.LotRecord) -> LotFigures:
 
 @router.get("/lots/{gtin}/{lot}")
 def get_lot(gtin: str, lot: str, conn: Conn, caller: Caller) -> dict[str, Any]:
-    rec = registry.get_lot(conn, org=caller.org_id, gtin=normalize_gtin(gtin), lot=lot)
-    excursions = alerts.list_alerts(conn, org=caller.org_id, shipment_keys=list(rec.shipment_keys))
-    figures = _figures(conn, caller.org_id, rec)
-    credits = lot_budget.credits(conn, org=caller.org_id, gtin=rec.lot.gtin, lot=rec.lot.lot)
+    org, rec = partner_view.lot(conn, caller, normalize_gtin(gtin), lot)  # a partner: shared legs only
+    excursions = alerts.list_alerts(conn, org=org, shipment_keys=list(rec.shipment_keys))
+    figures = _figures(conn, org, rec)
+    credits = lot_budget.credits(conn, org=org, gtin=rec.lot.gtin, lot=rec.lot.lot)
+    if org != caller.org_id:  # a partner sees excursions of "alerts" shares only, and no QA credits
+        seen = partner_view.shared_ids(conn, caller, org, "alerts")
+        excursions = [a for a in excursions if a.shipment_id in seen]
+        credits = []
     credited = sum(c["seconds"] for c in credits)
     for credit in credits:
         credit["signatures"] = esign.shown(
@@ -140,7 +144,7 @@ def lot_readings(
     for name, value in (("from", from_), ("to", to)):
         if value is not None and value.tzinfo is None:
             raise ValidationError(f"{name} needs a UTC offset", field=name)
-    rec = registry.get_lot(conn, org=caller.org_id, gtin=normalize_gtin(gtin), lot=lot)
+    _, rec = partner_view.lot(conn, caller, normalize_gtin(gtin), lot, need="readings")
     rows = readings.lot_readings(
         conn, shipment_keys=list(rec.shipment_keys), start=from_, end=to, bucket=width, limit=limit
     )

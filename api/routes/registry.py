@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Body, status
 
+from api import partner_view
 from api.deps import Caller, Conn
 from api.schemas import DeviceCreate, DevicePublic, ProductProfileBody, ShipmentCreate
 from coldchain.access import Permission
@@ -13,6 +14,7 @@ from coldchain.alarm_profile import AlarmProfile
 from coldchain.gs1 import normalize_gtin
 from storage import profile_changes, profiles, registry
 from storage.registry import DeviceRecord, ShipmentRecord, shipment_document
+from storage.shares import Share
 
 router = APIRouter()
 
@@ -78,12 +80,20 @@ def create_shipment(body: ShipmentCreate, conn: Conn, caller: Caller) -> dict[st
 
 @router.get("/shipments")
 def list_shipments(conn: Conn, caller: Caller) -> list[dict[str, Any]]:
-    return [_shipment(r) for r in registry.list_shipments(conn, org=caller.org_id)]
+    own = [_shipment(r) for r in registry.list_shipments(conn, org=caller.org_id)]
+    shared = [_shared(_shipment(r), s) for r, s in partner_view.shared_shipments(conn, caller)]
+    return own + shared
 
 
 @router.get("/shipments/{shipment_id}")
 def get_shipment(shipment_id: str, conn: Conn, caller: Caller) -> dict[str, Any]:
-    return _shipment(registry.get_shipment(conn, org=caller.org_id, shipment_id=shipment_id))
+    _, rec, share = partner_view.shipment(conn, caller, shipment_id)
+    return _shipment(rec) if share is None else _shared(_shipment(rec), share)
+
+
+def _shared(doc: dict[str, Any], share: Share) -> dict[str, Any]:
+    """A partner's view of a shipment: who shared it and the scope."""
+    return {**doc, "shared_by": share.owner, "scope": list(share.scope)}
 
 
 @router.get("/profiles")
