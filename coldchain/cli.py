@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -75,7 +76,15 @@ def main(argv: list[str] | None = None) -> int:
         return int(sim_main(args_list[1:]))
     args = build_parser().parse_args(args_list)
     try:
-        settings = load_settings(getattr(args, "config", None))
+        try:
+            settings = load_settings(getattr(args, "config", None))
+        except ColdchainError as exc:
+            if args.command != "up" or "SECRET_KEY" not in str(exc):
+                raise
+            # `coldchain up` in production without SECRET_KEY: the key generated into its data folder.
+            data_dir = args.data_dir or Path(os.environ.get("DATA_DIR", ".coldchain"))
+            key = _secret_key_file(data_dir.resolve())
+            settings = load_settings(getattr(args, "config", None), secret_key=key)
         configure_logging(settings.log_level, json_lines=settings.log_json)
         return _dispatch(args, settings)
     except ColdchainError as exc:
@@ -232,8 +241,6 @@ def run_platform(settings: Settings, *, demo: bool, mqtt_port: int | None, time_
 
 def _bootstrap_token(settings: Settings, dsn: str, data_dir: Path) -> tuple[str, bool]:
     """The admin API key: COLDCHAIN_BOOTSTRAP_TOKEN, or one made on first start and kept in a 0600 file."""
-    import os
-
     from storage import api_keys, auth
     from storage.db import connect
 
@@ -257,13 +264,16 @@ def _bootstrap_token(settings: Settings, dsn: str, data_dir: Path) -> tuple[str,
 
 def _ensure_secret_key(settings: Settings, data_dir: Path) -> Settings:
     """SECRET_KEY, or one generated on first start into `<data>/secrets/secret-key` (0600)."""
-    import os
-    import secrets
-
     from pydantic import SecretStr
 
     if not settings.secret_key_generated:
         return settings
+    return settings.model_copy(update={"secret_key": SecretStr(_secret_key_file(data_dir))})
+
+
+def _secret_key_file(data_dir: Path) -> str:
+    import secrets
+
     folder = data_dir / "secrets"
     folder.mkdir(parents=True, exist_ok=True)
     os.chmod(folder, 0o700)
@@ -272,7 +282,7 @@ def _ensure_secret_key(settings: Settings, data_dir: Path) -> Settings:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(secrets.token_urlsafe(48) + "\n")
-    return settings.model_copy(update={"secret_key": SecretStr(path.read_text().strip())})
+    return path.read_text().strip()
 
 
 def _start_demo(dsn: str, mqtt_url: str, topics: Any, time_scale: float) -> Any:

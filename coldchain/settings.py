@@ -102,6 +102,10 @@ class Settings(BaseSettings):
             raise ValueError(f"SECRET_KEY must hold at least {MIN_SECRET_KEY_BYTES} random bytes")
         if not key and self.environment == "development":
             self.secret_key = SecretStr(_development_secret())
+        elif not key and "environment" in self.model_fields_set:
+            # ENVIRONMENT=production said out loud: refuse at once. Left unset, tools that sign
+            # nothing still run, and every service refuses at its start (require_secret_key).
+            raise ValueError("SECRET_KEY must be set in production")
         if self.topic_prefix and not self.topic_prefix.endswith("/"):
             raise ValueError("TOPIC_PREFIX must end with '/'")
         return self

@@ -444,10 +444,35 @@ def rotate_refresh(conn: psycopg.Connection, *, token: str, ttl_s: int) -> tuple
 
 
 def revoke_refresh(conn: psycopg.Connection, *, token: str) -> bool:
-    """Log out: revoke the token's whole family. True when there was one."""
-    cur = conn.execute(
-        "UPDATE refresh_tokens SET revoked_at = now() WHERE revoked_at IS NULL AND family ="
-        " (SELECT family FROM refresh_tokens WHERE token_hash = %s)",
-        (_digest(token),),
+    """Log out: revoke the token's whole family (audited). True when there was one."""
+    with conn.transaction():
+        rows = conn.execute(
+            "UPDATE refresh_tokens SET revoked_at = now() WHERE revoked_at IS NULL AND family ="
+            " (SELECT family FROM refresh_tokens WHERE token_hash = %s) RETURNING user_id",
+            (_digest(token),),
+        ).fetchall()
+        if rows:
+            user = session_user(conn, int(rows[0][0]))
+            record(conn, org_id=user.org_id, actor=user.email, action="logout", entity="user", key=user.email)
+    return bool(rows)
+
+
+def change_own_password(
+    conn: psycopg.Connection,
+    *,
+    user_id: int,
+    current: str,
+    new: str,
+    hashing: PasswordHashing,
+    lockout: Lockout,
+    policy: PasswordPolicy,
+) -> UserRow:
+    """A person changes their own password: the current one first (counted like a login)."""
+    user = check_password(
+        conn, user_id=user_id, password=current, hashing=hashing, lockout=lockout, purpose="reauthenticate"
     )
-    return cur.rowcount > 0
+    if new == current:
+        raise ValidationError("the new password must differ from the current one", field="new_password")
+    return update_user(
+        conn, org=user.org_id, user_id=user_id, actor=user.email, password=new, policy=policy, hashing=hashing
+    )

@@ -87,6 +87,7 @@ MATRIX: dict[tuple[str, str], Expectation] = {
     ("GET", "/api/v1/users/{user_id}"): (ADMIN, True),  # another person's account
     ("PATCH", "/api/v1/users/{user_id}"): (ADMIN, True),
     ("POST", "/api/v1/users/me/totp"): (ALL, False),
+    ("POST", "/api/v1/users/me/password"): (ALL, False),
     ("POST", "/api/v1/api-keys"): (ADMIN, False),
     ("GET", "/api/v1/api-keys"): (ADMIN, False),
     ("DELETE", "/api/v1/api-keys/{key_id}"): (ADMIN, True),
@@ -193,6 +194,8 @@ def _request(method: str, path: str, who: str, ids: dict[str, Any], tokens: dict
         body = {"email": f"new-{who}@home.org", "name": "New", "roles": ["viewer"], "password": PASSWORD}
     elif method == "PATCH":
         body = {"name": f"Renamed by {who}"}
+    elif path.endswith("/me/password"):  # the same password again: refused by policy (422), not by role
+        body = {"current_password": PASSWORD, "new_password": PASSWORD}
     elif path.endswith("/totp"):
         body = {"password": PASSWORD, "enable": False}
     elif (method, path) == ("POST", "/api/v1/api-keys"):

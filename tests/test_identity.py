@@ -215,6 +215,33 @@ def test_disabling_a_user_or_changing_roles_ends_their_sessions_at_once(
     assert change["old"] == {"roles": ["logistics"]} and change["new"] == {"roles": ["viewer"]}
 
 
+def test_a_person_changes_their_own_password_and_other_sessions_end(
+    client: TestClient, db: psycopg.Connection
+) -> None:
+    make_user(db, "pat@x.org", ["viewer"])
+    old = bearer(client, "pat@x.org")
+    refresh = login(client, "pat@x.org")["refresh_token"]
+    new = "another long passphrase 7"
+    wrong = client.post(
+        "/api/v1/users/me/password",
+        json={"current_password": "not it at all", "new_password": new},
+        headers=old,
+    )
+    assert wrong.status_code == 401
+    res = client.post(
+        "/api/v1/users/me/password", json={"current_password": PASSWORD, "new_password": new}, headers=old
+    )
+    assert res.status_code == 204, res.text
+    assert client.get("/api/v1/devices", headers=old).status_code == 401
+    assert client.post("/api/v1/auth/refresh", json={"refresh_token": refresh}).status_code == 401
+    assert login(client, "pat@x.org", new)["access_token"]
+    assert (
+        client.post("/api/v1/auth/token", data={"username": "pat@x.org", "password": PASSWORD}).status_code
+        == 401
+    )
+    assert "logout" not in _actions(db, "pat@x.org") and "update" in _actions(db, "pat@x.org")
+
+
 def test_nobody_changes_their_own_roles(client: TestClient, db: psycopg.Connection) -> None:
     boss = make_user(db, "boss@x.org", ["admin"])
     res = client.patch(

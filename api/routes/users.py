@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from api import identity
@@ -32,6 +32,12 @@ class UserUpdate(BaseModel):
     disabled: bool | None = None
     password: str | None = Field(default=None, min_length=1, max_length=256)
     unlock: bool = False
+
+
+class PasswordChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    current_password: str = Field(min_length=1, max_length=256)
+    new_password: str = Field(min_length=1, max_length=256)
 
 
 class TotpBody(BaseModel):
@@ -97,6 +103,23 @@ def update_user(
         policy=identity.policy(settings),
         hashing=identity.hashing(settings),
     ).public()
+
+
+@router.post("/users/me/password", status_code=status.HTTP_204_NO_CONTENT)
+def change_my_password(body: PasswordChange, conn: Conn, caller: Caller, settings: AppSettings) -> Response:
+    """One's own password: the current one, then the new one (the policy applies); other sessions end."""
+    if caller.kind is not PrincipalKind.USER or caller.user_id is None:
+        raise ValidationError("API keys have no password", field="current_password")
+    users.change_own_password(
+        conn,
+        user_id=caller.user_id,
+        current=body.current_password,
+        new=body.new_password,
+        hashing=identity.hashing(settings),
+        lockout=identity.lockout(settings),
+        policy=identity.policy(settings),
+    )
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post("/users/me/totp")
