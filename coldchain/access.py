@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from coldchain.errors import PermissionDeniedError
+from coldchain.errors import PermissionDeniedError, ValidationError
 
 
 class Role(StrEnum):
@@ -78,8 +78,6 @@ def grants(roles: frozenset[Role]) -> frozenset[Permission]:
 
 def parse_roles(names: list[str] | tuple[str, ...]) -> frozenset[Role]:
     """Role names from input; unknown names are refused by name."""
-    from coldchain.errors import ValidationError
-
     roles: set[Role] = set()
     for name in names:
         try:

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import Caller, Conn
 from coldchain.access import Permission
-from storage import shares
+from storage import registry, shares
 
 router = APIRouter(tags=["shipments"])
 
@@ -39,8 +39,6 @@ def share_shipment(shipment_id: str, body: ShareBody, conn: Conn, caller: Caller
 @router.get("/shipments/{shipment_id}/shares")
 def list_shares(shipment_id: str, conn: Conn, caller: Caller) -> list[dict[str, Any]]:
     caller.require(Permission.REGISTER)
-    from storage import registry
-
     registry.get_shipment(conn, org=caller.org_id, shipment_id=shipment_id)  # 404 unless one's own
     return [s.public() for s in shares.of_shipment(conn, org=caller.org_id, shipment_id=shipment_id)]
 
