@@ -336,9 +336,8 @@ def _verify(
             ok, reason = False, "wrong or missing one-time code"
     if ok:
         _attempt(conn, user, who, "success")
-        conn.execute(
-            "UPDATE users SET locked_until = NULL WHERE id = %s AND locked_until IS NOT NULL", (user.id,)
-        )
+        if user.locked_until is not None:  # an expired lock, cleared at the first success
+            conn.execute("UPDATE users SET locked_until = NULL WHERE id = %s", (user.id,))
         record(conn, org_id=org, actor=who, action=purpose, entity="user", key=who)
         return None
     _attempt(conn, user, who, "failure")
