@@ -12,7 +12,7 @@ from api.schemas import AckBody, AssignBody, CloseBody, alert_public
 from coldchain.alert_lifecycle import permission_for
 from coldchain.domain import AlertState, Disposition
 from coldchain.errors import ValidationError
-from storage import alerts, registry
+from storage import alerts, registry, signatures
 
 router = APIRouter()
 
@@ -35,9 +35,11 @@ def list_alerts(
     if shipment is not None:
         keys = [registry.get_shipment(conn, org=caller.org_id, shipment_id=shipment).key]
     found = alerts.list_alerts(conn, org=caller.org_id, states=states, shipment_keys=keys, limit=limit)
+    signed = signatures.for_records(conn, org=caller.org_id, entity="alert", keys=[str(a.id) for a in found])
     if shipment is None:  # a partner also sees the alerts of shipments shared with "alerts"
         found += partner_view.shared_alerts(conn, caller, states, limit)
-    return [alert_public(a) for a in found]
+    # Every view of a signed record shows its signatures (Part 11 §11.50); GET /alerts/{id} checks them.
+    return [{**alert_public(a), "signatures": [s.public() for s in signed.get(str(a.id), [])]} for a in found]
 
 
 @router.get("/alerts/{alert_id}")
