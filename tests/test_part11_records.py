@@ -90,7 +90,9 @@ def test_a_signed_close_shows_name_time_meaning_and_hash_and_breaks_when_the_rec
     shown = client.get(f"/api/v1/alerts/{alert_id}", headers=qa).json()
     assert shown["signatures"] == [sig]
     [listed] = client.get("/api/v1/alerts?state=closed", headers=qa).json()
-    assert [(x["signer"], x["record_hash"]) for x in listed["signatures"]] == [("Ann Example", sig["record_hash"])]
+    assert [(x["signer"], x["record_hash"]) for x in listed["signatures"]] == [
+        ("Ann Example", sig["record_hash"])
+    ]
 
     # An edit behind the application's back (as the superuser) shows: the signature is broken.
     db.execute("UPDATE alerts SET disposition = 'reject' WHERE id = %s", (alert_id,))
