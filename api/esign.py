@@ -122,6 +122,7 @@ def alert_record(conn: psycopg.Connection, *, org: int, alert: Alert) -> dict[st
         "close": None
         if last is None
         else {"at": last["at"], "by": last["actor"], "comment": last["comment"]},
+        "profile_body": alerts.profile_body(conn, org=org, alert_id=alert.id),  # the limits judged by
     }
 
 

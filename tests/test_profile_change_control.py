@@ -13,7 +13,8 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from coldchain.alarm_profile import get_preset
 from coldchain.settings import Settings
-from storage import audit
+from coldchain.domain import Severity
+from storage import alerts, audit
 from storage.db import open_pool
 from tests.identity_support import bearer, make_user, signature
 
@@ -81,6 +82,23 @@ def test_drafts_approval_by_another_qa_person_and_rollback(
     assert _approve(client, 1, second).status_code == 409  # type: ignore[attr-defined]
     assert client.post("/api/v1/shipments", json=shipment, headers=ops).status_code == 201
     assert _high(client, ops) == 8.0
+    # An excursion keeps the body of the version it was judged under, whatever changes later.
+    ship_key = db.execute("SELECT key FROM shipments WHERE id = 'SO-1'").fetchone()
+    assert ship_key is not None
+    with db.transaction():
+        alert_id, _ = alerts.raise_alert(
+            db,
+            alerts.NewAlert(
+                org_id=1,
+                episode_key="frozen",
+                kind="single",
+                severity=Severity.ALARM,
+                message="above 8 °C",
+                shipment_key=ship_key[0],
+                profile_id="vaccine-2-8",
+                profile_version=1,
+            ),
+        )
 
     # A change (v2) stays a draft; v1 stays in force until v2 is approved.
     assert client.post("/api/v1/profiles", json=_profile(7.5), headers=author).json()["version"] == 2
@@ -97,6 +115,8 @@ def test_drafts_approval_by_another_qa_person_and_rollback(
     assert _approve(client, 3, second).status_code == 403  # type: ignore[attr-defined]  # second wrote v3
     assert _approve(client, 3, author).status_code == 200  # type: ignore[attr-defined]
     assert _high(client, ops) == 8.0
+    frozen = client.get(f"/api/v1/alerts/{alert_id}", headers=ops).json()["profile_body"]
+    assert (frozen["version"], frozen["limits"][0]["threshold_c"]) == (1, 8.0)
     versions = client.get("/api/v1/profiles/vaccine-2-8/versions", headers=ops).json()
     assert [(v["version"], v["state"]) for v in versions] == [
         (1, "approved"),

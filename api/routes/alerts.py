@@ -48,6 +48,7 @@ def get_alert(alert_id: int, conn: Conn, caller: Caller) -> dict[str, Any]:
     alert = alerts.get_alert(conn, org=org, alert_id=alert_id)
     doc = alert_public(alert)
     doc["history"] = alerts.alert_history(conn, org=org, alert_id=alert_id)
+    doc["profile_body"] = alerts.profile_body(conn, org=org, alert_id=alert_id)
     record = esign.alert_record(conn, org=org, alert=alert)
     doc["signatures"] = esign.shown(conn, org=org, entity="alert", key=str(alert_id), record=record)
     return doc
