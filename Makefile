@@ -12,7 +12,7 @@ setup:
 
 lint: setup
 	.venv/bin/ruff check .
-	.venv/bin/mypy coldchain storage ingest rules api embedded gateway_agent firmware_sim
+	.venv/bin/mypy coldchain storage ingest rules notify api embedded gateway_agent firmware_sim
 
 bench: setup
 	.venv/bin/python bench/ingest.py --quick

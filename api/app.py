@@ -7,12 +7,14 @@ from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.routing import APIRoute
 from psycopg_pool import ConnectionPool
 
 from api import errors
-from api.deps import Conn
+from api.deps import Conn, refuse_unknown_query
+from api.limits import RequestGuard
 from api.routes import (
     alerts,
     api_keys,
@@ -26,12 +28,18 @@ from api.routes import (
     shares,
     users,
 )
+from api.schemas import Health
 from api.security_headers import SecurityHeaders
 from coldchain import __version__
 from coldchain.settings import Settings
 from storage.db import open_pool
 
 API_PREFIX = "/api/v1"
+
+
+def _operation_id(route: APIRoute) -> str:
+    """Operation ids are the route functions' names: what a generated client calls its methods."""
+    return route.name
 
 
 def create_app(settings: Settings, *, pool: ConnectionPool | None = None) -> FastAPI:
@@ -60,19 +68,21 @@ def create_app(settings: Settings, *, pool: ConnectionPool | None = None) -> Fas
         openapi_url="/openapi.json" if settings.docs_enabled else None,
         docs_url="/docs" if settings.docs_enabled else None,
         redoc_url="/redoc" if settings.docs_enabled else None,
+        generate_unique_id_function=_operation_id,
     )
     errors.install(app)
+    app.add_middleware(RequestGuard, max_body_bytes=settings.http_max_body_bytes)
     app.add_middleware(
         SecurityHeaders, hsts=bool(settings.public_url and settings.public_url.startswith("https://"))
     )
 
-    v1 = APIRouter(prefix=API_PREFIX)
+    v1 = APIRouter(prefix=API_PREFIX, dependencies=[Depends(refuse_unknown_query)])
 
-    @v1.get("/health", tags=["health"])
-    def health(conn: Conn) -> JSONResponse:
+    @v1.get("/health", tags=["health"], response_model=Health, responses=errors.responses(400, 422))
+    def health(conn: Conn) -> Health:
         """Liveness and database reachability; needs no token (load balancers call it)."""
         conn.execute("SELECT 1")
-        return JSONResponse({"status": "ok", "database": "ok", "version": __version__})
+        return Health(status="ok", database="ok", version=__version__)
 
     routers = (registry, shares, profile_changes, lots, alerts, notify)
     for module in (*routers, auth, users, api_keys, audit, organizations):

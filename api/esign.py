@@ -15,23 +15,15 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
-from pydantic import BaseModel, ConfigDict, Field
 
 from api import identity
+from api.schemas import SignatureIn
 from coldchain.access import Principal, PrincipalKind
 from coldchain.domain import Alert
 from coldchain.errors import PermissionDeniedError, ValidationError
-from coldchain.esignature import Meaning, Signature
+from coldchain.esignature import Signature
 from coldchain.settings import Settings
 from storage import alerts, lot_budget, signatures, users
-
-
-class SignatureIn(BaseModel):
-    """The signer's password, entered again for this signature, and what the signature means."""
-
-    model_config = ConfigDict(extra="forbid")
-    password: str = Field(min_length=1, max_length=256)
-    meaning: Meaning
 
 
 def require(signature: SignatureIn | None) -> SignatureIn:
@@ -85,12 +77,9 @@ def sign(
 
 def shown(
     conn: psycopg.Connection, *, org: int, entity: str, key: str, record: dict[str, Any]
-) -> list[dict[str, Any]]:
+) -> list[Signature]:
     """The record's signatures as every view shows them, checked against the record now."""
-    return [
-        s.public()
-        for s in signatures.for_record(conn, org=org, entity=entity, key=key, current_record=record)
-    ]
+    return signatures.for_record(conn, org=org, entity=entity, key=key, current_record=record)
 
 
 # --------------------------------------------------------------------------- signed records

@@ -1,25 +1,181 @@
-"""Request and response models at the HTTP edge; converted to domain types right away."""
+"""Request and response models at the HTTP edge: the OpenAPI document is generated from them.
+
+Every constraint a request must meet is carried by its model (patterns, bounds, enums), so the
+document tells an integrator exactly what is accepted; the few rules JSON Schema cannot state
+(a referenced record must exist, tiers in order of delay, ...) are listed in docs/contract.md.
+Responses are built here from storage rows and domain objects: storage never shapes JSON.
+"""
 
 from __future__ import annotations
 
-from datetime import date, datetime
-from typing import Any
+import re
+from datetime import UTC, date, datetime
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from annotated_types import Interval
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    model_validator,
+)
 
-from api.esign import SignatureIn
-from coldchain.domain import Alert, Device, DeviceAssignment, Lot, Shipment, ShipmentLot
+from coldchain.alarm_profile import AlarmProfile, HumidityLimit, Limit, MktLimit
+from coldchain.domain import (
+    Alert,
+    AlertState,
+    Device,
+    DeviceAssignment,
+    Disposition,
+    Lot,
+    Severity,
+    Shipment,
+    ShipmentLot,
+)
+from coldchain.errors import ValidationError
+from coldchain.esignature import Meaning, Signature
+from coldchain.gs1 import gtin_check_digit
+
+# -- shared field types -----------------------------------------------------------------------
+
+PG_INT = 2**31 - 1
+# Ids and large counts stay within 2**53 so that every JSON parser (and JavaScript) holds them exactly.
+MAX_SAFE_INT = 2**53 - 1
+
+DEVICE_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+SHIPMENT_ID_PATTERN = r"^[A-Za-z0-9_.:/-]{1,64}$"
+# A path segment cannot carry '/', so a shipment is addressed in a path by an id without one.
+SHIPMENT_SEGMENT_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+GTIN_PATTERN = r"^(?:[0-9]{8}|[0-9]{12,14})$"
+# GS1 AI (10): 1 to 20 characters of character set 82; in a path without '/'.
+LOT_PATTERN = r"^[!\"%&'()*+,\-./0-9:;<=>?A-Z_a-z]{1,20}$"
+LOT_SEGMENT_PATTERN = r"^[!\"%&'()*+,\-.0-9:;<=>?A-Z_a-z]{1,20}$"
+PROFILE_ID_PATTERN = r"^[A-Za-z0-9_.+-]{1,64}$"
+BUCKET_PATTERN = r"^(?:raw|[1-9][0-9]{0,5}[smhd])$"
+# Free text: no control characters but tab and newline (PostgreSQL refuses NUL outright).
+TEXT_PATTERN = r"^[^\x00-\x08\x0b-\x1f\x7f]*$"
+LINE_PATTERN = r"^[^\x00-\x1f\x7f]*$"
+# A reason: free text with at least one character that is not blank.
+REASON_PATTERN = r"^[^\x00-\x08\x0b-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x08\x0b-\x1f\x7f]*$"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def whole_number(value: object) -> object:
+    """JSON integers as JSON Schema counts them: 196 and 196.0, never "196" or true."""
+    if isinstance(value, bool | str):
+        raise ValueError("must be a whole number")
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
-class DeviceCreate(_Strict):
-    id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", examples=["TRK-0042-L1"])
-    kind: str = Field(default="logger", max_length=64, examples=["usb-logger"])
-    interval_s: int = Field(default=60, ge=1, le=86_400)
-    name: str | None = Field(default=None, max_length=200)
+# Whole numbers within bounds (the bounds come before the validator, so they reach the schema).
+Count = Annotated[int, Interval(ge=0, le=PG_INT), BeforeValidator(whole_number)]
+PositiveCount = Annotated[int, Interval(ge=1, le=PG_INT), BeforeValidator(whole_number)]
+BigCount = Annotated[int, Interval(ge=0, le=MAX_SAFE_INT), BeforeValidator(whole_number)]
+RowId = Annotated[int, Interval(ge=1, le=MAX_SAFE_INT), BeforeValidator(whole_number)]
+IntervalSeconds = Annotated[int, Interval(ge=1, le=86_400), BeforeValidator(whole_number)]
+Intervals = Annotated[int, Interval(ge=1, le=10_000), BeforeValidator(whole_number)]
+
+
+_RFC3339 = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}")
+_ISO_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+
+
+def _rfc3339(value: object) -> object:
+    """A moment is written as RFC 3339 text (the offset is checked by AwareDatetime), never as a
+    number that lax parsing would take for a Unix time."""
+    if not isinstance(value, str) or not _RFC3339.match(value):
+        raise ValueError("must be an RFC 3339 date-time such as 2026-11-24T08:00:00Z")
+    return value
+
+
+def _iso_date(value: object) -> object:
+    if not isinstance(value, str) or not _ISO_DATE.match(value):
+        raise ValueError("must be a date such as 2027-05-31")
+    return value
+
+
+Moment = Annotated[AwareDatetime, BeforeValidator(_rfc3339)]
+Day = Annotated[date, BeforeValidator(_iso_date)]
+
+
+def _check_gtin(value: str) -> str:
+    if gtin_check_digit(value[:-1]) != int(value[-1]):
+        raise ValueError(f"GTIN {value!r} has a wrong check digit")
+    return value
+
+
+DeviceId = Annotated[str, Field(pattern=DEVICE_ID_PATTERN, examples=["TRK-0042-L1"])]
+ShipmentId = Annotated[str, Field(pattern=SHIPMENT_ID_PATTERN, examples=["SO-1001"])]
+Gtin = Annotated[
+    str,
+    Field(
+        pattern=GTIN_PATTERN,
+        examples=["09506000134352"],
+        description="GTIN-8, -12, -13 or -14 with a valid mod-10 check digit (format `gtin`)",
+        json_schema_extra={"format": "gtin"},
+    ),
+    AfterValidator(_check_gtin),
+]
+LotCode = Annotated[str, Field(pattern=LOT_PATTERN, examples=["A123"])]
+ProfileId = Annotated[str, Field(pattern=PROFILE_ID_PATTERN, examples=["2-8C"])]
+Line = Annotated[str, Field(min_length=1, max_length=200, pattern=LINE_PATTERN)]
+Comment = Annotated[str, Field(max_length=4000, pattern=TEXT_PATTERN)]
+
+
+class _In(BaseModel):
+    """Request bodies: unknown keys are refused, so a misspelt field is never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+class FieldProblem(_Out):
+    field: str
+    message: str
+
+
+class ErrorBody(_Out):
+    """Every error the API gives, whatever the status."""
+
+    error: str = Field(examples=["ValidationError"], description="the kind of error")
+    message: str = Field(description="what was wrong, for a person to read")
+    field: str | None = Field(default=None, description="the request field at fault, when known")
+    details: list[FieldProblem] | None = Field(
+        default=None, description="every problem found, when a request broke several rules"
+    )
+
+
+# -- health -----------------------------------------------------------------------------------
+
+
+class Health(_Out):
+    status: str = Field(examples=["ok"])
+    database: str = Field(examples=["ok"])
+    version: str
+
+
+# -- devices ----------------------------------------------------------------------------------
+
+
+class DeviceCreate(_In):
+    id: DeviceId
+    kind: str = Field(
+        default="logger", min_length=1, max_length=64, pattern=LINE_PATTERN, examples=["usb-logger"]
+    )
+    interval_s: IntervalSeconds = 60
+    name: Line | None = None
 
     def to_domain(self, organization: str) -> Device:
         return Device(
@@ -27,7 +183,17 @@ class DeviceCreate(_Strict):
         )
 
 
-class DevicePublic(BaseModel):
+class DeviceStatusOut(_Out):
+    """The retained status the device last published (MQTT `.../status`); more keys may appear."""
+
+    model_config = ConfigDict(extra="allow")
+    state: str | None = Field(default=None, examples=["online"])
+    battery: float | None = None
+    queue: int | None = None
+    fw: str | None = None
+
+
+class DeviceOut(_Out):
     id: str
     kind: str
     interval_s: int
@@ -36,31 +202,36 @@ class DevicePublic(BaseModel):
     last_seen_at: datetime | None
     last_seq: int | None
     clock_offset_ms: int | None
-    status: dict[str, Any] | None
+    status: DeviceStatusOut | None
 
 
-class LotIn(_Strict):
-    gtin: str = Field(examples=["09506000134352"])
-    lot: str = Field(examples=["A123"])
-    expiry: date | None = None
-    quantity: int | None = Field(default=None, ge=0)
-    stability_budget_s: int | None = Field(default=None, ge=0)
+# -- shipments --------------------------------------------------------------------------------
 
 
-class AssignmentIn(_Strict):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    id: str
-    from_: datetime = Field(alias="from")
-    to: datetime | None = None
+class LotIn(_In):
+    gtin: Gtin
+    lot: LotCode
+    expiry: Day | None = None
+    quantity: Count | None = None
+    stability_budget_s: BigCount | None = None
 
 
-class ShipmentCreate(_Strict):
-    id: str = Field(examples=["SO-1001"])
-    origin: str | None = None
-    destination: str | None = None
-    profile: str | None = Field(default=None, description="default: the products' default profile, else 2-8C")
-    lots: list[LotIn] = []
-    devices: list[AssignmentIn] = []
+class AssignmentIn(_In):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, populate_by_name=True)
+    id: DeviceId
+    from_: Moment = Field(alias="from", description="RFC 3339 with an offset")
+    to: Moment | None = Field(default=None, description="open-ended when null; after `from`")
+
+
+class ShipmentCreate(_In):
+    id: ShipmentId
+    origin: Line | None = None
+    destination: Line | None = None
+    profile: ProfileId | None = Field(
+        default=None, description="default: the products' default profile, else 2-8C"
+    )
+    lots: list[LotIn] = Field(default=[], max_length=1000)
+    devices: list[AssignmentIn] = Field(default=[], max_length=1000)
 
     def to_domain(self, organization: str, *, profile: str) -> Shipment:
         return Shipment(
@@ -76,35 +247,348 @@ class ShipmentCreate(_Strict):
         )
 
 
-class AckBody(_Strict):
-    comment: str | None = Field(default=None, max_length=2000)
+class ShipmentLotOut(_Out):
+    gtin: str
+    lot: str
+    expiry: date | None
+    quantity: int | None
 
 
-class CloseBody(_Strict):
-    disposition: str = Field(pattern="^(release|quarantine|reject)$")
-    comment: str = Field(min_length=1, max_length=4000)
-    signature: SignatureIn | None = None  # required: QA's e-signature (21 CFR Part 11)
+class AssignmentOut(_Out):
+    id: str
+    from_: datetime = Field(alias="from", serialization_alias="from")
+    to: datetime | None
 
 
-class CreditBody(_Strict):
-    """QA gives time back to a lot's stability budget, e.g. when a stability study covers an excursion."""
+class ShipmentOut(_Out):
+    id: str
+    origin: str | None
+    destination: str | None
+    profile: str
+    profile_version: int
+    created_at: datetime
+    lots: list[ShipmentLotOut]
+    devices: list[AssignmentOut]
+    shared_by: str | None = Field(default=None, description="a partner's view: the owning organization")
+    scope: list[str] | None = Field(default=None, description="a partner's view: what was shared")
 
-    seconds: float = Field(gt=0, le=10 * 365 * 86400)
-    reason: str = Field(min_length=1, max_length=4000)
-    alert_id: int | None = Field(default=None, ge=1)
-    signature: SignatureIn | None = None  # required: QA's e-signature (21 CFR Part 11)
+
+def shipment_out(shipment: Shipment, *, profile_version: int, created_at: datetime) -> ShipmentOut:
+    return ShipmentOut(
+        id=shipment.id,
+        origin=shipment.origin,
+        destination=shipment.destination,
+        profile=shipment.profile,
+        profile_version=profile_version,
+        created_at=created_at,
+        lots=[
+            ShipmentLotOut(gtin=sl.lot.gtin, lot=sl.lot.lot, expiry=sl.lot.expiry, quantity=sl.quantity)
+            for sl in shipment.lots
+        ],
+        devices=[
+            AssignmentOut.model_validate({"id": a.device_id, "from": a.start, "to": a.end})
+            for a in shipment.devices
+        ],
+    )
 
 
-class AssignBody(_Strict):
-    assignee: str | None = Field(default=None, max_length=200)
+class ProductProfileBody(_In):
+    profile: ProfileId
 
 
-def alert_public(alert: Alert) -> dict[str, Any]:
+class ProductProfileOut(_Out):
+    gtin: str
+    profile: str
+
+
+# -- alarm profiles ---------------------------------------------------------------------------
+
+LimitId = Annotated[str, Field(pattern=PROFILE_ID_PATTERN)]
+Seconds = Count
+Celsius = Annotated[StrictFloat, Field(gt=-273.15, le=1000.0)]
+
+
+class LimitModel(_In):
+    """A temperature limit; see docs/alarm-rules.md. It needs a delay, a budget, or both; a
+    budget group needs a budget."""
+
+    id: LimitId
+    side: Literal["high", "low"]
+    threshold_c: Celsius
+    inclusive: StrictBool = False
+    tier: Severity = Severity.ALARM
+    single_event_delay_s: Seconds | None = None
+    cumulative_budget_s: PositiveCount | None = None
+    budget_group: LimitId | None = Field(default=None, description="needs cumulative_budget_s")
+
+    @model_validator(mode="after")
+    def _rule(self) -> Self:
+        if self.single_event_delay_s is None and self.cumulative_budget_s is None:
+            raise ValueError("a limit needs a single_event_delay_s, a cumulative_budget_s, or both")
+        if self.budget_group is not None and self.cumulative_budget_s is None:
+            raise ValueError("a budget group needs cumulative_budget_s")
+        return self
+
+
+class HumidityLimitModel(_In):
+    id: LimitId
+    side: Literal["high", "low"]
+    threshold_pct: StrictFloat = Field(ge=0, le=100)
+    inclusive: StrictBool = False
+    tier: Severity = Severity.WARNING
+    delay_s: Seconds = 0
+
+
+class MktLimitModel(_In):
+    """An MKT ceiling; `min_coverage_s` is for trip windows (rolling ones are judged when full)."""
+
+    id: LimitId
+    window: Literal["24h", "30d", "trip"]
+    max_c: Celsius
+    delta_h_over_r_k: StrictFloat = Field(default=10_000.0, ge=1_000.0, le=100_000.0)
+    tier: Severity = Severity.ALARM
+    min_coverage_s: Seconds | None = Field(default=None, description="trip windows only")
+
+    @model_validator(mode="after")
+    def _rule(self) -> Self:
+        if self.window != "trip" and self.min_coverage_s is not None:
+            raise ValueError("min_coverage_s is for trip windows only")
+        return self
+
+
+class AlarmProfileBody(_In):
+    """A custom alarm profile; the server assigns the version (a POST makes the next one)."""
+
+    id: ProfileId
+    version: PositiveCount | None = Field(default=None, description="ignored: assigned by the server")
+    name: Line
+    description: Comment = ""
+    limits: list[LimitModel] = Field(max_length=50)
+    start_delay_s: Seconds = 0
+    door_open_tolerance_s: Seconds = 0
+    rate_of_change_c_per_min: StrictFloat | None = Field(default=None, gt=0, le=1000)
+    rate_of_change_tier: Severity = Severity.WARNING
+    humidity_limits: list[HumidityLimitModel] = Field(default=[], max_length=50)
+    humidity_hysteresis_pct: StrictFloat = Field(default=0.0, ge=0, le=100)
+    mkt_limits: list[MktLimitModel] = Field(default=[], max_length=10)
+    no_data_intervals: Intervals | None = None
+    seq_gap_alarm: StrictBool = True
+    low_battery_pct: StrictFloat | None = Field(default=None, ge=0, le=100)
+    hysteresis_c: StrictFloat = Field(default=0.0, ge=0, le=100)
+    resolve_hold_s: Seconds = 0
+
+    def to_domain(self) -> AlarmProfile:
+        """The domain profile; its own checks (unique ids, budget groups, ...) still apply."""
+        doc = self.model_dump(exclude={"version"})
+        return AlarmProfile.from_dict({**doc, "version": self.version or 1})
+
+
+class LimitOut(_Out):
+    id: str
+    side: str
+    threshold_c: float
+    inclusive: bool
+    tier: Severity
+    single_event_delay_s: int | None
+    cumulative_budget_s: int | None
+    budget_group: str | None
+
+
+class HumidityLimitOut(_Out):
+    id: str
+    side: str
+    threshold_pct: float
+    inclusive: bool
+    tier: Severity
+    delay_s: int
+
+
+class MktLimitOut(_Out):
+    id: str
+    window: str
+    max_c: float
+    delta_h_over_r_k: float
+    tier: Severity
+    min_coverage_s: int | None
+
+
+class AlarmProfileOut(_Out):
+    id: str
+    version: int
+    name: str
+    description: str
+    limits: list[LimitOut]
+    start_delay_s: int
+    door_open_tolerance_s: int
+    rate_of_change_c_per_min: float | None
+    rate_of_change_tier: Severity
+    humidity_limits: list[HumidityLimitOut]
+    humidity_hysteresis_pct: float
+    mkt_limits: list[MktLimitOut]
+    no_data_intervals: int | None
+    seq_gap_alarm: bool
+    low_battery_pct: float | None
+    hysteresis_c: float
+    resolve_hold_s: int
+
+
+ProfileState = Literal["draft", "approved", "rejected"]
+
+
+class ProfileDraftOut(AlarmProfileOut):
+    """A new profile version: a draft until another QA person approves it."""
+
+    state: ProfileState
+    created_by: str
+
+
+def _limit_out(x: Limit) -> LimitOut:
+    return LimitOut.model_validate(x.to_dict())
+
+
+def _humidity_out(x: HumidityLimit) -> HumidityLimitOut:
+    return HumidityLimitOut.model_validate(x.to_dict())
+
+
+def _mkt_out(x: MktLimit) -> MktLimitOut:
+    return MktLimitOut.model_validate(x.to_dict())
+
+
+def profile_out(p: AlarmProfile) -> AlarmProfileOut:
+    return AlarmProfileOut(
+        id=p.id,
+        version=p.version,
+        name=p.name,
+        description=p.description,
+        limits=[_limit_out(x) for x in p.limits],
+        start_delay_s=p.start_delay_s,
+        door_open_tolerance_s=p.door_open_tolerance_s,
+        rate_of_change_c_per_min=p.rate_of_change_c_per_min,
+        rate_of_change_tier=p.rate_of_change_tier,
+        humidity_limits=[_humidity_out(x) for x in p.humidity_limits],
+        humidity_hysteresis_pct=p.humidity_hysteresis_pct,
+        mkt_limits=[_mkt_out(x) for x in p.mkt_limits],
+        no_data_intervals=p.no_data_intervals,
+        seq_gap_alarm=p.seq_gap_alarm,
+        low_battery_pct=p.low_battery_pct,
+        hysteresis_c=p.hysteresis_c,
+        resolve_hold_s=p.resolve_hold_s,
+    )
+
+
+# -- e-signatures (21 CFR Part 11) -------------------------------------------------------------
+
+
+class SignatureIn(_In):
+    """The signer's password, entered again for this signature, and what the signature means."""
+
+    password: Annotated[str, Field(min_length=1, max_length=256)]
+    meaning: Meaning
+
+
+class SignatureOut(_Out):
+    """A signature as every view of the signed record shows it (§11.50): who, when, what it means.
+    `status` is given where the record was checked against what was signed."""
+
+    id: int
+    signer: str = Field(description="the signer's printed name")
+    user: str = Field(description="the signer's e-mail")
+    meaning: Meaning
+    signed_at: datetime
+    record_hash: str = Field(description="SHA-256 of the signed record's canonical content")
+    action: str
+    status: Literal["valid", "broken"] | None = None
+    reason: str | None = Field(default=None, description="why a signature shows broken")
+
+
+def signature_out(sig: Signature) -> SignatureOut:
+    status: Literal["valid", "broken"] | None = None
+    if sig.intact is not None:
+        status = "valid" if sig.intact else "broken"
+    return SignatureOut(
+        id=sig.id,
+        signer=sig.signer,
+        user=sig.user,
+        meaning=sig.meaning,
+        signed_at=sig.signed_at.astimezone(UTC),
+        record_hash=sig.record_hash,
+        action=sig.action,
+        status=status,
+        reason="the record changed after it was signed" if sig.intact is False else None,
+    )
+
+
+# -- alerts -----------------------------------------------------------------------------------
+
+
+class AckBody(_In):
+    comment: Annotated[str, Field(max_length=2000, pattern=TEXT_PATTERN)] | None = None
+
+
+class CloseBody(_In):
+    disposition: Disposition
+    comment: Annotated[str, Field(min_length=1, max_length=4000, pattern=TEXT_PATTERN)]
+    signature: SignatureIn | None = Field(
+        default=None, description="required: QA's e-signature (21 CFR Part 11); 422 without it"
+    )
+
+
+class AssignBody(_In):
+    assignee: Line | None = None
+
+
+class LotRef(_Out):
+    gtin: str
+    lot: str
+
+
+class AlertOut(_Out):
+    id: int
+    kind: str
+    severity: Severity
+    state: AlertState
+    device: str | None
+    shipment: str | None
+    limit: str | None
+    profile: str | None
+    profile_version: int | None
+    message: str
+    opened_at: datetime
+    started_at: datetime | None
+    ended_at: datetime | None
+    peak_c: float | None
+    acknowledged_at: datetime | None
+    acknowledged_by: str | None
+    resolved_at: datetime | None
+    closed_at: datetime | None
+    disposition: Disposition | None
+    assignee: str | None
+    lots: list[LotRef]
+    signatures: list[SignatureOut] = Field(default=[], description="the disposition's e-signatures")
+
+
+class AlertEvent(_Out):
+    at: datetime
+    actor: str
+    action: str
+    from_: AlertState | None = Field(alias="from", serialization_alias="from")
+    to: AlertState | None
+    comment: str | None
+
+
+class AlertDetail(AlertOut):
+    history: list[AlertEvent]
+    profile_body: dict[str, Any] | None = Field(
+        default=None, description="the alarm profile the excursion was judged under, as it stood then"
+    )
+
+
+def _alert_fields(alert: Alert) -> dict[str, Any]:
     return {
         "id": alert.id,
         "kind": alert.kind,
-        "severity": alert.severity.value,
-        "state": alert.state.value,
+        "severity": alert.severity,
+        "state": alert.state,
         "device": alert.device_id,
         "shipment": alert.shipment_id,
         "limit": alert.limit_id,
@@ -119,11 +603,106 @@ def alert_public(alert: Alert) -> dict[str, Any]:
         "acknowledged_by": alert.acknowledged_by,
         "resolved_at": alert.resolved_at,
         "closed_at": alert.closed_at,
-        "disposition": alert.disposition.value if alert.disposition else None,
+        "disposition": alert.disposition,
         "assignee": alert.assignee,
-        "lots": [{"gtin": g, "lot": lot} for g, lot in alert.lots],
+        "lots": [LotRef(gtin=g, lot=lot) for g, lot in alert.lots],
     }
 
 
-class ProductProfileBody(_Strict):
-    profile: str = Field(min_length=1, max_length=64)
+def alert_out(alert: Alert, signatures: list[Signature] | None = None) -> AlertOut:
+    return AlertOut(**_alert_fields(alert), signatures=[signature_out(s) for s in signatures or []])
+
+
+def alert_detail(
+    alert: Alert,
+    history: list[dict[str, Any]],
+    *,
+    signatures: list[Signature] | None = None,
+    profile_body: dict[str, Any] | None = None,
+) -> AlertDetail:
+    return AlertDetail(
+        **_alert_fields(alert),
+        history=[AlertEvent.model_validate(e) for e in history],
+        signatures=[signature_out(s) for s in signatures or []],
+        profile_body=profile_body,
+    )
+
+
+# -- lots -------------------------------------------------------------------------------------
+
+
+class CreditBody(_In):
+    """QA gives time back to a lot's stability budget, e.g. when a stability study covers an excursion."""
+
+    seconds: StrictFloat = Field(gt=0, le=10 * 365 * 86400)
+    reason: Annotated[str, Field(min_length=1, max_length=4000, pattern=REASON_PATTERN)]
+    alert_id: RowId | None = None
+    signature: SignatureIn | None = Field(
+        default=None, description="required: QA's e-signature (21 CFR Part 11); 422 without it"
+    )
+
+
+class CreditOut(_Out):
+    id: int
+    seconds: float
+    reason: str
+    alert_id: int | None
+    credited_by: str
+    credited_at: datetime
+    signatures: list[SignatureOut] = Field(default=[], description="the credit's e-signatures")
+
+
+class CreditResult(CreditOut):
+    stability_budget_remaining_s: float
+    resolved_alerts: list[int]
+
+
+class LotOut(_Out):
+    gtin: str
+    lot: str
+    expiry: date | None
+    digital_link: str
+    shipments: list[str]
+    devices: list[str]
+    excursions: list[AlertOut]
+    mkt_c: float | None
+    time_out_of_range_s: dict[str, float] = Field(description="seconds beyond each limit, by limit id")
+    outside_labelled_range_s: float
+    stability_budget_s: float | None
+    stability_budget_credited_s: float
+    stability_budget_remaining_s: float | None
+    stability_budget_credits: list[CreditOut]
+    worst_logger_per_shipment: dict[str, str] = Field(description="device id by shipment id")
+
+
+class RawReading(_Out):
+    t: datetime
+    device: str
+    shipment: str
+    c: float
+    rh: float | None
+    late: bool
+
+
+class BucketReading(_Out):
+    t: datetime = Field(description="start of the bucket")
+    device: str
+    c: float = Field(description="mean")
+    min_c: float
+    max_c: float
+    n: int
+
+
+class LotReadings(_Out):
+    gtin: str
+    lot: str
+    bucket: str
+    readings: list[RawReading] | list[BucketReading]
+
+
+def check_gtin(value: str) -> str:
+    """A path GTIN with the check digit verified (the pattern is checked by the route)."""
+    try:
+        return _check_gtin(value)
+    except ValueError as exc:
+        raise ValidationError(str(exc), field="gtin") from None

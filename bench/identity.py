@@ -40,7 +40,7 @@ from embedded.process import free_port  # noqa: E402
 from storage import auth  # noqa: E402
 from storage.db import open_pool  # noqa: E402
 from storage.migrate import migrate  # noqa: E402
-from tests.identity_support import PASSWORD, make_user  # noqa: E402
+from tests.support.identity import PASSWORD, make_user  # noqa: E402
 
 SECRET_KEY = "bench-identity-secret-key-0123456789abcdef"
 

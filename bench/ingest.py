@@ -1,9 +1,12 @@
 """Ingest benchmark: raw binary COPY (the database's limit) against the real ingest path and a
 naive per-message INSERT + commit ingestor, on private PostgreSQL and Mosquitto servers it starts.
 
-    python bench/ingest.py [--quick]
+    python bench/ingest.py [--quick] [--engine both|timescale|plain]
 
-The same rows go into the same schema (same indexes) in every measurement. Pipeline figures are
+Runs on TimescaleDB and on plain PostgreSQL, one after the other on one private cluster, when
+TimescaleDB is installed (plain only otherwise); every figure is reported per engine, and the
+top-level figures are those of the first engine (TimescaleDB where present).
+The same rows go into the same schema (same indexes) in every measurement of an engine. Pipeline figures are
 taken on the ingest side, from its first received message to its last commit (read from its
 Prometheus metrics): the broker is loaded first, through the real ingest session, by several
 publisher processes (a paho publisher tops out near 5k messages/s), so the figure is what ingest
@@ -25,6 +28,7 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -82,13 +86,17 @@ def make_batch(dev: int, seq: int, per_message: int, base_ms: int) -> ReadingBat
     )
 
 
+ENGINE = "plain"  # the engine the databases of the current measurement are migrated on
+
+
 def setup_db(server: PostgresServer, name: str) -> tuple[str, dict[str, int], dict[int, int]]:
     """A migrated database with the bench devices, each on one of the shipments since long ago."""
+    name = f"{name}_{ENGINE}"
     with psycopg.connect(server.dsn, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         conn.execute(f"CREATE DATABASE {name}")
     dsn = server.dsn_for(name)
-    migrate(dsn)
+    migrate(dsn, engine="timescale" if ENGINE == "timescale" else "plain")
     with psycopg.connect(dsn, autocommit=True) as conn:
         for s in range(SHIPMENTS):
             conn.execute(
@@ -256,8 +264,8 @@ def _count(dsn: str, sql: str) -> int:
 def measure_pipeline(server: PostgresServer, broker: MosquittoServer, name: str, *, batches: int,
                      per_message: int, base_ms: int) -> dict[str, float]:
     dsn, _, _ = setup_db(server, name)
-    prefix = f"{name}/"
-    client_id = f"bench-ingest-{name}"
+    prefix = f"{name}_{ENGINE}/"
+    client_id = f"bench-ingest-{name}-{ENGINE}"
     port = free_port()
     # 1. the ingest session and its shared subscription exist; 2. the broker is loaded through
     # them; 3. ingest starts and drains it all.
@@ -305,7 +313,7 @@ def measure_pipeline(server: PostgresServer, broker: MosquittoServer, name: str,
 def measure_naive(server: PostgresServer, broker: MosquittoServer, *, messages: int, base_ms: int) -> float:
     """The tutorial pattern: one reading per message, INSERT and commit inside on_message."""
     dsn, keys, ships = setup_db(server, "bench_naive")
-    prefix = "bench_naive/"
+    prefix = f"bench_naive_{ENGINE}/"
     topics = Topics(prefix=prefix)
     props = Properties(PacketTypes.CONNECT)
     props.SessionExpiryInterval = 3600
@@ -330,7 +338,7 @@ def measure_naive(server: PostgresServer, broker: MosquittoServer, *, messages: 
             times.append(time.time())
 
     def subscriber() -> mqtt.Client:
-        c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="bench-naive",
+        c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"bench-naive-{ENGINE}",
                         protocol=MQTTProtocolVersion.MQTTv5)
         c.on_message = on_message
         ready = threading.Event()
@@ -360,12 +368,10 @@ def measure_naive(server: PostgresServer, broker: MosquittoServer, *, messages: 
 # --------------------------------------------------------------------------- main
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a smaller run (under a minute)")
-    parser.add_argument("--indexes", action="store_true",
-                        help="also measure COPY with each readings index added in turn")
-    args = parser.parse_args()
+def measure_engine(
+    server: PostgresServer, broker: MosquittoServer, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Every figure on the current ENGINE."""
     per_message = 50
     readings = 300_000 if args.quick else 1_500_000
     single = 20_000 if args.quick else 60_000
@@ -373,23 +379,22 @@ def main() -> int:
     group_batches = 2000
     batches = readings // (DEVICES * per_message)
     base_ms = int(time.time() * 1000) - batches * per_message * STEP_MS - 60_000
-
     started = time.monotonic()
-    with PostgresServer() as server, BenchBroker() as broker:
-        dsn, keys, ships = setup_db(server, "bench_copy")
-        copy_rps = measure_copy(dsn, keys, ships, batches=batches, per_message=per_message,
-                                base_ms=base_ms, group_batches=group_batches)
-        pipe = measure_pipeline(server, broker, "bench_pipeline", batches=batches,
-                                per_message=per_message, base_ms=base_ms)
-        pipe_single = measure_pipeline(server, broker, "bench_single", batches=single // DEVICES,
-                                       per_message=1, base_ms=base_ms)
-        naive_rps = measure_naive(server, broker, messages=naive_messages, base_ms=base_ms)
-        indexes = (
-            measure_indexes(server, batches=batches, per_message=per_message, base_ms=base_ms,
-                            group_batches=group_batches)
-            if args.indexes else None
-        )
-    result = {
+    dsn, keys, ships = setup_db(server, "bench_copy")
+    copy_rps = measure_copy(dsn, keys, ships, batches=batches, per_message=per_message,
+                            base_ms=base_ms, group_batches=group_batches)
+    pipe = measure_pipeline(server, broker, "bench_pipeline", batches=batches,
+                            per_message=per_message, base_ms=base_ms)
+    pipe_single = measure_pipeline(server, broker, "bench_single", batches=single // DEVICES,
+                                   per_message=1, base_ms=base_ms)
+    naive_rps = measure_naive(server, broker, messages=naive_messages, base_ms=base_ms)
+    indexes = (
+        measure_indexes(server, batches=batches, per_message=per_message, base_ms=base_ms,
+                        group_batches=group_batches)
+        if args.indexes and ENGINE == "plain" else None
+    )
+    result: dict[str, Any] = {
+        "engine": ENGINE,
         "readings": batches * DEVICES * per_message,
         "per_message": per_message,
         "copy_rps": round(copy_rps),
@@ -407,6 +412,33 @@ def main() -> int:
     }
     if indexes is not None:
         result["copy_rps_by_index"] = indexes
+    return result
+
+
+def main() -> int:
+    global ENGINE
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a smaller run (about a minute per engine)")
+    parser.add_argument("--engine", choices=("both", "timescale", "plain"), default="both",
+                        help="both (where TimescaleDB is installed), or one of them")
+    parser.add_argument("--indexes", action="store_true",
+                        help="also measure COPY with each readings index added in turn (plain)")
+    args = parser.parse_args()
+    started = time.monotonic()
+    per_engine: dict[str, dict[str, Any]] = {}
+    timescale = None if args.engine != "plain" else False
+    with PostgresServer(timescale=timescale) as server, BenchBroker() as broker:
+        if args.engine == "both":
+            engines = ["timescale", "plain"] if server.timescale else ["plain"]
+        elif args.engine == "timescale" and not server.timescale:
+            raise SystemExit("TimescaleDB is not installed here")
+        else:
+            engines = [args.engine]
+        for engine in engines:
+            ENGINE = engine
+            per_engine[engine] = measure_engine(server, broker, args)
+    result = {**per_engine[engines[0]], "engines": per_engine}
+    result["seconds"] = round(time.monotonic() - started, 1)
     print(json.dumps(result))
     return 0
 

@@ -3,7 +3,7 @@ exactly-once delivery across a kill -9 of the notifier.
 
 1. outbox: N alerts are planned into the outbox, then the worker delivers them through the real
    Twilio SDK to the local Twilio stub: `notifications_per_s`.
-2. crash: a notifier process (`python -m rules.notify.outbox`) is killed with SIGKILL in the
+2. crash: a notifier process (`python -m notify`) is killed with SIGKILL in the
    middle of a burst and restarted; Twilio's status callbacks reach the real API (uvicorn), as they
    would from Twilio. Every idempotency key is counted at the stub: `lost`, `duplicated`.
 3. end to end: readings published to a real Mosquitto -> ingest -> rules -> outbox -> SMS request
@@ -18,7 +18,6 @@ import argparse
 import collections
 import json
 import logging
-import os
 import signal
 import statistics
 import subprocess
@@ -44,16 +43,17 @@ from coldchain.settings import Settings  # noqa: E402
 from coldchain.wire import Topics, encode_binary  # noqa: E402
 from embedded import MosquittoServer, PostgresServer  # noqa: E402
 from embedded.process import free_port  # noqa: E402
-from rules.notify.outbox import NotificationService, OutboxOptions  # noqa: E402
-from rules.notify.planner import Planner  # noqa: E402
+from notify.outbox import OutboxOptions  # noqa: E402
+from notify.planner import Planner  # noqa: E402
+from notify.service import NotificationService  # noqa: E402
 from rules.service import RulesService  # noqa: E402
-from storage import notifications as store  # noqa: E402
-from storage import registry  # noqa: E402
+from storage import notify_directory, notify_outbox, registry  # noqa: E402
 from storage.alerts import NewAlert, raise_alert  # noqa: E402
 from storage.db import open_pool  # noqa: E402
 from storage.migrate import migrate  # noqa: E402
-from storage.notifications import ContactRow  # noqa: E402
-from tests.twilio_stub import TwilioStub  # noqa: E402
+from storage.notify_directory import ContactRow  # noqa: E402
+from tests.support.notify import notify_settings, start_notifier  # noqa: E402
+from tests.support.twilio_stub import TwilioStub  # noqa: E402
 
 ACCOUNT_SID = "AC" + "5b" * 16
 AUTH_TOKEN = "bench-auth-token-0123456789abcdef"
@@ -72,15 +72,7 @@ def _wait(check: Any, timeout_s: float, what: str) -> None:
 
 
 def _settings(dsn: str, stub: TwilioStub, public_url: str | None = None) -> Settings:
-    return Settings(
-        database_url=dsn,
-        secret_key=SECRET_KEY,
-        public_url=public_url,
-        twilio_account_sid=ACCOUNT_SID,
-        twilio_auth_token=AUTH_TOKEN,
-        twilio_from=FROM,
-        twilio_api_base_url=stub.base_url,
-    )
+    return notify_settings(dsn, stub, public_url=public_url, secret_key=SECRET_KEY, from_number=FROM)
 
 
 def _new_db(server: PostgresServer, name: str) -> str:
@@ -89,12 +81,12 @@ def _new_db(server: PostgresServer, name: str) -> str:
     dsn = server.dsn_for(name)
     migrate(dsn)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        store.upsert_contact(
+        notify_directory.upsert_contact(
             conn,
             ContactRow(org_id=1, id="driver-1", name="Driver", phone=DRIVER, roles=("driver",)),
             actor="bench",
         )
-        store.put_policy(
+        notify_directory.put_policy(
             conn,
             org=1,
             policy_id="bench",
@@ -189,26 +181,8 @@ def crash_safety(server: PostgresServer, count: int) -> dict[str, Any]:
     with TwilioStub(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN) as stub:
         ids = _open_alerts(dsn, count, "crash")
         stub.set_delay(0.01)
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
-            "DATABASE_URL": dsn,
-            "PUBLIC_URL": public,
-            "SECRET_KEY": SECRET_KEY,
-            "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
-            "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
-            "TWILIO_FROM": FROM,
-            "TWILIO_API_BASE_URL": stub.base_url,
-        }
-
         def notifier() -> subprocess.Popen[bytes]:
-            return subprocess.Popen(
-                [sys.executable, "-m", "rules.notify.outbox", "--grace-s", "3", "--tick-s", "1"],
-                cwd=ROOT,
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            return start_notifier(dsn, stub, public_url=public, secret_key=SECRET_KEY, from_number=FROM)
 
         def whole() -> list[Any]:
             # A body cut short by the kill is no message (Twilio refuses it); the stub records it.
@@ -234,7 +208,7 @@ def crash_safety(server: PostgresServer, count: int) -> dict[str, Any]:
             first.wait()
             at_kill = len(whole())
             with psycopg.connect(dsn, autocommit=True) as conn:
-                mid_send = store.outbox_counts(conn).get("sending", 0)
+                mid_send = notify_outbox.outbox_counts(conn).get("sending", 0)
             second = notifier()
             try:
                 _wait(lambda: len(whole()) >= count and len(done) >= count, 120, "recovery")
@@ -306,8 +280,9 @@ def end_to_end(server: PostgresServer, probes: int, background: int, rate: float
     with MosquittoServer() as broker, TwilioStub(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN) as stub:
         settings = _settings(dsn, stub)
         ingest = IngestService(dsn=dsn, mqtt_url=broker.url, topics=topics, settings=settings)
-        rules = RulesService(
-            dsn=dsn, settings=settings, poll_s=1.0, notify_options=OutboxOptions(poll_s=1.0, tick_s=5)
+        rules = RulesService(dsn=dsn, settings=settings, poll_s=1.0)
+        notifier = NotificationService(
+            dsn=dsn, settings=settings, options=OutboxOptions(poll_s=1.0, tick_s=5)
         )
         address = BrokerAddress.parse(broker.url)
         pub = mqtt.Client(
@@ -344,6 +319,7 @@ def end_to_end(server: PostgresServer, probes: int, background: int, rate: float
             if not ingest.wait_ready(60):
                 raise RuntimeError("ingest did not become ready")
             rules.start()
+            notifier.start()
             for d in probe_ids:
                 # In-range history past the profile's 10-minute start delay (conditioning).
                 publish(d, 5.0, 30, step_ms=60_000)
@@ -363,6 +339,7 @@ def end_to_end(server: PostgresServer, probes: int, background: int, rate: float
             stop.set()
             pub.disconnect()
             pub.loop_stop()
+            notifier.stop()
             rules.stop()
             ingest.stop()
     ordered = sorted(latencies)

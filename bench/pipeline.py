@@ -31,8 +31,9 @@ class Servers:
 
 
 @contextmanager
-def servers(*, durable: bool = True) -> Iterator[Servers]:
-    """A private PostgreSQL (fsync on unless `durable` is False) and Mosquitto, migrated."""
+def servers(*, durable: bool = True, engine: str = "auto") -> Iterator[Servers]:
+    """A private PostgreSQL (fsync on unless `durable` is False) and Mosquitto, migrated on
+    `engine` (auto: TimescaleDB when installed, which the private cluster then preloads)."""
     pg = PostgresServer(fast_and_unsafe=not durable)
     broker = MosquittoServer()
     pg.start()
@@ -41,7 +42,7 @@ def servers(*, durable: bool = True) -> Iterator[Servers]:
         with psycopg.connect(pg.dsn, autocommit=True) as conn:
             conn.execute("CREATE DATABASE bench")
         dsn = pg.dsn_for("bench")
-        migrate(dsn)
+        migrate(dsn, engine="auto" if engine == "auto" else "timescale" if engine == "timescale" else "plain")
         yield Servers(pg, broker, dsn)
     finally:
         broker.destroy()

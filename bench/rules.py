@@ -6,7 +6,10 @@ Mosquitto -> ingest process -> PostgreSQL -> rules process -> alert row committe
 LISTEN on the `alerts` channel, which PostgreSQL delivers at commit) while a background fleet
 publishes at half the pipeline's capacity, measured first in the same run: readings published as
 fast as they go, stored by ingest and evaluated by the rules (the queue drained), per second.
-Run: python bench/rules.py [--quick] [--no-pipeline] (numpy is pinned to one thread).
+The latency figures are taken on TimescaleDB and on plain PostgreSQL, one after the other, when
+TimescaleDB is installed (`engines` in the JSON; the top-level figures are the first engine's).
+Run: python bench/rules.py [--quick] [--no-pipeline] [--engine both|timescale|plain]
+(numpy is pinned to one thread).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from coldchain.alarm_profile import get_preset  # noqa: E402
+from coldchain.presets import get_preset  # noqa: E402
 from rules.engine import EngineState, SensorSeries, evaluate  # noqa: E402
 from rules.mkt import mean_kinetic_temperature  # noqa: E402
 
@@ -71,7 +74,9 @@ def pure_figures(*, samples: int = 10_000_000, repeats: int = 3) -> dict[str, An
     }
 
 
-def alert_latency_figures(*, quick: bool, background_fraction: float = 0.5) -> dict[str, Any]:
+def alert_latency_figures(
+    *, quick: bool, background_fraction: float = 0.5, engine: str = "auto"
+) -> dict[str, Any]:
     """p50/p99 from a hot reading's publish to its alert's commit, under half-capacity load."""
     import subprocess
     import threading
@@ -95,7 +100,7 @@ def alert_latency_figures(*, quick: bool, background_fraction: float = 0.5) -> d
             Limit(id="HOT", side="high", threshold_c=25.0, tier=Severity.CRITICAL, single_event_delay_s=0),
         ),
     )
-    with servers(durable=True) as srv:
+    with servers(durable=True, engine=engine) as srv:
         register_fleet(srv.dsn, devices=background, shipment="SO-BG", since_ms=since)
         register_fleet(
             srv.dsn, devices=["PROBE-1"], shipment="SO-PROBE", since_ms=since, profile=probe_profile
@@ -238,10 +243,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="1 million readings, one repeat, short load")
     parser.add_argument("--no-pipeline", action="store_true", help="the pure engine and MKT only")
     parser.add_argument("--background-fraction", type=float, default=0.5, help="background load / capacity")
+    parser.add_argument("--engine", choices=("both", "timescale", "plain"), default="both",
+                        help="both (where TimescaleDB is installed), or one of them")
     args = parser.parse_args(argv)
     figures = pure_figures(samples=1000000, repeats=1) if args.quick else pure_figures()
     if not args.no_pipeline:
-        figures.update(alert_latency_figures(quick=args.quick, background_fraction=args.background_fraction))
+        from embedded.postgres import find_bindir, timescaledb_installed
+
+        installed = timescaledb_installed(find_bindir())
+        if args.engine == "both":
+            engines = ["timescale", "plain"] if installed else ["plain"]
+        elif args.engine == "timescale" and not installed:
+            raise SystemExit("TimescaleDB is not installed here")
+        else:
+            engines = [args.engine]
+        per_engine = {
+            engine: {"engine": engine, **alert_latency_figures(
+                quick=args.quick, background_fraction=args.background_fraction, engine=engine)}
+            for engine in engines
+        }
+        figures.update(per_engine[engines[0]])
+        figures["engines"] = per_engine
     figures["targets"] = {
         "excursion_samples_per_s": 2e7,
         "mkt_10m_samples_s": 0.5,

@@ -1,4 +1,5 @@
-"""Alarm profiles (limits, delays, budgets, MKT limits), the excursions they define, and presets.
+"""Alarm profiles: limits, delays, budgets and MKT limits (the built-in ones are in `coldchain.presets`,
+the excursions they define in `coldchain.excursion`).
 
 An alarm profile is data: it is stored, versioned and sent over HTTP as a plain JSON-safe dict
 (`AlarmProfile.to_dict` / `AlarmProfile.from_dict`). Unknown keys are refused, so a misspelt
@@ -8,28 +9,28 @@ docs/alarm-rules.md; the engine that applies them is `rules.engine`.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any, Literal
 
 from coldchain.domain import Severity
-from coldchain.errors import ValidationError
+from coldchain.field_checks import (
+    check_bool,
+    check_float,
+    check_id,
+    check_seconds,
+    check_tier,
+    fail,
+    fields_of,
+)
 
 __all__ = [
     "MKT_WINDOWS",
     "AlarmProfile",
-    "Excursion",
-    "ExcursionKind",
     "HumidityLimit",
     "Limit",
     "MktLimit",
     "MktWindow",
     "Side",
-    "get_preset",
-    "list_presets",
-    "who_pqs_30day",
 ]
 
 Side = Literal["high", "low"]
@@ -38,78 +39,10 @@ MKT_WINDOWS: tuple[MktWindow, ...] = ("24h", "30d", "trip")
 _ABSOLUTE_ZERO_C = -273.15
 
 
-class ExcursionKind(StrEnum):
-    """What kind of rule an excursion broke."""
-
-    SINGLE = "single"
-    CUMULATIVE = "cumulative"
-    RATE = "rate"
-    HUMIDITY = "humidity"
-    MKT = "mkt"
-
-
-# --- small field checks shared by every type below -------------------------------------------
-
-
-def _fail(where: str, message: str) -> ValidationError:
-    return ValidationError(f"{where}: {message}", field=where)
-
-
-def _check_id(where: str, value: object) -> str:
-    if not isinstance(value, str) or not (1 <= len(value) <= 64) or not value.isprintable():
-        raise _fail(where, f"must be a printable string of 1 to 64 characters, got {value!r}")
-    return value
-
-
-def _check_seconds(where: str, value: object, *, optional: bool = False) -> int | None:
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise _fail(where, f"must be a whole number of seconds >= 0, got {value!r}")
-    return value
-
-
-def _check_float(where: str, value: object, *, low: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise _fail(where, f"must be a finite number, got {value!r}")
-    if low is not None and value <= low:
-        raise _fail(where, f"must be greater than {low}, got {value!r}")
-    return float(value)
-
-
 def _check_side(where: str, value: object) -> Side:
     if value == "high" or value == "low":
         return value
-    raise _fail(where, f"must be 'high' or 'low', got {value!r}")
-
-
-def _check_tier(where: str, value: object) -> Severity:
-    if isinstance(value, str) and value in {s.value for s in Severity}:
-        return Severity(value)
-    raise _fail(where, f"must be one of {[s.value for s in Severity]}, got {value!r}")
-
-
-def _check_bool(where: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise _fail(where, f"must be true or false, got {value!r}")
-    return value
-
-
-def _fields_of(
-    where: str, raw: object, *, required: frozenset[str], optional: frozenset[str]
-) -> dict[str, Any]:
-    """Check a dict's keys: every required key present, nothing unknown."""
-    if not isinstance(raw, Mapping):
-        raise _fail(where, f"must be an object, got {type(raw).__name__}")
-    unknown = sorted(str(k) for k in raw if k not in required | optional)
-    if unknown:
-        raise _fail(
-            where, f"unknown key(s) {unknown}; allowed: {sorted(required | optional)}"
-        )
-    missing = sorted(required - set(raw))
-    if missing:
-        raise _fail(where, f"missing key(s) {missing}")
-    return dict(raw)
+    raise fail(where, f"must be 'high' or 'low', got {value!r}")
 
 
 # --- limits -------------------------------------------------------------------------------------
@@ -136,21 +69,21 @@ class Limit:
 
     def __post_init__(self) -> None:
         where = f"limit {self.id!r}"
-        _check_id("limit.id", self.id)
+        check_id("limit.id", self.id)
         _check_side(f"{where}.side", self.side)
-        _check_float(f"{where}.threshold_c", self.threshold_c, low=_ABSOLUTE_ZERO_C)
-        _check_bool(f"{where}.inclusive", self.inclusive)
-        object.__setattr__(self, "tier", _check_tier(f"{where}.tier", self.tier))
-        _check_seconds(f"{where}.single_event_delay_s", self.single_event_delay_s, optional=True)
-        _check_seconds(f"{where}.cumulative_budget_s", self.cumulative_budget_s, optional=True)
+        check_float(f"{where}.threshold_c", self.threshold_c, low=_ABSOLUTE_ZERO_C)
+        check_bool(f"{where}.inclusive", self.inclusive)
+        object.__setattr__(self, "tier", check_tier(f"{where}.tier", self.tier))
+        check_seconds(f"{where}.single_event_delay_s", self.single_event_delay_s, optional=True)
+        check_seconds(f"{where}.cumulative_budget_s", self.cumulative_budget_s, optional=True)
         if self.single_event_delay_s is None and self.cumulative_budget_s is None:
-            raise _fail(where, "needs a single_event_delay_s, a cumulative_budget_s, or both")
+            raise fail(where, "needs a single_event_delay_s, a cumulative_budget_s, or both")
         if self.cumulative_budget_s is not None and self.cumulative_budget_s == 0:
-            raise _fail(f"{where}.cumulative_budget_s", "must be > 0 (use a delay of 0 instead)")
+            raise fail(f"{where}.cumulative_budget_s", "must be > 0 (use a delay of 0 instead)")
         if self.budget_group is not None:
-            _check_id(f"{where}.budget_group", self.budget_group)
+            check_id(f"{where}.budget_group", self.budget_group)
             if self.cumulative_budget_s is None:
-                raise _fail(f"{where}.budget_group", "a budget group needs cumulative_budget_s")
+                raise fail(f"{where}.budget_group", "a budget group needs cumulative_budget_s")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -166,7 +99,7 @@ class Limit:
 
     @classmethod
     def from_dict(cls, raw: object, *, where: str = "limit") -> Limit:
-        d = _fields_of(
+        d = fields_of(
             where,
             raw,
             required=frozenset({"id", "side", "threshold_c"}),
@@ -191,14 +124,14 @@ class HumidityLimit:
 
     def __post_init__(self) -> None:
         where = f"humidity limit {self.id!r}"
-        _check_id("humidity_limit.id", self.id)
+        check_id("humidity_limit.id", self.id)
         _check_side(f"{where}.side", self.side)
-        pct = _check_float(f"{where}.threshold_pct", self.threshold_pct)
+        pct = check_float(f"{where}.threshold_pct", self.threshold_pct)
         if not 0.0 <= pct <= 100.0:
-            raise _fail(f"{where}.threshold_pct", f"must be within 0..100, got {pct!r}")
-        _check_bool(f"{where}.inclusive", self.inclusive)
-        object.__setattr__(self, "tier", _check_tier(f"{where}.tier", self.tier))
-        _check_seconds(f"{where}.delay_s", self.delay_s)
+            raise fail(f"{where}.threshold_pct", f"must be within 0..100, got {pct!r}")
+        check_bool(f"{where}.inclusive", self.inclusive)
+        object.__setattr__(self, "tier", check_tier(f"{where}.tier", self.tier))
+        check_seconds(f"{where}.delay_s", self.delay_s)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -212,7 +145,7 @@ class HumidityLimit:
 
     @classmethod
     def from_dict(cls, raw: object, *, where: str = "humidity_limit") -> HumidityLimit:
-        d = _fields_of(
+        d = fields_of(
             where,
             raw,
             required=frozenset({"id", "side", "threshold_pct"}),
@@ -240,23 +173,23 @@ class MktLimit:
 
     def __post_init__(self) -> None:
         where = f"mkt limit {self.id!r}"
-        _check_id("mkt_limit.id", self.id)
+        check_id("mkt_limit.id", self.id)
         if self.window not in MKT_WINDOWS:
-            raise _fail(
+            raise fail(
                 f"{where}.window", f"must be one of {list(MKT_WINDOWS)}, got {self.window!r}"
             )
-        _check_float(f"{where}.max_c", self.max_c, low=_ABSOLUTE_ZERO_C)
-        dhr = _check_float(f"{where}.delta_h_over_r_k", self.delta_h_over_r_k)
+        check_float(f"{where}.max_c", self.max_c, low=_ABSOLUTE_ZERO_C)
+        dhr = check_float(f"{where}.delta_h_over_r_k", self.delta_h_over_r_k)
         if not 1_000.0 <= dhr <= 100_000.0:
-            raise _fail(f"{where}.delta_h_over_r_k", f"must be within 1000..100000 K, got {dhr!r}")
-        object.__setattr__(self, "tier", _check_tier(f"{where}.tier", self.tier))
-        _check_seconds(f"{where}.min_coverage_s", self.min_coverage_s, optional=True)
+            raise fail(f"{where}.delta_h_over_r_k", f"must be within 1000..100000 K, got {dhr!r}")
+        object.__setattr__(self, "tier", check_tier(f"{where}.tier", self.tier))
+        check_seconds(f"{where}.min_coverage_s", self.min_coverage_s, optional=True)
         if (
             self.window != "trip"
             and self.min_coverage_s is not None
             and self.min_coverage_s != self.window_s
         ):
-            raise _fail(
+            raise fail(
                     f"{where}.min_coverage_s",
                     "a rolling window is judged only when fully covered; leave it unset",
                 )
@@ -290,7 +223,7 @@ class MktLimit:
 
     @classmethod
     def from_dict(cls, raw: object, *, where: str = "mkt_limit") -> MktLimit:
-        d = _fields_of(
+        d = fields_of(
             where,
             raw,
             required=frozenset({"id", "window", "max_c"}),
@@ -350,14 +283,14 @@ class AlarmProfile:
     resolve_hold_s: int = 0
 
     def __post_init__(self) -> None:
-        _check_id("profile.id", self.id)
+        check_id("profile.id", self.id)
         where = f"profile {self.id!r}"
         if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 1:
-            raise _fail(f"{where}.version", f"must be a whole number >= 1, got {self.version!r}")
+            raise fail(f"{where}.version", f"must be a whole number >= 1, got {self.version!r}")
         if not isinstance(self.name, str) or not self.name.strip():
-            raise _fail(f"{where}.name", "must be a non-empty string")
+            raise fail(f"{where}.name", "must be a non-empty string")
         if not isinstance(self.description, str):
-            raise _fail(f"{where}.description", "must be a string")
+            raise fail(f"{where}.description", "must be a string")
         for attr, kind in (
             ("limits", Limit),
             ("humidity_limits", HumidityLimit),
@@ -365,33 +298,33 @@ class AlarmProfile:
         ):
             items = getattr(self, attr)
             if not isinstance(items, tuple | list) or not all(isinstance(x, kind) for x in items):
-                raise _fail(f"{where}.{attr}", f"must be a list of {kind.__name__}")
+                raise fail(f"{where}.{attr}", f"must be a list of {kind.__name__}")
             object.__setattr__(self, attr, tuple(items))
-        _check_seconds(f"{where}.start_delay_s", self.start_delay_s)
-        _check_seconds(f"{where}.door_open_tolerance_s", self.door_open_tolerance_s)
-        _check_seconds(f"{where}.resolve_hold_s", self.resolve_hold_s)
+        check_seconds(f"{where}.start_delay_s", self.start_delay_s)
+        check_seconds(f"{where}.door_open_tolerance_s", self.door_open_tolerance_s)
+        check_seconds(f"{where}.resolve_hold_s", self.resolve_hold_s)
         if self.rate_of_change_c_per_min is not None:
-            _check_float(f"{where}.rate_of_change_c_per_min", self.rate_of_change_c_per_min, low=0)
+            check_float(f"{where}.rate_of_change_c_per_min", self.rate_of_change_c_per_min, low=0)
         object.__setattr__(
             self,
             "rate_of_change_tier",
-            _check_tier(f"{where}.rate_of_change_tier", self.rate_of_change_tier),
+            check_tier(f"{where}.rate_of_change_tier", self.rate_of_change_tier),
         )
-        if _check_float(f"{where}.hysteresis_c", self.hysteresis_c) < 0:
-            raise _fail(f"{where}.hysteresis_c", "must be >= 0")
-        if _check_float(f"{where}.humidity_hysteresis_pct", self.humidity_hysteresis_pct) < 0:
-            raise _fail(f"{where}.humidity_hysteresis_pct", "must be >= 0")
+        if check_float(f"{where}.hysteresis_c", self.hysteresis_c) < 0:
+            raise fail(f"{where}.hysteresis_c", "must be >= 0")
+        if check_float(f"{where}.humidity_hysteresis_pct", self.humidity_hysteresis_pct) < 0:
+            raise fail(f"{where}.humidity_hysteresis_pct", "must be >= 0")
         if self.no_data_intervals is not None and (
             isinstance(self.no_data_intervals, bool)
             or not isinstance(self.no_data_intervals, int)
             or self.no_data_intervals < 1
         ):
-            raise _fail(f"{where}.no_data_intervals", "must be a whole number >= 1 or null")
-        _check_bool(f"{where}.seq_gap_alarm", self.seq_gap_alarm)
+            raise fail(f"{where}.no_data_intervals", "must be a whole number >= 1 or null")
+        check_bool(f"{where}.seq_gap_alarm", self.seq_gap_alarm)
         if self.low_battery_pct is not None:
-            pct = _check_float(f"{where}.low_battery_pct", self.low_battery_pct)
+            pct = check_float(f"{where}.low_battery_pct", self.low_battery_pct)
             if not 0.0 <= pct <= 100.0:
-                raise _fail(f"{where}.low_battery_pct", "must be within 0..100")
+                raise fail(f"{where}.low_battery_pct", "must be within 0..100")
         self._check_ids_and_groups(where)
 
     def _check_ids_and_groups(self, where: str) -> None:
@@ -407,12 +340,12 @@ class AlarmProfile:
         ids.extend(groups)
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
-            raise _fail(f"{where}.limits", f"ids must be unique (limits, groups, MKT): {dupes}")
+            raise fail(f"{where}.limits", f"ids must be unique (limits, groups, MKT): {dupes}")
         for name, members in groups.items():
             if len({m.cumulative_budget_s for m in members}) != 1:
-                raise _fail(f"{where}.budget_group {name!r}", "members must share one budget")
+                raise fail(f"{where}.budget_group {name!r}", "members must share one budget")
             if len({m.tier for m in members}) != 1:
-                raise _fail(f"{where}.budget_group {name!r}", "members must share one tier")
+                raise fail(f"{where}.budget_group {name!r}", "members must share one tier")
 
     @property
     def budget_groups(self) -> dict[str, tuple[Limit, ...]]:
@@ -447,7 +380,7 @@ class AlarmProfile:
     @classmethod
     def from_dict(cls, raw: object) -> AlarmProfile:
         """Build a profile from a JSON-safe dict; any unknown or ill-typed key is refused."""
-        d = _fields_of("profile", raw, required=_PROFILE_REQUIRED, optional=_PROFILE_OPTIONAL)
+        d = fields_of("profile", raw, required=_PROFILE_REQUIRED, optional=_PROFILE_OPTIONAL)
         for key, parse in (
             ("limits", Limit.from_dict),
             ("humidity_limits", HumidityLimit.from_dict),
@@ -456,222 +389,9 @@ class AlarmProfile:
             if key in d:
                 items = d[key]
                 if not isinstance(items, list | tuple):
-                    raise _fail(f"profile.{key}", "must be a list")
+                    raise fail(f"profile.{key}", "must be a list")
                 d[key] = tuple(parse(x, where=f"profile.{key}[{i}]") for i, x in enumerate(items))
         return cls(**d)
 
 
 RATE_LIMIT_ID = "ROC"
-
-
-# --- excursions ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Excursion:
-    """One excursion as the engine sees it after a batch; identified by `key`.
-
-    Times are epoch milliseconds. `end_ms` is None while the excursion is still open.
-    `raised_ms` is when the rule was met (alarm time); `resolved_ms` when the episode ended
-    (hysteresis band held for the hold time). `peak_value` is in °C (single, cumulative, mkt),
-    %RH (humidity) or °C per minute, as a magnitude (rate). `duration_s` is the episode's span for
-    single, rate, humidity and mkt excursions, and the total time beyond the limit (or budget
-    group) over the series for cumulative ones.
-    """
-
-    profile_id: str
-    profile_version: int
-    limit_id: str
-    tier: Severity
-    kind: ExcursionKind
-    start_ms: int
-    end_ms: int | None
-    raised_ms: int
-    resolved_ms: int | None
-    peak_value: float
-    duration_s: float
-
-    @property
-    def key(self) -> tuple[str, str, int]:
-        """(kind, limit id, start): an excursion's identity across batches and restarts."""
-        return (self.kind.value, self.limit_id, self.start_ms)
-
-    @property
-    def is_open(self) -> bool:
-        return self.end_ms is None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "profile_id": self.profile_id,
-            "profile_version": self.profile_version,
-            "limit_id": self.limit_id,
-            "tier": self.tier.value,
-            "kind": self.kind.value,
-            "start_ms": self.start_ms,
-            "end_ms": self.end_ms,
-            "raised_ms": self.raised_ms,
-            "resolved_ms": self.resolved_ms,
-            "peak_value": self.peak_value,
-            "duration_s": self.duration_s,
-        }
-
-    @classmethod
-    def from_dict(cls, raw: object) -> Excursion:
-        d = _fields_of(
-            "excursion",
-            raw,
-            required=frozenset(
-                {"profile_id", "profile_version", "limit_id", "tier", "kind", "start_ms",
-                 "end_ms", "raised_ms", "resolved_ms", "peak_value", "duration_s"}
-            ),
-            optional=frozenset(),
-        )
-        d["tier"] = _check_tier("excursion.tier", d["tier"])
-        try:
-            d["kind"] = ExcursionKind(d["kind"])
-        except ValueError:
-            raise _fail("excursion.kind", f"unknown kind {d['kind']!r}") from None
-        return cls(**d)
-
-
-# --- presets ------------------------------------------------------------------------------------
-
-
-def who_pqs_30day(*, heat_mode: Literal["single", "cumulative"] = "single") -> AlarmProfile:
-    """WHO PQS 30-day temperature recorder alarms: heat >= +8 °C for 10 h, freeze <= -0.5 °C 60 min.
-
-    Sources differ on whether the 10 h are consecutive or cumulative; the preset follows the
-    single-event reading of the WHO PQS E006 30-day recorder specification and `heat_mode`
-    switches it. Thresholds are inclusive.
-    """
-    if heat_mode not in ("single", "cumulative"):
-        raise ValidationError(f"heat_mode must be 'single' or 'cumulative', got {heat_mode!r}")
-    ten_hours = 10 * 3_600
-    heat = Limit(
-        id="H1",
-        side="high",
-        threshold_c=8.0,
-        inclusive=True,
-        tier=Severity.ALARM,
-        single_event_delay_s=ten_hours if heat_mode == "single" else None,
-        cumulative_budget_s=ten_hours if heat_mode == "cumulative" else None,
-    )
-    freeze = Limit(
-        id="L1",
-        side="low",
-        threshold_c=-0.5,
-        inclusive=True,
-        tier=Severity.ALARM,
-        single_event_delay_s=3_600,
-    )
-    return AlarmProfile(
-        id="who-pqs-30day" if heat_mode == "single" else "who-pqs-30day-cumulative",
-        version=1,
-        name="WHO PQS 30-day temperature recorder",
-        description=(
-            "WHO PQS E006 30-day electronic temperature recorder alarms: heat >= +8 °C for 10 h "
-            f"({heat_mode}), freeze <= -0.5 °C for 60 min (single event)."
-        ),
-        limits=(heat, freeze),
-    )
-
-
-def _presets() -> tuple[AlarmProfile, ...]:
-    lim = Limit
-    return (
-        AlarmProfile(
-            id="2-8C",
-            version=1,
-            name="Refrigerated 2-8 °C",
-            description=(
-                "Controlled cold temperature (USP <659>): 2-8 °C labelled; excursions 0-15 °C "
-                "allowed, spikes to 25 °C allowed if MKT (24 h, USP <1079.2>) <= 8 °C."
-            ),
-            limits=(
-                lim(id="H1", side="high", threshold_c=8.0, single_event_delay_s=1_800),
-                lim(id="L1", side="low", threshold_c=2.0, single_event_delay_s=1_800),
-                lim(id="H2", side="high", threshold_c=25.0, tier=Severity.CRITICAL,
-                    single_event_delay_s=0),
-                lim(id="L2", side="low", threshold_c=0.0, tier=Severity.CRITICAL,
-                    single_event_delay_s=0),
-            ),
-            mkt_limits=(MktLimit(id="MKT-24h", window="24h", max_c=8.0),),
-            start_delay_s=600,
-            hysteresis_c=0.5,
-            resolve_hold_s=600,
-        ),
-        AlarmProfile(
-            id="15-25C",
-            version=1,
-            name="Controlled room temperature 15-25 °C",
-            description=(
-                "Controlled room temperature (USP <659>): 20-25 °C labelled; excursions 15-30 °C "
-                "allowed; spikes to 40 °C allowed if under 24 h and MKT <= 25 °C (30-day "
-                "window per USP <1079.2>, and over the trip)."
-            ),
-            limits=(
-                lim(id="W1", side="high", threshold_c=25.0, tier=Severity.WARNING,
-                    single_event_delay_s=3_600),
-                lim(id="H1", side="high", threshold_c=30.0, single_event_delay_s=86_400),
-                lim(id="H2", side="high", threshold_c=40.0, tier=Severity.CRITICAL,
-                    single_event_delay_s=0),
-                lim(id="L1", side="low", threshold_c=15.0, single_event_delay_s=0),
-            ),
-            mkt_limits=(
-                MktLimit(id="MKT-30d", window="30d", max_c=25.0),
-                MktLimit(id="MKT-trip", window="trip", max_c=25.0),
-            ),
-            start_delay_s=600,
-            hysteresis_c=0.5,
-            resolve_hold_s=600,
-        ),
-        AlarmProfile(
-            id="frozen-20C",
-            version=1,
-            name="Frozen -25..-15 °C",
-            description="Frozen (USP <659> freezer): -25 to -10 °C; alarm above -15 °C.",
-            limits=(
-                lim(id="H1", side="high", threshold_c=-15.0, single_event_delay_s=1_800),
-                lim(id="H2", side="high", threshold_c=-10.0, tier=Severity.CRITICAL,
-                    single_event_delay_s=0),
-                lim(id="L1", side="low", threshold_c=-25.0, tier=Severity.WARNING,
-                    single_event_delay_s=3_600),
-            ),
-            start_delay_s=600,
-            hysteresis_c=1.0,
-            resolve_hold_s=600,
-        ),
-        who_pqs_30day(),
-        AlarmProfile(
-            id="who-shipping-indicator-1",
-            version=1,
-            name="WHO shipping indicator, type 1",
-            description=(
-                "WHO PQS E006/TR07 type 1: >= 45 °C for 1 h single event; >= 30 °C for 10 h "
-                "cumulative; <= -0.5 °C for 1 h single event. Thresholds inclusive."
-            ),
-            limits=(
-                lim(id="H1", side="high", threshold_c=45.0, inclusive=True,
-                    single_event_delay_s=3_600),
-                lim(id="H2", side="high", threshold_c=30.0, inclusive=True,
-                    cumulative_budget_s=36_000),
-                lim(id="L1", side="low", threshold_c=-0.5, inclusive=True,
-                    single_event_delay_s=3_600),
-            ),
-        ),
-    )
-
-
-def list_presets() -> tuple[AlarmProfile, ...]:
-    """The built-in alarm profiles, in a fixed order."""
-    return _presets()
-
-
-def get_preset(profile_id: str) -> AlarmProfile:
-    """One built-in profile by id; raises ValidationError naming the known ids otherwise."""
-    for profile in _presets():
-        if profile.id == profile_id:
-            return profile
-    known = [p.id for p in _presets()]
-    raise ValidationError(f"no built-in alarm profile {profile_id!r}; known: {known}", field="id")
-

@@ -20,8 +20,22 @@ log = logging.getLogger("coldchain")
 _IDENTITY_COMMANDS = frozenset({"users", "orgs", "api-keys", "audit"})
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+DATABASE_NAME = "coldchain"
+# The database roles `coldchain db url --role` hands out URLs for (embedded/credentials.py): the
+# services' `app` login (coldchain_app), the schema `owner` that migrations run as
+# (coldchain_owner), and the cluster's `superuser`. With DATABASE_URL set, the URL as given.
+DB_ROLES = ("app", "owner", "superuser")
+
+
+def _common(parser: argparse.ArgumentParser, *, servers: bool = True) -> None:
     parser.add_argument("--config", type=Path, help="a TOML settings file (same names as the environment)")
+    if servers:
+        parser.add_argument(
+            "--data-dir",
+            type=Path,
+            help="the installation whose private servers to use when DATABASE_URL / MQTT_URL are not set"
+            " (./.coldchain)",
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +45,6 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="the whole platform on this machine")
     _common(up)
     up.add_argument("--demo", action="store_true", help="register a demo fleet and simulate it")
-    up.add_argument("--data-dir", type=Path, help="where the private servers keep their data (./.coldchain)")
     up.add_argument("--http-port", type=int, help="dashboard and API port (8000)")
     up.add_argument("--mqtt-port", type=int, help="port of the private broker (1883, or a free one)")
     up.add_argument("--time-scale", type=float, default=120.0, help="demo: simulated seconds per second")
@@ -46,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True)
     _common(db_sub.add_parser("migrate", help="apply pending migrations"))
+    url = db_sub.add_parser("url", help="print a database URL an operator can hand to psql")
+    _common(url)
+    url.add_argument(
+        "--role", choices=DB_ROLES, default="superuser", help="whose URL: app, owner or superuser (default)"
+    )
 
     token = sub.add_parser("token", help="API tokens")
     token_sub = token.add_subparsers(dest="token_command", required=True)
@@ -56,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--role", required=True, choices=["admin", "qa", "logistics", "driver", "erp", "viewer"]
     )
     create.add_argument("--organization", default="default")
+    revoke = token_sub.add_parser("revoke", help="revoke a token by its name")
+    _common(revoke)
+    revoke.add_argument("--name", required=True)
+    revoke.add_argument("--organization", default="default")
 
     from coldchain import cli_identity  # users, orgs, api-keys, audit
 
@@ -95,47 +117,168 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    import contextlib
+
+    if getattr(args, "data_dir", None) is not None:
+        settings = settings.model_copy(update={"data_dir": args.data_dir})
     if args.command == "up":
-        overrides: dict[str, Any] = {}
-        if args.data_dir is not None:
-            overrides["data_dir"] = args.data_dir
         if args.http_port is not None:
-            overrides["http_port"] = args.http_port
-        settings = settings.model_copy(update=overrides)
+            settings = settings.model_copy(update={"http_port": args.http_port})
         return run_platform(settings, demo=args.demo, mqtt_port=args.mqtt_port, time_scale=args.time_scale)
-    if args.command == "db":
-        from storage.migrate import migrate
+    with contextlib.ExitStack() as stack:
+        servers = Servers(settings, stack)
+        if args.command == "db":
+            return _db(args, servers, settings)
+        if args.command == "token":
+            return _token(args, servers)
+        if args.command in _IDENTITY_COMMANDS:
+            from coldchain import cli_identity
 
-        applied = migrate(_require(settings.database_url, "DATABASE_URL"))
-        print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
+            return cli_identity.dispatch(args, settings, servers.database_url())
+        if args.command in ("rules", "api"):
+            settings.require_secret_key()  # ack links and access tokens: no public default key
+        stop = _stop_on_signals()
+        if args.command == "ingest":
+            from ingest.service import run as run_ingest
+
+            update = {"database_url": servers.service_url(), "mqtt_url": servers.mqtt_url()}
+            run_ingest(settings.model_copy(update=update), stop)
+        elif args.command == "rules":
+            _run_rules(settings.model_copy(update={"database_url": servers.service_url()}), stop)
+        elif args.command == "api":
+            _serve_api(settings.model_copy(update={"database_url": servers.service_url()}))
+    return 0
+
+
+def _hba_file(superuser_url: str) -> Path:
+    """The cluster's pg_hba.conf, where the server says it is (its data folder may have moved)."""
+    import psycopg
+
+    with psycopg.connect(superuser_url, autocommit=True, connect_timeout=10) as conn:
+        row = conn.execute("SHOW hba_file").fetchone()
+    assert row is not None
+    return Path(row[0])
+
+
+class Servers:
+    """Where a command finds the database and the broker, as `coldchain up` does: DATABASE_URL and
+    MQTT_URL when set, otherwise the private servers of the installation under `data_dir`, started
+    if they are not running (and stopped, when the command ends, only if it started them)."""
+
+    def __init__(self, settings: Settings, stack: Any) -> None:
+        self._settings = settings
+        self._stack = stack
+        self._cluster: Any = None
+        self._database_url: str | None = None
+
+    @property
+    def embedded_database(self) -> bool:
+        return self._settings.database_url is None
+
+    def _announce(self, text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    def _running_cluster(self, *, keep_running: bool) -> Any:
+        if self._cluster is None:
+            from embedded.installation import Installation
+
+            self._cluster = Installation(self._settings.data_dir).postgres(announce=self._announce)
+            if self._cluster.stop is not None:
+                if keep_running:
+                    self._announce(
+                        f"PostgreSQL of {self._settings.data_dir.resolve()} keeps running on port"
+                        f" {self._cluster.port}; `coldchain up` will use it"
+                    )
+                else:
+                    self._stack.callback(self._cluster.stop)
+        return self._cluster
+
+    def _credentials(self, cluster: Any) -> Any:
+        """The cluster's generated role passwords (made on first start), the cluster switched to
+        password authentication and the roles and database in place; safe to run every time."""
+        from embedded.credentials import ClusterCredentials, secure_cluster
+
+        data_dir = self._settings.data_dir.resolve()
+        creds = ClusterCredentials.ensure(data_dir).with_port(cluster.port)
+        secure_cluster(creds.url("superuser"), _hba_file(creds.url("superuser")), creds)
+        return creds
+
+    def database_url(self, *, keep_running: bool = False) -> str:
+        """The platform's database as its owner (what migrations and the CLI's writes use); in the
+        private cluster created, secured and migrated when needed."""
+        if self._database_url is None:
+            if self._settings.database_url is not None:
+                self._database_url = self._settings.database_url
+            else:
+                from storage.migrate import migrate
+
+                cluster = self._running_cluster(keep_running=keep_running)
+                self._credentials(cluster)
+                from embedded.credentials import database_url
+
+                self._database_url = database_url(self._settings.data_dir.resolve(), "owner")
+                migrate(self._database_url, engine=self._settings.database_engine)
+        return self._database_url
+
+    def role_url(self, role: str, *, keep_running: bool = False) -> str:
+        """A URL to the platform's database as `role` (see DB_ROLES). DATABASE_URL, when set, is
+        the operator's: it is handed back as given for the superuser and refused for the others."""
+        if role not in DB_ROLES:
+            raise ColdchainError(f"no database role {role!r}; known: {', '.join(DB_ROLES)}")
+        url = self.database_url(keep_running=keep_running)
+        if not self.embedded_database:
+            if role != "superuser":
+                raise ColdchainError(
+                    f"DATABASE_URL is set: the {role} role of that database is yours to configure"
+                )
+            return url
+        from embedded.credentials import DATABASE, ClusterCredentials
+
+        creds = ClusterCredentials.load(self._settings.data_dir.resolve())
+        return creds.url(role, DATABASE)  # every role's URL names the platform's database
+
+    def service_url(self) -> str:
+        """What the services connect as: DATABASE_URL, or the installation's `app` role."""
+        if not self.embedded_database:
+            return self.database_url()
+        self.database_url()  # created, secured and migrated first
+        return self.role_url("app")
+
+    def mqtt_url(self, *, port: int | None = None) -> str:
+        if self._settings.mqtt_url is not None:
+            return self._settings.mqtt_url
+        from embedded.installation import Installation
+
+        broker = Installation(self._settings.data_dir).broker(port=port, announce=self._announce)
+        if broker.stop is not None:
+            self._stack.callback(broker.stop)
+        return broker.url
+
+
+def _db(args: argparse.Namespace, servers: Servers, settings: Settings) -> int:
+    if args.db_command == "url":
+        print(servers.role_url(args.role, keep_running=True))
         return 0
-    if args.command in _IDENTITY_COMMANDS:
-        from coldchain import cli_identity
+    from storage.migrate import migrate
 
-        return cli_identity.dispatch(args, settings)
-    if args.command == "token":
-        from coldchain.access import Role
-        from storage import auth
-        from storage.db import connect
+    applied = migrate(servers.database_url(), engine=settings.database_engine)
+    print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
+    return 0
 
-        with connect(_require(settings.database_url, "DATABASE_URL")) as conn, conn.transaction():
-            org = auth.org_id(conn, args.organization)
-            token = auth.create_token(conn, org=org, name=args.name, role=Role(args.role), actor="cli")
-        print(token)
-        return 0
-    if args.command in ("rules", "api"):
-        settings.require_secret_key()  # ack links and access tokens: no public default key
-    stop = _stop_on_signals()
-    if args.command == "ingest":
-        from ingest.service import run as run_ingest
 
-        run_ingest(settings, stop)
-    elif args.command == "rules":
-        from rules.service import run as run_rules
+def _token(args: argparse.Namespace, servers: Servers) -> int:
+    from coldchain.access import Role
+    from storage import auth
+    from storage.db import connect
 
-        run_rules(settings, stop)
-    elif args.command == "api":
-        _serve_api(settings)
+    with connect(servers.database_url()) as conn, conn.transaction():
+        org = auth.org_id(conn, args.organization)
+        if args.token_command == "revoke":
+            auth.revoke_token(conn, org=org, name=args.name, actor="cli")
+            print(f"revoked: {args.name}")
+            return 0
+        token = auth.create_token(conn, org=org, name=args.name, role=Role(args.role), actor="cli")
+    print(token)
     return 0
 
 
@@ -150,9 +293,9 @@ def run_platform(settings: Settings, *, demo: bool, mqtt_port: int | None, time_
 
     from api.app import create_app
     from coldchain.wire import Topics
-    from embedded import MosquittoServer, PostgresServer
     from embedded.process import free_port, port_is_free
     from ingest.service import IngestService
+    from notify.service import NotificationService
     from rules.service import RulesService
     from storage.db import open_pool
     from storage.migrate import migrate
@@ -161,30 +304,12 @@ def run_platform(settings: Settings, *, demo: bool, mqtt_port: int | None, time_
     data_dir.mkdir(parents=True, exist_ok=True)
     settings = _ensure_secret_key(settings, data_dir)
     with contextlib.ExitStack() as stack:
-        dsn = app_dsn = settings.database_url
-        if dsn is None:
-            port = 54329 if port_is_free(54329) else free_port()
-            pg = PostgresServer(data_dir / "postgres", port=port)
-            print(f"starting PostgreSQL in {pg.data_dir} on port {port} ...", flush=True)
-            pg.start()
-            stack.callback(pg.stop)
-            # Password authentication with generated secrets; migrations as the owner, services as app.
-            from embedded.credentials import ClusterCredentials, secure_cluster
-
-            creds = ClusterCredentials.ensure(data_dir).with_port(port)
-            secure_cluster(creds.url("superuser"), pg.data_dir / "pg_hba.conf", creds)
-            dsn, app_dsn = creds.url("owner"), creds.url("app")
-        mqtt_url = settings.mqtt_url
-        if mqtt_url is None:
-            port = mqtt_port or (1883 if port_is_free(1883) else free_port())
-            broker = MosquittoServer(data_dir / "mosquitto", port=port)
-            print(f"starting Mosquitto on port {port} ...", flush=True)
-            broker.start()
-            stack.callback(broker.stop)
-            mqtt_url = broker.url
-        assert dsn is not None and app_dsn is not None
-        migrate(dsn)
-        dsn = app_dsn  # everything from here on runs as the application role
+        servers = Servers(settings, stack)
+        # Embedded: password authentication with generated secrets; migrations as the owner,
+        # services as the app role. With DATABASE_URL, that URL for both.
+        migrate(servers.database_url(), engine=settings.database_engine)
+        dsn = servers.service_url()  # everything from here on runs as the application role
+        mqtt_url = servers.mqtt_url(port=mqtt_port)
         settings = settings.model_copy(update={"database_url": dsn, "mqtt_url": mqtt_url})
         token, fresh = _bootstrap_token(settings, dsn, data_dir)
         from coldchain.cli_identity import Checkpoints, checkpoint_key
@@ -200,6 +325,9 @@ def run_platform(settings: Settings, *, demo: bool, mqtt_port: int | None, time_
         rules = RulesService(dsn=dsn, settings=settings)
         rules.start()
         stack.callback(rules.stop)
+        notifier = NotificationService(dsn=dsn, settings=settings)
+        notifier.start()
+        stack.callback(notifier.stop)
         if demo:
             fleet = _start_demo(dsn, mqtt_url, topics, time_scale)
             stack.callback(fleet.stop)
@@ -293,7 +421,7 @@ def _start_demo(dsn: str, mqtt_url: str, topics: Any, time_scale: float) -> Any:
     from coldchain.demo import demo_fleet
     from coldchain.errors import ConflictError
     from firmware_sim.fleet import Fleet, LoggerSpec
-    from storage import registry
+    from storage import readings, registry
     from storage.db import connect
 
     now = datetime.now(UTC)
@@ -319,12 +447,9 @@ def _start_demo(dsn: str, mqtt_url: str, topics: Any, time_scale: float) -> Any:
         for rec in registry.list_devices(conn, org=1):
             if rec.device.id.startswith("DEMO-") and rec.last_seq is not None:
                 seq_start[rec.device.id] = rec.last_seq + 1
-        row = conn.execute(
-            "SELECT (extract(epoch FROM max(r.t)) * 1000)::bigint FROM readings r"
-            " JOIN devices d ON d.key = r.device_key WHERE d.id LIKE 'DEMO-%'"
-        ).fetchone()
-        if row and row[0] is not None:
-            resume_ms = int(row[0]) + 60_000
+        last_ms = readings.last_reading_ms(conn, device_id_prefix="DEMO-")
+        if last_ms is not None:
+            resume_ms = last_ms + 60_000
     start_ms = max(int(start.timestamp() * 1000), resume_ms or 0)
     start_ms = min(start_ms, int(time.time() * 1000) - 3_600_000)
     specs = [
@@ -403,6 +528,16 @@ def _stop_on_signals() -> threading.Event:
     signal.signal(signal.SIGINT, _handler)
     signal.signal(signal.SIGTERM, _handler)
     return stop
+
+
+def _run_rules(settings: Settings, stop: threading.Event) -> None:
+    """`coldchain rules`: the rules service and the notification service, until `stop` is set."""
+    from notify.service import NotificationService
+    from rules.service import RulesService
+
+    dsn = _require(settings.database_url, "DATABASE_URL")
+    with RulesService(dsn=dsn, settings=settings), NotificationService(dsn=dsn, settings=settings):
+        stop.wait()
 
 
 def _serve_api(settings: Settings) -> None:

@@ -7,7 +7,6 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from coldchain.errors import ColdchainError
@@ -22,8 +21,7 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> 
 
     def leaf(parent: Any, name: str, text: str) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = parent.add_parser(name, help=text)
-        common(parser)
-        parser.add_argument("--data-dir", type=Path, help="the embedded install (else DATABASE_URL)")
+        common(parser)  # --config and --data-dir (the installation, when DATABASE_URL is not set)
         return parser
 
     users = sub.add_parser("users", help="people who sign in (and sign)")
@@ -72,21 +70,11 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> 
     leaf(audit_sub, "checkpoint", "sign the current head of every organization's trail with the platform key")
 
 
-def _dsn(args: argparse.Namespace, settings: Settings) -> str:
-    data_dir = getattr(args, "data_dir", None)
-    if data_dir is not None:
-        from embedded.credentials import ClusterCredentials
-
-        return ClusterCredentials.load(data_dir).url("owner")
-    if not settings.database_url:
-        raise ColdchainError("DATABASE_URL is not set (or give --data-dir of an embedded install)")
-    return settings.database_url
-
-
-def dispatch(args: argparse.Namespace, settings: Settings) -> int:
+def dispatch(args: argparse.Namespace, settings: Settings, dsn: str) -> int:
+    """Run an identity command against `dsn` (DATABASE_URL, or the installation's owner role)."""
     from storage.db import connect
 
-    with connect(_dsn(args, settings), autocommit=True) as conn:
+    with connect(dsn, autocommit=True) as conn:
         if args.command == "users":
             return _users(conn, args, settings)
         if args.command == "orgs":

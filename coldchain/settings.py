@@ -27,12 +27,12 @@ def _development_secret() -> str:
 
 
 def _either(name: str, default: Any) -> Any:
-    """Accept both `name` and `COLDCHAIN_NAME`, as CONTRACT.md spells COLDCHAIN_BOOTSTRAP_TOKEN."""
+    """Accept both `name` and `COLDCHAIN_NAME`, as docs/contract.md spells COLDCHAIN_BOOTSTRAP_TOKEN."""
     return Field(default=default, validation_alias=AliasChoices(name, f"COLDCHAIN_{name.upper()}"))
 
 
 class Settings(BaseSettings):
-    """Every setting of every service; environment names as in CONTRACT.md (DATABASE_URL, ...)."""
+    """Every setting of every service; environment names as in docs/contract.md (DATABASE_URL, ...)."""
 
     model_config = SettingsConfigDict(
         extra="forbid", case_sensitive=False, populate_by_name=True, env_ignore_empty=True
@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     environment: Literal["development", "production"] = "production"
     data_dir: Path = Path(".coldchain")
     database_url: str | None = None
+    # auto: TimescaleDB when the server can run it, plain otherwise; see storage/migrate.py
+    database_engine: Literal["auto", "timescale", "plain"] = "auto"
     mqtt_url: str | None = None
     topic_prefix: str = ""
     organization: str = "default"
@@ -49,6 +51,7 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     public_url: str | None = None
+    http_max_body_bytes: int = Field(default=1 << 20, ge=1)  # larger request bodies get 413 before parsing
     bootstrap_token: SecretStr | None = _either("bootstrap_token", None)
     secret_key: SecretStr = _either("secret_key", SecretStr(""))
     log_level: str = "INFO"

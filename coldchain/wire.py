@@ -149,7 +149,7 @@ def decode_batch(payload: bytes, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> Readi
 
 
 def encode_json(batch: ReadingBatch) -> bytes:
-    """The JSON form; times as epoch ms (the compact choice CONTRACT.md allows)."""
+    """The JSON form; times as epoch ms (the compact choice docs/contract.md allows)."""
     import numpy as np
 
     return _json_payload(
@@ -233,7 +233,7 @@ def _check_columns(
 
 
 def decode_json(payload: bytes) -> ReadingBatch:
-    """Decode the JSON form of CONTRACT.md."""
+    """Decode the JSON form of docs/contract.md."""
     try:
         doc = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:

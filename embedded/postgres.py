@@ -37,11 +37,39 @@ def find_bindir() -> Path:
     raise ServerError("PostgreSQL server binaries not found: `apt-get install postgresql`")
 
 
+def timescaledb_installed(bindir: Path) -> bool:
+    """True when the TimescaleDB extension is installed for the server in `bindir`.
+
+    Debian keeps the library in /usr/lib/postgresql/N/lib and the control file in
+    /usr/share/postgresql/N/extension; a source install under a prefix keeps both below it.
+    """
+    prefix = bindir.parent
+    libs = [prefix / "lib", prefix / "lib" / "postgresql"]
+    shares = [
+        prefix / "share" / "extension",
+        prefix / "share" / "postgresql" / "extension",
+        Path("/usr/share/postgresql") / prefix.name / "extension",
+    ]
+    return any((d / "timescaledb.so").exists() for d in libs) and any(
+        (d / "timescaledb.control").exists() for d in shares
+    )
+
+
+TIMESCALEDB_SETTINGS = {
+    "shared_preload_libraries": "timescaledb",
+    "timescaledb.telemetry_level": "off",
+    # one scheduler per database plus its jobs, beside PostgreSQL's own parallel workers
+    "max_worker_processes": "32",
+    "timescaledb.max_background_workers": "16",
+}
+
+
 class PostgresServer:
     """Owns one cluster: initdb on first use, start, stop. Reuses the data on a second start.
 
     When we run as root the cluster belongs to the `postgres` user (initdb refuses root); if that
     user cannot reach `data_dir`, the cluster lives in a stable folder under /var/tmp instead.
+    `timescale=None` preloads TimescaleDB when it is installed; True requires it; False leaves it out.
     """
 
     def __init__(
@@ -51,6 +79,7 @@ class PostgresServer:
         port: int | None = None,
         fast_and_unsafe: bool = False,
         settings: dict[str, str] | None = None,
+        timescale: bool | None = None,
     ) -> None:
         self._owned_tmp = data_dir is None
         self.user = service_user("postgres")
@@ -60,6 +89,13 @@ class PostgresServer:
         self.fast_and_unsafe = fast_and_unsafe
         self.extra_settings = settings or {}
         self.bindir = find_bindir()
+        installed = timescaledb_installed(self.bindir)
+        if timescale and not installed:
+            raise ServerError(
+                f"TimescaleDB is not installed for {self.bindir}: build it with"
+                " `TIMESCALEDB_SOURCE=<archive> make setup` or install Timescale's package"
+            )
+        self.timescale = installed if timescale is None else timescale
         self._proc: subprocess.Popen[bytes] | None = None
 
     def _placement(self, requested: Path) -> Path:
@@ -122,6 +158,8 @@ class PostgresServer:
             "autovacuum_naptime": "5s",  # BRIN summaries of new readings follow within seconds
             "logging_collector": "off",
         }
+        if self.timescale:
+            options.update(TIMESCALEDB_SETTINGS)
         if self.fast_and_unsafe:
             options.update({"fsync": "off", "full_page_writes": "off", "synchronous_commit": "off"})
         options.update(self.extra_settings)

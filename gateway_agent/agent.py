@@ -37,7 +37,7 @@ def resolve_profile(profile: Mapping[str, Any] | str | None) -> dict[str, Any] |
     """A local alarm profile: an inline dict, or the id of a built-in platform preset."""
     if profile is None or isinstance(profile, Mapping):
         return dict(profile) if profile else None
-    from coldchain.alarm_profile import get_preset
+    from coldchain.presets import get_preset
 
     return get_preset(profile).to_dict()
 

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import aiomqtt
 import paho.mqtt.client as paho
 
+from coldchain.backoff import Backoff
 from coldchain.mqtt_url import BrokerAddress
 from coldchain.wire import OFFLINE_STATUS, DeviceConfig, DeviceStatus, Topics
 from gateway_agent.clock import Clock
@@ -82,13 +83,7 @@ def backoff_delays(
     minimum: float, maximum: float, *, rng: random.Random | None = None
 ) -> Callable[[int], float]:
     """Attempt n -> a delay: exponential from `minimum` to `maximum`, half of it jittered."""
-    rand = rng or random.Random()
-
-    def delay(attempt: int) -> float:
-        cap = min(maximum, minimum * (2.0 ** min(attempt, 30)))
-        return float(cap / 2 + rand.uniform(0, cap / 2))
-
-    return delay
+    return Backoff(initial=minimum, maximum=maximum, jitter=0.5, rng=rng or random.Random()).delay
 
 
 class _Stopping(Exception):

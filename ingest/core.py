@@ -26,8 +26,10 @@ DEAD_LETTER_BYTES: Final = 4096
 
 
 @dataclass(frozen=True, slots=True)
-class Limits:
-    """What ingest accepts; built from Settings once at start-up."""
+class AcceptanceBounds:
+    """What ingest accepts (payload size, plausible values, how far in the future or past a reading
+    may lie) and when it corrects a clock or calls a batch late; built from Settings at start-up.
+    Not the alarm limits of a profile: a reading outside these is refused, not alarmed on."""
 
     max_payload_bytes: int = 1 << 20
     min_celsius: float = -100.0
@@ -45,7 +47,7 @@ class Limits:
     dead_letter_bytes: int = DEAD_LETTER_BYTES
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Limits:
+    def from_settings(cls, settings: Settings) -> AcceptanceBounds:
         return cls(
             max_payload_bytes=settings.ingest_max_payload_bytes,
             min_celsius=settings.ingest_min_celsius,
@@ -84,12 +86,14 @@ class Rejection:
 
 
 @dataclass(frozen=True, slots=True)
-class StatusUpdate:
+class DeviceStatusUpdate:
+    """A device's retained status message, decoded (stored on the device row, newest wins)."""
+
     device_id: str
     status: dict[str, Any]
 
 
-Outcome = ReadingBatch | Rejection | StatusUpdate | None
+Outcome = ReadingBatch | Rejection | DeviceStatusUpdate | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +110,7 @@ def _device_in_topic(topics: Topics, topic: str, leaf: str) -> str | None:
     return topics.device_of(topic)
 
 
-def decode_message(message: Message, *, topics: Topics, limits: Limits) -> Outcome:
+def decode_message(message: Message, *, topics: Topics, limits: AcceptanceBounds) -> Outcome:
     """Decode one message. Never raises: anything unexpected is a rejection with a reason."""
     try:
         if message.kind == "status":
@@ -116,7 +120,7 @@ def decode_message(message: Message, *, topics: Topics, limits: Limits) -> Outco
         return Rejection("undecodable", f"{type(exc).__name__}: {exc}"[:500], None)
 
 
-def _decode_readings(message: Message, topics: Topics, limits: Limits) -> Outcome:
+def _decode_readings(message: Message, topics: Topics, limits: AcceptanceBounds) -> Outcome:
     device = _device_in_topic(topics, message.topic, "readings")
     if device is None:
         return Rejection("bad_topic", "topic is not coldchain/v1/{device}/readings", None)
@@ -147,7 +151,7 @@ def _decode_status(message: Message, topics: Topics) -> Outcome:
     except DecodeError as exc:
         return Rejection(exc.reason, str(exc)[:500], device)
     doc = {k: getattr(status, k) for k in status.__slots__ if getattr(status, k) is not None}
-    return StatusUpdate(device, doc)
+    return DeviceStatusUpdate(device, doc)
 
 
 # --------------------------------------------------------------------------- reading checks
@@ -180,7 +184,7 @@ def check_readings(
     celsius: npt.NDArray[np.float64],
     rh: npt.NDArray[np.float64],
     now_ms: int,
-    limits: Limits,
+    limits: AcceptanceBounds,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint8]]:
     """Corrected times and a fault code per reading, for a whole group at once.
 

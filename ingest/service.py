@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import logging
 import queue
-import random
 import socket
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 import psycopg
@@ -43,14 +42,16 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from coldchain.errors import ColdchainError, ConfigurationError
+from coldchain.backoff import Backoff
+from coldchain.errors import ConfigurationError
 from coldchain.mqtt_url import BrokerAddress
 from coldchain.settings import Settings
 from coldchain.wire import Topics
-from ingest.core import Limits, Message, MessageKind, Prepared, decode_message
+from ingest.core import AcceptanceBounds, Message, MessageKind, Prepared, decode_message
+from ingest.group_order import GroupOrder, GroupRestart, WriteAborted
 from ingest.metrics import IngestMetrics
 from ingest.writer import GroupResult, GroupWriter, wall_clock_ms
-from storage import ingest_store
+from storage import dead_letters
 from storage.db import connect
 
 log = logging.getLogger(__name__)
@@ -64,98 +65,41 @@ LOCK_TIMEOUT = "10s"
 _STOP = object()
 
 
-class _Restart(ColdchainError):
-    """The group before failed after this one began: roll back and write again after it."""
+class AckObserver(Protocol):
+    """Told of each QoS 1+ message as paho hands it over, and of each PUBACK as it is sent.
 
-
-class _Aborted(ColdchainError):
-    """stop() gave up draining: leave the group unacknowledged."""
-
-
-class GroupOrder:
-    """Receive-order tickets for groups written by several threads.
-
-    Ticket n may start its copy stage once ticket n-1 is done or has its `batches` rows in (then a
-    redelivered batch in both waits on n-1's transaction in PostgreSQL and is skipped); it may lock
-    devices, commit and acknowledge only once n-1 is done. If n-1 fails after n began, n rolls
-    back (n-1's retry may need the `batches` keys n inserted) and starts again after n-1 is done.
+    Called on paho's thread and on the writer threads respectively: keep it quick. For tests and
+    tracing; the service works the same without one.
     """
 
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._done = -1  # every ticket up to this one is done
-        self._deduped: set[int] = set()
-        self._failed: set[int] = set()
+    def received(self, message: Message) -> None: ...
 
-    def wait_start(self, ticket: int, *, overlap: bool, abort: threading.Event) -> None:
-        with self._cond:
-            while not (
-                self._done >= ticket - 1
-                or (overlap and ticket - 1 in self._deduped and ticket - 1 not in self._failed)
-            ):
-                self._wait(abort)
-
-    def wait_turn(self, ticket: int, *, abort: threading.Event) -> None:
-        """Until ticket - 1 is done; raises _Restart when it fails meanwhile."""
-        with self._cond:
-            while self._done < ticket - 1:
-                if ticket - 1 in self._failed:
-                    raise _Restart
-                self._wait(abort)
-
-    def _wait(self, abort: threading.Event) -> None:
-        if abort.is_set():
-            raise _Aborted
-        self._cond.wait(0.2)
-
-    def deduped(self, ticket: int) -> None:
-        with self._cond:
-            self._deduped.add(ticket)
-            self._cond.notify_all()
-
-    def failed(self, ticket: int) -> None:
-        with self._cond:
-            self._deduped.discard(ticket)
-            self._failed.add(ticket)
-            self._cond.notify_all()
-
-    def done(self, ticket: int) -> None:
-        with self._cond:
-            self._done = max(self._done, ticket)
-            self._deduped.discard(ticket)
-            self._failed.discard(ticket)
-            self._cond.notify_all()
+    def acknowledged(self, message: Message) -> None: ...
 
 
 @dataclass(slots=True)
-class IngestStats:
-    """Running totals since start (a snapshot is returned by IngestService.stats)."""
+class IngestStats(GroupResult):
+    """Running totals since start: every committed group's result added up, and what only the
+    service sees (messages received, groups, database errors). `IngestService.stats` is a copy."""
 
     received: int = 0
-    stored: int = 0  # readings committed
-    batches: int = 0
-    duplicates: int = 0
-    dead_letters: int = 0
-    quarantined: int = 0
-    released: int = 0
-    statuses: int = 0
-    gaps: int = 0
     groups: int = 0
     db_errors: int = 0
 
-    def add(self, result: GroupResult) -> None:
-        self.stored += result.readings
-        self.batches += result.batches
-        self.duplicates += result.duplicates
-        self.dead_letters += result.dead_letters
-        self.quarantined += result.quarantined
-        self.released += result.released
-        self.statuses += result.statuses
-        self.gaps += result.gaps
-        self.groups += 1
+    @property
+    def stored(self) -> int:
+        """Readings committed."""
+        return self.readings
+
+    def add(self, result: GroupResult, *, group: bool = True) -> None:
+        """Count a committed group's result (`group=False`: a quarantine release, not a group)."""
+        self.merge(result)
+        self.groups += int(group)
 
     def copy(self) -> IngestStats:
-        return IngestStats(**{f.name: getattr(self, f.name) for f in fields(self)})
+        snapshot = IngestStats(**{f.name: getattr(self, f.name) for f in fields(self)})
+        snapshot.reasons = self.reasons.copy()
+        return snapshot
 
 
 class IngestService:
@@ -171,6 +115,8 @@ class IngestService:
         client_id: str | None = None,
         metrics_port: int | None = None,
         receive_maximum: int | None = None,
+        writer: GroupWriter | None = None,
+        ack_observer: AckObserver | None = None,
     ) -> None:
         self.settings = settings if settings is not None else Settings()
         self.dsn = dsn
@@ -178,7 +124,7 @@ class IngestService:
         self.topics = topics
         self.client_id = client_id or f"coldchain-ingest-{socket.gethostname()}"
         self.metrics_port = metrics_port
-        self.limits = Limits.from_settings(self.settings)
+        self.limits = AcceptanceBounds.from_settings(self.settings)
         self.group_max = max(1, self.settings.ingest_group_max_batches)
         self.group_wait_s = max(0, self.settings.ingest_group_max_wait_ms) / 1000
         # A group per writer in flight, one waiting for a writer and one arriving.
@@ -186,7 +132,8 @@ class IngestService:
             65_535, receive_maximum or max(100, (WRITERS + 2) * self.group_max)
         )
         self.metrics = IngestMetrics()
-        self._writer = GroupWriter(limits=self.limits)
+        self._writer = writer or GroupWriter(limits=self.limits)
+        self._ack_observer = ack_observer
         self._stats = IngestStats()
         self._stats_lock = threading.Lock()
         self._inbox: queue.Queue[Message] = queue.Queue(maxsize=2 * self.receive_maximum + 1000)
@@ -342,12 +289,13 @@ class IngestService:
         try:
             topic = msg.topic
             kind: MessageKind = "status" if topic.endswith("/status") else "readings"
-            self._inbox.put(
-                Message(
-                    topic=topic, payload=bytes(msg.payload), received_ms=wall_clock_ms(),
-                    kind=kind, mid=msg.mid, qos=msg.qos, generation=self._generation,
-                )
+            message = Message(
+                topic=topic, payload=bytes(msg.payload), received_ms=wall_clock_ms(),
+                kind=kind, mid=msg.mid, qos=msg.qos, generation=self._generation,
             )
+            if self._ack_observer is not None and msg.qos > 0:
+                self._ack_observer.received(message)
+            self._inbox.put(message)
             if not self._first_receive:
                 self._first_receive = True
                 self.metrics.first_receive.set(time.time())
@@ -419,12 +367,12 @@ class IngestService:
                 if slot == 0 and time.monotonic() >= next_release and not self._stopping.is_set():
                     next_release = time.monotonic() + RELEASE_POLL_S
                     self._release_held(slot)
-            except _Aborted:
+            except WriteAborted:
                 break
 
     def _connection(self, slot: int) -> psycopg.Connection:
         """A writer's connection, reopened with jittered backoff after a failure."""
-        delay = 0.2
+        backoff = Backoff(initial=0.2, maximum=5.0)
         while (conn := self._conns[slot]) is None or conn.closed:
             try:
                 conn = connect(self.dsn)
@@ -435,10 +383,10 @@ class IngestService:
             except psycopg.OperationalError as exc:
                 self._drop_connection(slot)
                 if self._abort.is_set():
-                    raise _Aborted from exc
+                    raise WriteAborted from exc
+                delay = backoff.next()
                 log.warning("database unavailable (%s); retrying in %.1f s", exc, delay)
-                time.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 5.0)
+                time.sleep(delay)
         return conn
 
     def _drop_connection(self, slot: int) -> None:
@@ -458,7 +406,7 @@ class IngestService:
 
     def _commit(self, slot: int, ticket: int, group: Sequence[Prepared]) -> None:
         started = time.monotonic()
-        delay = 0.2
+        backoff = Backoff(initial=0.2, maximum=5.0)
         overlap = True
         order = self.order
         while True:
@@ -467,7 +415,7 @@ class IngestService:
                 order.wait_start(ticket, overlap=overlap, abort=self._abort)
                 try:
                     result = self._write_in_turn(conn, ticket, group)
-                except (psycopg.OperationalError, _Restart, _Aborted):
+                except (psycopg.OperationalError, GroupRestart, WriteAborted):
                     raise
                 except Exception as exc:  # a poison message: find it, store it as a dead letter
                     order.failed(ticket)
@@ -475,7 +423,7 @@ class IngestService:
                     order.wait_turn(ticket, abort=self._abort)
                     result = self._one_by_one(conn, group)
                 break
-            except _Restart:
+            except GroupRestart:
                 order.failed(ticket)
                 overlap = False
             except psycopg.OperationalError as exc:
@@ -486,10 +434,10 @@ class IngestService:
                     self._stats.db_errors += 1
                 self.metrics.db_errors.inc()
                 if self._abort.is_set():
-                    raise _Aborted from exc  # not acknowledged: the broker keeps the messages
+                    raise WriteAborted from exc  # not acknowledged: the broker keeps the messages
+                delay = backoff.next()
                 log.warning("database error (%s); retrying the group in %.1f s", exc, delay)
-                time.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 5.0)
+                time.sleep(delay)
         self._ack(group)
         order.done(ticket)
         elapsed = time.monotonic() - started
@@ -519,10 +467,7 @@ class IngestService:
                 one = self._writer.dead_letter_only(
                     conn, item, reason="store_failed", detail=f"{type(exc).__name__}: {exc}"[:500]
                 )
-            for f in fields(GroupResult):
-                if f.name != "reasons":
-                    setattr(total, f.name, getattr(total, f.name) + getattr(one, f.name))
-            total.reasons.update(one.reasons)
+            total.merge(one)
         return total
 
     def _ack(self, group: Sequence[Prepared]) -> None:
@@ -535,6 +480,8 @@ class IngestService:
                 m = item.message
                 if m.held_id is None and m.qos > 0 and m.generation == generation:
                     client.ack(m.mid, m.qos)
+                    if self._ack_observer is not None:
+                        self._ack_observer.acknowledged(m)
 
     def _release_held(self, slot: int) -> None:
         """Move batches held for devices that are registered now through the normal write path.
@@ -544,7 +491,7 @@ class IngestService:
         try:
             conn = self._connection(slot)
             with conn.transaction():
-                held = ingest_store.take_releasable(conn)
+                held = dead_letters.take_releasable(conn)
                 if not held:
                     return
                 group = [
@@ -557,13 +504,9 @@ class IngestService:
                 result = self._writer.write(conn, group)
             log.info("released %d held batches", result.released, extra={"count": result.released})
             with self._stats_lock:
-                self._stats.released += result.released
-                self._stats.stored += result.readings
-                self._stats.batches += result.batches
-                self._stats.duplicates += result.duplicates
-                self._stats.dead_letters += result.dead_letters
+                self._stats.add(result, group=False)
             self.metrics.observe(result, seconds=0.0, lag_s=0.0)
-        except _Aborted:
+        except WriteAborted:
             raise
         except psycopg.OperationalError as exc:
             self._drop_connection(slot)

@@ -9,7 +9,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import numpy.typing as npt
@@ -18,19 +18,19 @@ import psycopg
 from coldchain.domain import ReadingBatch
 from ingest.core import (
     FAULT_REASON,
+    AcceptanceBounds,
     ClockTracker,
-    Limits,
+    DeviceStatusUpdate,
     Message,
     Prepared,
     ReadingFault,
     Rejection,
-    StatusUpdate,
     account_seqs,
     check_readings,
     door_open,
     extras_json,
 )
-from storage import ingest_store as store
+from storage import batches, dead_letters, device_state, rule_queue
 from storage.readings import FLAG_CLOCK_CORRECTED, FLAG_DOOR_OPEN, FLAG_LATE, ReadingRows, copy_rows
 
 log = logging.getLogger(__name__)
@@ -57,12 +57,19 @@ class GroupResult:
     late_batches: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
 
+    def merge(self, other: GroupResult) -> None:
+        """Add `other`'s counts to these (a group written one message at a time)."""
+        for f in fields(GroupResult):
+            if f.name != "reasons":
+                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        self.reasons.update(other.reasons)
+
 
 @dataclass(slots=True)
 class _Known:
     message: Message
     batch: ReadingBatch
-    device: store.DeviceState
+    device: device_state.DeviceState
 
 
 @dataclass(slots=True)
@@ -87,10 +94,10 @@ class StagedGroup:
 
     result: GroupResult
     names: list[str]
-    letters: list[store.DeadLetterRow]
-    held: list[store.QuarantineRow]
+    letters: list[dead_letters.DeadLetterRow]
+    held: list[dead_letters.QuarantineRow]
     released: list[int]
-    statuses: list[tuple[Message, StatusUpdate]]
+    statuses: list[tuple[Message, DeviceStatusUpdate]]
     known: list[_Known]
     copied: _Copied | None
 
@@ -101,7 +108,7 @@ class GroupWriter:
     def __init__(
         self,
         *,
-        limits: Limits,
+        limits: AcceptanceBounds,
         clock: ClockTracker | None = None,
         now_ms: Callable[[], int] = wall_clock_ms,
     ) -> None:
@@ -126,15 +133,15 @@ class GroupWriter:
         device = item.outcome.device if isinstance(item.outcome, ReadingBatch) else None
         letter = self._letter(item.message, device, reason, detail)
         with conn.transaction():
-            store.insert_dead_letters(conn, [letter])
+            dead_letters.insert_dead_letters(conn, [letter])
             if item.message.held_id is not None:
-                store.mark_released(conn, [item.message.held_id])
+                dead_letters.mark_released(conn, [item.message.held_id])
         result = GroupResult(messages=1, dead_letters=1)
         result.reasons[reason] += 1
         return result
 
-    def _letter(self, m: Message, device: str | None, reason: str, detail: str) -> store.DeadLetterRow:
-        return store.DeadLetterRow(
+    def _letter(self, m: Message, device: str | None, reason: str, detail: str) -> dead_letters.DeadLetterRow:
+        return dead_letters.DeadLetterRow(
             topic=m.topic,
             device_id=device,
             reason=reason,
@@ -161,30 +168,32 @@ class GroupWriter:
         """
         result = GroupResult(messages=len(group))
         decoded: list[tuple[Message, ReadingBatch]] = []
-        letters: list[store.DeadLetterRow] = []
-        statuses: list[tuple[Message, StatusUpdate]] = []
+        letters: list[dead_letters.DeadLetterRow] = []
+        statuses: list[tuple[Message, DeviceStatusUpdate]] = []
         for item in group:
             outcome = item.outcome
             if isinstance(outcome, ReadingBatch):
                 decoded.append((item.message, outcome))
             elif isinstance(outcome, Rejection):
                 letters.append(self._letter(item.message, outcome.device_id, outcome.reason, outcome.detail))
-            elif isinstance(outcome, StatusUpdate):
+            elif isinstance(outcome, DeviceStatusUpdate):
                 statuses.append((item.message, outcome))
 
         names = {b.device for _, b in decoded} | {s.device_id for _, s in statuses}
         names |= {d.device_id for d in letters if d.device_id is not None}
-        devices = store.read_devices(conn, sorted({b.device for _, b in decoded}))
+        devices = device_state.read_devices(conn, sorted({b.device for _, b in decoded}))
 
         known: list[_Known] = []
-        held: list[store.QuarantineRow] = []
+        held: list[dead_letters.QuarantineRow] = []
         released: list[int] = []
         seen: set[tuple[int, int]] = set()
         for m, b in decoded:
             state = devices.get(b.device)
             if state is None:
                 if m.held_id is None:  # a released batch whose device went away stays held
-                    held.append(store.QuarantineRow(m.topic, b.device, b.seq, m.payload, m.received_ms))
+                    held.append(
+                        dead_letters.QuarantineRow(m.topic, b.device, b.seq, m.payload, m.received_ms)
+                    )
                 continue
             if m.held_id is not None:
                 released.append(m.held_id)
@@ -205,7 +214,7 @@ class GroupWriter:
     def finish(self, conn: psycopg.Connection, staged: StagedGroup) -> GroupResult:
         """The accounting stage, under the device row locks, in the same transaction."""
         result = staged.result
-        devices = store.lock_devices(conn, staged.names)
+        devices = device_state.lock_devices(conn, staged.names)
         copied = staged.copied
         if copied is not None:
             last_seq = {s.key: s.last_seq for s in devices.values()}
@@ -214,16 +223,18 @@ class GroupWriter:
                 self._enqueue_rules(conn, copied.rows, copied.late_b[copied.row_b])
             self._account(conn, staged.known, copied.new_b, last_seq, result)
         letters = staged.letters
-        store.insert_dead_letters(conn, letters)
+        dead_letters.insert_dead_letters(conn, letters)
         result.dead_letters = len(letters)
         result.reasons.update(d.reason for d in letters)
-        store.insert_quarantine(conn, staged.held)
+        dead_letters.insert_quarantine(conn, staged.held)
         result.quarantined = len(staged.held)
-        store.mark_released(conn, staged.released)
+        dead_letters.mark_released(conn, staged.released)
         result.released = len(staged.released)
         for m, s in staged.statuses:
             if s.device_id in devices:
-                store.update_status(conn, device_id=s.device_id, status=s.status, received_ms=m.received_ms)
+                device_state.update_status(
+                    conn, device_id=s.device_id, status=s.status, received_ms=m.received_ms
+                )
                 result.statuses += 1
         return result
 
@@ -249,7 +260,7 @@ class GroupWriter:
         turned = now_late & ~copied.late_b & copied.new_b
         if turned.any():
             idx = np.nonzero(turned)[0]
-            store.mark_late(
+            batches.mark_late(
                 conn,
                 device_keys=copied.dev_b[idx].tolist(),
                 seqs=copied.seq_b[idx].tolist(),
@@ -264,7 +275,7 @@ class GroupWriter:
         conn: psycopg.Connection,
         known: list[_Known],
         result: GroupResult,
-        letters: list[store.DeadLetterRow],
+        letters: list[dead_letters.DeadLetterRow],
         on_deduped: Callable[[], None] | None,
     ) -> _Copied:
         limits = self.limits
@@ -321,9 +332,9 @@ class GroupWriter:
             (kept_b > 0) & (recv_b - newest_b > limits.late_after_ms)
         )
 
-        inserted = store.insert_batches(
+        inserted = batches.insert_batches(
             conn,
-            store.BatchRows(
+            batches.BatchRows(
                 device_key=dev_b,
                 seq=seq_b,
                 org_id=org_b,
@@ -388,12 +399,12 @@ class GroupWriter:
         bidx: npt.NDArray[np.int64],
         fault: npt.NDArray[np.uint8],
         new_b: npt.NDArray[np.bool_],
-    ) -> list[store.DeadLetterRow]:
+    ) -> list[dead_letters.DeadLetterRow]:
         """One dead letter per new batch and fault kind, naming the refused readings."""
         bad = np.nonzero((fault != ReadingFault.OK) & new_b[bidx])[0]
         if not len(bad):
             return []
-        letters: list[store.DeadLetterRow] = []
+        letters: list[dead_letters.DeadLetterRow] = []
         keys = bidx[bad] * 8 + fault[bad]
         uniq, first, n = np.unique(keys, return_index=True, return_counts=True)
         for key, lo, count in zip(uniq.tolist(), first.tolist(), n.tolist(), strict=True):
@@ -427,7 +438,7 @@ class GroupWriter:
         shipment = np.full(len(t), -1, dtype=np.int32)
         t_ok = t[rows_mask]
         keys = sorted({known[i].device.key for i in np.nonzero(linked_b)[0].tolist()})
-        windows = store.load_assignments(conn, keys, start_ms=int(t_ok.min()), end_ms=int(t_ok.max()))
+        windows = device_state.load_assignments(conn, keys, start_ms=int(t_ok.min()), end_ms=int(t_ok.max()))
         if not windows:
             return shipment
         masked_hi = np.where(rows_mask, t, _I64_MIN)
@@ -476,9 +487,9 @@ class GroupWriter:
         max_rh = np.full(n, np.nan, dtype=np.float32)
         np.fmin.at(min_rh, inverse, rows.rh)
         np.fmax.at(max_rh, inverse, rows.rh)
-        store.enqueue_rules(
+        rule_queue.enqueue_rules(
             conn,
-            store.RuleWork(
+            rule_queue.RuleWork(
                 org_id=org,
                 device_key=(uniq >> 32).astype(np.int32),
                 shipment_key=((uniq & 0xFFFFFFFF) - 1).astype(np.int32),
@@ -506,7 +517,7 @@ class GroupWriter:
         for i, k in enumerate(known):
             if new_b[i]:
                 per_device.setdefault(k.device.key, []).append(k)
-        gaps: list[store.SeqGap] = []
+        gaps: list[batches.SeqGap] = []
         fill_keys: list[int] = []
         fill_seqs: list[int] = []
         keys: list[int] = []
@@ -517,7 +528,7 @@ class GroupWriter:
             state = items[0].device
             account = account_seqs(last_seq.get(key), (k.batch.seq for k in items))
             for lo, hi in account.gaps:
-                gaps.append(store.SeqGap(state.org_id, key, lo, hi))
+                gaps.append(batches.SeqGap(state.org_id, key, lo, hi))
                 log.warning(
                     "device %s skipped batches %d..%d",
                     state.id,
@@ -533,9 +544,9 @@ class GroupWriter:
             with self._clock_lock:
                 current = self.clock.estimate(key)
             offsets.append(0 if current is None else current)
-        store.record_gaps(conn, gaps)
-        store.recover_gaps(conn, fill_keys, fill_seqs)
-        store.update_devices(
+        batches.record_gaps(conn, gaps)
+        batches.recover_gaps(conn, fill_keys, fill_seqs)
+        device_state.update_devices(
             conn, device_keys=keys, last_seen_ms=seen_ms, last_seq=highest, clock_offset_ms=offsets
         )
         result.gaps = len(gaps)

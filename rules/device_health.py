@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import psycopg
 
 from coldchain.domain import AlertState, Severity
-from storage import alerts, profiles, rules_store
+from storage import alerts, batches, device_state, profiles
 from storage.alerts import NewAlert
 
 log = logging.getLogger(__name__)
@@ -27,14 +27,12 @@ def check_data_loss(conn: psycopg.Connection) -> tuple[int, int]:
     """Raise an alert per sequence gap and resolve it when the missing batches arrive."""
     raised = resolved = 0
     with conn.transaction():
-        for gap in rules_store.data_loss_to_alert(conn):
+        for gap in batches.data_loss_to_alert(conn):
             key = f"loss:{gap.event_id}"
             if gap.resolved:
-                found = conn.execute(
-                    "SELECT id, state FROM alerts WHERE org_id = %s AND episode_key = %s", (gap.org_id, key)
-                ).fetchone()
-                if found and AlertState(found[1]) in (AlertState.OPEN, AlertState.ACKNOWLEDGED):
-                    _resolve(conn, gap.org_id, int(found[0]), "the missing batches arrived")
+                found = alerts.alert_of_episode(conn, org_id=gap.org_id, episode_key=key)
+                if found and found[1] in (AlertState.OPEN, AlertState.ACKNOWLEDGED):
+                    _resolve(conn, gap.org_id, found[0], "the missing batches arrived")
                     resolved += 1
                 continue
             what = (
@@ -63,14 +61,14 @@ def check_batteries(conn: psycopg.Connection, *, now_ms: int) -> tuple[int, int]
     """Raise a low-battery alert under the profile's threshold; resolve it once clearly above."""
     raised = resolved = 0
     with conn.transaction():
-        for battery in rules_store.batteries_on_shipments(conn):
+        for battery in device_state.batteries_on_shipments(conn):
             profile = profiles.resolve_version(
                 conn, org=battery.org_id, profile_id=battery.profile_id, version=battery.profile_version
             )
             if profile.low_battery_pct is None:
                 continue
             prefix = f"battery:{battery.device_key}:"
-            current = rules_store.open_episode_alerts(conn, org_id=battery.org_id, prefix=prefix)
+            current = alerts.open_episode_alerts(conn, org_id=battery.org_id, prefix=prefix)
             if battery.battery_pct < profile.low_battery_pct and not current:
                 _, opened = alerts.raise_alert(
                     conn,
@@ -100,15 +98,15 @@ def check_silence(conn: psycopg.Connection, *, now_ms: int) -> tuple[int, int]:
     """Raise no-data alerts for silent loggers and resolve those whose data resumed; (raised, cleared)."""
     raised = cleared = 0
     with conn.transaction():
-        for device, profile_id, version in rules_store.devices_on_shipments(conn):
+        for device in device_state.devices_on_shipments(conn):
             profile = profiles.resolve_version(
-                conn, org=device.org_id, profile_id=profile_id, version=version
+                conn, org=device.org_id, profile_id=device.profile_id, version=device.profile_version
             )
             intervals = profile.no_data_intervals or DEFAULT_NO_DATA_INTERVALS
             allowed_ms = device.interval_s * intervals * 1000
             last = device.last_seen_ms
             prefix = f"nodata:{device.shipment_key}:{device.device_key}:"
-            open_alerts = rules_store.open_episode_alerts(conn, org_id=device.org_id, prefix=prefix)
+            open_alerts = alerts.open_episode_alerts(conn, org_id=device.org_id, prefix=prefix)
             if last is not None and now_ms - last > allowed_ms:
                 _, opened = alerts.raise_alert(
                     conn,

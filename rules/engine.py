@@ -48,16 +48,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from coldchain.alarm_profile import (
-    RATE_LIMIT_ID,
-    AlarmProfile,
-    Excursion,
-    ExcursionKind,
-    Limit,
-    Side,
-)
+from coldchain.alarm_profile import RATE_LIMIT_ID, AlarmProfile, Limit, Side
 from coldchain.domain import Severity
 from coldchain.errors import ValidationError
+from coldchain.excursion import Excursion, ExcursionKind
 from rules.mkt import KELVIN_OFFSET
 
 __all__ = [
@@ -519,7 +513,7 @@ def _episodes(
         ),
     )
     # For a still-open episode `end_ms` is the end of its latest beyond-run (kept for the
-    # carry); `_Batch.emit` reports no end until the episode is resolved.
+    # carry); `_Evaluation.emit` reports no end until the episode is resolved.
     return episodes, new_carry
 
 
@@ -561,8 +555,9 @@ def _neutralise(cls: ClassArray, mask: BoolArray | slice) -> ClassArray:
 
 
 @dataclass(slots=True)
-class _Batch:
-    """Per-call working context shared by the rules."""
+class _Evaluation:
+    """One evaluation (one call of `evaluate` on one series' new readings): the working context
+    every rule reads and writes."""
 
     profile: AlarmProfile
     state: EngineState
@@ -669,7 +664,7 @@ def _count(
 
 
 def _emit_cumulative(
-    batch: _Batch, *, limit_id: str, tier: Severity, counter: CounterCarry, peak: float
+    batch: _Evaluation, *, limit_id: str, tier: Severity, counter: CounterCarry, peak: float
 ) -> None:
     if counter.raised_ms is None:
         return
@@ -691,7 +686,7 @@ def _emit_cumulative(
     )
 
 
-def _temperature_limits(batch: _Batch) -> None:
+def _temperature_limits(batch: _Evaluation) -> None:
     profile = batch.profile
     hyst = profile.hysteresis_c
     hold_ms = profile.resolve_hold_s * 1000
@@ -756,7 +751,7 @@ def _ms(seconds: int | None) -> int | None:
     return None if seconds is None else seconds * 1000
 
 
-def _rate_of_change(batch: _Batch) -> None:
+def _rate_of_change(batch: _Evaluation) -> None:
     limit = batch.profile.rate_of_change_c_per_min
     if limit is None:
         return
@@ -776,7 +771,7 @@ def _rate_of_change(batch: _Batch) -> None:
     )
 
 
-def _humidity(batch: _Batch) -> None:
+def _humidity(batch: _Evaluation) -> None:
     profile = batch.profile
     if not profile.humidity_limits:
         return
@@ -795,7 +790,7 @@ def _humidity(batch: _Batch) -> None:
         )
 
 
-def _mkt(batch: _Batch) -> None:
+def _mkt(batch: _Evaluation) -> None:
     st = batch.state
     t, v = batch.times, batch.temps
     assert st.series_start_ms is not None
@@ -927,7 +922,7 @@ def evaluate(
     excused, last_door, door_since = _door_excused(
         series, state, profile.door_open_tolerance_s * 1000
     )
-    batch = _Batch(
+    batch = _Evaluation(
         profile=profile, state=state, times=t, temps=series.temps_c, rh=series.rh_pct,
         delay_cut=delay_cut, door_excused=excused,
     )

@@ -9,18 +9,19 @@ result always equals one pass over the whole series (the engine's own guarantee)
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 
 import psycopg
 
-from coldchain.alarm_profile import AlarmProfile, Excursion, ExcursionKind
+from coldchain.alarm_profile import AlarmProfile
 from coldchain.domain import AlertState, Severity
+from coldchain.excursion import Excursion, ExcursionKind
 from rules.engine import RELEASE, EngineState, SensorSeries, evaluate
 from rules.lot_figures import labelled_range
-from storage import alerts, lot_budget, profiles, rules_store
+from storage import alerts, device_state, lot_budget, profiles, rule_queue, series_state
 from storage.alerts import NewAlert
-from storage.rules_store import SeriesWork
+from storage.rule_queue import SeriesWork
 
 log = logging.getLogger(__name__)
 RULES_ACTOR = "rules"
@@ -28,12 +29,19 @@ RULES_ACTOR = "rules"
 
 @dataclass(slots=True)
 class RunStats:
+    """What evaluations did: one drain's counts, or a service's running totals (`merge`)."""
+
     series: int = 0
     readings: int = 0
     reevaluated: int = 0
     alerts_opened: int = 0
     alerts_resolved: int = 0
     lots_refreshed: int = 0
+
+    def merge(self, other: RunStats) -> None:
+        """Add `other`'s counts to these."""
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
 
 def _utc(ms: int | None) -> datetime | None:
@@ -78,8 +86,7 @@ def _apply(
 ) -> None:
     if not excursions:
         return
-    row = conn.execute("SELECT id FROM devices WHERE key = %s", (work.device_key,)).fetchone()
-    device_id = row[0] if row else None
+    device_id = device_state.device_id(conn, work.device_key)
     for excursion in excursions:
         key = episode_key(work.shipment_key, work.device_key, excursion)
         alert_id, opened = alerts.raise_alert(
@@ -155,7 +162,7 @@ def evaluate_many(conn: psycopg.Connection, work: list[SeriesWork], stats: RunSt
     """Evaluate many series with a fixed number of queries: lock all, read all states and all new
     readings at once, run the engine per series, store all states at once."""
     by_key = {(w.shipment_key, w.device_key): w for w in work}
-    contexts = rules_store.lock_and_load(conn, list(by_key))
+    contexts = series_state.lock_and_load(conn, list(by_key))
     after: dict[tuple[int, int], int | None] = {}
     until: dict[tuple[int, int], int] = {}
     states: dict[tuple[int, int], EngineState | None] = {}
@@ -170,8 +177,8 @@ def evaluate_many(conn: psycopg.Connection, work: list[SeriesWork], stats: RunSt
         # Up to the claimed work's end, and over everything evaluated before when starting over.
         done = state.last_ms if state is not None and state.last_ms is not None else item.to_ms
         until[key] = max(item.to_ms, done)
-    fetched = rules_store.readings_of_many(conn, after, until)
-    saved: list[rules_store.SeriesStateRow] = []
+    fetched = series_state.readings_of_many(conn, after, until)
+    saved: list[series_state.SeriesStateRow] = []
     spending: set[int] = set()  # shipments whose lots' budgets moved
     for key, (a, b) in fetched.ranges().items():
         item, ctx = by_key[key], contexts[key]
@@ -192,7 +199,7 @@ def evaluate_many(conn: psycopg.Connection, work: list[SeriesWork], stats: RunSt
         if outside != ctx.outside_s:
             spending.add(item.shipment_key)
         saved.append(
-            rules_store.SeriesStateRow(
+            series_state.SeriesStateRow(
                 org_id=item.org_id,
                 shipment_key=item.shipment_key,
                 device_key=item.device_key,
@@ -209,7 +216,7 @@ def evaluate_many(conn: psycopg.Connection, work: list[SeriesWork], stats: RunSt
             )
         )
     stats.series += len(saved)
-    rules_store.save_states(conn, saved)
+    series_state.save_states(conn, saved)
     if spending:
         check_lot_budgets(conn, sorted(spending), stats)
 
@@ -256,14 +263,14 @@ def drain(conn: psycopg.Connection, *, batch: int = 500, fast_lane: bool = False
     batch as a whole fails, each series is tried on its own, so one bad series cannot hold up the rest.
     A pass takes only the work queued when it started, so a steady stream of new work cannot keep
     it from returning. The fast lane takes only work that could change an alert now (see
-    `rules_store.take_work`); the rest waits, untouched, for the next full pass.
+    `rule_queue.take_work`); the rest waits, untouched, for the next full pass.
     """
     stats = RunStats()
-    head = rules_store.queue_head(conn)
+    head = rule_queue.queue_head(conn)
     conn.commit()
     while True:
         with conn.transaction():
-            work = rules_store.take_work(conn, limit=batch, up_to=head, fast_lane=fast_lane)
+            work = rule_queue.take_work(conn, limit=batch, up_to=head, fast_lane=fast_lane)
             if not work:
                 return stats
             try:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up for a fresh Debian/Ubuntu machine: the servers the platform and its tests
-# run (PostgreSQL, Mosquitto) from apt when their binaries are missing, then .venv with the project.
+# run (PostgreSQL, Mosquitto) from apt when their binaries are missing, TimescaleDB built from the
+# source archive that TIMESCALEDB_SOURCE names (once; skipped when installed), then .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +28,10 @@ if [ ${#packages[@]} -gt 0 ]; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${packages[@]}"
 fi
 python_ok || { echo "bootstrap: Python >= 3.11 with venv is required" >&2; exit 1; }
+
+if [ -n "${TIMESCALEDB_SOURCE:-}" ]; then
+    bash scripts/timescaledb.sh "$TIMESCALEDB_SOURCE"
+fi
 
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv

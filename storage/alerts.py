@@ -14,45 +14,21 @@ from coldchain.domain import Alert, AlertState, Disposition, Severity
 from coldchain.errors import NotFoundError, ValidationError
 from storage import profiles
 from storage.audit import record
+from storage.listen import Wakeup, wake
+from storage.rows import fetch_all, fetch_one
 
 _ALERT_COLUMNS = (
-    "a.id, o.slug, a.kind, a.severity, a.state, d.id, s.id, a.limit_id, a.message, a.opened_at,"
-    " a.started_at, a.ended_at, a.peak_c, a.acknowledged_at, a.acknowledged_by, a.resolved_at,"
-    " a.closed_at, a.disposition, a.assignee, a.profile_id, a.profile_version,"
-    " coalesce((SELECT array_agg(sl.gtin || '/' || sl.lot ORDER BY sl.gtin, sl.lot)"
-    "           FROM shipment_lots sl WHERE sl.shipment_key = a.shipment_key), '{}')"
+    "a.id, o.slug AS organization, a.kind, a.severity, a.state, d.id AS device_id, s.id AS shipment_id,"
+    " a.limit_id, a.message, a.opened_at, a.started_at, a.ended_at, a.peak_c, a.acknowledged_at,"
+    " a.acknowledged_by, a.resolved_at, a.closed_at, a.disposition, a.assignee, a.profile_id,"
+    " a.profile_version,"
+    " coalesce((SELECT array_agg(ARRAY[sl.gtin, sl.lot] ORDER BY sl.gtin, sl.lot)"
+    "           FROM shipment_lots sl WHERE sl.shipment_key = a.shipment_key), '{}') AS lots"
 )
 _ALERT_FROM = (
     " FROM alerts a JOIN organizations o ON o.id = a.org_id"
     " LEFT JOIN devices d ON d.key = a.device_key LEFT JOIN shipments s ON s.key = a.shipment_key"
 )
-
-
-def _alert(row: tuple[Any, ...]) -> Alert:
-    return Alert(
-        id=row[0],
-        organization=row[1],
-        kind=row[2],
-        severity=Severity(row[3]),
-        state=AlertState(row[4]),
-        device_id=row[5],
-        shipment_id=row[6],
-        limit_id=row[7],
-        message=row[8],
-        opened_at=row[9],
-        started_at=row[10],
-        ended_at=row[11],
-        peak_c=None if row[12] is None else float(row[12]),
-        acknowledged_at=row[13],
-        acknowledged_by=row[14],
-        resolved_at=row[15],
-        closed_at=row[16],
-        disposition=Disposition(row[17]) if row[17] else None,
-        assignee=row[18],
-        profile_id=row[19],
-        profile_version=row[20],
-        lots=tuple((x.split("/", 1)[0], x.split("/", 1)[1]) for x in row[21]),
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +103,7 @@ def raise_alert(conn: psycopg.Connection, alert: NewAlert, *, actor: str = "rule
             "profile_version": alert.profile_version,
         },
     )
-    conn.execute("SELECT pg_notify('alerts', %s)", (str(alert_id),))
+    wake(conn, Wakeup.ALERTS, str(alert_id))
     return alert_id, True
 
 
@@ -163,12 +139,15 @@ def update_episode(
 
 
 def get_alert(conn: psycopg.Connection, *, org: int, alert_id: int) -> Alert:
-    row = conn.execute(
-        f"SELECT {_ALERT_COLUMNS}{_ALERT_FROM} WHERE a.org_id = %s AND a.id = %s", (org, alert_id)
-    ).fetchone()
-    if row is None:
+    found = fetch_one(
+        conn,
+        Alert,
+        f"SELECT {_ALERT_COLUMNS}{_ALERT_FROM} WHERE a.org_id = %s AND a.id = %s",
+        (org, alert_id),
+    )
+    if found is None:
         raise NotFoundError("alert", str(alert_id))
-    return _alert(row)
+    return found
 
 
 def list_alerts(
@@ -187,12 +166,13 @@ def list_alerts(
     if shipment_keys is not None:
         where.append("a.shipment_key = ANY(%(keys)s)")
         params["keys"] = shipment_keys
-    rows = conn.execute(
-        f"SELECT {_ALERT_COLUMNS}{_ALERT_FROM} WHERE {' AND '.join(where)}"
+    return fetch_all(
+        conn,
+        Alert,
+        f"SELECT {_ALERT_COLUMNS}{_ALERT_FROM} WHERE {' AND '.join(where)}"  # where: fixed clauses
         " ORDER BY a.opened_at DESC, a.id DESC LIMIT %(limit)s",
         params,
-    ).fetchall()
-    return [_alert(r) for r in rows]
+    )
 
 
 def transition(
@@ -250,7 +230,7 @@ def transition(
             new=new,
             reason=comment,
         )
-        conn.execute("SELECT pg_notify('alerts', %s)", (str(alert_id),))
+        wake(conn, Wakeup.ALERTS, str(alert_id))
     return get_alert(conn, org=org, alert_id=alert_id)
 
 
@@ -288,3 +268,25 @@ def alert_history(conn: psycopg.Connection, *, org: int, alert_id: int) -> list[
     return [
         {"at": r[0], "actor": r[1], "action": r[2], "from": r[3], "to": r[4], "comment": r[5]} for r in rows
     ]
+
+
+def open_episode_alerts(
+    conn: psycopg.Connection, *, org_id: int, prefix: str
+) -> dict[str, tuple[int, AlertState]]:
+    """Alerts of a series not yet resolved: episode key -> (alert id, state)."""
+    rows = conn.execute(
+        "SELECT episode_key, id, state FROM alerts WHERE org_id = %s AND episode_key LIKE %s"
+        " AND state IN ('open', 'acknowledged')",
+        (org_id, prefix.replace("%", r"\%") + "%"),
+    ).fetchall()
+    return {r[0]: (int(r[1]), AlertState(r[2])) for r in rows}
+
+
+def alert_of_episode(
+    conn: psycopg.Connection, *, org_id: int, episode_key: str
+) -> tuple[int, AlertState] | None:
+    """The alert raised for this episode (id, state), if any."""
+    row = conn.execute(
+        "SELECT id, state FROM alerts WHERE org_id = %s AND episode_key = %s", (org_id, episode_key)
+    ).fetchone()
+    return None if row is None else (int(row[0]), AlertState(row[1]))

@@ -1,4 +1,7 @@
-"""Connections: one pool per process, opened where the service starts and closed when it stops."""
+"""Connections. The API serves requests from a pool (opened in its lifespan, or handed in by
+`coldchain up`); every worker thread (an ingest writer, the rules runner, the notification
+planner and worker) holds its own connections from `connect`, because a LISTEN or a long
+transaction should not be held on a pooled one. Every connection has a connect timeout."""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psycopg
+from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 CONNECT_TIMEOUT_S = 10
@@ -37,3 +41,10 @@ def transaction(pool: ConnectionPool) -> Iterator[psycopg.Connection]:
     """A connection from the pool inside one transaction (committed on success)."""
     with pool.connection() as conn, conn.transaction():
         yield conn
+
+
+def ensure_database(server_dsn: str, name: str) -> None:
+    """Create database `name` on the server of `server_dsn` (a superuser's) unless it exists."""
+    with psycopg.connect(server_dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))

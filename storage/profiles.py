@@ -7,8 +7,9 @@ import dataclasses
 import psycopg
 from psycopg.types.json import Jsonb
 
-from coldchain.alarm_profile import AlarmProfile, get_preset, list_presets
+from coldchain.alarm_profile import AlarmProfile
 from coldchain.errors import ConflictError, NotFoundError, ValidationError
+from coldchain.presets import get_preset, list_presets
 from storage.audit import record
 
 

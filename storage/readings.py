@@ -1,4 +1,5 @@
-"""Readings: the device directory ingest links batches with, the COPY writer, and lot queries."""
+"""Readings: the binary COPY writer, and the queries that read readings back (a lot's readings,
+its legs for lot figures, an alert's logger around its excursion for the e-mail chart)."""
 
 from __future__ import annotations
 
@@ -19,66 +20,6 @@ FLAG_CLOCK_CORRECTED = 2
 FLAG_DOOR_OPEN = 4
 
 
-@dataclass(frozen=True, slots=True)
-class Assignment:
-    shipment_key: int
-    start_ms: int
-    end_ms: int  # exclusive; a very large number when open-ended
-
-
-@dataclass(frozen=True, slots=True)
-class KnownDevice:
-    """What ingest needs to know of a registered device to store its readings."""
-
-    id: str
-    key: int
-    org_id: int
-    interval_s: int
-    last_seq: int | None
-    assignments: tuple[Assignment, ...]
-    clock_offset_ms: int | None = None
-
-    def shipments_at(self, t_ms: npt.NDArray[np.int64]) -> npt.NDArray[np.int32]:
-        """The shipment key each reading time falls in (-1 where the device was on none)."""
-        out = np.full(len(t_ms), -1, dtype=np.int32)
-        for a in self.assignments:
-            out[(t_ms >= a.start_ms) & (t_ms < a.end_ms)] = a.shipment_key
-        return out
-
-
-_OPEN_END_MS = 1 << 62
-
-
-def load_devices(conn: psycopg.Connection, device_ids: list[str]) -> dict[str, KnownDevice]:
-    """The registered devices among `device_ids`, with their assignment windows."""
-    rows = conn.execute(
-        "SELECT d.id, d.key, d.org_id, d.interval_s, d.last_seq, d.clock_offset_ms,"
-        " coalesce(array_agg(a.shipment_key ORDER BY lower(a.during)) FILTER (WHERE a.id IS NOT NULL), '{}'),"
-        " coalesce(array_agg((extract(epoch FROM lower(a.during)) * 1000)::bigint ORDER BY lower(a.during))"
-        "   FILTER (WHERE a.id IS NOT NULL), '{}'),"
-        " coalesce(array_agg((extract(epoch FROM upper(a.during)) * 1000)::bigint ORDER BY lower(a.during))"
-        "   FILTER (WHERE a.id IS NOT NULL), '{}')"
-        " FROM devices d LEFT JOIN device_assignments a ON a.device_key = d.key"
-        " WHERE d.id = ANY(%s) GROUP BY d.key",
-        (device_ids,),
-    ).fetchall()
-    found: dict[str, KnownDevice] = {}
-    for dev_id, key, org, interval, last_seq, offset, shipments, starts, ends in rows:
-        found[dev_id] = KnownDevice(
-            id=dev_id,
-            key=key,
-            org_id=org,
-            interval_s=interval,
-            last_seq=last_seq,
-            clock_offset_ms=offset,
-            assignments=tuple(
-                Assignment(int(s), int(a), int(b) if b is not None else _OPEN_END_MS)
-                for s, a, b in zip(shipments, starts, ends, strict=True)
-            ),
-        )
-    return found
-
-
 @dataclass(slots=True)
 class ReadingRows:
     """Reading rows as columns, ready for one binary COPY."""
@@ -97,9 +38,7 @@ class ReadingRows:
 
     @staticmethod
     def concat(parts: list[ReadingRows]) -> ReadingRows:
-        return ReadingRows(
-            *(np.concatenate([getattr(p, f) for p in parts]) for f in ReadingRows.__slots__)
-        )
+        return ReadingRows(*(np.concatenate([getattr(p, f) for p in parts]) for f in ReadingRows.__slots__))
 
 
 def encode_rows(rows: ReadingRows) -> bytes:
@@ -122,9 +61,12 @@ def copy_rows(conn: psycopg.Connection, rows: ReadingRows, *, table: str = "read
     if not len(rows):
         return
     data = encode_rows(rows)
-    with conn.cursor() as cur, cur.copy(
-        f"COPY {table} ({READING_COLUMNS}) FROM STDIN (FORMAT binary)"  # table is ours, never input
-    ) as copy:
+    with (
+        conn.cursor() as cur,
+        cur.copy(
+            f"COPY {table} ({READING_COLUMNS}) FROM STDIN (FORMAT binary)"  # table is ours, never input
+        ) as copy,
+    ):
         copy.write(data)
 
 
@@ -137,7 +79,13 @@ def lot_readings(
     bucket: timedelta | None,
     limit: int = 100_000,
 ) -> list[dict[str, Any]]:
-    """A lot's readings across its shipments, raw or bucketed (date_bin works on any PostgreSQL)."""
+    """A lot's readings across its shipments, raw or bucketed.
+
+    Buckets come from TimescaleDB's continuous aggregates where they can serve the request, from
+    date_bin over the raw readings otherwise (always on plain PostgreSQL); both give the same
+    numbers. The aggregates' real-time part covers readings newer than the last refresh; readings
+    back-filled below it show in the buckets after the refresh policy's next run (5 minutes).
+    """
     where = "r.shipment_key = ANY(%(keys)s)"
     params: dict[str, Any] = {"keys": shipment_keys, "limit": limit}
     if start is not None:
@@ -154,19 +102,138 @@ def lot_readings(
             params,
         ).fetchall()
         return [
-            {"t": t, "device": dev, "shipment": shp, "c": round(float(c), 3),
-             "rh": None if rh is None else round(float(rh), 2), "late": bool(fl & FLAG_LATE)}
+            {
+                "t": t,
+                "device": dev,
+                "shipment": shp,
+                "c": round(float(c), 3),
+                "rh": None if rh is None else round(float(rh), 2),
+                "late": bool(fl & FLAG_LATE),
+            }
             for t, dev, shp, c, rh, fl in rows
         ]
     params["bucket"] = bucket
-    rows = conn.execute(
-        "SELECT date_bin(%(bucket)s, r.t, TIMESTAMPTZ '2000-01-01') AS b, d.id,"
-        " avg(r.c), min(r.c), max(r.c), count(*) FROM readings r JOIN devices d ON d.key = r.device_key"
-        f" WHERE {where} GROUP BY b, d.id ORDER BY b, d.id LIMIT %(limit)s",
-        params,
-    ).fetchall()
+    rollup = bucket_source(conn, bucket=bucket, start=start, end=end)
+    if rollup is None:
+        # exact numeric sums, so the mean equals the continuous aggregates' to the last digit
+        sql = (
+            "SELECT date_bin(%(bucket)s, r.t, TIMESTAMPTZ '2000-01-01 00:00+00') AS b, d.id,"
+            " sum(r.c::numeric) / count(*), min(r.c), max(r.c), count(*) FROM readings r"
+            f" JOIN devices d ON d.key = r.device_key WHERE {where}"
+            " GROUP BY b, d.id ORDER BY b, d.id LIMIT %(limit)s"
+        )
+    else:
+        sql = (
+            "SELECT time_bucket(%(bucket)s, r.bucket, TIMESTAMPTZ '2000-01-01 00:00+00') AS b, d.id,"
+            f" sum(r.sum_c) / sum(r.n), min(r.min_c), max(r.max_c), sum(r.n) FROM {rollup} r"
+            " JOIN devices d ON d.key = r.device_key WHERE "
+            + where.replace("r.t ", "r.bucket ")
+            + " GROUP BY b, d.id ORDER BY b, d.id LIMIT %(limit)s"
+        )
+    rows = conn.execute(sql, params).fetchall()
     return [
-        {"t": b, "device": dev, "c": round(float(avg), 3), "min_c": round(float(mn), 3),
+        {"t": b, "device": dev, "c": round(float(mean), 3), "min_c": round(float(mn), 3),
          "max_c": round(float(mx), 3), "n": int(n)}
-        for b, dev, avg, mn, mx, n in rows
+        for b, dev, mean, mn, mx, n in rows
     ]
+
+
+# TimescaleDB's continuous aggregates (migration 090), coarsest first, with their bucket widths.
+ROLLUPS = (("readings_1h", timedelta(hours=1)), ("readings_5m", timedelta(minutes=5)))
+
+
+def bucket_source(
+    conn: psycopg.Connection, *, bucket: timedelta, start: datetime | None, end: datetime | None
+) -> str | None:
+    """The continuous aggregate a bucketed read can be summed from, or None for the raw readings.
+
+    A rollup serves when its width divides the bucket and the range starts and ends on its
+    bucket edges (then its buckets hold exactly the readings the raw query would count). Plain
+    PostgreSQL has no rollups: always None there, and the read runs date_bin over readings.
+    """
+    usable = [
+        (name, width) for name, width in ROLLUPS
+        if bucket % width == timedelta(0)
+        and all(edge is None or _on_edge(edge, width) for edge in (start, end))
+    ]
+    if not usable:
+        return None
+    present = conn.execute(
+        "SELECT array_agg(relname::text) FROM pg_class WHERE relname = ANY(%s) AND relkind = 'v'"
+        " AND relnamespace = current_schema()::regnamespace",
+        ([name for name, _ in usable],),
+    ).fetchone()
+    names = set(present[0] or []) if present else set()
+    return next((name for name, _ in usable if name in names), None)
+
+
+def _on_edge(edge: datetime, width: timedelta) -> bool:
+    if edge.tzinfo is None:  # the server reads it in its session time zone: let the raw query do so
+        return False
+    return edge.timestamp() % width.total_seconds() == 0
+
+
+def last_reading_ms(conn: psycopg.Connection, *, device_id_prefix: str) -> int | None:
+    """The newest reading time (epoch ms) of the devices whose id starts with the prefix, if any."""
+    row = conn.execute(
+        "SELECT (extract(epoch FROM max(r.t)) * 1000)::bigint FROM readings r"
+        " JOIN devices d ON d.key = r.device_key WHERE d.id LIKE %s",
+        (device_id_prefix.replace("%", r"\%").replace("_", r"\_") + "%",),
+    ).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
+def alert_readings(
+    conn: psycopg.Connection, *, alert_id: int, margin: timedelta = timedelta(minutes=30), limit: int = 5000
+) -> tuple[list[float], list[float]]:
+    """(epoch seconds, °C) of the alert's logger around its excursion, for the e-mail chart."""
+    rows = conn.execute(
+        "SELECT extract(epoch FROM r.t)::float8, r.c FROM alerts a JOIN readings r"
+        " ON r.device_key = a.device_key AND r.org_id = a.org_id"
+        " AND r.t >= coalesce(a.started_at, a.opened_at) - %s"
+        " AND r.t <= coalesce(a.ended_at, a.opened_at) + %s"
+        " WHERE a.id = %s ORDER BY r.t LIMIT %s",
+        (margin, margin, alert_id, limit),
+    ).fetchall()
+    return [float(r[0]) for r in rows], [float(r[1]) for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class LegReadings:
+    """One shipment's loggers' readings, for lot figures and evidence."""
+
+    shipment_key: int
+    shipment_id: str
+    profile_id: str
+    profile_version: int
+    loggers: dict[str, tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]]
+
+
+def lot_legs(conn: psycopg.Connection, *, org: int, shipment_keys: list[int]) -> list[LegReadings]:
+    """Every shipment of a lot in time order, with each logger's readings (one per instant)."""
+    shipments = conn.execute(
+        "SELECT key, id, profile_id, profile_version FROM shipments WHERE org_id = %s AND key = ANY(%s)"
+        " ORDER BY created_at, key",
+        (org, shipment_keys),
+    ).fetchall()
+    legs: list[LegReadings] = []
+    for key, shipment_id, profile_id, version in shipments:
+        rows = conn.execute(
+            "SELECT d.id, array_agg((extract(epoch FROM r.t) * 1000)::bigint ORDER BY r.t),"
+            " array_agg(r.c ORDER BY r.t) FROM (SELECT DISTINCT ON (device_key, t) device_key, t, c"
+            " FROM readings WHERE shipment_key = %s ORDER BY device_key, t) r"
+            " JOIN devices d ON d.key = r.device_key GROUP BY d.id ORDER BY d.id",
+            (key,),
+        ).fetchall()
+        legs.append(
+            LegReadings(
+                shipment_key=key,
+                shipment_id=shipment_id,
+                profile_id=profile_id,
+                profile_version=int(version),
+                loggers={
+                    dev: (np.array(t, dtype=np.int64), np.array(c, dtype=np.float64)) for dev, t, c in rows
+                },
+            )
+        )
+    return legs

@@ -8,6 +8,7 @@ from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.rows import dict_row
 from psycopg.types.range import Range
 
 from coldchain.domain import Device, DeviceAssignment, Lot, Shipment, ShipmentLot
@@ -29,21 +30,15 @@ class DeviceRecord:
 
 
 _DEVICE_COLUMNS = (
-    "d.id, d.kind, d.interval_s, o.slug, d.name, d.key, d.created_at, d.last_seen_at, d.last_seq,"
-    " d.clock_offset_ms, d.status"
+    "d.id, d.kind, d.interval_s, o.slug AS organization, d.name, d.key, d.created_at, d.last_seen_at,"
+    " d.last_seq, d.clock_offset_ms, d.status"
 )
+_DEVICE_FIELDS = ("id", "kind", "interval_s", "organization", "name")
 
 
-def _device_record(row: tuple[Any, ...]) -> DeviceRecord:
-    return DeviceRecord(
-        device=Device(id=row[0], kind=row[1], interval_s=row[2], organization=row[3], name=row[4]),
-        key=row[5],
-        created_at=row[6],
-        last_seen_at=row[7],
-        last_seq=row[8],
-        clock_offset_ms=row[9],
-        status=row[10],
-    )
+def _device_record(row: dict[str, Any]) -> DeviceRecord:
+    device = Device(**{f: row.pop(f) for f in _DEVICE_FIELDS})
+    return DeviceRecord(device=device, **row)
 
 
 def create_device(
@@ -71,22 +66,24 @@ def create_device(
 
 
 def get_device(conn: psycopg.Connection, *, org: int, device_id: str) -> DeviceRecord:
-    row = conn.execute(
-        f"SELECT {_DEVICE_COLUMNS} FROM devices d JOIN organizations o ON o.id = d.org_id"
-        " WHERE d.org_id = %s AND d.id = %s",
-        (org, device_id),
-    ).fetchone()
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(
+            f"SELECT {_DEVICE_COLUMNS} FROM devices d JOIN organizations o ON o.id = d.org_id"
+            " WHERE d.org_id = %s AND d.id = %s",
+            (org, device_id),
+        ).fetchone()
     if row is None:
         raise NotFoundError("device", device_id)
     return _device_record(row)
 
 
 def list_devices(conn: psycopg.Connection, *, org: int) -> list[DeviceRecord]:
-    rows = conn.execute(
-        f"SELECT {_DEVICE_COLUMNS} FROM devices d JOIN organizations o ON o.id = d.org_id"
-        " WHERE d.org_id = %s ORDER BY d.id",
-        (org,),
-    ).fetchall()
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            f"SELECT {_DEVICE_COLUMNS} FROM devices d JOIN organizations o ON o.id = d.org_id"
+            " WHERE d.org_id = %s ORDER BY d.id",
+            (org,),
+        ).fetchall()
     return [_device_record(r) for r in rows]
 
 

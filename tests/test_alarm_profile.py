@@ -7,17 +7,11 @@ from typing import Any
 
 import pytest
 
-from coldchain.alarm_profile import (
-    AlarmProfile,
-    Excursion,
-    ExcursionKind,
-    Limit,
-    get_preset,
-    list_presets,
-    who_pqs_30day,
-)
+from coldchain.alarm_profile import AlarmProfile, Limit
 from coldchain.domain import Severity
 from coldchain.errors import ValidationError
+from coldchain.excursion import Excursion, ExcursionKind
+from coldchain.presets import get_preset, list_presets, who_pqs_30day
 
 PRESET_IDS = ["2-8C", "15-25C", "frozen-20C", "who-pqs-30day", "who-shipping-indicator-1"]
 

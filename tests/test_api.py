@@ -9,13 +9,11 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
 from coldchain.access import Role
 from coldchain.domain import Device, Severity
-from coldchain.settings import Settings
 from storage import alerts, auth, registry
-from storage.db import open_pool
-from tests.identity_support import bearer, make_user, signature
+from tests.support.api import api_client
+from tests.support.identity import bearer, make_user, signature
 
 GTIN = "09506000134352"
 
@@ -27,10 +25,8 @@ def admin_token(db: psycopg.Connection) -> str:
 
 @pytest.fixture
 def client(db_dsn: str) -> Iterator[TestClient]:
-    with open_pool(db_dsn, max_size=4) as pool:
-        app = create_app(Settings(database_url=db_dsn), pool=pool)
-        with TestClient(app) as c:
-            yield c
+    with api_client(db_dsn) as c:
+        yield c
 
 
 def _h(token: str) -> dict[str, str]:

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 
-from coldchain.alarm_profile import get_preset
 from coldchain.domain import Device, DeviceAssignment, Shipment
+from coldchain.presets import get_preset
 from rules.device_health import check_batteries, check_data_loss
 from storage import profiles, registry
 

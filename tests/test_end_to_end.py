@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,19 +26,11 @@ from ingest.service import IngestService
 from rules.service import RulesService
 from storage import auth
 from storage.db import open_pool
+from tests.support.contract import CONTRACT_EXAMPLE
+from tests.support.waiting import wait_for
 
 GTIN = "09506000134352"
 MIN = 60_000
-
-
-def wait_for(predicate: Callable[[], Any], *, timeout: float = 60.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Logger:
@@ -175,14 +167,10 @@ def test_logger_to_alert_through_every_service(
 def test_contract_example_by_mosquitto_pub(
     platform: dict[str, Any], mqtt_server: MosquittoServer, topics: Topics
 ) -> None:
-    """The CONTRACT.md example, published by hand, lands linked to the right lots, once."""
+    """The docs/contract.md example, published by hand, lands linked to the right lots, once."""
     client: TestClient = platform["client"]
     _register(client, "TRK-0042-L1", "2026-11-24T08:00:00Z")
-    example = (
-        '{"v": 1, "device": "TRK-0042-L1", "seq": 1187, "sent": "2026-11-24T10:15:00Z",'
-        ' "readings": [{"t": "2026-11-24T10:14:00Z", "c": 4.6, "rh": 61.2},'
-        ' {"t": 1795515300000, "c": 4.7}]}'
-    )
+    example = CONTRACT_EXAMPLE.decode()
     cmd = [
         "mosquitto_pub",
         "-h",

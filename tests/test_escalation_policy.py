@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from coldchain.domain import Severity
 from coldchain.errors import ValidationError
-from rules.notify import (
+from notify import (
     AlertScope,
     Channel,
     Contact,

@@ -1,4 +1,4 @@
-"""Escalation on a controllable clock, inside the rules service, against a real PostgreSQL, the
+"""Escalation on a controllable clock, inside the notification service, against a real PostgreSQL, the
 real Twilio SDK (local stub) and aiosmtpd: tier 1 at once, tier 2 at 10 min, tier 3 at 30 min;
 acknowledgement stops the ladder; a worker killed between tiers resumes without sending twice."""
 
@@ -11,12 +11,11 @@ from datetime import timedelta
 import psycopg
 import pytest
 
-from rules.notify.outbox import OutboxOptions
-from rules.notify.planner import Planner
-from rules.service import RulesService
-from storage import alerts
-from storage import notifications as store
-from tests.test_notify_outbox import (
+from notify.outbox import OutboxOptions
+from notify.planner import Planner
+from notify.service import NotificationService
+from storage import alerts, notify_outbox
+from tests.support.notify import (
     DISPATCHER,
     DRIVER,
     QA,
@@ -29,10 +28,10 @@ from tests.test_notify_outbox import (
     open_alert,
     set_policy,
     settled,
-    wait_until,
 )
-from tests.test_notify_outbox import mailbox as mailbox
-from tests.test_notify_outbox import stub as stub
+from tests.support.notify import mailbox as mailbox
+from tests.support.notify import stub as stub
+from tests.support.waiting import wait_until
 
 LADDER = [
     {"delay_s": 0, "channels": ["sms"], "roles": ["driver"]},
@@ -50,20 +49,18 @@ def ladder(db: psycopg.Connection) -> Iterator[int]:
     yield add_shipment(db)
 
 
-def _service(dsn: str, stub: TwilioStub, smtp_port: int, clock: Clock) -> RulesService:
+def _service(dsn: str, stub: TwilioStub, smtp_port: int, clock: Clock) -> NotificationService:
     # The tick is driven by the test (tick_s is long), as the scheduler would at each interval.
-    return RulesService(
+    return NotificationService(
         dsn=dsn,
         settings=notify_settings(dsn, stub, smtp_port=smtp_port),
         clock_ms=clock,
-        poll_s=0.1,
-        notify_options=OutboxOptions(poll_s=0.05, tick_s=3600.0),
+        options=OutboxOptions(poll_s=0.05, tick_s=3600.0),
     )
 
 
-def _tick(service: RulesService) -> None:
-    assert service.notifications is not None
-    service.notifications.tick()
+def _tick(service: NotificationService) -> None:
+    service.tick()
 
 
 def _sent(stub: TwilioStub, box: Mailbox) -> collections.Counter[tuple[str, str]]:
@@ -118,7 +115,7 @@ def test_tiers_go_out_at_0_10_and_30_minutes_and_a_killed_worker_resumes(
     with psycopg.connect(db_dsn) as conn:
         Planner().plan_alert(conn, alert_id, now=clock.now())
         Planner().plan_alert(conn, alert_id, now=clock.now())  # a second run adds nothing
-    assert store.outbox_counts(db).get("pending") == 2
+    assert notify_outbox.outbox_counts(db).get("pending") == 2
     second = _service(db_dsn, stub, smtp_port, clock)
     with second:
         wait_until(lambda: len(stub.requests) == 4, what="tier 3 after the restart")
@@ -168,7 +165,7 @@ def test_acknowledged_at_12_minutes_tier_3_is_never_sent(
         ("Messages", DISPATCHER): 1,
         ("Email", "dispatch@example.com"): 1,
     }
-    rows = store.notifications_for_alert(db, org=1, alert_id=alert_id)
+    rows = notify_outbox.notifications_for_alert(db, org=1, alert_id=alert_id)
     assert all(r.tier in (1, 2) for r in rows)
 
 
@@ -181,12 +178,11 @@ def test_repeats_until_acknowledged_and_only_the_latest_missed_repeat_after_an_o
     set_policy(db, [{"delay_s": 0, "channels": ["sms"], "roles": ["driver"]}], repeat_interval_s=900)
     shipment = add_shipment(db)
     clock = Clock()
-    with RulesService(
+    with NotificationService(
         dsn=db_dsn,
         settings=notify_settings(db_dsn, stub),
         clock_ms=clock,
-        poll_s=0.1,
-        notify_options=OutboxOptions(poll_s=0.05, tick_s=3600.0),
+        options=OutboxOptions(poll_s=0.05, tick_s=3600.0),
     ) as service:
         alert_id = open_alert(db, shipment, "x:repeat")
         opened = alerts.get_alert(db, org=1, alert_id=alert_id).opened_at
@@ -198,5 +194,7 @@ def test_repeats_until_acknowledged_and_only_the_latest_missed_repeat_after_an_o
         _tick(service)
         wait_until(lambda: len(stub.requests) == 3, what="the latest missed repeat")
         _quiet(db_dsn, clock)
-    keys = [store.notifications_for_alert(db, org=1, alert_id=alert_id)[i].repeat_index for i in range(3)]
+    keys = [
+        notify_outbox.notifications_for_alert(db, org=1, alert_id=alert_id)[i].repeat_index for i in range(3)
+    ]
     assert keys == [0, 1, 4]

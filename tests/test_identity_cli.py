@@ -20,7 +20,7 @@ import pytest
 from embedded.credentials import database_url
 from embedded.process import free_port
 from storage import auth
-from tests.identity_support import PASSWORD
+from tests.support.identity import PASSWORD
 from tests.test_platform_up import _interrupt, _start, _wait_healthy
 
 

@@ -6,12 +6,11 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 
@@ -19,11 +18,12 @@ from coldchain.domain import ReadingBatch
 from coldchain.settings import Settings
 from coldchain.wire import DeviceStatus, Topics, encode_binary, encode_json
 from ingest import IngestService
-from ingest.core import Limits, Message, Prepared, decode_message
+from ingest.core import AcceptanceBounds, Message, Prepared, decode_message
 from ingest.writer import GroupWriter
-from storage import ingest_store
+from storage import batches, dead_letters
 from storage.readings import FLAG_CLOCK_CORRECTED, FLAG_DOOR_OPEN, FLAG_LATE
-from tests.ingest_support import (
+from tests.support.contract import CONTRACT_EXAMPLE
+from tests.support.ingest import (
     GTIN,
     Publisher,
     make_batch,
@@ -33,12 +33,6 @@ from tests.ingest_support import (
     scalar,
     wait_until,
 )
-
-CONTRACT_EXAMPLE = b"""{"v": 1, "device": "TRK-0042-L1", "seq": 1187, "sent": "2026-11-24T10:15:00Z",
- "readings": [
-   {"t": "2026-11-24T10:14:00Z", "c": 4.6, "rh": 61.2},
-   {"t": 1795515300000, "c": 4.7}
- ]}"""
 
 
 @pytest.fixture
@@ -172,12 +166,12 @@ def test_unknown_device_is_quarantined_then_released(
 ) -> None:
     for seq in (1, 2, 3):
         pub.publish(topics.readings("NEW-1"), encode_binary(make_batch("NEW-1", seq, n=10)))
-    assert wait_until(lambda: ingest_store.held_count(db, "NEW-1") == 3)
+    assert wait_until(lambda: dead_letters.held_count(db, "NEW-1") == 3)
     assert scalar(db, "SELECT count(*) FROM readings") == 0
     register(db, ["NEW-1"])
-    assert ingest_store.release_quarantine(db, "NEW-1") == 3
+    assert dead_letters.held_count(db, "NEW-1") == 3
     assert wait_until(lambda: scalar(db, "SELECT count(*) FROM readings") == 30)
-    assert ingest_store.held_count(db, "NEW-1") == 0
+    assert dead_letters.held_count(db, "NEW-1") == 0
     assert scalar(db, "SELECT count(*) FROM readings WHERE shipment_key IS NOT NULL") == 30
     assert service.stats.released == 3
 
@@ -192,9 +186,9 @@ def test_seq_gap_is_a_data_loss_event_and_late_fill_resolves_it(
     pub.publish(topic, encode_binary(make_batch("D1", 5)))
     assert wait_until(lambda: scalar(db, "SELECT count(*) FROM data_loss_events") == 1)
     key = scalar(db, "SELECT key FROM devices WHERE id = 'D1'")
-    assert ingest_store.open_data_loss(db, key) == [(2, 4, 3, 0)]
+    assert batches.open_data_loss(db, key) == [(2, 4, 3, 0)]
     pub.publish(topic, encode_binary(make_batch("D1", 3)))
-    assert wait_until(lambda: ingest_store.open_data_loss(db, key) == [(2, 4, 3, 1)])
+    assert wait_until(lambda: batches.open_data_loss(db, key) == [(2, 4, 3, 1)])
     late = db.execute("SELECT late FROM batches WHERE seq = 3").fetchone()
     assert late is not None and late[0] is True
     flags = scalar(db, "SELECT bit_or(flags) FROM readings WHERE seq = 3")
@@ -202,7 +196,7 @@ def test_seq_gap_is_a_data_loss_event_and_late_fill_resolves_it(
     assert scalar(db, "SELECT count(*) FROM rule_queue WHERE late") == 1
     pub.publish(topic, encode_binary(make_batch("D1", 2)))
     pub.publish(topic, encode_binary(make_batch("D1", 4)))
-    assert wait_until(lambda: ingest_store.open_data_loss(db, key) == [])
+    assert wait_until(lambda: batches.open_data_loss(db, key) == [])
     assert scalar(db, "SELECT count(*) FROM data_loss_events WHERE resolved_at IS NOT NULL") == 1
 
 
@@ -275,7 +269,7 @@ def test_stop_drains_and_acknowledges(db_dsn: str, db: psycopg.Connection, mqtt_
 
 def _prepared(batch: ReadingBatch, topics: Topics) -> Prepared:
     m = Message(topic=topics.readings(batch.device), payload=encode_binary(batch), received_ms=now_ms())
-    return Prepared(m, decode_message(m, topics=topics, limits=Limits()))
+    return Prepared(m, decode_message(m, topics=topics, limits=AcceptanceBounds()))
 
 
 def test_overlapping_groups_settle_late_flags_and_gaps_under_the_lock(
@@ -285,7 +279,7 @@ def test_overlapping_groups_settle_late_flags_and_gaps_under_the_lock(
     same device: its batch turns late under the device lock (batches row, readings, rules queue)
     and fills the gap the other group saw, exactly as if it had arrived after it."""
     register(db, ["D1"])
-    writer = GroupWriter(limits=Limits())
+    writer = GroupWriter(limits=AcceptanceBounds())
     with psycopg.connect(db_dsn, autocommit=True) as a, psycopg.connect(db_dsn, autocommit=True) as b:
         writer.write(a, [_prepared(make_batch("D1", 1, n=5), topics)])
         with b.transaction():
@@ -298,7 +292,7 @@ def test_overlapping_groups_settle_late_flags_and_gaps_under_the_lock(
     assert scalar(db, "SELECT count(*) FROM readings WHERE seq <> 2 AND flags & %s <> 0", (FLAG_LATE,)) == 0
     assert scalar(db, "SELECT count(*) FROM rule_queue WHERE late") == 1
     assert scalar(db, "SELECT count(*) FROM data_loss_events WHERE resolved_at IS NOT NULL") == 1
-    assert ingest_store.open_data_loss(db, scalar(db, "SELECT key FROM devices WHERE id = 'D1'")) == []
+    assert batches.open_data_loss(db, scalar(db, "SELECT key FROM devices WHERE id = 'D1'")) == []
     assert scalar(db, "SELECT last_seq FROM devices WHERE id = 'D1'") == 3
 
 
@@ -306,7 +300,7 @@ def test_a_batch_in_two_concurrent_groups_is_stored_once(
     db_dsn: str, db: psycopg.Connection, topics: Topics
 ) -> None:
     register(db, ["D1"])
-    writer = GroupWriter(limits=Limits())
+    writer = GroupWriter(limits=AcceptanceBounds())
     second: list[int] = []
     with psycopg.connect(db_dsn, autocommit=True) as a, psycopg.connect(db_dsn, autocommit=True) as b:
         with a.transaction():
@@ -327,33 +321,29 @@ def test_a_batch_in_two_concurrent_groups_is_stored_once(
     assert scalar(db, "SELECT count(*) FROM rule_queue") == 1
 
 
-class _AckRecorder(IngestService):
+class _AckRecorder:
     """Records the order messages came in and the order their PUBACKs went out."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self) -> None:
         self.received_mids: list[int] = []
         self.acked_mids: list[int] = []
         self.ack_threads: set[str] = set()
-        finish = self._writer.finish
 
-        def slow_finish(conn: psycopg.Connection, staged: Any) -> Any:
-            # one writer lingers before it commits, so the other would overtake it if it could
-            if threading.current_thread().name == "ingest-writer-0":
-                time.sleep(0.05)
-            return finish(conn, staged)
+    def received(self, message: Message) -> None:
+        self.received_mids.append(message.mid)
 
-        self._writer.finish = slow_finish  # type: ignore[method-assign]
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        if msg.qos > 0:
-            self.received_mids.append(msg.mid)
-        super()._on_message(client, userdata, msg)
-
-    def _ack(self, group: Sequence[Prepared]) -> None:
-        self.acked_mids.extend(p.message.mid for p in group if p.message.qos > 0)
+    def acknowledged(self, message: Message) -> None:
+        self.acked_mids.append(message.mid)
         self.ack_threads.add(threading.current_thread().name)
-        super()._ack(group)
+
+
+class _LingeringWriter(GroupWriter):
+    """One writer lingers before it commits, so the other would overtake it if it could."""
+
+    def finish(self, conn: psycopg.Connection, staged: Any) -> Any:
+        if threading.current_thread().name == "ingest-writer-0":
+            time.sleep(0.05)
+        return super().finish(conn, staged)
 
 
 def test_acks_leave_in_receive_order_with_two_writers(
@@ -362,15 +352,17 @@ def test_acks_leave_in_receive_order_with_two_writers(
     devices = [f"D{i}" for i in range(10)]
     register(db, devices)
     settings = Settings(ingest_group_max_wait_ms=5, ingest_group_max_batches=20)
-    with Publisher(mqtt_url) as pub, _AckRecorder(
+    acks = _AckRecorder()
+    with Publisher(mqtt_url) as pub, IngestService(
         dsn=db_dsn, mqtt_url=mqtt_url, topics=topics, settings=settings,
         client_id=f"ingest-{uuid.uuid4().hex[:8]}",
+        writer=_LingeringWriter(limits=AcceptanceBounds.from_settings(settings)), ack_observer=acks,
     ) as svc:
         assert svc.wait_ready(30)
         publish_load(pub, topics, devices, 100, readings=5)
         assert pub.wait_all_acked(1000)
-        assert wait_until(lambda: len(svc.acked_mids) >= 1000)
-        assert svc.acked_mids == svc.received_mids  # MQTT 3.1.1 / 5, section 4.6
-        assert svc.ack_threads == {"ingest-writer-0", "ingest-writer-1"}
+        assert wait_until(lambda: len(acks.acked_mids) >= 1000)
+        assert acks.acked_mids == acks.received_mids  # MQTT 3.1.1 / 5, section 4.6
+        assert acks.ack_threads == {"ingest-writer-0", "ingest-writer-1"}
     assert scalar(db, "SELECT count(*) FROM readings") == 5000
     assert scalar(db, "SELECT count(*) FROM data_loss_events") == 0

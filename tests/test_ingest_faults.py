@@ -17,7 +17,7 @@ from coldchain.wire import Topics
 from embedded import MosquittoServer, PostgresServer
 from ingest import IngestService
 from storage.migrate import migrate
-from tests.ingest_support import (
+from tests.support.ingest import (
     Publisher,
     ingest_process,
     publish_load,

@@ -19,8 +19,8 @@ from coldchain.settings import Settings
 from rules.runner import drain
 from storage import audit, auth
 from storage.db import open_pool
-from tests.identity_support import login, make_user, signature
-from tests.lot_support import GTIN, add_leg, write_readings
+from tests.support.identity import login, make_user, signature
+from tests.support.lots import GTIN, add_leg, write_readings
 
 BUDGET_S = 2 * 3600
 
@@ -151,7 +151,7 @@ def test_a_lot_without_a_budget_is_tracked_but_never_alerts(db: psycopg.Connecti
 def test_two_workers_on_two_shipments_of_one_lot_both_count(db_dsn: str, db: psycopg.Connection) -> None:
     """Worker B's sum waits for worker A's commit (the lot's lock), so neither leg is lost."""
     from rules.runner import RunStats, evaluate_many
-    from storage.rules_store import SeriesWork
+    from storage.rule_queue import SeriesWork
 
     add_leg(db, "LEG-1", ["T1"], 0, 600, budget_s=BUDGET_S)
     add_leg(db, "LEG-2", ["T2"], 600, 1200, budget_s=BUDGET_S)

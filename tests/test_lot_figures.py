@@ -10,22 +10,16 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
 from coldchain.access import Role
-from coldchain.settings import Settings
 from storage import auth
-from storage.db import open_pool
-from tests.lot_support import GTIN, add_leg, write_readings
+from tests.support.api import api_client
+from tests.support.lots import GTIN, add_leg, write_readings
 
 
 @pytest.fixture
 def client(db_dsn: str, db: psycopg.Connection) -> Iterator[TestClient]:
     token = auth.create_token(db, org=1, name="qa", role=Role.QA, actor="t")
-    with (
-        open_pool(db_dsn, max_size=2) as pool,
-        TestClient(create_app(Settings(database_url=db_dsn), pool=pool)) as c,
-    ):
-        c.headers["Authorization"] = f"Bearer {token}"
+    with api_client(db_dsn, token=token, pool_size=2) as c:
         yield c
 
 

@@ -14,15 +14,13 @@ import pytest
 from fastapi.testclient import TestClient
 from twilio.request_validator import RequestValidator
 
-from api.app import create_app
 from coldchain.access import Role
 from coldchain.settings import Settings
-from rules.notify.links import issue_ack_token
-from storage import alerts, auth
-from storage import notifications as store
-from storage.db import open_pool
-from storage.notifications import OutboxItem
-from tests.test_notify_outbox import DRIVER, add_contact, add_shipment, open_alert
+from notify.links import issue_ack_token
+from storage import alerts, auth, notify_directory, notify_outbox
+from storage.notify_outbox import OutboxItem
+from tests.support.api import api_client
+from tests.support.notify import DRIVER, add_contact, add_shipment, open_alert
 
 PUBLIC = "https://cc.example"
 AUTH_TOKEN = "api-test-auth-token-0123456789abcdef"
@@ -39,7 +37,7 @@ def client(db_dsn: str) -> Iterator[TestClient]:
         twilio_account_sid="AC" + "0" * 32,
         twilio_auth_token=AUTH_TOKEN,
     )
-    with open_pool(db_dsn, max_size=4) as pool, TestClient(create_app(settings, pool=pool)) as c:
+    with api_client(db_dsn, settings) as c:
         yield c
 
 
@@ -97,7 +95,7 @@ def test_contacts_and_policies_are_for_admins(client: TestClient, db: psycopg.Co
     first = client.put("/api/v1/notify/policies/night", json=ladder, headers=admin)
     second = client.put("/api/v1/notify/policies/night", json=ladder, headers=admin)
     assert (first.status_code, first.json()["key"], second.json()["key"]) == (201, "night@1", "night@2")
-    assert store.default_policy(db, org=1) is not None
+    assert notify_directory.default_policy(db, org=1) is not None
     wrong = {"tiers": [{"delay_s": 0, "channels": ["pigeon"], "roles": ["driver"]}]}
     assert client.put("/api/v1/notify/policies/p", json=wrong, headers=admin).status_code == 422
 
@@ -186,7 +184,7 @@ def test_status_callbacks_move_delivery_state_and_failures_show_on_the_alert(
     alert_id = open_alert(db, add_shipment(db), "x:status")
     now = datetime.now(UTC)
     with db.transaction():
-        store.enqueue(
+        notify_outbox.enqueue(
             db,
             [
                 OutboxItem(
@@ -207,9 +205,9 @@ def test_status_callbacks_move_delivery_state_and_failures_show_on_the_alert(
             ],
             now=now,
         )
-        claimed = store.claim_due(db, now=now, limit=10, grace=timedelta(seconds=60))
+        claimed = notify_outbox.claim_due(db, now=now, limit=10, grace=timedelta(seconds=60))
         for row in claimed:
-            store.record_outcome(
+            notify_outbox.record_outcome(
                 db, row_id=row.id, state="queued", now=now, provider_id=f"SM-{row.contact_id}"
             )
     url = f"{PUBLIC}/api/v1/notify/twilio/status?notification="

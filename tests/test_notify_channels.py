@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import email
 import email.policy
-import socket
 import ssl
 import struct
 import subprocess
@@ -27,7 +26,7 @@ from twilio.request_validator import RequestValidator
 
 from coldchain.domain import Alert, AlertState, Severity
 from coldchain.errors import AuthError, ConfigurationError
-from rules.notify import (
+from notify import (
     AckLinkExpired,
     AckLinkInvalid,
     Channel,
@@ -53,10 +52,11 @@ from rules.notify import (
     verify_twilio_signature,
     verify_webhook_signature,
 )
-from rules.notify.sms import rebase_url
+from notify.sms import rebase_url
+from tests.support.net import free_port
 
 try:
-    from tests.twilio_stub import TwilioStub
+    from tests.support.twilio_stub import TwilioStub
 except ImportError:  # tests/ run as a plain directory
     from twilio_stub import TwilioStub  # type: ignore[no-redef]
 
@@ -64,12 +64,6 @@ ACCOUNT_SID = "AC" + "1f" * 16
 AUTH_TOKEN = "test-auth-token-0123456789abcdef"
 LINK_SECRET = b"k" * 32
 T0 = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def make_alert(**overrides: Any) -> Alert:

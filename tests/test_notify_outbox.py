@@ -5,274 +5,51 @@ unconfirmed sends by status callback, and exactly-once delivery across a kill -9
 from __future__ import annotations
 
 import collections
-import os
 import signal
-import socket
 import subprocess
-import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from email import message_from_bytes, policy
-from email.message import EmailMessage
-from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 import psycopg
-import pytest
-import uvicorn
-from aiosmtpd.controller import Controller
 
-from api.app import create_app
-from coldchain.domain import Severity, Shipment
+from coldchain.domain import Severity
 from coldchain.settings import Settings
-from rules.notify.outbox import NotificationService, OutboxOptions
-from storage import notifications as store
-from storage import registry
-from storage.alerts import NewAlert, raise_alert
-from storage.db import open_pool
-from storage.notifications import ContactRow
-
-try:
-    from tests.twilio_stub import TwilioStub
-except ImportError:  # tests/ run as a plain directory
-    from twilio_stub import TwilioStub  # type: ignore[no-redef]
-
-ROOT = Path(__file__).resolve().parents[1]
-ACCOUNT_SID = "AC" + "3c" * 16
-AUTH_TOKEN = "outbox-test-auth-token-0123456789"
-SECRET_KEY = "s" * 40
-FROM = "+15005550006"
-DRIVER = "+4915100000001"
-DISPATCHER = "+4915100000002"
-QA = "+4915100000003"
-
-
-# -- shared helpers (the other notification test modules import these) ------------------------
-
-
-class Clock:
-    """Real time plus an offset the test moves forward: `clock.advance(600)` is ten minutes on."""
-
-    def __init__(self) -> None:
-        self.offset_ms = 0
-
-    def __call__(self) -> int:
-        return int(time.time() * 1000) + self.offset_ms
-
-    def advance(self, seconds: float) -> None:
-        self.offset_ms += int(seconds * 1000)
-
-    def set(self, moment: datetime) -> None:
-        self.offset_ms = int(moment.timestamp() * 1000) - int(time.time() * 1000)
-
-    def now(self) -> datetime:
-        return datetime.fromtimestamp(self() / 1000, tz=UTC)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def notify_settings(
-    dsn: str, stub: TwilioStub, *, public_url: str | None = None, smtp_port: int | None = None
-) -> Settings:
-    return Settings(
-        database_url=dsn,
-        secret_key=SECRET_KEY,
-        public_url=public_url,
-        twilio_account_sid=ACCOUNT_SID,
-        twilio_auth_token=AUTH_TOKEN,
-        twilio_from=FROM,
-        twilio_api_base_url=stub.base_url,
-        smtp_host="127.0.0.1" if smtp_port else None,
-        smtp_port=smtp_port or 587,
-        smtp_from="Coldchain <alerts@coldchain.example>",
-        smtp_security="none",
-    )
-
-
-def add_contact(db: psycopg.Connection, contact_id: str, roles: tuple[str, ...], **fields: Any) -> None:
-    store.upsert_contact(
-        db, ContactRow(org_id=1, id=contact_id, name=contact_id.title(), roles=roles, **fields), actor="test"
-    )
-
-
-def add_shipment(db: psycopg.Connection, shipment_id: str = "SO-1", origin: str = "Plant A") -> int:
-    with db.transaction():
-        registry.create_shipment(
-            db,
-            org=1,
-            shipment=Shipment(id=shipment_id, origin=origin, destination="Hospital B"),
-            profile_version=1,
-            actor="test",
-        )
-    return registry.get_shipment(db, org=1, shipment_id=shipment_id).key
-
-
-def open_alert(
-    db: psycopg.Connection, shipment_key: int, episode: str, severity: Severity = Severity.CRITICAL
-) -> int:
-    with db.transaction():
-        alert_id, opened = raise_alert(
-            db,
-            NewAlert(
-                org_id=1,
-                episode_key=episode,
-                kind="single",
-                severity=severity,
-                message="above 8 °C (H1) for 31 min, peak 11.0 °C",
-                shipment_key=shipment_key,
-                limit_id="H1",
-                peak_c=11.0,
-            ),
-        )
-    assert opened
-    return alert_id
-
-
-def set_policy(db: psycopg.Connection, tiers: list[dict[str, Any]], **extra: Any) -> None:
-    store.put_policy(db, org=1, policy_id="night", body={"tiers": tiers, **extra}, actor="test", default=True)
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float = 15.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def outbox_states(dsn: str) -> dict[str, int]:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        return store.outbox_counts(conn)
-
-
-def settled(dsn: str, clock: Clock | None = None) -> bool:
-    """Nothing is mid-send and nothing pending is due (by `clock`, else real time)."""
-    now = clock.now() if clock is not None else datetime.now(UTC)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM notify_outbox WHERE state = 'sending'"
-            " OR (state = 'pending' AND next_attempt_at <= %s)",
-            (now,),
-        ).fetchone()
-    return row is not None and row[0] == 0
-
-
-def sms_to(stub: TwilioStub, number: str) -> int:
-    return sum(1 for r in stub.requests if r.kind == "Messages" and r.sid and r.field("To") == number)
-
-
-def complete_requests(stub: TwilioStub) -> list[Any]:
-    """Messages the stub accepted (a form cut off by a kill -9 mid-request is refused by the stub,
-    as Twilio would refuse it; this also skips requests that carried no status callback)."""
-    return [r for r in stub.requests if r.sid and r.field("StatusCallback")]
-
-
-def callback_key(request: Any) -> str | None:
-    url = request.field("StatusCallback") or ""
-    return dict(parse_qsl(urlsplit(url).query)).get("notification")
-
-
-class Mailbox:
-    """An aiosmtpd handler keeping every message it receives."""
-
-    def __init__(self) -> None:
-        self.messages: list[EmailMessage] = []
-        self.lock = threading.Lock()
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        parsed = message_from_bytes(envelope.content, policy=policy.default)
-        assert isinstance(parsed, EmailMessage)
-        with self.lock:
-            self.messages.append(parsed)
-        return "250 OK"
-
-
-class ApiServer:
-    """The real API on a free port (uvicorn in a thread), for Twilio's callbacks to reach."""
-
-    def __init__(self, settings: Settings, dsn: str) -> None:
-        self._pool = open_pool(dsn, max_size=4, name="notify-test-api")
-        port = int(urlsplit(settings.public_url or "").port or 0)
-        config = uvicorn.Config(
-            create_app(settings, pool=self._pool), host="127.0.0.1", port=port, log_level="warning"
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="test-api", daemon=True)
-
-    def __enter__(self) -> ApiServer:
-        self._thread.start()
-        wait_until(lambda: self._server.started, what="the API to start")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.should_exit = True
-        self._thread.join(10)
-        self._pool.close()
-
-
-class Carrier:
-    """Plays Twilio's side after a send: every message the stub accepted gets a signed `sent`
-    status callback to the API, as Twilio reports delivery progress."""
-
-    def __init__(self, stub: TwilioStub) -> None:
-        self._stub = stub
-        self._done: set[str] = set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="carrier", daemon=True)
-        self.statuses: collections.Counter[int] = collections.Counter()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for request in complete_requests(self._stub):
-                if request.sid not in self._done:
-                    self._done.add(request.sid)
-                    self.statuses[self._stub.send_status_callback(request.sid, "sent")] += 1
-            self._stop.wait(0.01)
-
-    def __enter__(self) -> Carrier:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-
-# -- fixtures ---------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def stub() -> Iterator[TwilioStub]:
-    with TwilioStub(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN) as running:
-        yield running
-
-
-@pytest.fixture
-def mailbox() -> Iterator[tuple[Mailbox, int]]:
-    box = Mailbox()
-    port = free_port()
-    controller = Controller(box, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield box, port
-    finally:
-        controller.stop()
+from notify.outbox import OutboxOptions
+from notify.service import NotificationService
+from storage import notify_outbox
+from tests.support.net import free_port
+from tests.support.notify import (
+    ACCOUNT_SID,
+    AUTH_TOKEN,
+    DISPATCHER,
+    DRIVER,
+    FROM,
+    ApiServer,
+    Carrier,
+    Clock,
+    Mailbox,
+    add_contact,
+    add_shipment,
+    callback_key,
+    complete_requests,
+    notify_settings,
+    open_alert,
+    outbox_states,
+    set_policy,
+    settled,
+    sms_to,
+    start_notifier,
+)
+from tests.support.notify import mailbox as mailbox
+from tests.support.notify import stub as stub
+from tests.support.twilio_stub import TwilioStub
+from tests.support.waiting import wait_until
 
 
 def _service(dsn: str, settings: Settings, clock: Clock, **options: Any) -> NotificationService:
     opts = {"poll_s": 0.05, "tick_s": 3600.0, "backoff_base_s": 30.0, "ambiguous_grace_s": 60.0, **options}
     return NotificationService(dsn=dsn, settings=settings, clock_ms=clock, options=OutboxOptions(**opts))
-
-
-# -- tests ------------------------------------------------------------------------------------
 
 
 def test_alert_to_sms_and_email_with_chart_and_ack_link(
@@ -296,7 +73,7 @@ def test_alert_to_sms_and_email_with_chart_and_ack_link(
     assert mail["To"] == "driver@example.com" and f"Alert {alert_id}" in str(mail["Subject"])
     text = mail.get_body(("plain",))
     assert text is not None and "https://cc.example/ack/" in text.get_content()
-    rows = store.notifications_for_alert(db, org=1, alert_id=alert_id)
+    rows = notify_outbox.notifications_for_alert(db, org=1, alert_id=alert_id)
     assert sorted((r.channel, r.state) for r in rows) == [("email", "sent"), ("sms", "queued")]
     assert all(r.attempts == 1 for r in rows)
 
@@ -316,7 +93,7 @@ def test_retryable_failure_backs_off_then_sends_and_permanent_failure_is_visible
         alert_id = open_alert(db, shipment, "x:2")
         wait_until(lambda: len(stub.requests) == 2, what="both first attempts")
         wait_until(lambda: settled(db_dsn, clock), what="the first attempts to be recorded")
-        rows = {r.contact_id: r for r in store.notifications_for_alert(db, org=1, alert_id=alert_id)}
+        rows = {r.contact_id: r for r in notify_outbox.notifications_for_alert(db, org=1, alert_id=alert_id)}
         assert rows["driver-1"].state == "pending" and "503" in (rows["driver-1"].last_error or "")
         assert rows["driver-2"].state == "failed" and "21211" in (rows["driver-2"].last_error or "")
         retry_at = rows["driver-1"].next_attempt_at
@@ -327,7 +104,7 @@ def test_retryable_failure_backs_off_then_sends_and_permanent_failure_is_visible
         with psycopg.connect(db_dsn) as conn:
             service.worker.deliver_due(conn)
         wait_until(lambda: sms_to(stub, DRIVER) == 1, what="the retry")
-    rows = {r.contact_id: r for r in store.notifications_for_alert(db, org=1, alert_id=alert_id)}
+    rows = {r.contact_id: r for r in notify_outbox.notifications_for_alert(db, org=1, alert_id=alert_id)}
     assert (rows["driver-1"].state, rows["driver-1"].attempts) == ("queued", 2)
     assert (rows["driver-2"].state, rows["driver-2"].attempts) == ("failed", 1)
     assert len(stub.requests) == 3
@@ -350,11 +127,11 @@ def test_unconfirmed_send_waits_for_a_callback_before_sending_again(
     with psycopg.connect(db_dsn) as conn:
         service.planner.plan_alert(conn, alert_id, now=clock.now())
         with conn.transaction():
-            claimed = store.claim_due(conn, now=clock.now(), limit=10, grace=timedelta(seconds=60))
+            claimed = notify_outbox.claim_due(conn, now=clock.now(), limit=10, grace=timedelta(seconds=60))
     assert len(claimed) == 2  # both `sending`, committed: then the "crash"
     first = next(r for r in claimed if r.contact_id == "driver-1")
     # Twilio did get driver-1's message before the crash: send it as the SDK would have.
-    from rules.notify.sms import TwilioSms
+    from notify.sms import TwilioSms
 
     with TwilioSms(
         account_sid=ACCOUNT_SID,
@@ -374,7 +151,7 @@ def test_unconfirmed_send_waits_for_a_callback_before_sending_again(
         wait_until(lambda: sms_to(stub, "+4915100000009") == 1, what="the unconfirmed row's resend")
         time.sleep(0.2)
     assert sms_to(stub, DRIVER) == 1
-    rows = {r.contact_id: r for r in store.notifications_for_alert(db, org=1, alert_id=alert_id)}
+    rows = {r.contact_id: r for r in notify_outbox.notifications_for_alert(db, org=1, alert_id=alert_id)}
     assert (rows["driver-1"].state, rows["driver-1"].provider_id) == ("delivered", receipt.provider_id)
     assert (rows["driver-2"].state, rows["driver-2"].attempts) == ("queued", 2)
 
@@ -407,7 +184,7 @@ def test_quiet_hours_fold_a_warning_into_a_digest_but_critical_goes_at_once(
     with service:
         service.tick()
         wait_until(lambda: len(stub.requests) == 1, what="the critical SMS")
-        rows = store.notifications_for_alert(db, org=1, alert_id=warning)
+        rows = notify_outbox.notifications_for_alert(db, org=1, alert_id=warning)
         assert [(r.state, r.gate_reason) for r in rows] == [("held", "quiet_hours")]
         assert rows[0].next_attempt_at == datetime(2026, 1, 16, 5, 0, tzinfo=UTC)  # 06:00 Berlin
         clock.set(datetime(2026, 1, 16, 5, 0, 30, tzinfo=UTC))
@@ -418,7 +195,7 @@ def test_quiet_hours_fold_a_warning_into_a_digest_but_critical_goes_at_once(
     assert f"CRITICAL alert {critical}" in (first.field("Body") or "")
     body = digest.field("Body") or ""
     assert body.startswith("Coldchain digest: 2 alert(s).") and str(warning2) in body
-    members = store.notifications_for_alert(db, org=1, alert_id=warning)
+    members = notify_outbox.notifications_for_alert(db, org=1, alert_id=warning)
     assert [r.state for r in members] == ["digested", "queued"]  # the row and its digest
 
 
@@ -435,30 +212,13 @@ def test_kill_9_of_the_notifier_during_a_burst_delivers_each_notification_exactl
     with db.transaction():
         ids = [open_alert(db, shipment, f"x:burst:{i}") for i in range(burst)]
     stub.set_delay(0.02)  # a realistic provider: the burst takes a while
-    env = {
-        **os.environ,
-        "DATABASE_URL": db_dsn,
-        "PUBLIC_URL": public,
-        "SECRET_KEY": SECRET_KEY,
-        "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
-        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
-        "TWILIO_FROM": FROM,
-        "TWILIO_API_BASE_URL": stub.base_url,
-    }
-
     def notifier() -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [sys.executable, "-m", "rules.notify.outbox", "--grace-s", "3", "--tick-s", "1"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        return start_notifier(db_dsn, stub, public_url=public)
 
     with ApiServer(settings, db_dsn), Carrier(stub) as carrier:
         first = notifier()
         try:
-            wait_until(lambda: len(stub.requests) >= burst // 3, timeout_s=30, what="the burst to start")
+            wait_until(lambda: len(stub.requests) >= burst // 3, timeout=30, what="the burst to start")
         finally:
             first.send_signal(signal.SIGKILL)
             first.wait(10)
@@ -468,7 +228,7 @@ def test_kill_9_of_the_notifier_during_a_burst_delivers_each_notification_exactl
         try:
             wait_until(
                 lambda: len(complete_requests(stub)) >= burst and settled(db_dsn),
-                timeout_s=60,
+                timeout=60,
                 what="recovery",
             )
             wait_until(lambda: sum(carrier.statuses.values()) >= burst, what="every status callback")

@@ -22,7 +22,7 @@ from coldchain.esignature import record_hash
 from coldchain.settings import Settings
 from storage import alerts, audit, auth, registry
 from storage.db import open_pool
-from tests.identity_support import PASSWORD, bearer, make_user, signature
+from tests.support.identity import PASSWORD, bearer, make_user, signature
 
 
 def _app_dsn(db_dsn: str, db: psycopg.Connection) -> str:

@@ -16,8 +16,8 @@ from coldchain.domain import Severity
 from coldchain.settings import Settings
 from storage import alerts, auth, registry
 from storage.db import open_pool
-from tests.identity_support import bearer, make_user
-from tests.lot_support import GTIN, add_leg, write_readings
+from tests.support.identity import bearer, make_user
+from tests.support.lots import GTIN, add_leg, write_readings
 
 
 def _alert(db: psycopg.Connection, shipment: str, device: str) -> int:

@@ -11,12 +11,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from coldchain.alarm_profile import get_preset
 from coldchain.domain import Severity
+from coldchain.presets import get_preset
 from coldchain.settings import Settings
 from storage import alerts, audit
 from storage.db import open_pool
-from tests.identity_support import bearer, make_user, signature
+from tests.support.identity import bearer, make_user, signature
 
 
 @pytest.fixture

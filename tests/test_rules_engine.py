@@ -11,17 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from coldchain.alarm_profile import (
-    AlarmProfile,
-    Excursion,
-    ExcursionKind,
-    HumidityLimit,
-    Limit,
-    MktLimit,
-    get_preset,
-)
+from coldchain.alarm_profile import AlarmProfile, HumidityLimit, Limit, MktLimit
 from coldchain.domain import Severity
 from coldchain.errors import ValidationError
+from coldchain.excursion import Excursion, ExcursionKind
+from coldchain.presets import get_preset
 from rules.engine import (
     EngineState,
     SensorSeries,
@@ -350,7 +344,7 @@ def test_who_pqs_freeze_is_inclusive_and_60_minutes(
 
 
 def test_who_pqs_heat_can_be_cumulative() -> None:
-    from coldchain.alarm_profile import who_pqs_30day
+    from coldchain.presets import who_pqs_30day
 
     profile = who_pqs_30day(heat_mode="cumulative")
     # 5 h + 5 h at 8 °C, apart: never 10 h in a row, but 10 h in total

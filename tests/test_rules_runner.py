@@ -12,8 +12,9 @@ import pytest
 from coldchain.domain import Device, DeviceAssignment, Lot, Shipment, ShipmentLot
 from rules.device_health import check_silence
 from rules.runner import drain
-from storage import registry
-from storage.readings import ReadingRows, copy_rows, load_devices
+from storage import registry, rule_queue
+from storage.readings import ReadingRows, copy_rows
+from tests.support.devices import known_devices
 
 T0 = int(datetime(2026, 11, 24, 8, tzinfo=UTC).timestamp() * 1000)
 MIN = 60_000
@@ -34,7 +35,7 @@ def _setup(db: psycopg.Connection) -> tuple[int, int]:
             devices=(DeviceAssignment("TRK-1", start),),
         ),
     )
-    dev = load_devices(db, ["TRK-1"])["TRK-1"]
+    dev = known_devices(db, ["TRK-1"])["TRK-1"]
     return dev.key, dev.assignments[0].shipment_key
 
 
@@ -148,7 +149,6 @@ def test_quiet_series_wait_for_the_bulk_pass_but_are_never_skipped(db: psycopg.C
 
 def test_readings_committed_after_a_claim_wait_for_their_own_work(db: psycopg.Connection) -> None:
     from rules.runner import RunStats, evaluate_many
-    from storage import rules_store
 
     dev, shp = _setup(db)
     whole = _trip()
@@ -158,7 +158,7 @@ def test_readings_committed_after_a_claim_wait_for_their_own_work(db: psycopg.Co
     head = int(row[0])
     _write(db, dev, shp, np.arange(60, 120), whole)  # commits while the pass below runs
     with db.transaction():
-        claimed = rules_store.take_work(db, up_to=head)
+        claimed = rule_queue.take_work(db, up_to=head)
         evaluate_many(db, claimed, RunStats())
     state = db.execute("SELECT last_ms FROM rule_series_state").fetchone()
     assert state == (T0 + 59 * MIN,)  # the claimed range only, not the newer readings
@@ -179,7 +179,7 @@ def test_one_bad_series_does_not_hold_up_the_others(db: psycopg.Connection) -> N
         actor="t",
         shipment=Shipment(id="SO-2", profile="2-8C", devices=(DeviceAssignment("TRK-2", start),)),
     )
-    other = load_devices(db, ["TRK-2"])["TRK-2"]
+    other = known_devices(db, ["TRK-2"])["TRK-2"]
     db.execute("UPDATE shipments SET profile_id = 'withdrawn' WHERE id = 'SO-2'")  # cannot resolve
     whole = _trip()
     _write(db, dev, shp, np.arange(240), whole)

@@ -14,9 +14,9 @@ from coldchain.access import Role
 from coldchain.errors import ValidationError
 from coldchain.settings import Settings
 from coldchain.webhook_url import public_address, webhook_host
-from rules.notify.links import issue_ack_token
+from notify.links import issue_ack_token
 from storage import alerts, auth
-from storage import notifications as store
+from storage import notify_directory as store
 from storage.db import open_pool
 from tests.test_notify_outbox import add_contact, add_shipment, open_alert
 

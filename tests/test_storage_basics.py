@@ -13,7 +13,8 @@ from coldchain.domain import Device, DeviceAssignment, Lot, Shipment, ShipmentLo
 from coldchain.errors import AuthError, ConflictError, NotFoundError
 from storage import audit, auth, registry
 from storage.migrate import migrate
-from storage.readings import ReadingRows, copy_rows, load_devices
+from storage.readings import ReadingRows, copy_rows
+from tests.support.devices import known_devices
 
 GTIN = "09506000134352"
 
@@ -86,7 +87,7 @@ def test_copy_writer_and_device_directory(db: psycopg.Connection) -> None:
     registry.create_shipment(
         db, org=1, shipment=_shipment((DeviceAssignment("TRK-1", start),)), profile_version=1, actor="t"
     )
-    known = load_devices(db, ["TRK-1", "nobody"])
+    known = known_devices(db, ["TRK-1", "nobody"])
     assert set(known) == {"TRK-1"}
     dev = known["TRK-1"]
     t = np.array([start.timestamp() * 1000 - 60_000, start.timestamp() * 1000], dtype=np.int64)

@@ -19,12 +19,12 @@ from coldchain.domain import ReadingBatch
 from coldchain.settings import Settings
 from coldchain.wire import Topics, encode_binary
 from ingest import IngestService
-from ingest.core import Limits, Message, Rejection, check_readings, decode_message
-from tests.ingest_support import Publisher, make_batch, now_ms, register, scalar, wait_until
+from ingest.core import AcceptanceBounds, Message, Rejection, check_readings, decode_message
+from tests.support.ingest import Publisher, make_batch, now_ms, register, scalar, wait_until
 
 DEVICE = "FUZZ-1"
 TOPICS = Topics(prefix="fuzz/")
-LIMITS = Limits()
+LIMITS = AcceptanceBounds()
 
 
 def _valid_doc(rng: random.Random) -> dict[str, object]:

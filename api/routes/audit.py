@@ -4,43 +4,51 @@ from __future__ import annotations
 
 import html
 import json
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import HTMLResponse
 
 from api.deps import Caller, Conn
+from api.errors import AUTHED, responses
+from api.identity_schemas import AuditEntry, TrailVerification
+from api.schemas import LINE_PATTERN, MAX_SAFE_INT, Moment
 from coldchain.access import Permission
-from coldchain.errors import NotFoundError, ValidationError
+from coldchain.errors import NotFoundError
 from storage import audit, signatures
 
 router = APIRouter(tags=["audit"])
 
+def _json_errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The error responses of a route whose success is not JSON: still the JSON error shape."""
+    error = {"$ref": "#/components/schemas/ErrorBody"}
+    return {
+        code: {"description": doc["description"], "content": {"application/json": {"schema": error}}}
+        for code, doc in responses(*codes).items()
+    }
 
-def _aware(name: str, value: datetime | None) -> None:
-    if value is not None and value.tzinfo is None:
-        raise ValidationError(f"{name} needs a UTC offset", field=name)
+
+Text = Annotated[str, Query(min_length=1, max_length=200, pattern=LINE_PATTERN)]
 
 
-@router.get("/audit")
+@router.get("/audit", response_model=list[AuditEntry], responses=responses(*AUTHED))
 def read_trail(
     conn: Conn,
     caller: Caller,
-    entity: str | None = None,
-    id: str | None = None,
-    actor: str | None = None,
-    action: str | None = None,
-    from_: Annotated[datetime | None, Query(alias="from")] = None,
-    to: datetime | None = None,
-    after: Annotated[int | None, Query(ge=0, description="page on: the last id seen")] = None,
+    entity: Text | None = None,
+    id: Text | None = None,
+    actor: Text | None = None,
+    action: Text | None = None,
+    from_: Annotated[Moment | None, Query(alias="from", description="RFC 3339 with an offset")] = None,
+    to: Annotated[Moment | None, Query(description="RFC 3339 with an offset; exclusive")] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=MAX_SAFE_INT, description="page on: the last id seen")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=5000)] = 500,
-) -> list[dict[str, Any]]:
+) -> list[AuditEntry]:
     """Who, what, when, why, old and new value; oldest first."""
     caller.require(Permission.READ_AUDIT)
-    _aware("from", from_)
-    _aware("to", to)
-    return audit.search(
+    found = audit.search(
         conn,
         org_id=caller.org_id,
         entity=entity,
@@ -52,10 +60,15 @@ def read_trail(
         after_id=after,
         limit=limit,
     )
+    return [AuditEntry.model_validate(r) for r in found]
 
 
-@router.get("/audit/report", response_class=HTMLResponse)
-def printable_report(entity: str, id: str, conn: Conn, caller: Caller) -> HTMLResponse:
+@router.get(
+    "/audit/report",
+    response_class=HTMLResponse,
+    responses={200: {"description": "a page to print"}, **_json_errors(*AUTHED, 404)},
+)
+def printable_report(entity: Text, id: Text, conn: Conn, caller: Caller) -> HTMLResponse:
     """One record's whole trail and signatures as a page to print (Part 11 §11.10(e), §11.50)."""
     caller.require(Permission.READ_AUDIT)
     rows = audit.search(conn, org_id=caller.org_id, entity=entity, key=id, limit=5000)
@@ -88,9 +101,17 @@ def printable_report(entity: str, id: str, conn: Conn, caller: Caller) -> HTMLRe
     return HTMLResponse(page, headers={"Cache-Control": "no-store"})
 
 
-@router.get("/audit/verify")
-def verify(conn: Conn, caller: Caller) -> dict[str, Any]:
+@router.get("/audit/verify", response_model=TrailVerification, responses=responses(*AUTHED, 404))
+def verify(conn: Conn, caller: Caller) -> TrailVerification:
     """Every link and the recorded head of every organization's chain (platform admins only)."""
     if not caller.platform_admin:
         raise NotFoundError("route", "/audit/verify")
-    return audit.verify_trail(conn).public()
+    verdict = audit.verify_trail(conn)
+    return TrailVerification(
+        intact=verdict.intact,
+        rows=verdict.rows,
+        organizations=verdict.organizations,
+        org_id=verdict.org_id,
+        row_id=verdict.row_id,
+        reason=verdict.reason,
+    )

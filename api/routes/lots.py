@@ -3,21 +3,42 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta
-from typing import Annotated, Any
+from datetime import timedelta
+from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Path, Query, status
 
 from api import esign, partner_view
 from api.deps import AppSettings, Caller, Conn
-from api.schemas import CreditBody, alert_public
+from api.errors import AUTHED, WITH_BODY, responses
+from api.schemas import (
+    BUCKET_PATTERN,
+    GTIN_PATTERN,
+    LOT_SEGMENT_PATTERN,
+    BucketReading,
+    CreditBody,
+    CreditOut,
+    CreditResult,
+    LotOut,
+    LotReadings,
+    Moment,
+    RawReading,
+    alert_out,
+    check_gtin,
+    signature_out,
+)
 from coldchain.access import Permission
 from coldchain.errors import ValidationError
 from coldchain.gs1 import digital_link, normalize_gtin
 from rules.lot_figures import Leg, LoggerSeries, LotFigures, lot_figures
-from storage import alerts, lot_budget, profiles, readings, registry, rules_store
+from storage import alerts, lot_budget, profiles, readings, registry
 
 router = APIRouter()
+
+GtinPath = Annotated[
+    str, Path(pattern=GTIN_PATTERN, examples=["09506000134352"], json_schema_extra={"format": "gtin"})
+]
+LotPath = Annotated[str, Path(pattern=LOT_SEGMENT_PATTERN, examples=["A123"])]
 _BUCKET = re.compile(r"^(\d{1,6})(s|m|h|d)$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -39,14 +60,15 @@ def _figures(conn: Conn, org: int, rec: registry.LotRecord) -> LotFigures:
             profile=profiles.resolve(conn, org=org, profile_id=leg.profile_id, version=leg.profile_version),
             loggers=tuple(LoggerSeries(dev, t, c) for dev, (t, c) in leg.loggers.items()),
         )
-        for leg in rules_store.lot_legs(conn, org=org, shipment_keys=list(rec.shipment_keys))
+        for leg in readings.lot_legs(conn, org=org, shipment_keys=list(rec.shipment_keys))
     ]
     return lot_figures(legs, stability_budget_s=rec.stability_budget_s)
 
 
-@router.get("/lots/{gtin}/{lot}")
-def get_lot(gtin: str, lot: str, conn: Conn, caller: Caller) -> dict[str, Any]:
-    org, rec = partner_view.lot(conn, caller, normalize_gtin(gtin), lot)  # a partner: shared legs only
+@router.get("/lots/{gtin}/{lot}", tags=["lots"], response_model=LotOut, responses=responses(*AUTHED, 404))
+def get_lot(gtin: GtinPath, lot: LotPath, conn: Conn, caller: Caller) -> LotOut:
+    """A lot's journey and figures; a partner sees the legs shared with it only, and no QA credits."""
+    org, rec = partner_view.lot(conn, caller, normalize_gtin(check_gtin(gtin)), lot)
     excursions = alerts.list_alerts(conn, org=org, shipment_keys=list(rec.shipment_keys))
     figures = _figures(conn, org, rec)
     credits = lot_budget.credits(conn, org=org, gtin=rec.lot.gtin, lot=rec.lot.lot)
@@ -56,39 +78,51 @@ def get_lot(gtin: str, lot: str, conn: Conn, caller: Caller) -> dict[str, Any]:
         credits = []
     credited = sum(c["seconds"] for c in credits)
     for credit in credits:
-        credit["signatures"] = esign.shown(
-            conn, org=caller.org_id, entity="lot_budget_credit", key=str(credit["id"]),
-            record=esign.credit_record(rec.lot.gtin, rec.lot.lot, credit),
-        )
+        credit["signatures"] = [
+            signature_out(s)
+            for s in esign.shown(
+                conn, org=caller.org_id, entity="lot_budget_credit", key=str(credit["id"]),
+                record=esign.credit_record(rec.lot.gtin, rec.lot.lot, credit),
+            )
+        ]
     remaining = figures.stability_budget_remaining_s
-    return {
-        "gtin": rec.lot.gtin,
-        "lot": rec.lot.lot,
-        "expiry": rec.lot.expiry,
-        "digital_link": digital_link(rec.lot.gtin, rec.lot.lot),
-        "shipments": list(rec.shipments),
-        "devices": list(rec.devices),
-        "excursions": [alert_public(a) for a in excursions],
-        "mkt_c": figures.mkt_c,
-        "time_out_of_range_s": figures.time_out_of_range_s,
-        "outside_labelled_range_s": figures.outside_labelled_range_s,
-        "stability_budget_s": figures.stability_budget_s,
-        "stability_budget_credited_s": credited,
-        "stability_budget_remaining_s": None if remaining is None else remaining + credited,
-        "stability_budget_credits": credits,
-        "worst_logger_per_shipment": figures.worst_logger,
-    }
+    return LotOut(
+        gtin=rec.lot.gtin,
+        lot=rec.lot.lot,
+        expiry=rec.lot.expiry,
+        digital_link=digital_link(rec.lot.gtin, rec.lot.lot),
+        shipments=list(rec.shipments),
+        devices=list(rec.devices),
+        excursions=[alert_out(a) for a in excursions],
+        mkt_c=figures.mkt_c,
+        time_out_of_range_s=figures.time_out_of_range_s,
+        outside_labelled_range_s=figures.outside_labelled_range_s,
+        stability_budget_s=figures.stability_budget_s,
+        stability_budget_credited_s=credited,
+        stability_budget_remaining_s=None if remaining is None else remaining + credited,
+        stability_budget_credits=[CreditOut.model_validate(c) for c in credits],
+        worst_logger_per_shipment=figures.worst_logger,
+    )
 
 
-@router.post("/lots/{gtin}/{lot}/credits", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/lots/{gtin}/{lot}/credits",
+    tags=["lots"],
+    status_code=status.HTTP_201_CREATED,
+    response_model=CreditResult,
+    responses=responses(*WITH_BODY, 404, 409),
+)
 def credit_budget(
-    gtin: str, lot: str, body: CreditBody, conn: Conn, caller: Caller, settings: AppSettings
-) -> dict[str, Any]:
+    gtin: GtinPath, lot: LotPath, body: CreditBody, conn: Conn, caller: Caller, settings: AppSettings
+) -> CreditResult:
     """QA credits time back to the lot's stability budget, with a reason (audited), under the
-    signer's e-signature. A credit that leaves budget again resolves the lot's open budget alert."""
+    signer's e-signature (password re-entered; 422 without one, 403 for an API key). A credit that
+    leaves budget again resolves the lot's open budget alert. 409 when the lot has no budget;
+    422 when all credits together would exceed the time spent outside the labelled range, or
+    `alert_id` is not an excursion of the lot."""
     caller.require(Permission.DISPOSITION)
     signature = esign.require(body.signature)
-    rec = registry.get_lot(conn, org=caller.org_id, gtin=normalize_gtin(gtin), lot=lot)
+    rec = registry.get_lot(conn, org=caller.org_id, gtin=normalize_gtin(check_gtin(gtin)), lot=lot)
     figures = _figures(conn, caller.org_id, rec)
     signer = esign.reauthenticate(conn, settings, caller, signature)
     with conn.transaction():
@@ -111,7 +145,7 @@ def credit_budget(
                 credit["id"]
             ],
         )
-        credit["signatures"] = [signed.public()]
+        credit["signatures"] = [signature_out(signed)]
         resolved: list[int] = []
         if remaining > 0:
             for alert_id in lot_budget.open_budget_alerts(
@@ -126,31 +160,37 @@ def credit_budget(
                     comment=f"stability budget restored by credit {credit['id']}: {body.reason}",
                 )
                 resolved.append(alert_id)
-    return {**credit, "stability_budget_remaining_s": remaining, "resolved_alerts": resolved}
+    return CreditResult(
+        **credit, stability_budget_remaining_s=remaining, resolved_alerts=resolved
+    )
 
 
-@router.get("/lots/{gtin}/{lot}/readings")
+@router.get(
+    "/lots/{gtin}/{lot}/readings",
+    tags=["lots"],
+    response_model=LotReadings,
+    responses=responses(*AUTHED, 404),
+)
 def lot_readings(
-    gtin: str,
-    lot: str,
+    gtin: GtinPath,
+    lot: LotPath,
     conn: Conn,
     caller: Caller,
-    from_: Annotated[datetime | None, Query(alias="from")] = None,
-    to: datetime | None = None,
-    bucket: str | None = None,
+    from_: Annotated[Moment | None, Query(alias="from", description="RFC 3339 with an offset")] = None,
+    to: Annotated[Moment | None, Query(description="RFC 3339 with an offset; exclusive")] = None,
+    bucket: Annotated[
+        str | None, Query(pattern=BUCKET_PATTERN, description="`raw` (default) or a width: 30s, 5m, 1h, 1d")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500_000)] = 100_000,
-) -> dict[str, Any]:
+) -> LotReadings:
     width = parse_bucket(bucket)
-    for name, value in (("from", from_), ("to", to)):
-        if value is not None and value.tzinfo is None:
-            raise ValidationError(f"{name} needs a UTC offset", field=name)
-    _, rec = partner_view.lot(conn, caller, normalize_gtin(gtin), lot, need="readings")
+    _, rec = partner_view.lot(conn, caller, normalize_gtin(check_gtin(gtin)), lot, need="readings")
     rows = readings.lot_readings(
         conn, shipment_keys=list(rec.shipment_keys), start=from_, end=to, bucket=width, limit=limit
     )
-    return {
-        "gtin": rec.lot.gtin,
-        "lot": rec.lot.lot,
-        "bucket": bucket or "raw",
-        "readings": rows,
-    }
+    found: list[RawReading] | list[BucketReading]
+    if width is None:
+        found = [RawReading.model_validate(r) for r in rows]
+    else:
+        found = [BucketReading.model_validate(r) for r in rows]
+    return LotReadings(gtin=rec.lot.gtin, lot=rec.lot.lot, bucket=bucket or "raw", readings=found)

@@ -7,37 +7,52 @@ from __future__ import annotations
 import html
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime, time
-from typing import Annotated, Any
+from datetime import UTC, datetime
+from typing import Annotated
 from urllib.parse import parse_qsl
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.responses import HTMLResponse
-from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import AppSettings, Caller, Conn
+from api.errors import AUTHED, WITH_BODY, responses
+from api.notify_schemas import (
+    CONTACT_ID_PATTERN,
+    POLICY_ID_PATTERN,
+    AlertNotifications,
+    ContactBody,
+    ContactOut,
+    PolicyBody,
+    PolicyOut,
+    RoutingRuleOut,
+    RoutingRulesBody,
+    contact_out,
+    notification_out,
+    policy_out,
+    routing_rule_out,
+)
+from api.schemas import MAX_SAFE_INT
 from api.webhook_policy import check_webhook_url
 from coldchain.access import Permission
 from coldchain.domain import Severity
 from coldchain.errors import ConflictError, NotFoundError, ValidationError
-from rules.notify.delivery import AckLinkExpired, AckLinkInvalid, SignatureError
-from rules.notify.links import AckLinkClaims, verify_ack_token
-from rules.notify.planner import (
+from notify.delivery import AckLinkExpired, AckLinkInvalid, SignatureError
+from notify.links import AckLinkClaims, verify_ack_token
+from notify.planner import (
     contact_from_row,
     policy_from_body,
     route_of,
     routing_rule_from_body,
 )
-from rules.notify.routing import AlertScope
-from rules.notify.sms import (
+from notify.routing import AlertScope
+from notify.sms import (
     ack_reply_twiml,
     parse_ack_reply,
     parse_status_callback,
     verify_twilio_signature,
 )
-from storage import alerts
-from storage import notifications as store
-from storage.notifications import ContactRow
+from storage import alerts, escalation_plans, notify_directory, notify_outbox
+from storage.notify_directory import ContactRow
 
 log = logging.getLogger(__name__)
 
@@ -47,182 +62,115 @@ ack_router = APIRouter(tags=["notifications"], include_in_schema=False)
 
 # -- admin: contacts, policies, routing rules -------------------------------------------------
 
-
-class QuietHours(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    start: time
-    end: time
-    days: list[int] | None = None
+ContactPath = Annotated[str, Path(pattern=CONTACT_ID_PATTERN, examples=["dana"])]
+PolicyPath = Annotated[str, Path(pattern=POLICY_ID_PATTERN, examples=["night"])]
 
 
-class ContactBody(BaseModel):
-    """A contact as an admin writes it; the id comes from the path."""
-
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=200)
-    phone: str | None = None
-    email: str | None = None
-    webhook_url: str | None = None
-    webhook_secret: str | None = Field(default=None, min_length=16, max_length=512)
-    roles: list[str] = []
-    sites: list[str] = []
-    routes: list[str] = []
-    customers: list[str] = []
-    timezone: str = "UTC"
-    quiet_hours: QuietHours | None = None
-    may_acknowledge: bool = True
-
-
-class TierBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    delay_s: int = Field(ge=0)
-    channels: list[str]
-    roles: list[str] = []
-    contact_ids: list[str] = []
-
-
-class PolicyBody(BaseModel):
-    """An escalation policy; each PUT stores a new version (alerts keep the one they started under)."""
-
-    model_config = ConfigDict(extra="forbid")
-    tiers: list[TierBody] = Field(min_length=1)
-    repeat_interval_s: int | None = None
-    max_repeats: int | None = None
-    default: bool = False
-
-
-class WindowBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    start: str
-    end: str
-    days: list[int] | None = None
-
-
-class RoutingRuleBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=100)
-    channels: list[str]
-    roles: list[str] = []
-    contact_ids: list[str] = []
-    severities: list[str] = []
-    tiers: list[int] = []
-    shipment_ids: list[str] = []
-    sites: list[str] = []
-    customers: list[str] = []
-    window: WindowBody | None = None
-
-
-class RoutingRulesBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    rules: list[RoutingRuleBody]
-
-
-@router.get("/notify/contacts")
-def list_contacts(conn: Conn, caller: Caller, include_disabled: bool = False) -> list[dict[str, Any]]:
+@router.get("/notify/contacts", response_model=list[ContactOut], responses=responses(*AUTHED))
+def list_contacts(conn: Conn, caller: Caller, include_disabled: bool = False) -> list[ContactOut]:
     caller.require(Permission.ADMINISTER)
-    found = store.list_contacts(conn, org=caller.org_id, include_disabled=include_disabled)
-    return [c.public() for c in found]
+    found = notify_directory.list_contacts(conn, org=caller.org_id, include_disabled=include_disabled)
+    return [contact_out(c) for c in found]
 
 
-@router.get("/notify/contacts/{contact_id}")
-def get_contact(contact_id: str, conn: Conn, caller: Caller) -> dict[str, Any]:
+@router.get("/notify/contacts/{contact_id}", response_model=ContactOut, responses=responses(*AUTHED, 404))
+def get_contact(contact_id: ContactPath, conn: Conn, caller: Caller) -> ContactOut:
+    """A contact; a deleted (disabled) one is gone for this route (the list can still show it)."""
     caller.require(Permission.ADMINISTER)
-    return store.get_contact(conn, org=caller.org_id, contact_id=contact_id).public()
+    row = notify_directory.get_contact(conn, org=caller.org_id, contact_id=contact_id)
+    if row.disabled:
+        raise NotFoundError("contact", contact_id)
+    return contact_out(row)
 
 
-@router.put("/notify/contacts/{contact_id}")
+@router.put("/notify/contacts/{contact_id}", response_model=ContactOut, responses=responses(*WITH_BODY))
 def put_contact(
-    contact_id: str, body: ContactBody, conn: Conn, caller: Caller, settings: AppSettings
-) -> dict[str, Any]:
+    contact_id: ContactPath, body: ContactBody, conn: Conn, caller: Caller, settings: AppSettings
+) -> ContactOut:
     """Create or replace a contact (validated: E.164 phone, time zone, quiet hours)."""
     caller.require(Permission.ADMINISTER)
-    quiet = body.quiet_hours
-    row = ContactRow(
-        org_id=caller.org_id,
-        id=contact_id,
-        name=body.name,
-        phone=body.phone,
-        email=body.email,
-        webhook_url=body.webhook_url,
-        webhook_secret=body.webhook_secret,
-        roles=tuple(body.roles),
-        sites=tuple(body.sites),
-        routes=tuple(body.routes),
-        customers=tuple(body.customers),
-        timezone=body.timezone,
-        quiet_start=quiet.start if quiet else None,
-        quiet_end=quiet.end if quiet else None,
-        quiet_days=tuple(quiet.days) if quiet and quiet.days is not None else None,
-        may_acknowledge=body.may_acknowledge,
-    )
+    row = body.to_row(caller.org_id, contact_id)
     contact_from_row(row)  # the same checks routing applies, refused here rather than skipped later
-    if body.webhook_url:
+    if body.webhook_url:  # no private, loopback or link-local targets unless configured
         check_webhook_url(body.webhook_url, allow_private=settings.webhook_allow_private)
-    if body.webhook_url and not body.webhook_secret:
-        raise ValidationError("a webhook needs a secret of 16+ characters", field="webhook_secret")
-    return store.upsert_contact(conn, row, actor=caller.name).public()
+    return contact_out(notify_directory.upsert_contact(conn, row, actor=caller.name))
 
 
-@router.delete("/notify/contacts/{contact_id}", status_code=204)
-def delete_contact(contact_id: str, conn: Conn, caller: Caller) -> Response:
+@router.delete(
+    "/notify/contacts/{contact_id}",
+    status_code=204,
+    response_class=Response,
+    responses=responses(*AUTHED, 404),
+)
+def delete_contact(contact_id: ContactPath, conn: Conn, caller: Caller) -> Response:
     caller.require(Permission.ADMINISTER)
-    store.delete_contact(conn, org=caller.org_id, contact_id=contact_id, actor=caller.name)
+    notify_directory.delete_contact(conn, org=caller.org_id, contact_id=contact_id, actor=caller.name)
     return Response(status_code=204)
 
 
-def _policy_public(row: store.PolicyRow) -> dict[str, Any]:
-    return {"id": row.id, "version": row.version, "key": row.key, "default": row.is_default, **row.body}
-
-
-@router.get("/notify/policies")
-def list_policies(conn: Conn, caller: Caller) -> list[dict[str, Any]]:
+@router.get("/notify/policies", response_model=list[PolicyOut], responses=responses(*AUTHED))
+def list_policies(conn: Conn, caller: Caller) -> list[PolicyOut]:
     caller.require(Permission.ADMINISTER)
-    return [_policy_public(p) for p in store.list_policies(conn, org=caller.org_id)]
+    return [policy_out(p) for p in notify_directory.list_policies(conn, org=caller.org_id)]
 
 
-@router.put("/notify/policies/{policy_id}", status_code=201)
-def put_policy(policy_id: str, body: PolicyBody, conn: Conn, caller: Caller) -> dict[str, Any]:
+@router.put(
+    "/notify/policies/{policy_id}", status_code=201, response_model=PolicyOut, responses=responses(*WITH_BODY)
+)
+def put_policy(policy_id: PolicyPath, body: PolicyBody, conn: Conn, caller: Caller) -> PolicyOut:
     caller.require(Permission.ADMINISTER)
-    doc = body.model_dump(exclude={"default"})
+    doc = body.model_dump(mode="json", exclude={"default"})
     policy_from_body(f"{policy_id}@1", doc)  # validate before storing
-    row = store.put_policy(
+    row = notify_directory.put_policy(
         conn, org=caller.org_id, policy_id=policy_id, body=doc, actor=caller.name, default=body.default
     )
-    return _policy_public(row)
+    return policy_out(row)
 
 
-@router.get("/notify/routing-rules")
-def list_routing_rules(conn: Conn, caller: Caller) -> list[dict[str, Any]]:
+def _routing_rules(conn: Conn, org: int) -> list[RoutingRuleOut]:
+    return [routing_rule_out(n, b) for n, b in notify_directory.list_routing_rules(conn, org=org)]
+
+
+@router.get("/notify/routing-rules", response_model=list[RoutingRuleOut], responses=responses(*AUTHED))
+def list_routing_rules(conn: Conn, caller: Caller) -> list[RoutingRuleOut]:
     caller.require(Permission.ADMINISTER)
-    return [{"name": n, **b} for n, b in store.list_routing_rules(conn, org=caller.org_id)]
+    return _routing_rules(conn, caller.org_id)
 
 
-@router.put("/notify/routing-rules")
-def put_routing_rules(body: RoutingRulesBody, conn: Conn, caller: Caller) -> list[dict[str, Any]]:
+@router.put(
+    "/notify/routing-rules", response_model=list[RoutingRuleOut], responses=responses(*WITH_BODY, 409)
+)
+def put_routing_rules(body: RoutingRulesBody, conn: Conn, caller: Caller) -> list[RoutingRuleOut]:
     """Replace the ordered routing rules (the first matching rule wins per contact and channel)."""
     caller.require(Permission.ADMINISTER)
     pairs = []
     for rule in body.rules:
-        doc = rule.model_dump(exclude={"name"}, exclude_none=True)
+        doc = rule.model_dump(mode="json", exclude={"name"}, exclude_none=True)
         routing_rule_from_body(rule.name, doc)
         pairs.append((rule.name, doc))
-    store.put_routing_rules(conn, org=caller.org_id, rules=pairs, actor=caller.name)
-    return [{"name": n, **b} for n, b in store.list_routing_rules(conn, org=caller.org_id)]
+    notify_directory.put_routing_rules(conn, org=caller.org_id, rules=pairs, actor=caller.name)
+    return _routing_rules(conn, caller.org_id)
 
 
-@router.get("/alerts/{alert_id}/notifications")
-def alert_notifications(alert_id: int, conn: Conn, caller: Caller) -> dict[str, Any]:
+@router.get(
+    "/alerts/{alert_id}/notifications",
+    response_model=AlertNotifications,
+    responses=responses(*AUTHED, 404),
+)
+def alert_notifications(
+    alert_id: Annotated[int, Path(ge=1, le=MAX_SAFE_INT)], conn: Conn, caller: Caller
+) -> AlertNotifications:
     """Who was told what about the alert, by which channel, and what became of it."""
     caller.require(Permission.READ)
     alerts.get_alert(conn, org=caller.org_id, alert_id=alert_id)  # scope check
-    rows = store.notifications_for_alert(conn, org=caller.org_id, alert_id=alert_id)
-    docs = [r.public() for r in rows]
-    return {
-        "alert_id": alert_id,
-        "notifications": docs,
-        "failed": sum(1 for d in docs if d["failed"]),
-        "pending": sum(1 for r in rows if r.state in ("pending", "sending", "held")),
-    }
+    rows = notify_outbox.notifications_for_alert(conn, org=caller.org_id, alert_id=alert_id)
+    docs = [notification_out(r) for r in rows]
+    return AlertNotifications(
+        alert_id=alert_id,
+        notifications=docs,
+        failed=sum(1 for d in docs if d.failed),
+        pending=sum(1 for r in rows if r.state in ("pending", "sending", "held")),
+    )
 
 
 # -- Twilio webhooks --------------------------------------------------------------------------
@@ -283,10 +231,10 @@ def twilio_inbound(twilio: Twilio, conn: Conn, settings: AppSettings) -> Respons
         return _twiml("To acknowledge an alert, reply ACK followed by its number, e.g. ACK 1234.")
     sender = twilio.form.get("From", "")
     try:
-        facts = store.alert_facts(conn, alert_id)
+        facts = escalation_plans.alert_facts(conn, alert_id)
     except NotFoundError:
         return _twiml(f"Alert {alert_id} not found.")
-    row = store.contact_by_phone(conn, org=facts.org_id, phone=sender)
+    row = notify_directory.contact_by_phone(conn, org=facts.org_id, phone=sender)
     if row is None or not row.may_acknowledge or not _may_acknowledge(conn, row, facts):
         log.warning("SMS acknowledgement of alert %d refused for an unknown sender", alert_id)
         return _twiml(f"Alert {alert_id}: this number may not acknowledge it.")
@@ -305,9 +253,9 @@ def twilio_inbound(twilio: Twilio, conn: Conn, settings: AppSettings) -> Respons
     return _twiml(f"Alert {alert_id} acknowledged. Thank you.")
 
 
-def _may_acknowledge(conn: Conn, row: ContactRow, facts: store.AlertFacts) -> bool:
+def _may_acknowledge(conn: Conn, row: ContactRow, facts: escalation_plans.AlertFacts) -> bool:
     """A contact may acknowledge alerts they were told about, or that fall in their scope."""
-    if store.notified_about(conn, org=facts.org_id, alert_id=facts.id, contact_id=row.id):
+    if notify_outbox.notified_about(conn, org=facts.org_id, alert_id=facts.id, contact_id=row.id):
         return True
     try:
         contact = contact_from_row(row)
@@ -330,7 +278,7 @@ def twilio_status(twilio: Twilio, conn: Conn, settings: AppSettings) -> Response
     if refused is not None:
         return refused
     update = parse_status_callback(twilio.form, url=twilio.url)
-    row = store.apply_status(
+    row = notify_outbox.apply_status(
         conn,
         idempotency_key=update.idempotency_key,
         provider_id=update.provider_id,
@@ -375,10 +323,10 @@ def ack_page(token: str, conn: Conn, settings: AppSettings) -> HTMLResponse:
     claims = _claims(token, settings)
     if isinstance(claims, HTMLResponse):
         return claims
-    if store.nonce_used(conn, claims.nonce):
+    if notify_outbox.nonce_used(conn, claims.nonce):
         return _page("Link already used", "<p>This acknowledge link was already used.</p>", 409)
     try:
-        facts = store.alert_facts(conn, claims.alert_id)
+        facts = escalation_plans.alert_facts(conn, claims.alert_id)
         alert = alerts.get_alert(conn, org=facts.org_id, alert_id=claims.alert_id)
     except NotFoundError:
         return _page("Alert not found", "<p>The alert no longer exists.</p>", 404)
@@ -410,14 +358,14 @@ def ack_confirm(token: str, conn: Conn, settings: AppSettings) -> HTMLResponse:
     if isinstance(claims, HTMLResponse):
         return claims
     try:
-        facts = store.alert_facts(conn, claims.alert_id)
-        contact = store.get_contact(conn, org=facts.org_id, contact_id=claims.contact_id)
+        facts = escalation_plans.alert_facts(conn, claims.alert_id)
+        contact = notify_directory.get_contact(conn, org=facts.org_id, contact_id=claims.contact_id)
         # The link is signed, but the contact must still be enabled and allowed to acknowledge now.
         if contact.disabled or not contact.may_acknowledge or not _may_acknowledge(conn, contact, facts):
             log.warning("ack link of contact %s refused for alert %d", claims.contact_id, claims.alert_id)
             return _page("Not allowed", "<p>This contact may not acknowledge this alert.</p>", 403)
         with conn.transaction():
-            store.use_ack_nonce(
+            notify_outbox.use_ack_nonce(
                 conn,
                 nonce=claims.nonce,
                 alert_id=claims.alert_id,

@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, status
-from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import Caller, Conn
+from api.errors import AUTHED, WITH_BODY, responses
+from api.identity_schemas import OrganizationCreate, OrganizationOut
 from coldchain.errors import NotFoundError
 from storage import organizations
 
 router = APIRouter(tags=["organizations"])
-
-
-class OrganizationCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", examples=["hosp-b"])
-    name: str = Field(min_length=1, max_length=200)
-    kind: str = Field(
-        default="manufacturer", pattern="^(manufacturer|3pl|carrier|customer|hospital|partner)$"
-    )
 
 
 def _platform(caller: Caller) -> None:
@@ -29,13 +19,21 @@ def _platform(caller: Caller) -> None:
         raise NotFoundError("route", "/organizations")
 
 
-@router.post("/organizations", status_code=status.HTTP_201_CREATED)
-def create_organization(body: OrganizationCreate, conn: Conn, caller: Caller) -> dict[str, Any]:
+@router.post(
+    "/organizations",
+    status_code=status.HTTP_201_CREATED,
+    response_model=OrganizationOut,
+    responses=responses(*WITH_BODY, 404, 409),
+)
+def create_organization(body: OrganizationCreate, conn: Conn, caller: Caller) -> OrganizationOut:
+    """A tenant or partner organization (platform admins only; 404 for everyone else)."""
     _platform(caller)
-    return organizations.create(conn, slug=body.id, name=body.name, kind=body.kind, actor=caller.name)
+    made = organizations.create(conn, slug=body.id, name=body.name, kind=body.kind, actor=caller.name)
+    return OrganizationOut.model_validate(made)
 
 
-@router.get("/organizations")
-def list_organizations(conn: Conn, caller: Caller) -> list[dict[str, Any]]:
+@router.get("/organizations", response_model=list[OrganizationOut], responses=responses(*AUTHED, 404))
+def list_organizations(conn: Conn, caller: Caller) -> list[OrganizationOut]:
+    """Every organization (platform admins only; 404 for everyone else)."""
     _platform(caller)
-    return organizations.list_all(conn)
+    return [OrganizationOut.model_validate(o) for o in organizations.list_all(conn)]

@@ -3,14 +3,15 @@ a QA person other than the author, and rollback (a new draft with an earlier ver
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated
 
-from fastapi import APIRouter, status
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Path, status
 
 from api import esign
 from api.deps import AppSettings, Caller, Conn
-from api.esign import SignatureIn
+from api.errors import AUTHED, WITH_BODY, responses
+from api.identity_schemas import ApproveBody, ProfileVersionOut, RollbackBody, profile_version_out
+from api.schemas import PG_INT, PROFILE_ID_PATTERN
 from coldchain.access import Permission
 from coldchain.alarm_profile import AlarmProfile
 from coldchain.errors import PermissionDeniedError, ValidationError
@@ -18,39 +19,45 @@ from storage import profile_changes
 
 router = APIRouter(tags=["profiles"])
 
-
-class ApproveBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    comment: str | None = Field(default=None, max_length=4000)
-    signature: SignatureIn | None = None  # required
+ProfilePath = Annotated[str, Path(pattern=PROFILE_ID_PATTERN, examples=["2-8C"])]
+VersionPath = Annotated[int, Path(ge=1, le=PG_INT)]
 
 
-class RollbackBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    reason: str = Field(min_length=1, max_length=4000)
-
-
-def _shown(conn: Conn, org: int, v: profile_changes.ProfileVersion) -> dict[str, Any]:
-    return {
-        **v.public(),
-        "signatures": esign.shown(
+def _shown(conn: Conn, org: int, v: profile_changes.ProfileVersion) -> ProfileVersionOut:
+    return profile_version_out(
+        v,
+        esign.shown(
             conn, org=org, entity="alarm_profile", key=f"{v.id} v{v.version}", record=v.signed_record()
         ),
-    }
+    )
 
 
-@router.get("/profiles/{profile_id}/versions")
-def list_versions(profile_id: str, conn: Conn, caller: Caller) -> list[dict[str, Any]]:
+@router.get(
+    "/profiles/{profile_id}/versions",
+    response_model=list[ProfileVersionOut],
+    responses=responses(*AUTHED, 404),
+)
+def list_versions(profile_id: ProfilePath, conn: Conn, caller: Caller) -> list[ProfileVersionOut]:
+    """Every version of a custom profile, drafts included, with their approval signatures."""
     return [
         _shown(conn, caller.org_id, v)
         for v in profile_changes.versions(conn, org=caller.org_id, profile_id=profile_id)
     ]
 
 
-@router.post("/profiles/{profile_id}/versions/{version}/approve")
+@router.post(
+    "/profiles/{profile_id}/versions/{version}/approve",
+    response_model=ProfileVersionOut,
+    responses=responses(*WITH_BODY, 404, 409),
+)
 def approve(
-    profile_id: str, version: int, body: ApproveBody, conn: Conn, caller: Caller, settings: AppSettings
-) -> dict[str, Any]:
+    profile_id: ProfilePath,
+    version: VersionPath,
+    body: ApproveBody,
+    conn: Conn,
+    caller: Caller,
+    settings: AppSettings,
+) -> ProfileVersionOut:
     """QA approves a draft with an e-signature (meaning `approval`); the author may not."""
     caller.require(Permission.CHANGE_PROFILE)
     signature = esign.require(body.signature)
@@ -86,8 +93,15 @@ def approve(
     return _shown(conn, caller.org_id, approved)
 
 
-@router.post("/profiles/{profile_id}/versions/{version}/rollback", status_code=status.HTTP_201_CREATED)
-def rollback(profile_id: str, version: int, body: RollbackBody, conn: Conn, caller: Caller) -> dict[str, Any]:
+@router.post(
+    "/profiles/{profile_id}/versions/{version}/rollback",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ProfileVersionOut,
+    responses=responses(*WITH_BODY, 404, 409),
+)
+def rollback(
+    profile_id: ProfilePath, version: VersionPath, body: RollbackBody, conn: Conn, caller: Caller
+) -> ProfileVersionOut:
     """A new draft with the content of an earlier version; it takes effect when approved."""
     caller.require(Permission.CHANGE_PROFILE)
     old = profile_changes.get_version(conn, org=caller.org_id, profile_id=profile_id, version=version)

@@ -2,25 +2,52 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated
 
-from fastapi import APIRouter, Body, status
+from fastapi import APIRouter, Path, Query, status
 
 from api import partner_view
 from api.deps import Caller, Conn
-from api.schemas import DeviceCreate, DevicePublic, ProductProfileBody, ShipmentCreate
+from api.errors import AUTHED, WITH_BODY, responses
+from api.schemas import (
+    DEVICE_ID_PATTERN,
+    GTIN_PATTERN,
+    PG_INT,
+    PROFILE_ID_PATTERN,
+    SHIPMENT_SEGMENT_PATTERN,
+    AlarmProfileBody,
+    AlarmProfileOut,
+    DeviceCreate,
+    DeviceOut,
+    DeviceStatusOut,
+    ProductProfileBody,
+    ProductProfileOut,
+    ProfileDraftOut,
+    ShipmentCreate,
+    ShipmentOut,
+    check_gtin,
+    profile_out,
+    shipment_out,
+)
 from coldchain.access import Permission
 from coldchain.alarm_profile import AlarmProfile
 from coldchain.gs1 import normalize_gtin
 from storage import profile_changes, profiles, registry
-from storage.registry import DeviceRecord, ShipmentRecord, shipment_document
+from storage.registry import DeviceRecord, ShipmentRecord
 from storage.shares import Share
 
 router = APIRouter()
 
+DevicePath = Annotated[str, Path(pattern=DEVICE_ID_PATTERN, examples=["TRK-0042-L1"])]
+ShipmentPath = Annotated[str, Path(pattern=SHIPMENT_SEGMENT_PATTERN, examples=["SO-1001"])]
+ProfilePath = Annotated[str, Path(pattern=PROFILE_ID_PATTERN, examples=["2-8C"])]
+GtinPath = Annotated[
+    str, Path(pattern=GTIN_PATTERN, examples=["09506000134352"], json_schema_extra={"format": "gtin"})
+]
 
-def _device(rec: DeviceRecord) -> DevicePublic:
-    return DevicePublic(
+
+def _device(rec: DeviceRecord) -> DeviceOut:
+    return DeviceOut(
         id=rec.device.id,
         kind=rec.device.kind,
         interval_s=rec.device.interval_s,
@@ -29,19 +56,22 @@ def _device(rec: DeviceRecord) -> DevicePublic:
         last_seen_at=rec.last_seen_at,
         last_seq=rec.last_seq,
         clock_offset_ms=rec.clock_offset_ms,
-        status=rec.status,
+        status=None if rec.status is None else DeviceStatusOut.model_validate(rec.status),
     )
 
 
-def _shipment(rec: ShipmentRecord) -> dict[str, Any]:
-    doc = shipment_document(rec.shipment)
-    doc["profile_version"] = rec.profile_version
-    doc["created_at"] = rec.created_at
-    return doc
+def _shipment(rec: ShipmentRecord) -> ShipmentOut:
+    return shipment_out(rec.shipment, profile_version=rec.profile_version, created_at=rec.created_at)
 
 
-@router.post("/devices", status_code=status.HTTP_201_CREATED, response_model=DevicePublic)
-def create_device(body: DeviceCreate, conn: Conn, caller: Caller) -> DevicePublic:
+@router.post(
+    "/devices",
+    tags=["devices"],
+    status_code=status.HTTP_201_CREATED,
+    response_model=DeviceOut,
+    responses=responses(*WITH_BODY, 409),
+)
+def create_device(body: DeviceCreate, conn: Conn, caller: Caller) -> DeviceOut:
     caller.require(Permission.REGISTER)
     with conn.transaction():
         rec = registry.create_device(
@@ -50,18 +80,31 @@ def create_device(body: DeviceCreate, conn: Conn, caller: Caller) -> DevicePubli
     return _device(rec)
 
 
-@router.get("/devices", response_model=list[DevicePublic])
-def list_devices(conn: Conn, caller: Caller) -> list[DevicePublic]:
+@router.get("/devices", tags=["devices"], response_model=list[DeviceOut], responses=responses(*AUTHED))
+def list_devices(conn: Conn, caller: Caller) -> list[DeviceOut]:
     return [_device(r) for r in registry.list_devices(conn, org=caller.org_id)]
 
 
-@router.get("/devices/{device_id}", response_model=DevicePublic)
-def get_device(device_id: str, conn: Conn, caller: Caller) -> DevicePublic:
+@router.get(
+    "/devices/{device_id}",
+    tags=["devices"],
+    response_model=DeviceOut,
+    responses=responses(*AUTHED, 404),
+)
+def get_device(device_id: DevicePath, conn: Conn, caller: Caller) -> DeviceOut:
     return _device(registry.get_device(conn, org=caller.org_id, device_id=device_id))
 
 
-@router.post("/shipments", status_code=status.HTTP_201_CREATED)
-def create_shipment(body: ShipmentCreate, conn: Conn, caller: Caller) -> dict[str, Any]:
+@router.post(
+    "/shipments",
+    tags=["shipments"],
+    status_code=status.HTTP_201_CREATED,
+    response_model=ShipmentOut,
+    responses=responses(*WITH_BODY, 404, 409),
+)
+def create_shipment(body: ShipmentCreate, conn: Conn, caller: Caller) -> ShipmentOut:
+    """A shipment with its lots and loggers. The devices must be registered (422 otherwise), the
+    profile must exist (404), a logger cannot ride two shipments at once (409)."""
     caller.require(Permission.REGISTER)
     gtins = [normalize_gtin(x.gtin) for x in body.lots]
     chosen = body.profile or profiles.default_for(conn, org=caller.org_id, gtins=gtins)
@@ -78,51 +121,90 @@ def create_shipment(body: ShipmentCreate, conn: Conn, caller: Caller) -> dict[st
     return _shipment(registry.get_shipment(conn, org=caller.org_id, shipment_id=shipment.id))
 
 
-@router.get("/shipments")
-def list_shipments(conn: Conn, caller: Caller) -> list[dict[str, Any]]:
+@router.get("/shipments", tags=["shipments"], response_model=list[ShipmentOut], responses=responses(*AUTHED))
+def list_shipments(conn: Conn, caller: Caller) -> list[ShipmentOut]:
+    """The organization's shipments, then those partners shared with it (`shared_by`, `scope`)."""
     own = [_shipment(r) for r in registry.list_shipments(conn, org=caller.org_id)]
     shared = [_shared(_shipment(r), s) for r, s in partner_view.shared_shipments(conn, caller)]
     return own + shared
 
 
-@router.get("/shipments/{shipment_id}")
-def get_shipment(shipment_id: str, conn: Conn, caller: Caller) -> dict[str, Any]:
+@router.get(
+    "/shipments/{shipment_id}",
+    tags=["shipments"],
+    response_model=ShipmentOut,
+    responses=responses(*AUTHED, 404),
+)
+def get_shipment(shipment_id: ShipmentPath, conn: Conn, caller: Caller) -> ShipmentOut:
     _, rec, share = partner_view.shipment(conn, caller, shipment_id)
     return _shipment(rec) if share is None else _shared(_shipment(rec), share)
 
 
-def _shared(doc: dict[str, Any], share: Share) -> dict[str, Any]:
+def _shared(doc: ShipmentOut, share: Share) -> ShipmentOut:
     """A partner's view of a shipment: who shared it and the scope."""
-    return {**doc, "shared_by": share.owner, "scope": list(share.scope)}
+    return doc.model_copy(update={"shared_by": share.owner, "scope": list(share.scope)})
 
 
-@router.get("/profiles")
-def list_profiles(conn: Conn, caller: Caller) -> list[dict[str, Any]]:
-    return [p.to_dict() for p in profiles.list_profiles(conn, org=caller.org_id)]
+@router.get(
+    "/profiles",
+    tags=["profiles"],
+    response_model=list[AlarmProfileOut],
+    responses=responses(*AUTHED),
+)
+def list_profiles(conn: Conn, caller: Caller) -> list[AlarmProfileOut]:
+    return [profile_out(p) for p in profiles.list_profiles(conn, org=caller.org_id)]
 
 
-@router.get("/profiles/{profile_id}")
-def get_profile(profile_id: str, conn: Conn, caller: Caller, version: int | None = None) -> dict[str, Any]:
-    return profiles.resolve(conn, org=caller.org_id, profile_id=profile_id, version=version).to_dict()
+@router.get(
+    "/profiles/{profile_id}",
+    tags=["profiles"],
+    response_model=AlarmProfileOut,
+    responses=responses(*AUTHED, 404),
+)
+def get_profile(
+    profile_id: ProfilePath,
+    conn: Conn,
+    caller: Caller,
+    version: Annotated[int | None, Query(ge=1, le=PG_INT)] = None,
+) -> AlarmProfileOut:
+    return profile_out(profiles.resolve(conn, org=caller.org_id, profile_id=profile_id, version=version))
 
 
-@router.post("/profiles", status_code=status.HTTP_201_CREATED)
-def create_profile(conn: Conn, caller: Caller, body: dict[str, Any] = Body(...)) -> dict[str, Any]:  # noqa: B008
+@router.post(
+    "/profiles",
+    tags=["profiles"],
+    status_code=status.HTTP_201_CREATED,
+    response_model=ProfileDraftOut,
+    responses=responses(*WITH_BODY, 409),
+)
+def create_profile(body: AlarmProfileBody, conn: Conn, caller: Caller) -> ProfileDraftOut:
     """A new custom profile, or a new version of one (the version number is assigned here).
-    Alarm limits are QA's to change (segregation of duties), never ERP's or logistics'."""
+    Built-in preset ids are refused (409); limit ids must be unique within the profile (422).
+    Alarm limits are QA's to change (segregation of duties), never ERP's or logistics'. The new
+    version is a draft, in force only once a different QA person approves it
+    (POST /profiles/{profile_id}/versions/{version}/approve)."""
     caller.require(Permission.CHANGE_PROFILE)
-    profile = AlarmProfile.from_dict({**body, "version": body.get("version", 1)})
-    # A draft: in force only once a different QA person approves it (POST .../versions/{v}/approve).
+    profile = body.to_domain()
     draft = profile_changes.save_draft(conn, org=caller.org_id, profile=profile, actor=caller.name)
-    return {**draft.body, "state": draft.state, "created_by": draft.created_by}
+    shown = profile_out(AlarmProfile.from_dict(draft.body))
+    return ProfileDraftOut.model_validate(
+        {**shown.model_dump(), "state": draft.state, "created_by": draft.created_by}
+    )
 
 
-@router.put("/products/{gtin}/profile")
-def set_product_profile(gtin: str, body: ProductProfileBody, conn: Conn, caller: Caller) -> dict[str, Any]:
+@router.put(
+    "/products/{gtin}/profile",
+    tags=["profiles"],
+    response_model=ProductProfileOut,
+    responses=responses(*WITH_BODY, 404),
+)
+def set_product_profile(
+    gtin: GtinPath, body: ProductProfileBody, conn: Conn, caller: Caller
+) -> ProductProfileOut:
     """The alarm profile shipments of this product travel under when they name none."""
     caller.require(Permission.REGISTER)
-    normalized = normalize_gtin(gtin)
+    normalized = normalize_gtin(check_gtin(gtin))
     profiles.set_product_default(
         conn, org=caller.org_id, gtin=normalized, profile_id=body.profile, actor=caller.name
     )
-    return {"gtin": normalized, "profile": body.profile}
+    return ProductProfileOut(gtin=normalized, profile=body.profile)

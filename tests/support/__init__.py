@@ -1,0 +1,1 @@
+"""Helpers the tests share: HTTP clients, ports, waiting, devices, the contract example."""
