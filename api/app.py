@@ -15,11 +15,27 @@ from psycopg_pool import ConnectionPool
 from api import errors
 from api.deps import Conn, refuse_unknown_query
 from api.limits import RequestGuard
-from api.routes import alerts, calibrations, evidence, logger_files, lots, notify, registry
+from api.routes import (
+    alerts,
+    api_keys,
+    audit,
+    auth,
+    calibrations,
+    evidence,
+    logger_files,
+    lots,
+    notify,
+    organizations,
+    profile_changes,
+    registry,
+    shares,
+    users,
+)
 from api.routes import gs1 as gs1_routes
 from api.routes import imports as import_routes
 from api.routes import recalls as recall_routes
 from api.schemas import Health
+from api.security_headers import SecurityHeaders
 from coldchain import __version__
 from coldchain.settings import Settings
 from storage.db import open_pool
@@ -36,6 +52,7 @@ def create_app(settings: Settings, *, pool: ConnectionPool | None = None) -> Fas
     """An app for these settings; given a pool it uses it (and leaves closing it to the caller)."""
     if settings.database_url is None and pool is None:
         raise ValueError("the API needs DATABASE_URL or a pool")
+    settings.require_secret_key()  # signs access tokens and ack links: no public default
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
@@ -54,8 +71,9 @@ def create_app(settings: Settings, *, pool: ConnectionPool | None = None) -> Fas
         version=__version__,
         description="Cold-chain telemetry and excursion alerting: devices, shipments, lots, alerts.",
         lifespan=lifespan,
-        openapi_url="/openapi.json",
-        docs_url="/docs",
+        openapi_url="/openapi.json" if settings.docs_enabled else None,
+        docs_url="/docs" if settings.docs_enabled else None,
+        redoc_url="/redoc" if settings.docs_enabled else None,
         generate_unique_id_function=_operation_id,
     )
     errors.install(app)
@@ -64,6 +82,9 @@ def create_app(settings: Settings, *, pool: ConnectionPool | None = None) -> Fas
         max_body_bytes=settings.http_max_body_bytes,
         large_bodies={f"{API_PREFIX}/evidence/verify": evidence.MAX_UPLOAD_BYTES},
         path_limits={f"{API_PREFIX}/imports": import_routes.MAX_IMPORT_BYTES},
+    )
+    app.add_middleware(
+        SecurityHeaders, hsts=bool(settings.public_url and settings.public_url.startswith("https://"))
     )
 
     v1 = APIRouter(prefix=API_PREFIX, dependencies=[Depends(refuse_unknown_query)])
@@ -74,7 +95,8 @@ def create_app(settings: Settings, *, pool: ConnectionPool | None = None) -> Fas
         conn.execute("SELECT 1")
         return Health(status="ok", database="ok", version=__version__)
 
-    for module in (registry, lots, alerts, notify, evidence):
+    routers = (registry, shares, profile_changes, lots, alerts, notify, evidence)
+    for module in (*routers, auth, users, api_keys, audit, organizations):
         v1.include_router(module.router)
     v1.include_router(logger_files.router)
     v1.include_router(calibrations.router)

@@ -11,7 +11,9 @@ from fastapi.dependencies.models import Dependant
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from psycopg_pool import ConnectionPool
 
+from api.identity import authenticate_user
 from coldchain.access import Principal
+from coldchain.access_tokens import looks_like_jwt
 from coldchain.errors import AuthError, ValidationError
 from coldchain.settings import Settings
 from storage import auth
@@ -42,10 +44,13 @@ AppSettings = Annotated[Settings, Depends(_settings)]
 
 def _principal(
     conn: Conn,
+    settings: AppSettings,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise AuthError("an Authorization: Bearer <token> header is required")
+    if looks_like_jwt(credentials.credentials):  # a person's access token; API keys start "cc_"
+        return authenticate_user(conn, settings, credentials.credentials)
     return auth.authenticate(conn, credentials.credentials)
 
 

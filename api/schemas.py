@@ -9,7 +9,7 @@ Responses are built here from storage rows and domain objects: storage never sha
 from __future__ import annotations
 
 import re
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal, Self
 
 from annotated_types import Interval
@@ -38,6 +38,7 @@ from coldchain.domain import (
     ShipmentLot,
 )
 from coldchain.errors import ValidationError
+from coldchain.esignature import Meaning, Signature
 from coldchain.gs1 import gtin_check_digit
 
 # -- shared field types -----------------------------------------------------------------------
@@ -268,6 +269,8 @@ class ShipmentOut(_Out):
     created_at: datetime
     lots: list[ShipmentLotOut]
     devices: list[AssignmentOut]
+    shared_by: str | None = Field(default=None, description="a partner's view: the owning organization")
+    scope: list[str] | None = Field(default=None, description="a partner's view: what was shared")
 
 
 def shipment_out(shipment: Shipment, *, profile_version: int, created_at: datetime) -> ShipmentOut:
@@ -450,6 +453,16 @@ class AlarmProfileOut(_Out):
     freeze_thaw: FreezeThawOut | None = None
 
 
+ProfileState = Literal["draft", "approved", "rejected"]
+
+
+class ProfileDraftOut(AlarmProfileOut):
+    """A new profile version: a draft until another QA person approves it."""
+
+    state: ProfileState
+    created_by: str
+
+
 def _limit_out(x: Limit) -> LimitOut:
     return LimitOut.model_validate(x.to_dict())
 
@@ -485,6 +498,48 @@ def profile_out(p: AlarmProfile) -> AlarmProfileOut:
     )
 
 
+# -- e-signatures (21 CFR Part 11) -------------------------------------------------------------
+
+
+class SignatureIn(_In):
+    """The signer's password, entered again for this signature, and what the signature means."""
+
+    password: Annotated[str, Field(min_length=1, max_length=256)]
+    meaning: Meaning
+
+
+class SignatureOut(_Out):
+    """A signature as every view of the signed record shows it (§11.50): who, when, what it means.
+    `status` is given where the record was checked against what was signed."""
+
+    id: int
+    signer: str = Field(description="the signer's printed name")
+    user: str = Field(description="the signer's e-mail")
+    meaning: Meaning
+    signed_at: datetime
+    record_hash: str = Field(description="SHA-256 of the signed record's canonical content")
+    action: str
+    status: Literal["valid", "broken"] | None = None
+    reason: str | None = Field(default=None, description="why a signature shows broken")
+
+
+def signature_out(sig: Signature) -> SignatureOut:
+    status: Literal["valid", "broken"] | None = None
+    if sig.intact is not None:
+        status = "valid" if sig.intact else "broken"
+    return SignatureOut(
+        id=sig.id,
+        signer=sig.signer,
+        user=sig.user,
+        meaning=sig.meaning,
+        signed_at=sig.signed_at.astimezone(UTC),
+        record_hash=sig.record_hash,
+        action=sig.action,
+        status=status,
+        reason="the record changed after it was signed" if sig.intact is False else None,
+    )
+
+
 # -- alerts -----------------------------------------------------------------------------------
 
 
@@ -495,6 +550,9 @@ class AckBody(_In):
 class CloseBody(_In):
     disposition: Disposition
     comment: Annotated[str, Field(min_length=1, max_length=4000, pattern=TEXT_PATTERN)]
+    signature: SignatureIn | None = Field(
+        default=None, description="required: QA's e-signature (21 CFR Part 11); 422 without it"
+    )
 
 
 class AssignBody(_In):
@@ -528,6 +586,7 @@ class AlertOut(_Out):
     disposition: Disposition | None
     assignee: str | None
     lots: list[LotRef]
+    signatures: list[SignatureOut] = Field(default=[], description="the disposition's e-signatures")
 
 
 class AlertEvent(_Out):
@@ -541,6 +600,9 @@ class AlertEvent(_Out):
 
 class AlertDetail(AlertOut):
     history: list[AlertEvent]
+    profile_body: dict[str, Any] | None = Field(
+        default=None, description="the alarm profile the excursion was judged under, as it stood then"
+    )
 
 
 def _alert_fields(alert: Alert) -> dict[str, Any]:
@@ -569,12 +631,23 @@ def _alert_fields(alert: Alert) -> dict[str, Any]:
     }
 
 
-def alert_out(alert: Alert) -> AlertOut:
-    return AlertOut(**_alert_fields(alert))
+def alert_out(alert: Alert, signatures: list[Signature] | None = None) -> AlertOut:
+    return AlertOut(**_alert_fields(alert), signatures=[signature_out(s) for s in signatures or []])
 
 
-def alert_detail(alert: Alert, history: list[dict[str, Any]]) -> AlertDetail:
-    return AlertDetail(**_alert_fields(alert), history=[AlertEvent.model_validate(e) for e in history])
+def alert_detail(
+    alert: Alert,
+    history: list[dict[str, Any]],
+    *,
+    signatures: list[Signature] | None = None,
+    profile_body: dict[str, Any] | None = None,
+) -> AlertDetail:
+    return AlertDetail(
+        **_alert_fields(alert),
+        history=[AlertEvent.model_validate(e) for e in history],
+        signatures=[signature_out(s) for s in signatures or []],
+        profile_body=profile_body,
+    )
 
 
 # -- lots -------------------------------------------------------------------------------------
@@ -586,6 +659,9 @@ class CreditBody(_In):
     seconds: StrictFloat = Field(gt=0, le=10 * 365 * 86400)
     reason: Annotated[str, Field(min_length=1, max_length=4000, pattern=REASON_PATTERN)]
     alert_id: RowId | None = None
+    signature: SignatureIn | None = Field(
+        default=None, description="required: QA's e-signature (21 CFR Part 11); 422 without it"
+    )
 
 
 class CreditOut(_Out):
@@ -595,6 +671,7 @@ class CreditOut(_Out):
     alert_id: int | None
     credited_by: str
     credited_at: datetime
+    signatures: list[SignatureOut] = Field(default=[], description="the credit's e-signatures")
 
 
 class CreditResult(CreditOut):

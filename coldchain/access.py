@@ -1,11 +1,16 @@
-"""Who may do what: roles, the principal behind a request, and the permission table."""
+"""Who may do what: roles, the principal behind a request, and the permission table.
+
+Segregation of duties: `admin` runs users, keys and configuration but makes no QA decision
+(disposition, budget credit, alarm-limit change) unless the same person also holds `qa`;
+alarm limits are a QA matter, never `erp` or `logistics`. Machines (API keys) never sign.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
-from coldchain.errors import PermissionDeniedError
+from coldchain.errors import PermissionDeniedError, ValidationError
 
 
 class Role(StrEnum):
@@ -19,16 +24,41 @@ class Role(StrEnum):
 
 class Permission(StrEnum):
     READ = "read"
-    REGISTER = "register"  # devices, shipments, lots, profiles
+    REGISTER = "register"  # devices, shipments, lots, product defaults
     ACKNOWLEDGE = "acknowledge"
     RESOLVE = "resolve"
-    DISPOSITION = "disposition"  # close an alert with a QA decision, sign records
-    ADMINISTER = "administer"  # tokens, users, contacts
+    DISPOSITION = "disposition"  # close an alert with a QA decision, credit budget, sign records
+    CHANGE_PROFILE = "change_profile"  # alarm limits: QA's change control
+    READ_AUDIT = "read_audit"  # the audit trail and signatures of every record
+    ADMINISTER = "administer"  # users, API keys, contacts and routing
+
+
+class PrincipalKind(StrEnum):
+    USER = "user"  # a person who logged in: may sign
+    API_KEY = "api_key"  # a machine: may never sign
 
 
 _GRANTS: dict[Role, frozenset[Permission]] = {
-    Role.ADMIN: frozenset(Permission),
-    Role.QA: frozenset({Permission.READ, Permission.ACKNOWLEDGE, Permission.RESOLVE, Permission.DISPOSITION}),
+    Role.ADMIN: frozenset(
+        {
+            Permission.READ,
+            Permission.REGISTER,
+            Permission.ACKNOWLEDGE,
+            Permission.RESOLVE,
+            Permission.READ_AUDIT,
+            Permission.ADMINISTER,
+        }
+    ),
+    Role.QA: frozenset(
+        {
+            Permission.READ,
+            Permission.ACKNOWLEDGE,
+            Permission.RESOLVE,
+            Permission.DISPOSITION,
+            Permission.CHANGE_PROFILE,
+            Permission.READ_AUDIT,
+        }
+    ),
     Role.LOGISTICS: frozenset(
         {Permission.READ, Permission.REGISTER, Permission.ACKNOWLEDGE, Permission.RESOLVE}
     ),
@@ -38,18 +68,59 @@ _GRANTS: dict[Role, frozenset[Permission]] = {
 }
 
 
+def grants(roles: frozenset[Role]) -> frozenset[Permission]:
+    """Everything any of these roles allows (a person may hold several)."""
+    out: frozenset[Permission] = frozenset()
+    for role in roles:
+        out |= _GRANTS[role]
+    return out
+
+
+def parse_roles(names: list[str] | tuple[str, ...]) -> frozenset[Role]:
+    """Role names from input; unknown names are refused by name."""
+    roles: set[Role] = set()
+    for name in names:
+        try:
+            roles.add(Role(name))
+        except ValueError:
+            known = ", ".join(r.value for r in Role)
+            raise ValidationError(f"unknown role {name!r} (known: {known})", field="roles") from None
+    if not roles:
+        raise ValidationError("at least one role is needed", field="roles")
+    return frozenset(roles)
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """The authenticated caller: its organization (id and slug), role and a printable name."""
+    """The authenticated caller: its organization (id and slug), role(s) and a printable name.
+
+    `name` is what the audit trail records as the actor (a key's name, a person's e-mail);
+    `role` is the first role, `roles` all of them.
+    """
 
     org_id: int
     organization: str
     role: Role
     name: str
+    roles: frozenset[Role] = field(default=frozenset())
+    kind: PrincipalKind = PrincipalKind.API_KEY
+    user_id: int | None = None
+    printed_name: str | None = None
+    key_id: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.role not in self.roles:
+            object.__setattr__(self, "roles", self.roles | {self.role})
+
+    @property
+    def platform_admin(self) -> bool:
+        """An admin of the operator's own organization (id 1) may create organizations."""
+        return self.org_id == 1 and Role.ADMIN in self.roles
 
     def can(self, permission: Permission) -> bool:
-        return permission in _GRANTS[self.role]
+        return permission in grants(self.roles)
 
     def require(self, permission: Permission) -> None:
         if not self.can(permission):
-            raise PermissionDeniedError(f"role {self.role.value!r} may not {permission.value}")
+            held = ", ".join(sorted(r.value for r in self.roles))
+            raise PermissionDeniedError(f"role {held!r} may not {permission.value}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -16,13 +17,14 @@ from coldchain.log import configure_logging
 from coldchain.settings import Settings, load_settings
 
 log = logging.getLogger("coldchain")
+_IDENTITY_COMMANDS = frozenset({"users", "orgs", "api-keys", "audit"})
 
 
 DATABASE_NAME = "coldchain"
-# The database roles `coldchain db url --role` hands out URLs for. Only the superuser of the
-# installation's cluster (or DATABASE_URL as given) for now; a role of its own login (the app,
-# the schema owner) joins this table when it has one.
-DB_ROLES = ("superuser",)
+# The database roles `coldchain db url --role` hands out URLs for (embedded/credentials.py): the
+# services' `app` login (coldchain_app), the schema `owner` that migrations run as
+# (coldchain_owner), and the cluster's `superuser`. With DATABASE_URL set, the URL as given.
+DB_ROLES = ("app", "owner", "superuser")
 
 
 def _common(parser: argparse.ArgumentParser, *, servers: bool = True) -> None:
@@ -59,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(db_sub.add_parser("migrate", help="apply pending migrations"))
     url = db_sub.add_parser("url", help="print a database URL an operator can hand to psql")
     _common(url)
-    url.add_argument("--role", choices=DB_ROLES, default="superuser", help="whose URL (superuser)")
+    url.add_argument(
+        "--role", choices=DB_ROLES, default="superuser", help="whose URL: app, owner or superuser (default)"
+    )
 
     token = sub.add_parser("token", help="API tokens")
     token_sub = token.add_subparsers(dest="token_command", required=True)
@@ -91,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     _common(add_import_parser(sub))
 
+    from coldchain import cli_identity  # users, orgs, api-keys, audit
+
+    cli_identity.add_parsers(sub, _common)
+
     sim = sub.add_parser(
         "sim", help="simulated loggers and fleets (see `coldchain sim --help`)", add_help=False
     )
@@ -114,7 +122,15 @@ def main(argv: list[str] | None = None) -> int:
         return evidence_main(args_list[1:])
     args = build_parser().parse_args(args_list)
     try:
-        settings = load_settings(getattr(args, "config", None))
+        try:
+            settings = load_settings(getattr(args, "config", None))
+        except ColdchainError as exc:
+            if args.command != "up" or "SECRET_KEY" not in str(exc):
+                raise
+            # `coldchain up` in production without SECRET_KEY: the key generated into its data folder.
+            data_dir = args.data_dir or Path(os.environ.get("DATA_DIR", ".coldchain"))
+            key = _secret_key_file(data_dir.resolve())
+            settings = load_settings(getattr(args, "config", None), secret_key=key)
         configure_logging(settings.log_level, json_lines=settings.log_json)
         return _dispatch(args, settings)
     except ColdchainError as exc:
@@ -147,17 +163,33 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             from erp.cli import run as run_import
 
             return run_import(args, servers.database_url())
+        if args.command in _IDENTITY_COMMANDS:
+            from coldchain import cli_identity
+
+            return cli_identity.dispatch(args, settings, servers.database_url())
+        if args.command in ("rules", "api"):
+            settings.require_secret_key()  # ack links and access tokens: no public default key
         stop = _stop_on_signals()
         if args.command == "ingest":
             from ingest.service import run as run_ingest
 
-            update = {"database_url": servers.database_url(), "mqtt_url": servers.mqtt_url()}
+            update = {"database_url": servers.service_url(), "mqtt_url": servers.mqtt_url()}
             run_ingest(settings.model_copy(update=update), stop)
         elif args.command == "rules":
-            _run_rules(settings.model_copy(update={"database_url": servers.database_url()}), stop)
+            _run_rules(settings.model_copy(update={"database_url": servers.service_url()}), stop)
         elif args.command == "api":
-            _serve_api(settings.model_copy(update={"database_url": servers.database_url()}))
+            _serve_api(settings.model_copy(update={"database_url": servers.service_url()}))
     return 0
+
+
+def _hba_file(superuser_url: str) -> Path:
+    """The cluster's pg_hba.conf, where the server says it is (its data folder may have moved)."""
+    import psycopg
+
+    with psycopg.connect(superuser_url, autocommit=True, connect_timeout=10) as conn:
+        row = conn.execute("SHOW hba_file").fetchone()
+    assert row is not None
+    return Path(row[0])
 
 
 class Servers:
@@ -193,26 +225,56 @@ class Servers:
                     self._stack.callback(self._cluster.stop)
         return self._cluster
 
+    def _credentials(self, cluster: Any) -> Any:
+        """The cluster's generated role passwords (made on first start), the cluster switched to
+        password authentication and the roles and database in place; safe to run every time."""
+        from embedded.credentials import ClusterCredentials, secure_cluster
+
+        data_dir = self._settings.data_dir.resolve()
+        creds = ClusterCredentials.ensure(data_dir).with_port(cluster.port)
+        secure_cluster(creds.url("superuser"), _hba_file(creds.url("superuser")), creds)
+        return creds
+
     def database_url(self, *, keep_running: bool = False) -> str:
-        """The platform's database; in the private cluster created and migrated when needed."""
+        """The platform's database as its owner (what migrations and the CLI's writes use); in the
+        private cluster created, secured and migrated when needed."""
         if self._database_url is None:
             if self._settings.database_url is not None:
                 self._database_url = self._settings.database_url
             else:
-                from storage.db import ensure_database
                 from storage.migrate import migrate
 
                 cluster = self._running_cluster(keep_running=keep_running)
-                ensure_database(cluster.url, DATABASE_NAME)
-                self._database_url = cluster.url.rsplit("/", 1)[0] + "/" + DATABASE_NAME
+                self._credentials(cluster)
+                from embedded.credentials import database_url
+
+                self._database_url = database_url(self._settings.data_dir.resolve(), "owner")
                 migrate(self._database_url, engine=self._settings.database_engine)
         return self._database_url
 
     def role_url(self, role: str, *, keep_running: bool = False) -> str:
-        """A URL to the platform's database as `role` (see DB_ROLES)."""
+        """A URL to the platform's database as `role` (see DB_ROLES). DATABASE_URL, when set, is
+        the operator's: it is handed back as given for the superuser and refused for the others."""
         if role not in DB_ROLES:
             raise ColdchainError(f"no database role {role!r}; known: {', '.join(DB_ROLES)}")
-        return self.database_url(keep_running=keep_running)
+        url = self.database_url(keep_running=keep_running)
+        if not self.embedded_database:
+            if role != "superuser":
+                raise ColdchainError(
+                    f"DATABASE_URL is set: the {role} role of that database is yours to configure"
+                )
+            return url
+        from embedded.credentials import DATABASE, ClusterCredentials
+
+        creds = ClusterCredentials.load(self._settings.data_dir.resolve())
+        return creds.url(role, DATABASE)  # every role's URL names the platform's database
+
+    def service_url(self) -> str:
+        """What the services connect as: DATABASE_URL, or the installation's `app` role."""
+        if not self.embedded_database:
+            return self.database_url()
+        self.database_url()  # created, secured and migrated first
+        return self.role_url("app")
 
     def mqtt_url(self, *, port: int | None = None) -> str:
         if self._settings.mqtt_url is not None:
@@ -273,13 +335,21 @@ def run_platform(settings: Settings, *, demo: bool, mqtt_port: int | None, time_
 
     data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
+    settings = _ensure_secret_key(settings, data_dir)
     with contextlib.ExitStack() as stack:
         servers = Servers(settings, stack)
-        dsn = servers.database_url()
+        # Embedded: password authentication with generated secrets; migrations as the owner,
+        # services as the app role. With DATABASE_URL, that URL for both.
+        migrate(servers.database_url(), engine=settings.database_engine)
+        dsn = servers.service_url()  # everything from here on runs as the application role
         mqtt_url = servers.mqtt_url(port=mqtt_port)
         settings = settings.model_copy(update={"database_url": dsn, "mqtt_url": mqtt_url})
-        migrate(dsn, engine=settings.database_engine)
         token, fresh = _bootstrap_token(settings, dsn, data_dir)
+        from coldchain.cli_identity import Checkpoints, checkpoint_key
+
+        key = checkpoint_key(None, settings)
+        if key is not None:  # the audit heads, signed with the platform key now and then
+            stack.callback(Checkpoints(dsn, key, settings.audit_checkpoint_interval_s).start().stop)
         topics = Topics(settings.topic_prefix)
 
         ingest = IngestService(dsn=dsn, mqtt_url=mqtt_url, topics=topics, settings=settings)
@@ -335,10 +405,7 @@ def run_platform(settings: Settings, *, demo: bool, mqtt_port: int | None, time_
 
 def _bootstrap_token(settings: Settings, dsn: str, data_dir: Path) -> tuple[str, bool]:
     """The admin API key: COLDCHAIN_BOOTSTRAP_TOKEN, or one made on first start and kept in a 0600 file."""
-    import os
-
-    from coldchain.access import Role
-    from storage import auth
+    from storage import api_keys, auth
     from storage.db import connect
 
     path = data_dir / "admin-token"
@@ -353,15 +420,33 @@ def _bootstrap_token(settings: Settings, dsn: str, data_dir: Path) -> tuple[str,
         with os.fdopen(fd, "w") as handle:
             handle.write(token + "\n")
         fresh = True
-    with connect(dsn) as conn, conn.transaction():
-        added = auth.ensure_token(
-            conn,
-            org=auth.org_id(conn, settings.organization),
-            name="bootstrap-admin",
-            role=Role.ADMIN,
-            token=token,
-        )
+    with connect(dsn, autocommit=True) as conn:
+        # A changed COLDCHAIN_BOOTSTRAP_TOKEN revokes the earlier bootstrap key (rotation).
+        added = api_keys.ensure_bootstrap(conn, org=auth.org_id(conn, settings.organization), token=token)
     return token, fresh or (added and settings.bootstrap_token is None)
+
+
+def _ensure_secret_key(settings: Settings, data_dir: Path) -> Settings:
+    """SECRET_KEY, or one generated on first start into `<data>/secrets/secret-key` (0600)."""
+    from pydantic import SecretStr
+
+    if not settings.secret_key_generated:
+        return settings
+    return settings.model_copy(update={"secret_key": SecretStr(_secret_key_file(data_dir))})
+
+
+def _secret_key_file(data_dir: Path) -> str:
+    import secrets
+
+    folder = data_dir / "secrets"
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    path = folder / "secret-key"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(48) + "\n")
+    return path.read_text().strip()
 
 
 def _start_demo(dsn: str, mqtt_url: str, topics: Any, time_scale: float) -> Any:

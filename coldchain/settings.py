@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,7 +17,13 @@ from pydantic_settings import (
 
 from coldchain.errors import ConfigurationError
 
-_DEV_SECRET = "development-only-secret-change-me"
+MIN_SECRET_KEY_BYTES = 32
+
+
+@cache
+def _development_secret() -> str:
+    """A random key per process for explicit development mode: never a public default."""
+    return secrets.token_urlsafe(32)
 
 
 def _either(name: str, default: Any) -> Any:
@@ -30,7 +38,8 @@ class Settings(BaseSettings):
         extra="forbid", case_sensitive=False, populate_by_name=True, env_ignore_empty=True
     )
 
-    environment: Literal["development", "production"] = "development"
+    # Production unless ENVIRONMENT=development is set explicitly: only then may SECRET_KEY be missing.
+    environment: Literal["development", "production"] = "production"
     data_dir: Path = Path(".coldchain")
     database_url: str | None = None
     # auto: TimescaleDB when the server can run it, plain otherwise; see storage/migrate.py
@@ -44,7 +53,7 @@ class Settings(BaseSettings):
     public_url: str | None = None
     http_max_body_bytes: int = Field(default=1 << 20, ge=1)  # larger request bodies get 413 before parsing
     bootstrap_token: SecretStr | None = _either("bootstrap_token", None)
-    secret_key: SecretStr = _either("secret_key", SecretStr(_DEV_SECRET))
+    secret_key: SecretStr = _either("secret_key", SecretStr(""))
     log_level: str = "INFO"
     log_json: bool = False
 
@@ -72,13 +81,53 @@ class Settings(BaseSettings):
     smtp_from: str | None = None
     smtp_security: Literal["starttls", "tls", "none"] = "starttls"
 
+    # identity: people, sessions, lockout (21 CFR Part 11 §11.300)
+    access_token_ttl_s: int = Field(default=900, ge=30, le=3600)
+    refresh_token_ttl_s: int = Field(default=14 * 86400, ge=300)
+    lockout_failures: int = Field(default=5, ge=1)
+    lockout_window_s: int = Field(default=900, ge=1)
+    lockout_duration_s: int = Field(default=900, ge=1)
+    password_min_length: int = Field(default=12, ge=8)
+    argon2_memory_kib: int = Field(default=19_456, ge=1024)
+    argon2_passes: int = Field(default=2, ge=1)
+    argon2_lanes: int = Field(default=1, ge=1)
+    # how often `coldchain up` signs the audit trail's heads with the platform key
+    audit_checkpoint_interval_s: float = Field(default=600.0, gt=0)
+    # the OpenAPI pages (/docs, /openapi.json), as the contract has them; DOCS_ENABLED=false hides them
+    docs_enabled: bool = True
+    # webhooks may only go to public https endpoints; tests on loopback turn this on
+    webhook_allow_private: bool = False
+
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:
-        if self.environment == "production" and self.secret_key.get_secret_value() == _DEV_SECRET:
+        key = self.secret_key.get_secret_value()
+        if key and len(key.encode()) < MIN_SECRET_KEY_BYTES:
+            raise ValueError(f"SECRET_KEY must hold at least {MIN_SECRET_KEY_BYTES} random bytes")
+        if not key and self.environment == "development":
+            self.secret_key = SecretStr(_development_secret())
+        elif not key and "environment" in self.model_fields_set:
+            # ENVIRONMENT=production said out loud: refuse at once. Left unset, tools that sign
+            # nothing still run, and every service refuses at its start (require_secret_key).
             raise ValueError("SECRET_KEY must be set in production")
         if self.topic_prefix and not self.topic_prefix.endswith("/"):
             raise ValueError("TOPIC_PREFIX must end with '/'")
         return self
+
+    @property
+    def secret_key_generated(self) -> bool:
+        """True when SECRET_KEY was not given (development mode made one for this process only)."""
+        key = self.secret_key.get_secret_value()
+        return not key or key == _development_secret()
+
+    def require_secret_key(self) -> str:
+        """The key that signs ack links and access tokens; a service without one refuses to start."""
+        key = self.secret_key.get_secret_value()
+        if not key:
+            raise ConfigurationError(
+                "SECRET_KEY is not set: give one of at least 32 random bytes"
+                " (`coldchain up` makes one in its data folder), or set ENVIRONMENT=development"
+            )
+        return key
 
     @classmethod
     def settings_customise_sources(

@@ -7,10 +7,12 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from coldchain.alert_lifecycle import next_state
 from coldchain.domain import Alert, AlertState, Disposition, Severity
 from coldchain.errors import NotFoundError, ValidationError
+from storage import profiles
 from storage.audit import record
 from storage.listen import Wakeup, wake
 from storage.rows import fetch_all, fetch_one
@@ -49,11 +51,12 @@ class NewAlert:
 
 
 def raise_alert(conn: psycopg.Connection, alert: NewAlert, *, actor: str = "rules") -> tuple[int, bool]:
-    """Open the alert of an episode unless it exists; (id, True when opened now)."""
+    """Open the alert of an episode unless it exists; (id, True when opened now). The profile's
+    body is frozen with the alert."""
     row = conn.execute(
         "INSERT INTO alerts (org_id, episode_key, kind, severity, state, device_key, shipment_key,"
-        " limit_id, profile_id, profile_version, message, started_at, ended_at, peak_c)"
-        " VALUES (%s, %s, %s, %s, 'open', %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        " limit_id, profile_id, profile_version, message, started_at, ended_at, peak_c, profile_body)"
+        " VALUES (%s, %s, %s, %s, 'open', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
         " ON CONFLICT (org_id, episode_key) DO NOTHING RETURNING id",
         (
             alert.org_id,
@@ -69,6 +72,7 @@ def raise_alert(conn: psycopg.Connection, alert: NewAlert, *, actor: str = "rule
             alert.started_at,
             alert.ended_at,
             alert.peak_c,
+            _profile_body(conn, alert),
         ),
     ).fetchone()
     if row is None:
@@ -101,6 +105,26 @@ def raise_alert(conn: psycopg.Connection, alert: NewAlert, *, actor: str = "rule
     )
     wake(conn, Wakeup.ALERTS, str(alert_id))
     return alert_id, True
+
+
+def _profile_body(conn: psycopg.Connection, alert: NewAlert) -> Jsonb | None:
+    if alert.profile_id is None or alert.profile_version is None:
+        return None
+    try:
+        profile = profiles.resolve_version(
+            conn, org=alert.org_id, profile_id=alert.profile_id, version=alert.profile_version
+        )
+    except NotFoundError:
+        return None
+    return Jsonb(profile.to_dict())
+
+
+def profile_body(conn: psycopg.Connection, *, org: int, alert_id: int) -> dict[str, Any] | None:
+    """The profile body frozen with the alert when it opened (None for alerts without a profile)."""
+    row = conn.execute(
+        "SELECT profile_body FROM alerts WHERE org_id = %s AND id = %s", (org, alert_id)
+    ).fetchone()
+    return None if row is None or row[0] is None else dict(row[0])
 
 
 def update_episode(

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -36,6 +40,183 @@ def record(
     ).fetchone()
     assert row is not None
     return int(row[0])
+
+
+_RECOMPUTE = (
+    "encode(sha256(prev_hash || convert_to(concat_ws(E'\\x1f',"
+    " org_id::text, to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US'), actor,"
+    " action, entity, entity_key, coalesce(old_value::text, ''), coalesce(new_value::text, ''),"
+    " coalesce(reason, '')), 'UTF8')), 'hex')"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditVerdict:
+    """The outcome of checking the whole trail: intact, or the first bad row and why."""
+
+    intact: bool
+    rows: int
+    organizations: int
+    org_id: int | None = None
+    row_id: int | None = None
+    reason: str | None = None
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "intact": self.intact,
+            "rows": self.rows,
+            "organizations": self.organizations,
+            "org_id": self.org_id,
+            "row_id": self.row_id,
+            "reason": self.reason,
+        }
+
+
+def _checkpoint_mac(key: bytes, org: int, last_id: int, rows: int, digest: bytes) -> str:
+    message = f"audit-checkpoint|{org}|{last_id}|{rows}|{digest.hex()}".encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def checkpoint(conn: psycopg.Connection, key: bytes) -> int:
+    """Record a signed checkpoint of every organization's head that moved since its last one."""
+    made = 0
+    with conn.transaction():
+        heads = conn.execute(
+            "SELECT h.org_id, h.last_id, h.rows, h.hash FROM audit_heads h"
+            " WHERE h.last_id IS NOT NULL AND h.rows IS NOT NULL"
+            " AND NOT EXISTS (SELECT 1 FROM audit_checkpoints c"
+            "  WHERE c.org_id = h.org_id AND c.last_id = h.last_id AND c.hash = h.hash)"
+            " FOR UPDATE OF h"
+        ).fetchall()
+        for org, last_id, rows, digest in heads:
+            mac = _checkpoint_mac(key, int(org), int(last_id), int(rows), bytes(digest))
+            conn.execute(
+                "INSERT INTO audit_checkpoints (org_id, last_id, rows, hash, mac)"
+                " VALUES (%s, %s, %s, %s, %s)",
+                (org, last_id, rows, digest, mac),
+            )
+            made += 1
+    return made
+
+
+def _check_checkpoints(conn: psycopg.Connection, key: bytes, total: int, orgs: int) -> AuditVerdict | None:
+    rows = conn.execute(
+        "SELECT c.id, c.org_id, c.last_id, c.rows, c.hash, c.mac, t.hash,"
+        " (SELECT count(*) FROM audit_trail x WHERE x.org_id = c.org_id AND x.id <= c.last_id)"
+        " FROM audit_checkpoints c LEFT JOIN audit_trail t ON t.id = c.last_id AND t.org_id = c.org_id"
+        " ORDER BY c.id"
+    ).fetchall()
+    for cp_id, org, last_id, count, digest, mac, trail_hash, trail_count in rows:
+        expected = _checkpoint_mac(key, int(org), int(last_id), int(count), bytes(digest))
+        if not hmac.compare_digest(expected, mac):
+            return AuditVerdict(
+                False, total, orgs, int(org), int(last_id),
+                f"checkpoint {cp_id} does not carry the platform key's signature (forged or altered)",
+            )
+        if trail_hash is None or bytes(trail_hash) != bytes(digest) or int(trail_count) != int(count):
+            return AuditVerdict(
+                False, total, orgs, int(org), int(last_id),
+                f"the trail up to row {last_id} differs from signed checkpoint {cp_id}"
+                " (the chain was rewritten)",
+            )
+    return None
+
+
+def verify_trail(conn: psycopg.Connection, *, checkpoint_key: bytes | None = None) -> AuditVerdict:
+    """Check every link of every organization's chain, then the chain's end against the recorded
+    head (hash, row count, last id), so an altered row and removed newest rows are both found; with
+    the platform key, also every signed checkpoint, so a chain rewritten end to end is found too."""
+    heads = {
+        int(r[0]): (bytes(r[1]), r[2], r[3])
+        for r in conn.execute("SELECT org_id, hash, rows, last_id FROM audit_heads")
+    }
+    orgs = [int(r[0]) for r in conn.execute("SELECT DISTINCT org_id FROM audit_trail ORDER BY 1")]
+    total = 0
+    for org in sorted(set(orgs) | set(heads)):
+        prev, count, last_id = b"", 0, None
+        with conn.cursor() as cur:
+            cur.execute(
+                f"SELECT id, prev_hash, hash, {_RECOMPUTE} FROM audit_trail WHERE org_id = %s ORDER BY id",
+                (org,),
+            )
+            for row_id, prev_hash, stored, recomputed in cur:
+                if bytes(prev_hash) != prev:
+                    return AuditVerdict(
+                        False, total, len(heads), org, int(row_id),
+                        "its prev_hash is not the hash of the row before it (a row was removed or inserted)",
+                    )
+                if bytes(stored).hex() != recomputed:
+                    return AuditVerdict(
+                        False, total, len(heads), org, int(row_id),
+                        "its content does not match its hash (altered)",
+                    )
+                prev, count, last_id = bytes(stored), count + 1, int(row_id)
+                total += 1
+        head = heads.get(org)
+        if head is None:
+            return AuditVerdict(
+                False, total, len(heads), org, last_id, "the organization has no recorded head"
+            )
+        head_hash, head_rows, head_last = head
+        if head_hash != prev:
+            return AuditVerdict(
+                False, total, len(heads), org, last_id,
+                "the last row's hash is not the recorded head (newest rows were removed or the head altered)",
+            )
+        if head_rows is not None and head_rows != count:
+            return AuditVerdict(
+                False, total, len(heads), org, last_id,
+                f"the head records {head_rows} rows but the trail holds {count}",
+            )
+        if head_last is not None and head_last != last_id:
+            return AuditVerdict(
+                False, total, len(heads), org, last_id,
+                f"the head records last row {head_last}, the trail ends at {last_id}",
+            )
+    if checkpoint_key is not None:
+        broken = _check_checkpoints(conn, checkpoint_key, total, len(heads))
+        if broken is not None:
+            return broken
+    return AuditVerdict(True, total, len(heads))
+
+
+def search(
+    conn: psycopg.Connection,
+    *,
+    org_id: int,
+    entity: str | None = None,
+    key: str | None = None,
+    actor: str | None = None,
+    action: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    after_id: int | None = None,
+    limit: int = 500,
+) -> list[dict[str, Any]]:
+    """The organization's trail with filters, oldest first (page on with `after_id`)."""
+    rows = conn.execute(
+        "SELECT id, at, actor, action, entity, entity_key, old_value, new_value, reason, hash"
+        " FROM audit_trail WHERE org_id = %(org)s"
+        " AND (%(entity)s::text IS NULL OR entity = %(entity)s)"
+        " AND (%(key)s::text IS NULL OR entity_key = %(key)s)"
+        " AND (%(actor)s::text IS NULL OR actor = %(actor)s)"
+        " AND (%(action)s::text IS NULL OR action = %(action)s)"
+        " AND (%(since)s::timestamptz IS NULL OR at >= %(since)s)"
+        " AND (%(until)s::timestamptz IS NULL OR at < %(until)s)"
+        " AND (%(after)s::bigint IS NULL OR id > %(after)s)"
+        " ORDER BY id LIMIT %(limit)s",
+        {
+            "org": org_id, "entity": entity, "key": key, "actor": actor, "action": action,
+            "since": since, "until": until, "after": after_id, "limit": limit,
+        },
+    ).fetchall()
+    return [
+        {
+            "id": r[0], "at": r[1], "actor": r[2], "action": r[3], "entity": r[4], "key": r[5],
+            "old": r[6], "new": r[7], "reason": r[8], "hash": bytes(r[9]).hex(),
+        }
+        for r in rows
+    ]
 
 
 def verify_chain(conn: psycopg.Connection, org_id: int) -> tuple[bool, int | None]:

@@ -70,15 +70,23 @@ def ensure_token(conn: psycopg.Connection, *, org: int, name: str, role: Role, t
 
 
 def authenticate(conn: psycopg.Connection, token: str) -> Principal:
+    """The API key behind `token`: known, not revoked, not expired. Its last use is written at most
+    once a minute, so checking a key costs one indexed read per request."""
     row = conn.execute(
-        "UPDATE api_tokens t SET last_used_at = now() FROM organizations o"
-        " WHERE t.token_hash = %s AND t.revoked_at IS NULL AND o.id = t.org_id"
-        " RETURNING t.org_id, o.slug, t.role, t.name",
+        "SELECT t.id, t.org_id, o.slug, t.role, t.name, t.last_used_at IS NULL"
+        " OR t.last_used_at < now() - interval '1 minute'"
+        " FROM api_tokens t JOIN organizations o ON o.id = t.org_id"
+        " WHERE t.token_hash = %s AND t.revoked_at IS NULL"
+        " AND (t.expires_at IS NULL OR t.expires_at > now())",
         (token_digest(token),),
     ).fetchone()
     if row is None:
-        raise AuthError("unknown or revoked token")
-    return Principal(org_id=int(row[0]), organization=row[1], role=Role(row[2]), name=row[3])
+        raise AuthError("unknown, expired or revoked token")
+    if row[5]:
+        conn.execute("UPDATE api_tokens SET last_used_at = now() WHERE id = %s", (row[0],))
+    return Principal(
+        org_id=int(row[1]), organization=row[2], role=Role(row[3]), name=row[4], key_id=int(row[0])
+    )
 
 
 def revoke_token(conn: psycopg.Connection, *, org: int, name: str, actor: str) -> None:

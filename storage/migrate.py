@@ -25,6 +25,7 @@ from typing import Literal
 import psycopg
 
 from coldchain.errors import ConfigurationError
+from storage.roles import apply_app_grants
 
 log = logging.getLogger(__name__)
 _LOCK_ID = 0x636F6C64  # "cold"
@@ -164,6 +165,8 @@ def migrate(dsn: str, *, engine: Engine = "auto") -> list[str]:
                     conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
                 log.info("applied migration %s", version)
                 applied_now.append(version)
+            with conn.transaction():
+                apply_app_grants(conn)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_ID,))
     return applied_now

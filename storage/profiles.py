@@ -24,9 +24,10 @@ def resolve(
     conn: psycopg.Connection, *, org: int, profile_id: str, version: int | None = None
 ) -> AlarmProfile:
     """The profile in force (latest version unless one is named): custom first, then presets."""
-    if version is None:
+    if version is None:  # the version in force: the latest approved one (drafts are not in force)
         row = conn.execute(
-            "SELECT body FROM alarm_profiles WHERE org_id = %s AND id = %s ORDER BY version DESC LIMIT 1",
+            "SELECT body FROM alarm_profiles WHERE org_id = %s AND id = %s AND state = 'approved'"
+            " ORDER BY version DESC LIMIT 1",
             (org, profile_id),
         ).fetchone()
     else:
@@ -60,7 +61,8 @@ def resolve_version(conn: psycopg.Connection, *, org: int, profile_id: str, vers
 def list_profiles(conn: psycopg.Connection, *, org: int) -> list[AlarmProfile]:
     """Every preset and the latest version of every custom profile of the organization."""
     rows = conn.execute(
-        "SELECT DISTINCT ON (id) body FROM alarm_profiles WHERE org_id = %s ORDER BY id, version DESC",
+        "SELECT DISTINCT ON (id) body FROM alarm_profiles WHERE org_id = %s AND state = 'approved'"
+        " ORDER BY id, version DESC",
         (org,),
     ).fetchall()
     custom = [AlarmProfile.from_dict(r[0]) for r in rows]

@@ -28,6 +28,10 @@ from embedded import MosquittoServer, PostgresServer
 from embedded.postgres import find_bindir, timescaledb_installed
 from storage.migrate import migrate
 
+# identity: services refuse to start without SECRET_KEY outside explicit development mode; tests
+# that build Settings() without one run in development mode (a random key per process).
+os.environ.setdefault("ENVIRONMENT", "development")
+
 TEMPLATE_DB = "coldchain_template"
 ENGINE_MODULES = ("test_storage", "test_ingest", "test_rules", "test_lot", "test_evidence")
 _db_counter = itertools.count()

@@ -13,6 +13,7 @@ from coldchain.access import Role
 from coldchain.domain import Device, Severity
 from storage import alerts, auth, registry
 from tests.support.api import api_client
+from tests.support.identity import bearer, make_user, signature
 
 GTIN = "09506000134352"
 
@@ -105,9 +106,14 @@ def test_alert_lifecycle_over_http(client: TestClient, db: psycopg.Connection, a
         )
     assert created
     h = _h(admin_token)
+    # Closing is QA's signed decision: a person with the qa role, who re-enters the password.
+    make_user(db, "qa@example.com", ["qa"])
+    qa = bearer(client, "qa@example.com")
     assert [a["id"] for a in client.get("/api/v1/alerts?state=open", headers=h).json()] == [alert_id]
     res = client.post(
-        f"/api/v1/alerts/{alert_id}/close", json={"disposition": "release", "comment": "x"}, headers=h
+        f"/api/v1/alerts/{alert_id}/close",
+        json={"disposition": "release", "comment": "x", "signature": signature()},
+        headers=qa,
     )
     assert res.status_code == 409  # must be resolved first
     assert (
@@ -117,8 +123,8 @@ def test_alert_lifecycle_over_http(client: TestClient, db: psycopg.Connection, a
     assert client.post(f"/api/v1/alerts/{alert_id}/resolve", json={}, headers=h).json()["state"] == "resolved"
     res = client.post(
         f"/api/v1/alerts/{alert_id}/close",
-        json={"disposition": "release", "comment": "MKT within label"},
-        headers=h,
+        json={"disposition": "release", "comment": "MKT within label", "signature": signature()},
+        headers=qa,
     )
     assert res.json()["state"] == "closed" and res.json()["disposition"] == "release"
     history = client.get(f"/api/v1/alerts/{alert_id}", headers=h).json()["history"]

@@ -19,6 +19,7 @@ from coldchain.settings import Settings
 from rules.runner import drain
 from storage import audit, auth
 from storage.db import open_pool
+from tests.support.identity import login, make_user, signature
 from tests.support.lots import GTIN, add_leg, write_readings
 
 BUDGET_S = 2 * 3600
@@ -26,15 +27,17 @@ BUDGET_S = 2 * 3600
 
 @pytest.fixture
 def api(db_dsn: str, db: psycopg.Connection) -> Iterator[tuple[TestClient, dict[str, str]]]:
-    """A client and an Authorization header value per role."""
+    """A client and an Authorization header value per role (QA is a person: credits are signed)."""
     bearer = {
-        role: "Bearer " + auth.create_token(db, org=1, name=role, role=Role(role), actor="t")
-        for role in ("qa", "logistics")
+        "logistics": "Bearer "
+        + auth.create_token(db, org=1, name="logistics", role=Role.LOGISTICS, actor="t")
     }
+    make_user(db, "qa@example.com", ["qa"])
     with (
         open_pool(db_dsn, max_size=2) as pool,
         TestClient(create_app(Settings(database_url=db_dsn), pool=pool)) as client,
     ):
+        bearer["qa"] = "Bearer " + login(client, "qa@example.com")["access_token"]
         yield client, bearer
 
 
@@ -101,7 +104,12 @@ def test_a_lot_running_out_of_budget_across_legs_alerts_once_and_qa_credits_time
     ).fetchone()
     assert leg1_alert is not None
     url = f"/api/v1/lots/{GTIN}/A1/credits"
-    body = {"seconds": 3600, "reason": "stability study SR-12 covers 1 h at 10 °C", "alert_id": leg1_alert[0]}
+    body = {
+        "seconds": 3600,
+        "reason": "stability study SR-12 covers 1 h at 10 °C",
+        "alert_id": leg1_alert[0],
+        "signature": signature("approval"),
+    }
     denied = client.post(url, json=body, headers={"Authorization": token["logistics"]})
     assert denied.status_code == 403
     too_much = client.post(url, json={**body, "seconds": 10 * 3600}, headers={"Authorization": token["qa"]})
@@ -118,7 +126,11 @@ def test_a_lot_running_out_of_budget_across_legs_alerts_once_and_qa_credits_time
     assert lot["stability_budget_credited_s"] == 3600
     assert [c["reason"] for c in lot["stability_budget_credits"]] == [body["reason"]]
     [entry] = [e for e in audit.trail(db, 1, "lot", f"{GTIN}/A1") if e["action"] == "credit_stability_budget"]
-    assert (entry["actor"], entry["reason"]) == ("qa", body["reason"])
+    assert (entry["actor"], entry["reason"]) == ("qa@example.com", body["reason"])
+    [credit] = lot["stability_budget_credits"]
+    assert [(s["signer"], s["meaning"], s["status"]) for s in credit["signatures"]] == [
+        ("Qa", "approval", "valid")
+    ]
 
     # Spending the credited time again opens a new alert: a new episode after the credit.
     _publish(db, "T2", 780, _warm(60, 0, 50))
@@ -160,9 +172,12 @@ def test_two_workers_on_two_shipments_of_one_lot_both_count(db_dsn: str, db: psy
             worker_b = threading.Thread(target=lambda: _evaluate_and_commit(b, work["LEG-2"]))
             worker_b.start()
             deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and not db.execute(
-                "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND wait_event = 'advisory'", (b_pid,)
-            ).fetchone():
+            while (
+                time.monotonic() < deadline
+                and not db.execute(
+                    "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND wait_event = 'advisory'", (b_pid,)
+                ).fetchone()
+            ):
                 time.sleep(0.02)
             assert worker_b.is_alive(), "worker B did not wait for the lot"
         worker_b.join(30)

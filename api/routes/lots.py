@@ -9,7 +9,8 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, status
 from fastapi.responses import JSONResponse
 
-from api.deps import Caller, Conn
+from api import esign, partner_view
+from api.deps import AppSettings, Caller, Conn
 from api.errors import AUTHED, WITH_BODY, responses
 from api.routes.gs1 import gs1_error
 from api.schemas import (
@@ -26,6 +27,7 @@ from api.schemas import (
     RawReading,
     alert_out,
     check_gtin,
+    signature_out,
 )
 from coldchain.access import Permission
 from coldchain.errors import ValidationError
@@ -62,8 +64,9 @@ def _figures(conn: Conn, org: int, rec: registry.LotRecord) -> LotFigures:
 
 @router.get("/lots/{gtin}/{lot}", tags=["lots"], response_model=LotOut, responses=responses(*AUTHED, 404))
 def get_lot(gtin: GtinPath, lot: LotPath, conn: Conn, caller: Caller) -> LotOut:
-    rec = registry.get_lot(conn, org=caller.org_id, gtin=normalize_gtin(check_gtin(gtin)), lot=lot)
-    return _lot_out(conn, caller, rec)
+    """A lot's journey and figures; a partner sees the legs shared with it only, and no QA credits."""
+    org, rec = partner_view.lot(conn, caller, normalize_gtin(check_gtin(gtin)), lot)
+    return _lot_out(conn, caller, org, rec)
 
 
 # GS1 data in a query: no control characters but GS (FNC1 in an element string).
@@ -97,15 +100,27 @@ def get_lot_by_id(
         gtin, lot = identify_lot(id)
     except GS1Error as exc:
         return gs1_error(exc, field="id")
-    rec = registry.get_lot(conn, org=caller.org_id, gtin=gtin, lot=lot)
-    return _lot_out(conn, caller, rec)
+    org, rec = partner_view.lot(conn, caller, gtin, lot)
+    return _lot_out(conn, caller, org, rec)
 
 
-def _lot_out(conn: Conn, caller: Caller, rec: registry.LotRecord) -> LotOut:
-    excursions = alerts.list_alerts(conn, org=caller.org_id, shipment_keys=list(rec.shipment_keys))
-    figures = _figures(conn, caller.org_id, rec)
-    credits = lot_budget.credits(conn, org=caller.org_id, gtin=rec.lot.gtin, lot=rec.lot.lot)
+def _lot_out(conn: Conn, caller: Caller, org: int, rec: registry.LotRecord) -> LotOut:
+    excursions = alerts.list_alerts(conn, org=org, shipment_keys=list(rec.shipment_keys))
+    figures = _figures(conn, org, rec)
+    credits = lot_budget.credits(conn, org=org, gtin=rec.lot.gtin, lot=rec.lot.lot)
+    if org != caller.org_id:  # a partner sees excursions of "alerts" shares only, and no QA credits
+        seen = partner_view.shared_ids(conn, caller, org, "alerts")
+        excursions = [a for a in excursions if a.shipment_id in seen]
+        credits = []
     credited = sum(c["seconds"] for c in credits)
+    for credit in credits:
+        credit["signatures"] = [
+            signature_out(s)
+            for s in esign.shown(
+                conn, org=caller.org_id, entity="lot_budget_credit", key=str(credit["id"]),
+                record=esign.credit_record(rec.lot.gtin, rec.lot.lot, credit),
+            )
+        ]
     remaining = figures.stability_budget_remaining_s
     return LotOut(
         gtin=rec.lot.gtin,
@@ -134,14 +149,19 @@ def _lot_out(conn: Conn, caller: Caller, rec: registry.LotRecord) -> LotOut:
     response_model=CreditResult,
     responses=responses(*WITH_BODY, 404, 409),
 )
-def credit_budget(gtin: GtinPath, lot: LotPath, body: CreditBody, conn: Conn, caller: Caller) -> CreditResult:
-    """QA credits time back to the lot's stability budget, with a reason (audited). A credit that
+def credit_budget(
+    gtin: GtinPath, lot: LotPath, body: CreditBody, conn: Conn, caller: Caller, settings: AppSettings
+) -> CreditResult:
+    """QA credits time back to the lot's stability budget, with a reason (audited), under the
+    signer's e-signature (password re-entered; 422 without one, 403 for an API key). A credit that
     leaves budget again resolves the lot's open budget alert. 409 when the lot has no budget;
     422 when all credits together would exceed the time spent outside the labelled range, or
     `alert_id` is not an excursion of the lot."""
     caller.require(Permission.DISPOSITION)
+    signature = esign.require(body.signature)
     rec = registry.get_lot(conn, org=caller.org_id, gtin=normalize_gtin(check_gtin(gtin)), lot=lot)
     figures = _figures(conn, caller.org_id, rec)
+    signer = esign.reauthenticate(conn, settings, caller, signature)
     with conn.transaction():
         credit = lot_budget.add_credit(
             conn,
@@ -155,6 +175,14 @@ def credit_budget(gtin: GtinPath, lot: LotPath, body: CreditBody, conn: Conn, ca
             alert_id=body.alert_id,
         )
         remaining = (figures.stability_budget_remaining_s or 0.0) + credit.pop("credited_s")
+        signed = esign.sign(
+            conn, caller, signer, signature, entity="lot_budget_credit", key=str(credit["id"]),
+            action="credit_stability_budget",
+            record=esign.credit_records(conn, org=caller.org_id, gtin=rec.lot.gtin, lot=rec.lot.lot)[
+                credit["id"]
+            ],
+        )
+        credit["signatures"] = [signature_out(signed)]
         resolved: list[int] = []
         if remaining > 0:
             for alert_id in lot_budget.open_budget_alerts(
@@ -193,7 +221,7 @@ def lot_readings(
     limit: Annotated[int, Query(ge=1, le=500_000)] = 100_000,
 ) -> LotReadings:
     width = parse_bucket(bucket)
-    rec = registry.get_lot(conn, org=caller.org_id, gtin=normalize_gtin(check_gtin(gtin)), lot=lot)
+    _, rec = partner_view.lot(conn, caller, normalize_gtin(check_gtin(gtin)), lot, need="readings")
     rows = readings.lot_readings(
         conn, shipment_keys=list(rec.shipment_keys), start=from_, end=to, bucket=width, limit=limit
     )

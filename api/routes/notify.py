@@ -32,6 +32,7 @@ from api.notify_schemas import (
     routing_rule_out,
 )
 from api.schemas import MAX_SAFE_INT
+from api.webhook_policy import check_webhook_url
 from coldchain.access import Permission
 from coldchain.domain import Severity
 from coldchain.errors import ConflictError, NotFoundError, ValidationError
@@ -83,11 +84,15 @@ def get_contact(contact_id: ContactPath, conn: Conn, caller: Caller) -> ContactO
 
 
 @router.put("/notify/contacts/{contact_id}", response_model=ContactOut, responses=responses(*WITH_BODY))
-def put_contact(contact_id: ContactPath, body: ContactBody, conn: Conn, caller: Caller) -> ContactOut:
+def put_contact(
+    contact_id: ContactPath, body: ContactBody, conn: Conn, caller: Caller, settings: AppSettings
+) -> ContactOut:
     """Create or replace a contact (validated: E.164 phone, time zone, quiet hours)."""
     caller.require(Permission.ADMINISTER)
     row = body.to_row(caller.org_id, contact_id)
     contact_from_row(row)  # the same checks routing applies, refused here rather than skipped later
+    if body.webhook_url:  # no private, loopback or link-local targets unless configured
+        check_webhook_url(body.webhook_url, allow_private=settings.webhook_allow_private)
     return contact_out(notify_directory.upsert_contact(conn, row, actor=caller.name))
 
 
@@ -355,6 +360,10 @@ def ack_confirm(token: str, conn: Conn, settings: AppSettings) -> HTMLResponse:
     try:
         facts = escalation_plans.alert_facts(conn, claims.alert_id)
         contact = notify_directory.get_contact(conn, org=facts.org_id, contact_id=claims.contact_id)
+        # The link is signed, but the contact must still be enabled and allowed to acknowledge now.
+        if contact.disabled or not contact.may_acknowledge or not _may_acknowledge(conn, contact, facts):
+            log.warning("ack link of contact %s refused for alert %d", claims.contact_id, claims.alert_id)
+            return _page("Not allowed", "<p>This contact may not acknowledge this alert.</p>", 403)
         with conn.transaction():
             notify_outbox.use_ack_nonce(
                 conn,

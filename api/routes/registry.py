@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, status
 
+from api import partner_view
 from api.deps import Caller, Conn
 from api.errors import AUTHED, WITH_BODY, responses
 from api.schemas import (
@@ -21,6 +22,7 @@ from api.schemas import (
     DeviceStatusOut,
     ProductProfileBody,
     ProductProfileOut,
+    ProfileDraftOut,
     ShipmentCreate,
     ShipmentOut,
     check_gtin,
@@ -28,9 +30,11 @@ from api.schemas import (
     shipment_out,
 )
 from coldchain.access import Permission
+from coldchain.alarm_profile import AlarmProfile
 from coldchain.gs1 import normalize_gtin
-from storage import profiles, registry
+from storage import profile_changes, profiles, registry
 from storage.registry import DeviceRecord, ShipmentRecord
+from storage.shares import Share
 
 router = APIRouter()
 
@@ -119,7 +123,10 @@ def create_shipment(body: ShipmentCreate, conn: Conn, caller: Caller) -> Shipmen
 
 @router.get("/shipments", tags=["shipments"], response_model=list[ShipmentOut], responses=responses(*AUTHED))
 def list_shipments(conn: Conn, caller: Caller) -> list[ShipmentOut]:
-    return [_shipment(r) for r in registry.list_shipments(conn, org=caller.org_id)]
+    """The organization's shipments, then those partners shared with it (`shared_by`, `scope`)."""
+    own = [_shipment(r) for r in registry.list_shipments(conn, org=caller.org_id)]
+    shared = [_shared(_shipment(r), s) for r, s in partner_view.shared_shipments(conn, caller)]
+    return own + shared
 
 
 @router.get(
@@ -129,7 +136,13 @@ def list_shipments(conn: Conn, caller: Caller) -> list[ShipmentOut]:
     responses=responses(*AUTHED, 404),
 )
 def get_shipment(shipment_id: ShipmentPath, conn: Conn, caller: Caller) -> ShipmentOut:
-    return _shipment(registry.get_shipment(conn, org=caller.org_id, shipment_id=shipment_id))
+    _, rec, share = partner_view.shipment(conn, caller, shipment_id)
+    return _shipment(rec) if share is None else _shared(_shipment(rec), share)
+
+
+def _shared(doc: ShipmentOut, share: Share) -> ShipmentOut:
+    """A partner's view of a shipment: who shared it and the scope."""
+    return doc.model_copy(update={"shared_by": share.owner, "scope": list(share.scope)})
 
 
 @router.get(
@@ -161,15 +174,22 @@ def get_profile(
     "/profiles",
     tags=["profiles"],
     status_code=status.HTTP_201_CREATED,
-    response_model=AlarmProfileOut,
+    response_model=ProfileDraftOut,
     responses=responses(*WITH_BODY, 409),
 )
-def create_profile(body: AlarmProfileBody, conn: Conn, caller: Caller) -> AlarmProfileOut:
+def create_profile(body: AlarmProfileBody, conn: Conn, caller: Caller) -> ProfileDraftOut:
     """A new custom profile, or a new version of one (the version number is assigned here).
-    Built-in preset ids are refused (409); limit ids must be unique within the profile (422)."""
-    caller.require(Permission.REGISTER)
+    Built-in preset ids are refused (409); limit ids must be unique within the profile (422).
+    Alarm limits are QA's to change (segregation of duties), never ERP's or logistics'. The new
+    version is a draft, in force only once a different QA person approves it
+    (POST /profiles/{profile_id}/versions/{version}/approve)."""
+    caller.require(Permission.CHANGE_PROFILE)
     profile = body.to_domain()
-    return profile_out(profiles.save(conn, org=caller.org_id, profile=profile, actor=caller.name))
+    draft = profile_changes.save_draft(conn, org=caller.org_id, profile=profile, actor=caller.name)
+    shown = profile_out(AlarmProfile.from_dict(draft.body))
+    return ProfileDraftOut.model_validate(
+        {**shown.model_dump(), "state": draft.state, "created_by": draft.created_by}
+    )
 
 
 @router.put(
