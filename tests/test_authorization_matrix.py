@@ -9,7 +9,8 @@ permission code that changes who may do what fails here until the table says so 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -17,15 +18,24 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from api.field_data import import_and_compare
 from coldchain.alarm_profile import AlarmProfile
+from coldchain.calibration import CalibrationCertificate
 from coldchain.domain import Device, Lot, Severity, Shipment, ShipmentLot
 from coldchain.presets import get_preset
 from coldchain.settings import Settings
-from storage import alerts, auth, profile_changes, profiles, registry
+from erp.recalls import RecallRequest, open_recall
+from ingest.files.generic_csv import ColumnMapping
+from storage import alerts, auth, calibrations, logger_files, profile_changes, profiles, registry
 from storage.db import open_pool
 from tests.support.identity import PASSWORD, login, make_user, signature
 
 GTIN = "09506000134352"
+LOGGERS = Path(__file__).parent / "data" / "loggers"
+HOME_FILE = "QTag_CLm_doc_LR__RCPJ00010_02_202211090128.txt"  # kept in _home for device D1
+WALK_FILE = "FridgeTag_2__130400191544_202304201514.txt"  # uploaded by the walk
+PDF = b"%PDF-1.4\n% calibration certificate\n%%EOF\n"
+MAPPING = {"time_column": "Zeit", "value_column": "Temperatur", "delimiter": ";", "decimal": ","}
 ROLES = ("admin", "qa", "logistics", "driver", "erp", "viewer")
 PRINCIPALS = (*ROLES, "tenant")  # tenant: an admin of another organization
 ALL = frozenset(ROLES)
@@ -97,11 +107,34 @@ MATRIX: dict[tuple[str, str], Expectation] = {
     ("GET", "/api/v1/audit/verify"): ("platform", False),  # the platform's own admins; 404 to others
     ("GET", "/api/v1/organizations"): ("platform", False),
     ("POST", "/api/v1/organizations"): ("platform", False),
+    ("GET", "/api/v1/lots"): (READ, True),  # ?id= names the home lot by its Digital Link
+    ("GET", "/api/v1/lots/{gtin}/{lot}/evidence"): (READ, True),
+    ("GET", "/api/v1/shipments/{shipment_id}/evidence"): (READ, True),
+    ("GET", "/api/v1/alerts/{alert_id}/evidence"): (READ, True),
+    ("GET", "/api/v1/evidence/public-key"): (READ, False),
+    ("POST", "/api/v1/evidence/verify"): (READ, False),
+    ("POST", "/api/v1/gs1/parse"): (READ, False),
+    ("POST", "/api/v1/imports"): (REGISTER, False),
+    # Calibrations are recorded by those who register devices or by QA (REGISTER or DISPOSITION).
+    ("POST", "/api/v1/devices/{device_id}/calibrations"): (REGISTER | QA, True),
+    ("GET", "/api/v1/devices/{device_id}/calibrations"): (READ, True),
+    ("GET", "/api/v1/devices/{device_id}/calibrations/{calibration_id}/certificate"): (READ, True),
+    ("POST", "/api/v1/logger-files"): (REGISTER, False),
+    ("GET", "/api/v1/logger-files"): (READ, False),
+    ("GET", "/api/v1/logger-files/{file_id}"): (READ, True),
+    ("GET", "/api/v1/logger-files/{file_id}/original"): (READ, True),
+    ("PUT", "/api/v1/logger-files/mappings/{name}"): (REGISTER, False),
+    ("GET", "/api/v1/logger-files/mappings/{name}"): (READ, True),
+    ("POST", "/api/v1/recalls"): (QA, False),  # DISPOSITION
+    ("GET", "/api/v1/recalls/{recall_id}"): (READ, True),
+    ("POST", "/api/v1/recalls/{recall_id}/consignees/{consignee_id}/acknowledge"): (ACK, True),
 }
 
 
-def _home(db: psycopg.Connection) -> dict[str, Any]:
-    """The records the routes name: a device, a shipment with a lot (with a budget), an alert."""
+def _home(db: psycopg.Connection, settings: Settings) -> dict[str, Any]:
+    """The records the routes name: a device, a shipment with a lot (with a budget), an alert, a
+    logger file of the device, a saved CSV mapping, a calibration certificate of the device, and a
+    recall of the lot with one consignee (the shipment)."""
     registry.create_device(db, org=1, device=Device(id="D1"), actor="t")
     lot = Lot(GTIN, "A1", None, 3600)
     shipment = Shipment(id="S1", lots=(ShipmentLot(lot, 10),), profile="2-8C")
@@ -129,7 +162,33 @@ def _home(db: psycopg.Connection) -> dict[str, Any]:
     )
     changed = AlarmProfile.from_dict({**base, "id": "custom-home", "hysteresis_c": 0.3})
     profile_changes.save_draft(db, org=1, profile=changed, actor="author@home.org")
-    return {"alert": alert_id}
+    slug = db.execute("SELECT slug FROM organizations WHERE id = 1").fetchone()
+    assert slug is not None
+    kept = import_and_compare(
+        db, (LOGGERS / HOME_FILE).read_bytes(), org=1, organization=str(slug[0]), actor="t",
+        settings=settings, filename=HOME_FILE, device_id="D1",
+    )
+    with db.transaction():
+        logger_files.save_mapping(
+            db, org=1, name="home-csv", mapping=ColumnMapping.from_dict(MAPPING).to_dict(), actor="t"
+        )
+        cert = CalibrationCertificate(
+            performed_on=date(2026, 1, 5), due_on=date(2027, 1, 5), laboratory="Lab A",
+            certificate_number="K-1",
+        )
+        calibration = calibrations.add_certificate(
+            db, org=1, device_id="D1", certificate=cert, pdf=PDF, actor="t"
+        )
+    recall = open_recall(
+        db, org=1, request=RecallRequest(reason="seal defect", gtin=GTIN, lots=("A1",)), actor="qa@home.org"
+    )
+    return {
+        "alert": alert_id,
+        "file": kept["id"],
+        "calibration": calibration.id,
+        "recall": recall.id,
+        "consignee": recall.consignees[0].id,
+    }
 
 
 def _request(method: str, path: str, who: str, ids: dict[str, Any], tokens: dict[str, Any]) -> dict[str, Any]:
@@ -147,6 +206,11 @@ def _request(method: str, path: str, who: str, ids: dict[str, Any], tokens: dict
         "user_id": ids["other_user"],
         "key_id": ids["keys"][who],
         "organization": f"p-{who}",
+        "file_id": ids["file"],
+        "calibration_id": ids["calibration"],
+        "recall_id": ids["recall"],
+        "consignee_id": ids["consignee"],
+        "name": "home-csv",
     }
     if "/versions" in path:  # a custom profile of the home organization: v1 approved, v2 a draft
         values.update(profile_id="custom-home", version=2 if path.endswith("/approve") else 1)
@@ -154,7 +218,36 @@ def _request(method: str, path: str, who: str, ids: dict[str, Any], tokens: dict
     body: Any = None
     data: Any = None
     params: dict[str, str] = {}
-    if (method, path) == ("POST", "/api/v1/devices"):
+    files: Any = None
+    content: bytes | None = None
+    headers: dict[str, str] = {}
+    if (method, path) == ("GET", "/api/v1/lots"):
+        params = {"id": f"https://id.gs1.org/01/{GTIN}/10/A1"}
+    elif (method, path) == ("POST", "/api/v1/evidence/verify"):  # not genuine: 200, authentic false
+        files = {"file": ("report.pdf", b"%PDF-1.4\n%%EOF\n", "application/pdf")}
+    elif (method, path) == ("POST", "/api/v1/gs1/parse"):
+        body = {"data": f"(01){GTIN}(10)A1"}
+    elif (method, path) == ("POST", "/api/v1/imports"):
+        params = {"kind": "sites"}
+        content = b"gln,name\n9520123456788,DC North\n"
+        headers = {"Content-Type": "text/csv"}
+    elif (method, path) == ("POST", "/api/v1/devices/{device_id}/calibrations"):
+        data = {
+            "performed_on": "2026-01-05", "due_on": "2027-01-05", "laboratory": "Lab A",
+            "certificate_number": f"C-{who}",
+        }
+        files = {"certificate": ("cert.pdf", PDF, "application/pdf")}
+    elif (method, path) == ("POST", "/api/v1/logger-files"):
+        data = {"device": f"F-{who}"}
+        files = {"file": (WALK_FILE, (LOGGERS / WALK_FILE).read_bytes(), "text/plain")}
+    elif (method, path) == ("PUT", "/api/v1/logger-files/mappings/{name}"):
+        url = path.format(name=f"m-{who}")
+        body = MAPPING
+    elif (method, path) == ("POST", "/api/v1/recalls"):
+        body = {"reason": f"seal defect ({who})", "classification": "II", "gtin": GTIN, "lots": ["A1"]}
+    elif path.endswith("/acknowledge"):
+        body = {"quarantined": 1}
+    elif (method, path) == ("POST", "/api/v1/devices"):
         body = {"id": f"M-{who}"}
     elif (method, path) == ("POST", "/api/v1/shipments"):
         body = {"id": f"S-{who}", "lots": [{"gtin": GTIN, "lot": f"L-{who}"}]}
@@ -207,12 +300,32 @@ def _request(method: str, path: str, who: str, ids: dict[str, Any], tokens: dict
         body = {"id": f"org-{who}", "name": "Org"}
     elif path.endswith("/readings"):
         params = {"bucket": "1h"}
-    return {"method": method, "url": url, "json": body, "data": data, "params": params}
+    return {
+        "method": method, "url": url, "json": body, "data": data, "params": params,
+        "files": files, "content": content, "headers": headers,
+    }
+
+
+def _send(client: TestClient, call: dict[str, Any], auth_headers: dict[str, str]) -> Any:
+    return client.request(
+        call["method"],
+        call["url"],
+        json=call["json"],
+        data=call["data"],
+        params=call["params"],
+        files=call["files"],
+        content=call["content"],
+        headers={**call["headers"], **auth_headers},
+    )
 
 
 @pytest.fixture
-def world(db_dsn: str, db: psycopg.Connection) -> Iterator[tuple[TestClient, dict[str, Any], dict[str, Any]]]:
-    ids = _home(db)
+def world(
+    db_dsn: str, db: psycopg.Connection, tmp_path: Path
+) -> Iterator[tuple[TestClient, dict[str, Any], dict[str, Any]]]:
+    # The data folder (signing key, spooled uploads) in the test's own folder, not the checkout's.
+    settings = Settings(database_url=db_dsn, data_dir=tmp_path / "data")
+    ids = _home(db, settings)
     db.execute(
         "INSERT INTO notify_contacts (org_id, id, name, email) VALUES (1, 'c-home', 'Desk', 'd@example.com')"
     )
@@ -225,7 +338,7 @@ def world(db_dsn: str, db: psycopg.Connection) -> Iterator[tuple[TestClient, dic
     ids["other_user"] = make_user(db, "someone@home.org", ["viewer"]).id
     with (
         open_pool(db_dsn, max_size=4) as pool,
-        TestClient(create_app(Settings(database_url=db_dsn), pool=pool)) as client,
+        TestClient(create_app(settings, pool=pool)) as client,
     ):
         tokens = {who: login(client, f"{who}@home.org") for who in ROLES}
         tokens["tenant"] = login(client, "tenant@acme.org")
@@ -318,14 +431,7 @@ def test_every_route_with_every_role(world: tuple[TestClient, dict[str, Any], di
         for who in PRINCIPALS:
             call = _request(method, path, who, ids, tokens)
             headers = {} if allowed == PUBLIC else {"Authorization": f"Bearer {tokens[who]['access_token']}"}
-            res = client.request(
-                call["method"],
-                call["url"],
-                json=call["json"],
-                data=call["data"],
-                params=call["params"],
-                headers=headers,
-            )
+            res = _send(client, call, headers)
             answered += 1
             want, got = _expected(who, allowed, record), _outcome(res.status_code)
             if got == "allowed":
@@ -350,7 +456,5 @@ def test_every_route_but_the_public_ones_needs_a_token(
         if allowed == PUBLIC:
             continue
         call = _request(method, path, "admin", ids, tokens)
-        res = client.request(
-            call["method"], call["url"], json=call["json"], data=call["data"], params=call["params"]
-        )
+        res = _send(client, call, {})
         assert res.status_code == 401, f"{method} {path}: {res.status_code}"

@@ -102,7 +102,7 @@ def printable_report(entity: Text, id: Text, conn: Conn, caller: Caller) -> HTML
 
 
 @router.get("/audit/verify", response_model=TrailVerification, responses=responses(*AUTHED, 404))
-def verify(conn: Conn, caller: Caller) -> TrailVerification:
+def verify_audit_trail(conn: Conn, caller: Caller) -> TrailVerification:
     """Every link and the recorded head of every organization's chain (platform admins only)."""
     if not caller.platform_admin:
         raise NotFoundError("route", "/audit/verify")

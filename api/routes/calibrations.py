@@ -96,6 +96,7 @@ async def add_calibration(
 )
 def list_calibrations(device_id: DevicePath, conn: Conn, caller: Caller) -> CalibrationsOut:
     """Every certificate of the logger and its status today (calibrated, due_soon, overdue, never)."""
+    caller.require(Permission.READ)
     device = registry.get_device(conn, org=caller.org_id, device_id=device_id)
     records = calibrations.list_certificates(conn, org=caller.org_id, device_id=device_id)
     today = datetime.now(UTC).date()
@@ -115,6 +116,7 @@ def get_calibration_certificate(
     device_id: DevicePath, calibration_id: CalibrationPath, conn: Conn, caller: Caller
 ) -> Response:
     """The certificate PDF of one calibration (404 when none was uploaded)."""
+    caller.require(Permission.READ)
     pdf = calibrations.certificate_pdf(
         conn, org=caller.org_id, device_id=device_id, calibration_id=calibration_id
     )

@@ -143,6 +143,7 @@ def excursion_evidence(alert_id: AlertPath, conn: Conn, caller: Caller, settings
 @router.get("/evidence/public-key", response_model=PublicKeyOut, responses=responses(*AUTHED))
 def public_key(caller: Caller, settings: AppSettings) -> PublicKeyOut:
     """The Ed25519 key that signs every bundle and PDF: verification needs only this and the file."""
+    caller.require(Permission.READ)
     key = signing.signing_key(settings.data_dir)
     return PublicKeyOut(algorithm="Ed25519", key_id=key.key_id, public_key_pem=signing.public_pem(key.public))
 
@@ -156,6 +157,7 @@ def verify(form: Annotated[VerifyForm, File()], caller: Caller, settings: AppSet
     """Whether a bundle or PDF is genuine (made by this platform and unchanged), and what it is.
     Any file is answered: one that is not a genuine bundle or PDF gets `authentic: false` and the
     reason. 413 above 2 GiB."""
+    caller.require(Permission.READ)
     key = signing.signing_key(settings.data_dir)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=settings.data_dir, prefix=".verify-")

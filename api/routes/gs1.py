@@ -12,6 +12,7 @@ from pydantic import Field, StrictBool
 from api.deps import Caller
 from api.errors import WITH_BODY, responses
 from api.schemas import ErrorBody, _In, _Out
+from coldchain.access import Permission
 from coldchain.gs1 import GS1Data, GS1Error, parse
 
 router = APIRouter(tags=["gs1"])
@@ -83,6 +84,7 @@ _RESPONSES[422] = {
 def parse_gs1(body: GS1ParseRequest, caller: Caller) -> Any:
     """Validate GS1 data against the Barcode Syntax Dictionary and return its elements. Invalid
     GS1 data is a 422 in the one error shape with two more fields, `ai` and `rule`."""
+    caller.require(Permission.READ)
     try:
         parsed = parse(body.data, check_requisites=body.check_requisites)
     except GS1Error as exc:

@@ -136,6 +136,7 @@ def list_logger_files(
     ] = None,
 ) -> list[LoggerFileReport]:
     """The kept files of the organization, or of one logger."""
+    caller.require(Permission.READ)
     key = None
     if device is not None:
         key = store.device_key_of(conn, org=caller.org_id, device_id=device)
@@ -150,6 +151,7 @@ def list_logger_files(
 @router.get("/logger-files/{file_id}", response_model=LoggerFileReport, responses=responses(*AUTHED, 404))
 def get_logger_file(file_id: FileIdPath, conn: Conn, caller: Caller) -> LoggerFileReport:
     """One kept file with its reports."""
+    caller.require(Permission.READ)
     f = store.get_file(conn, org=caller.org_id, file_id=file_id)
     return logger_file_out(f, stored=f.stored, duplicates=f.duplicates, repeated=False)
 
@@ -157,6 +159,7 @@ def get_logger_file(file_id: FileIdPath, conn: Conn, caller: Caller) -> LoggerFi
 @router.get("/logger-files/{file_id}/original", response_class=Response, responses=_ORIGINAL)
 def get_logger_file_original(file_id: FileIdPath, conn: Conn, caller: Caller) -> Response:
     """The file exactly as uploaded (its signature fields untouched), with its SHA-256."""
+    caller.require(Permission.READ)
     content, sha, name = store.file_content(conn, org=caller.org_id, file_id=file_id)
     safe = "".join(ch for ch in (name or "") if 0x20 <= ord(ch) < 0x7F and ch not in '"\\')
     disposition = f'attachment; filename="{safe or f"logger-file-{file_id}"}"'
@@ -185,5 +188,6 @@ def save_mapping(
 )
 def get_mapping(name: MappingNamePath, conn: Conn, caller: Caller) -> ColumnMappingOut:
     """A saved CSV column mapping."""
+    caller.require(Permission.READ)
     saved = store.get_mapping(conn, org=caller.org_id, name=name)
     return ColumnMappingOut(name=name, mapping=ColumnMappingIn.model_validate(saved))
