@@ -31,6 +31,7 @@ from rules.runner import drain
 from storage import auth, profiles
 from storage import evidence as store
 from storage.db import open_pool
+from tests.support.identity import bearer, make_user, signature
 from tests.support.lots import GTIN, MIN, T0, add_leg, write_readings
 
 DATA = Path(__file__).parent / "data" / "epcis"
@@ -402,19 +403,28 @@ def test_http_freeze_thaw_profiles_and_large_uploads(
                 {"id": "H", "side": "high", "threshold_c": 8.0, "single_event_delay_s": 0}],
             "freeze_thaw": {"freeze_below_c": 0.0, "thaw_above_c": 2.0, "min_frozen_s": 600},
         }
-        made = client.post("/api/v1/profiles", headers=admin, json=body)
+        # alarm limits are QA's: one QA person drafts, another approves with a signature
+        make_user(db, "author@x.org", ["qa"])
+        make_user(db, "second@x.org", ["qa"])
+        author, second = bearer(client, "author@x.org"), bearer(client, "second@x.org")
+        made = client.post("/api/v1/profiles", headers=author, json=body)
         assert made.status_code == 201, made.text
         assert made.json()["freeze_thaw"] == {
             "freeze_below_c": 0.0, "thaw_above_c": 2.0, "min_frozen_s": 600, "min_thawed_s": 3600}
+        approved = client.post(
+            "/api/v1/profiles/vaccine/versions/1/approve", headers=second,
+            json={"comment": "ok", "signature": signature("approval")},
+        )
+        assert approved.status_code == 200, approved.text
         assert profiles.resolve(db, org=1, profile_id="vaccine").freeze_thaw is not None
         upside_down = {**body, "freeze_thaw": {"freeze_below_c": 3.0, "thaw_above_c": 2.0}}
-        refused = client.post("/api/v1/profiles", headers=admin, json=upside_down)
+        refused = client.post("/api/v1/profiles", headers=author, json=upside_down)
         assert refused.status_code == 422 and "thaw_above_c" in refused.json()["field"]
 
         # the verify upload may pass the general body limit (1 KiB here), up to its own
         big = client.post("/api/v1/evidence/verify", headers=admin, files={"file": ("x.bin", b"x" * 4096)})
         assert big.status_code == 200 and big.json()["authentic"] is False
-        assert client.post("/api/v1/profiles", headers=admin,
+        assert client.post("/api/v1/profiles", headers=author,
                            json={**body, "description": "d" * 2048}).status_code == 413
         extra = client.post("/api/v1/evidence/verify", headers=admin,
                             files={"file": ("x.bin", b"x")}, data={"note": "1"})
