@@ -95,9 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     _common(add_import_parser(sub))
 
-    from coldchain import cli_identity  # users, orgs, api-keys, audit
+    from api import identity_cli  # users, orgs, api-keys, audit
 
-    cli_identity.add_parsers(sub, _common)
+    identity_cli.add_parsers(sub, _common)
 
     sim = sub.add_parser(
         "sim", help="simulated loggers and fleets (see `coldchain sim --help`)", add_help=False
@@ -164,9 +164,9 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
             return run_import(args, servers.database_url())
         if args.command in _IDENTITY_COMMANDS:
-            from coldchain import cli_identity
+            from api import identity_cli
 
-            return cli_identity.dispatch(args, settings, servers.database_url())
+            return identity_cli.dispatch(args, settings, servers.database_url())
         if args.command in ("rules", "api"):
             settings.require_secret_key()  # ack links and access tokens: no public default key
         stop = _stop_on_signals()
@@ -345,7 +345,7 @@ def run_platform(settings: Settings, *, demo: bool, mqtt_port: int | None, time_
         mqtt_url = servers.mqtt_url(port=mqtt_port)
         settings = settings.model_copy(update={"database_url": dsn, "mqtt_url": mqtt_url})
         token, fresh = _bootstrap_token(settings, dsn, data_dir)
-        from coldchain.cli_identity import Checkpoints, checkpoint_key
+        from api.identity_cli import Checkpoints, checkpoint_key
 
         key = checkpoint_key(None, settings)
         if key is not None:  # the audit heads, signed with the platform key now and then

@@ -1,5 +1,5 @@
-"""The identity commands of `coldchain` (users, orgs, api-keys, audit): part of the composition
-root beside cli.py, so it imports other packages lazily, as cli.py does."""
+"""The identity commands of `coldchain` (users, orgs, api-keys, audit), which coldchain/cli.py
+mounts; heavy imports stay inside the commands so `coldchain --help` stays quick."""
 
 from __future__ import annotations
 
