@@ -11,7 +11,7 @@ checks every (device, seq) and every reading time. Prints a final JSON line:
     lost, duplicated  readings missing / received twice after de-duplication by (device, seq)
     repeats           batches received more than once (harmless; expected 0 here)
 
-Usage: python bench/gateway.py [--sensors 4] [--minutes 1440] [--batch-size 10]
+Usage: python bench/gateway.py [--sensors 4] [--minutes 1440] [--batch-size 10] [--quick]
 """
 
 from __future__ import annotations
@@ -58,7 +58,10 @@ def main() -> int:
     parser.add_argument("--sensors", type=int, default=4)
     parser.add_argument("--minutes", type=int, default=1440)
     parser.add_argument("--batch-size", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="four hours offline instead of a day")
     args = parser.parse_args()
+    if args.quick:
+        args.minutes = 240
 
     work = Path(tempfile.mkdtemp(prefix="coldchain-bench-gw-"))
     devices = [f"BENCH-PI-S{i}" for i in range(args.sensors)]
