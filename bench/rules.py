@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import sys
 import time
 from pathlib import Path
@@ -106,7 +107,13 @@ def alert_latency_figures(
         register_fleet(
             srv.dsn, devices=["PROBE-1"], shipment="SO-PROBE", since_ms=since, profile=probe_profile
         )
-        env = {**os.environ, "DATABASE_URL": srv.dsn, "MQTT_URL": srv.broker.url, "LOG_LEVEL": "WARNING"}
+        env = {
+            **os.environ,
+            "DATABASE_URL": srv.dsn,
+            "MQTT_URL": srv.broker.url,
+            "LOG_LEVEL": "WARNING",
+            "SECRET_KEY": secrets.token_urlsafe(32),  # the rules service refuses to start without one
+        }
         root = Path(__file__).resolve().parents[1]
         ingest = subprocess.Popen(
             [sys.executable, "-m", "ingest", "--client-id", "bench-ingest"],
