@@ -18,6 +18,7 @@ import orjson
 from evidence import text
 from evidence.model import Evidence, LegEvidence, LoggerEvidence
 from rules.lot_figures import LoggerFigures
+from storage.evidence import SeriesArrays
 from storage.readings import FLAG_CLOCK_CORRECTED, FLAG_DOOR_OPEN, FLAG_LATE
 
 CHUNK = 65_536
@@ -136,6 +137,20 @@ def head_document(ev: Evidence, readings_marker: str) -> dict[str, Any]:
     }
 
 
+def _times_and_celsius(layout: text.RowLayout, s: SeriesArrays, a: int, b: int, cw: int) -> None:
+    """Rows a..b's corrected time, device time (copied when the clocks agree) and °C, as JSON and
+    CSV both write them."""
+    n = b - a
+    t = s.t_ms[a:b]
+    text.rfc3339_ms(t, layout.slot("t", n))
+    dt = s.device_t_ms[a:b]
+    if np.array_equal(dt, t):
+        text.copy_rows(layout.slot("d", n), layout.slot("t", n))
+    else:
+        text.rfc3339_ms(dt, layout.slot("d", n))
+    text.copy_rows(layout.slot("c", n), text.decimals(s.c[a:b], cw)[0])
+
+
 def _json_rows(lg: LoggerEvidence) -> Iterator[bytes]:
     s, sl = lg.series, lg.listed
     if sl.stop <= sl.start:
@@ -164,14 +179,7 @@ def _json_rows(lg: LoggerEvidence) -> Iterator[bytes]:
     for a in range(sl.start, sl.stop, CHUNK):
         b = min(a + CHUNK, sl.stop)
         n = b - a
-        t = s.t_ms[a:b]
-        text.rfc3339_ms(t, layout.slot("t", n))
-        dt = s.device_t_ms[a:b]
-        if np.array_equal(dt, t):
-            text.copy_rows(layout.slot("d", n), layout.slot("t", n))
-        else:
-            text.rfc3339_ms(dt, layout.slot("d", n))
-        text.copy_rows(layout.slot("c", n), text.decimals(s.c[a:b], cw)[0])
+        _times_and_celsius(layout, s, a, b, cw)
         f = s.flags[a:b]
         if has_rh:
             block, present = text.decimals(s.rh[a:b], rw)
@@ -239,14 +247,7 @@ def csv_chunks(ev: Evidence) -> Iterator[bytes]:
             for a in range(sl.start, sl.stop, CHUNK):
                 b = min(a + CHUNK, sl.stop)
                 n = b - a
-                t = s.t_ms[a:b]
-                text.rfc3339_ms(t, layout.slot("t", n))
-                dt = s.device_t_ms[a:b]
-                if np.array_equal(dt, t):
-                    text.copy_rows(layout.slot("d", n), layout.slot("t", n))
-                else:
-                    text.rfc3339_ms(dt, layout.slot("d", n))
-                text.copy_rows(layout.slot("c", n), text.decimals(s.c[a:b], cw)[0])
+                _times_and_celsius(layout, s, a, b, cw)
                 if has_rh:
                     layout.slot("rh", n)[:] = text.decimals(s.rh[a:b], rw)[0]
                 f = s.flags[a:b]

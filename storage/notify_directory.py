@@ -46,8 +46,8 @@ class ContactRow:
         if (self.quiet_start is None) != (self.quiet_end is None):
             raise ValidationError("quiet hours need both a start and an end", field="quiet_hours")
 
-    def public(self) -> dict[str, Any]:
-        """The contact for the API: everything but the webhook secret."""
+    def audit_value(self) -> dict[str, Any]:
+        """The contact as the audit trail records it: everything but the webhook secret."""
         return {
             "id": self.id,
             "name": self.name,
@@ -124,8 +124,8 @@ def upsert_contact(conn: psycopg.Connection, contact: ContactRow, *, actor: str)
             action="update" if old else "create",
             entity="contact",
             key=contact.id,
-            old=old.public() if old else None,
-            new=contact.public(),
+            old=old.audit_value() if old else None,
+            new=contact.audit_value(),
         )
     return get_contact(conn, org=contact.org_id, contact_id=contact.id)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import Final
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -170,31 +170,6 @@ class NotificationRow:
     created_at: datetime
     sent_at: datetime | None
     final_at: datetime | None
-
-    def public(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "idempotency_key": self.idempotency_key,
-            "kind": self.kind,
-            "alert_id": self.alert_id,
-            "tier": self.tier,
-            "repeat": self.repeat_index,
-            "contact_id": self.contact_id,
-            "channel": self.channel,
-            "state": self.state,
-            "reason": self.gate_reason,
-            "attempts": self.attempts,
-            "due_at": self.due_at.isoformat(),
-            "next_attempt_at": self.next_attempt_at.isoformat(),
-            "provider_id": self.provider_id,
-            "provider_status": self.provider_status,
-            "last_error": self.last_error,
-            "digest_id": self.digest_id,
-            "created_at": self.created_at.isoformat(),
-            "sent_at": self.sent_at.isoformat() if self.sent_at else None,
-            "final_at": self.final_at.isoformat() if self.final_at else None,
-            "failed": self.state in ("failed", "undelivered"),
-        }
 
 
 _ROW_COLUMNS: Final = (
