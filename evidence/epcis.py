@@ -90,6 +90,8 @@ def _logger_event(ev: Evidence, leg: LegEvidence, lg: LoggerEvidence) -> dict[st
     for x in leg.excursions:
         if x["device"] != lg.device.device_id or x["kind"] not in _EXCURSION_KINDS:
             continue
+        if x["state"] == "withdrawn":  # late data took it back: the readings show no alarm there
+            continue
         meta: dict[str, Any] = {"deviceID": device}
         if x["started_at"]:
             meta["startTime"] = x["started_at"]

@@ -36,6 +36,7 @@ class RunStats:
     reevaluated: int = 0
     alerts_opened: int = 0
     alerts_resolved: int = 0
+    alerts_withdrawn: int = 0
     lots_refreshed: int = 0
 
     def merge(self, other: RunStats) -> None:
@@ -48,9 +49,14 @@ def _utc(ms: int | None) -> datetime | None:
     return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
+def series_prefix(shipment_key: int, device_key: int) -> str:
+    """The start every excursion episode key of one series shares."""
+    return f"x:{shipment_key}:{device_key}:"
+
+
 def episode_key(shipment_key: int, device_key: int, excursion: Excursion) -> str:
     kind, limit, start = excursion.key
-    return f"x:{shipment_key}:{device_key}:{kind}:{limit}:{start}"
+    return f"{series_prefix(shipment_key, device_key)}{kind}:{limit}:{start}"
 
 
 def describe(excursion: Excursion, profile: AlarmProfile, device_id: str | None) -> str:
@@ -83,6 +89,8 @@ def _apply(
     profile: AlarmProfile,
     excursions: list[Excursion],
     stats: RunStats,
+    *,
+    restarted: bool = False,
 ) -> None:
     if not excursions:
         return
@@ -110,7 +118,15 @@ def _apply(
         if opened:
             stats.alerts_opened += 1
             log.info("alert %d opened: %s", alert_id, key, extra={"device": device_id, "alert": alert_id})
-        else:
+        elif restarted:  # only a pass over the whole series can bring a withdrawn episode back
+            current = alerts.get_alert(conn, org=work.org_id, alert_id=alert_id)
+            if current.state is AlertState.WITHDRAWN:
+                alerts.transition(
+                    conn, org=work.org_id, alert_id=alert_id, action="reinstate", actor=RULES_ACTOR,
+                    comment="supported again by the readings after a re-evaluation",
+                )
+                stats.alerts_opened += 1
+        if not opened:
             alerts.update_episode(
                 conn, alert_id, ended_at=_utc(excursion.end_ms), peak_c=excursion.peak_value
             )
@@ -129,6 +145,33 @@ def _apply(
                     else "back within limits",
                 )
                 stats.alerts_resolved += 1
+
+
+def withdraw_unsupported(
+    conn: psycopg.Connection, work: SeriesWork, excursions: list[Excursion], stats: RunStats
+) -> None:
+    """After a pass over the whole series (late data landed inside what was evaluated), withdraw
+    the alerts of episodes the readings no longer show.
+
+    Back-filled readings can fill a gap that looked like a warm hour, or move an episode's start
+    (a new key: the new episode is raised, the old one withdrawn). A closed alert carries QA's
+    signature and stays closed; its history records that late data no longer supports it.
+    """
+    supported = {episode_key(work.shipment_key, work.device_key, x) for x in excursions}
+    prefix = series_prefix(work.shipment_key, work.device_key)
+    for key, (alert_id, state) in alerts.series_alerts(conn, org_id=work.org_id, prefix=prefix).items():
+        if key in supported or state is AlertState.WITHDRAWN:
+            continue
+        reason = "superseded by late data: a re-evaluation of the series no longer finds this excursion"
+        if state is AlertState.CLOSED:
+            alerts.note(conn, org=work.org_id, alert_id=alert_id, actor=RULES_ACTOR, action="unsupported",
+                        comment=reason)
+            continue
+        alerts.transition(
+            conn, org=work.org_id, alert_id=alert_id, action="withdraw", actor=RULES_ACTOR, comment=reason
+        )
+        stats.alerts_withdrawn += 1
+        log.info("alert %d withdrawn: %s", alert_id, key, extra={"alert": alert_id})
 
 
 def at_rest(profile: AlarmProfile, state: EngineState) -> bool:
@@ -166,12 +209,14 @@ def evaluate_many(conn: psycopg.Connection, work: list[SeriesWork], stats: RunSt
     after: dict[tuple[int, int], int | None] = {}
     until: dict[tuple[int, int], int] = {}
     states: dict[tuple[int, int], EngineState | None] = {}
+    restarted: set[tuple[int, int]] = set()  # series evaluated again from their first reading
     for key, item in by_key.items():
         ctx = contexts[key]
         state = EngineState.from_dict(ctx.state) if ctx.state is not None else None
         restart = state is None or (state.last_ms is not None and item.from_ms <= state.last_ms)
         if restart and state is not None:
             stats.reevaluated += 1
+            restarted.add(key)
         states[key] = None if restart else state
         after[key] = None if restart or state is None else state.last_ms
         # Up to the claimed work's end, and over everything evaluated before when starting over.
@@ -193,7 +238,9 @@ def evaluate_many(conn: psycopg.Connection, work: list[SeriesWork], stats: RunSt
         )
         result = evaluate(series, profile, states[key])
         stats.readings += b - a
-        _apply(conn, item, profile, result.excursions, stats)
+        _apply(conn, item, profile, result.excursions, stats, restarted=key in restarted)
+        if key in restarted:
+            withdraw_unsupported(conn, item, result.excursions, stats)
         high_c, low_c, high_rh, low_rh = hot_thresholds(profile)
         outside = outside_labelled_range_s(profile, result.state)
         if outside != ctx.outside_s:
