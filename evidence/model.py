@@ -137,6 +137,7 @@ def _logger_series(series: store.SeriesArrays, device_id: str) -> LoggerSeries:
         series.c.astype(np.float64),
         rh if bool(np.isfinite(rh).any()) else None,
         (series.flags & FLAG_DOOR_OPEN) != 0,
+        series.judged,
     )
 
 

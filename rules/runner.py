@@ -235,6 +235,8 @@ def evaluate_many(conn: psycopg.Connection, work: list[SeriesWork], stats: RunSt
             temps_c=fetched.temps_c[a:b],
             rh_pct=fetched.rh_pct[a:b],
             door_open=fetched.door_open[a:b],
+            low_c=None if fetched.judged is None else fetched.judged[0][a:b],
+            high_c=None if fetched.judged is None else fetched.judged[1][a:b],
         )
         result = evaluate(series, profile, states[key])
         stats.readings += b - a

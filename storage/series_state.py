@@ -12,7 +12,7 @@ import orjson
 import psycopg
 from psycopg.rows import dict_row
 
-from storage.readings import FLAG_DOOR_OPEN
+from storage.readings import FLAG_DOOR_OPEN, judged_extremes
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +36,9 @@ class SeriesBatch:
     temps_c: npt.NDArray[np.float64]
     rh_pct: npt.NDArray[np.float64]
     door_open: npt.NDArray[np.bool_]
+    # What the low and the high limits judge where edge summaries are among the readings (their
+    # minimum and maximum); None when none is, and then both are `temps_c`.
+    judged: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None = None
 
     def ranges(self) -> dict[tuple[int, int], tuple[int, int]]:
         """(shipment, device) -> (first row, end row); rows are sorted by series, then time."""
@@ -124,13 +127,16 @@ def readings_of_many(
     # A repeated instant (a duplicated send under another seq) keeps one reading.
     keep = np.ones(times.size, dtype=bool)
     keep[1:] = (np.diff(times) != 0) | (np.diff(shipment) != 0) | (np.diff(device) != 0)
+    flags = packed["f"][keep].astype(np.int16)
+    temps = packed["c"].astype(np.float64)[keep]
     return SeriesBatch(
         shipment_key=shipment[keep],
         device_key=device[keep],
         times_ms=times[keep],
-        temps_c=packed["c"].astype(np.float64)[keep],
+        temps_c=temps,
         rh_pct=packed["rh"].astype(np.float64)[keep],
-        door_open=(packed["f"][keep] & FLAG_DOOR_OPEN) != 0,
+        door_open=(flags & FLAG_DOOR_OPEN) != 0,
+        judged=judged_extremes(conn, device[keep], times[keep], temps, flags),
     )
 
 
