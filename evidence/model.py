@@ -138,6 +138,7 @@ def _logger_series(series: store.SeriesArrays, device_id: str) -> LoggerSeries:
         rh if bool(np.isfinite(rh).any()) else None,
         (series.flags & FLAG_DOOR_OPEN) != 0,
         series.judged,
+        series.logger_started_ms,
     )
 
 

@@ -942,7 +942,9 @@ def evaluate(
         state, profile_id=profile.id, profile_version=profile.version,
         series_start_ms=series_start,
     )
-    anchor = state.logger_started_ms if state.logger_started_ms is not None else series_start
+    # A start reported after the first reading belongs to another trip: count from the series.
+    started = state.logger_started_ms
+    anchor = series_start if started is None else min(started, series_start)
     delay_cut = int(np.searchsorted(t, anchor + profile.start_delay_s * 1000, side="left"))
     excused, last_door, door_since = _door_excused(
         series, state, profile.door_open_tolerance_s * 1000

@@ -38,6 +38,7 @@ class LoggerSeries:
     door_open: npt.NDArray[np.bool_] | None = None
     # (low, high) the limits judge where edge summaries are among the readings (SensorSeries)
     judged: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None = None
+    logger_started_ms: int | None = None  # anchors the start delay, as the rules anchored it
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +169,9 @@ def logger_figures(logger: LoggerSeries, profile: AlarmProfile) -> LoggerFigures
     t, c = logger.times_ms, np.asarray(logger.temps_c, dtype=np.float64)
     judged_low, judged_high = logger.judged if logger.judged is not None else (c, c)
     result = evaluate(
-        SensorSeries(t, c, logger.rh_pct, logger.door_open, judged_low, judged_high), profile
+        SensorSeries(t, c, logger.rh_pct, logger.door_open, judged_low, judged_high),
+        profile,
+        EngineState(logger_started_ms=logger.logger_started_ms),
     )
     state = result.state
     beyond = {lim.id: state.time_beyond_s(lim.id) for lim in profile.limits}

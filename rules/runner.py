@@ -217,7 +217,7 @@ def evaluate_many(conn: psycopg.Connection, work: list[SeriesWork], stats: RunSt
         if restart and state is not None:
             stats.reevaluated += 1
             restarted.add(key)
-        states[key] = None if restart else state
+        states[key] = fresh_state(state, ctx.logger_started_ms) if restart else state
         after[key] = None if restart or state is None else state.last_ms
         # Up to the claimed work's end, and over everything evaluated before when starting over.
         done = state.last_ms if state is not None and state.last_ms is not None else item.to_ms
@@ -268,6 +268,14 @@ def evaluate_many(conn: psycopg.Connection, work: list[SeriesWork], stats: RunSt
     series_state.save_states(conn, saved)
     if spending:
         check_lot_budgets(conn, sorted(spending), stats)
+
+
+def fresh_state(previous: EngineState | None, reported_start_ms: int | None) -> EngineState:
+    """The state a pass from a series' first reading starts from: empty, but anchored where the
+    logger started, so the profile's start delay counts from the logger's start (kept from the
+    first pass when the series is evaluated again, whatever the logger reports by then)."""
+    started = previous.logger_started_ms if previous is not None else None
+    return EngineState(logger_started_ms=started if started is not None else reported_start_ms)
 
 
 def outside_labelled_range_s(profile: AlarmProfile, state: EngineState) -> float:

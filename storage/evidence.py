@@ -13,6 +13,7 @@ import psycopg
 
 from coldchain.errors import NotFoundError
 from storage.readings import judged_extremes
+from storage.series_state import logger_started_ms
 
 _EXCURSION_KINDS = ("single", "cumulative", "rate", "humidity", "mkt", "stability_budget")
 
@@ -61,6 +62,7 @@ class SeriesArrays:
     flags: npt.NDArray[np.int16]
     # (low, high) the limits judge where edge summaries are among the readings; None otherwise
     judged: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None = None
+    logger_started_ms: int | None = None  # the start the rules anchored the start delay at
 
     def __len__(self) -> int:
         return int(self.t_ms.size)
@@ -145,7 +147,9 @@ def series(conn: psycopg.Connection, *, shipment_key: int, device_key: int) -> S
         judged=judged_extremes(
             conn, np.full(t_ms.size, device_key, np.int32), t_ms, c.astype(np.float64), flags
         ),
+        logger_started_ms=logger_started_ms(conn, shipment_key=shipment_key, device_key=device_key),
     )
+
 
 
 def alert_shipment(conn: psycopg.Connection, *, org: int, alert_id: int) -> int | None:

@@ -24,6 +24,7 @@ class SeriesContext:
     state: dict[str, Any] | None
     last_ms: int | None
     outside_s: float = 0.0
+    logger_started_ms: int | None = None  # when the logger says it started logging (its status)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,12 +69,26 @@ def lock_and_load(
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
             "SELECT w.s, w.d, sh.profile_id, sh.profile_version, r.state, r.last_ms,"
-            " coalesce(r.outside_s, 0)::float8 AS outside_s"
+            " coalesce(r.outside_s, 0)::float8 AS outside_s,"
+            " CASE WHEN jsonb_typeof(dv.status -> 'started_ms') = 'number'"
+            "      THEN (dv.status ->> 'started_ms')::float8::int8 END AS logger_started_ms"
             " FROM unnest(%s::int[], %s::int[]) AS w(s, d) JOIN shipments sh ON sh.key = w.s"
+            " JOIN devices dv ON dv.key = w.d"
             " LEFT JOIN rule_series_state r ON r.shipment_key = w.s AND r.device_key = w.d",
             (shipments, devices),
         ).fetchall()
     return {(r.pop("s"), r.pop("d")): SeriesContext(**r) for r in rows}
+
+
+def logger_started_ms(conn: psycopg.Connection, *, shipment_key: int, device_key: int) -> int | None:
+    """Where the rules anchored the series' start delay (the logger's start), if it says."""
+    row = conn.execute(
+        "SELECT (state ->> 'logger_started_ms')::int8 FROM rule_series_state"
+        " WHERE shipment_key = %s AND device_key = %s"
+        " AND jsonb_typeof(state -> 'logger_started_ms') = 'number'",
+        (shipment_key, device_key),
+    ).fetchone()
+    return None if row is None else int(row[0])
 
 
 _PACKED = np.dtype([("t", ">i8"), ("c", ">f8"), ("rh", ">f8"), ("f", ">i2")])
