@@ -18,6 +18,7 @@ PROTECTED: dict[str, tuple[str, ...]] = {
     "signatures": ("UPDATE", "DELETE", "TRUNCATE"),
     "audit_checkpoints": ("UPDATE", "DELETE", "TRUNCATE"),
     "schema_migrations": ("INSERT", "UPDATE", "DELETE", "TRUNCATE"),
+    "preset_versions": ("INSERT", "UPDATE", "DELETE", "TRUNCATE"),  # released at migration only
 }
 
 
