@@ -99,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     identity_cli.add_parsers(sub, _common)
 
+    from coldchain import backup_cli  # argparse only: cheap to import
+
+    backup_cli.add_parsers(sub, _common)
+
     sim = sub.add_parser(
         "sim", help="simulated loggers and fleets (see `coldchain sim --help`)", add_help=False
     )
@@ -163,6 +167,11 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             from erp.cli import run as run_import
 
             return run_import(args, servers.database_url())
+        if args.command in ("backup", "restore"):
+            from coldchain import backup_cli
+
+            run = backup_cli.backup if args.command == "backup" else backup_cli.restore
+            return run(args, servers, settings)
         if args.command in _IDENTITY_COMMANDS:
             from api import identity_cli
 
@@ -234,6 +243,14 @@ class Servers:
         creds = ClusterCredentials.ensure(data_dir).with_port(cluster.port)
         secure_cluster(creds.url("superuser"), _hba_file(creds.url("superuser")), creds)
         return creds
+
+    def empty_database_url(self) -> str:
+        """The private cluster's platform database as the superuser, created and secured but not
+        migrated: what a restore loads a backup into."""
+        from embedded.credentials import DATABASE
+
+        creds = self._credentials(self._running_cluster(keep_running=False))
+        return str(creds.url("superuser", DATABASE))
 
     def database_url(self, *, keep_running: bool = False) -> str:
         """The platform's database as its owner (what migrations and the CLI's writes use); in the
