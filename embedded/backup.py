@@ -20,7 +20,9 @@ FORMAT = "coldchain-backup/1"
 MANIFEST = "manifest.json"
 DATABASE_MEMBER = "database.dump"
 # What of a data folder a backup takes: everything but the servers' own state and run files.
-_SKIPPED = ("postgres", "mosquitto", "mosquitto.url", "postgres.port", "postgres.log", "mosquitto.log", "logs")
+_SKIPPED = (
+    "postgres", "mosquitto", "mosquitto.url", "postgres.port", "postgres.log", "mosquitto.log", "logs",
+)
 
 
 class BackupError(Exception):
