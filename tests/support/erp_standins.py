@@ -23,7 +23,7 @@ import fnmatch
 import hashlib
 import html
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -46,6 +46,7 @@ class _Base:
     received: list[Received] = field(default_factory=list)
     fail_next: int = 0  # answer 503 to this many requests
     drop_after_next: int = 0  # do the work of this many requests, then close without answering
+    drop_once: Callable[[Received], bool] | None = None  # the same, once, for the first request it matches
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def handle(self, req: Received) -> tuple[int, dict[str, str], bytes]:
@@ -69,9 +70,15 @@ class _Handler(BaseHTTPRequestHandler):
                 stand.fail_next -= 1
                 self._answer(503, {"Content-Type": "text/html"}, b"<html>503 Service Unavailable</html>")
                 return
-            status, headers, out = stand.handle(req)
-            if stand.drop_after_next > 0:
-                stand.drop_after_next -= 1
+            try:
+                status, headers, out = stand.handle(req)
+            except Exception as exc:  # a stand-in bug shows as a server error, as a real server's would
+                status, headers, out = 500, {"Content-Type": "text/plain"}, repr(exc).encode()
+            drop = stand.drop_once is not None and stand.drop_once(req)
+            if drop:
+                stand.drop_once = None
+            if stand.drop_after_next > 0 or drop:
+                stand.drop_after_next = max(0, stand.drop_after_next - 1)
                 self.close_connection = True
                 self.connection.close()
                 return
@@ -153,12 +160,12 @@ class OdooStandIn(_Base):
     )
     _next: int = 100
 
-    def add(self, model: str, **values: Any) -> int:
+    def add(self, model: str, /, **values: Any) -> int:
         self._next += 1
         self.models[model][self._next] = {"id": self._next, **values}
         return self._next
 
-    def find(self, model: str, **values: Any) -> list[dict[str, Any]]:
+    def find(self, model: str, /, **values: Any) -> list[dict[str, Any]]:
         return [r for r in self.models[model].values() if all(r.get(k) == v for k, v in values.items())]
 
     def handle(self, req: Received) -> tuple[int, dict[str, str], bytes]:
@@ -282,7 +289,7 @@ class FrappeStandIn(_Base):
     )
     _next: int = 0
 
-    def add(self, doctype: str, name: str | None = None, **values: Any) -> str:
+    def add(self, doctype: str, name: str | None = None, /, **values: Any) -> str:
         self._next += 1
         name = name or hashlib.sha1(f"{doctype}{self._next}".encode()).hexdigest()[:10]
         self.docs[doctype][name] = {"name": name, "doctype": doctype, **values}
