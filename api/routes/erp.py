@@ -83,6 +83,8 @@ def put_erp_connection(
         check_webhook_url(body.url, allow_private=settings.webhook_allow_private)
     except ValidationError as exc:
         raise ValidationError(str(exc), field="url") from None
+    except ValueError:  # urlsplit refuses it (an unbalanced IPv6 bracket)
+        raise ValidationError("the URL cannot be parsed", field="url") from None
     old = erp_outbox.get_connection(conn, org=caller.org_id, connection_id=connection_id, missing_ok=True)
     if body.secret is None and (old is None or old.kind != body.kind):
         raise ValidationError("a new connection (or a new kind) needs its secret", field="secret")
