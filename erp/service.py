@@ -4,6 +4,7 @@ NOTIFY it when an event is enqueued) and polls, delivering whatever is due. `col
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -12,7 +13,8 @@ import psycopg
 
 from coldchain.settings import Settings
 from erp.outbox import ErpOutboxOptions, ErpOutboxWorker
-from storage.listen import Wakeup, listen
+from storage.db import connect
+from storage.listen import Wakeup, listen, wake
 
 __all__ = ["ErpService"]
 
@@ -60,6 +62,9 @@ class ErpService:
 
     def stop(self) -> None:
         self._stop.set()
+        # Wake the listener now rather than at its next poll.
+        with contextlib.suppress(psycopg.Error), connect(self._dsn, autocommit=True) as conn:
+            wake(conn, Wakeup.ERP_OUTBOX, "stop")
         self._thread.join(timeout=30)
 
     def __enter__(self) -> ErpService:

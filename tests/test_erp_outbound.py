@@ -32,6 +32,7 @@ from tests.support.api import api_client
 from tests.support.erp_standins import FrappeStandIn, OdooStandIn, Received, WebhookReceiver, serve
 from tests.support.identity import bearer, make_user
 from tests.support.lots import GTIN, add_leg, write_readings
+from tests.support.waiting import wait_for
 
 SECRET = "k" * 48
 WEBHOOK_SECRET = "whsec-0123456789abcdef"
@@ -587,3 +588,30 @@ def test_http_deliveries_per_record_the_reference_and_the_retry(
         _worker(settings, clock).deliver_due(db)
         doc = _check_signature(receiver.received[-1])
         assert doc["records"][0]["ref"] == "WH/OUT/7"
+
+
+# -- the service ----------------------------------------------------------------------------------------
+
+
+def test_the_service_wakes_on_the_notify_of_the_change_and_delivers(
+    db_dsn: str, db: psycopg.Connection, settings: Settings
+) -> None:
+    from erp.service import ErpService
+
+    receiver = WebhookReceiver()
+    with serve(receiver) as url:
+        _connect(db, "webhook", url, WEBHOOK_SECRET)
+        key = _shipment(db)
+        # a poll far longer than the test: only the NOTIFY sent with the alert can wake it
+        with ErpService(dsn=db_dsn, settings=settings, options=ErpOutboxOptions(poll_s=600)):
+            wait_for(
+                lambda: db.execute("SELECT 1 FROM pg_stat_activity WHERE query LIKE 'LISTEN%'").fetchone(),
+                what="the service listening",
+            )
+            alert_id = _raise(db, key)
+            wait_for(lambda: receiver.received, what="the webhook delivery")
+            wait_for(
+                lambda: erp_outbox.deliveries(db, org=1, alert_id=alert_id)[0].state == "delivered",
+                what="the delivery recorded",
+            )
+        assert _check_signature(receiver.received[0])["alert"]["id"] == alert_id
