@@ -92,7 +92,7 @@ class ErpNextAdapter:
                 if known:
                     continue
                 body, content_type = multipart(
-                    {"doctype": doctype, "docname": target.ref, "is_private": "1", "file_name": item.name},
+                    {"doctype": doctype, "docname": target.ref, "is_private": "1"},
                     {"file": (item.name, item.mimetype, item.content)},
                 )
                 self._call("POST", "/api/method/upload_file", body=body, content_type=content_type)

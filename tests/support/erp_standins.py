@@ -379,7 +379,7 @@ class FrappeStandIn(_Base):
         if doctype and (doctype not in self.docs or docname not in self.docs[doctype]):
             return self._error(404, "DoesNotExistError", f"{doctype} {docname} not found")
         private = form.get("is_private") == "1"
-        file_name = form.get("file_name") or filename or "file"
+        file_name = filename or "file"  # Frappe names the File by the uploaded part's filename
         name = self.add(
             "File",
             file_name=file_name,
