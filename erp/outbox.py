@@ -65,10 +65,18 @@ class ErpOutboxOptions:
             raise ConfigurationError("ERP outbox lease, poll and timeout must be positive")
 
 
-def build_adapter(kind: str, *, url: str, options: dict[str, Any], secret: str, timeout_s: float) -> Adapter:
+def build_adapter(
+    kind: str,
+    *,
+    url: str,
+    options: dict[str, Any],
+    secret: str,
+    timeout_s: float,
+    allow_private: bool = False,
+) -> Adapter:
     """The adapter of a connection from its stored settings and opened secret."""
     if kind == "webhook":
-        return WebhookAdapter(url=url, secret=secret, timeout_s=timeout_s)
+        return WebhookAdapter(url=url, secret=secret, timeout_s=timeout_s, allow_private=allow_private)
     if kind == "odoo":
         return OdooAdapter(
             url=url,
@@ -76,10 +84,15 @@ def build_adapter(kind: str, *, url: str, options: dict[str, Any], secret: str, 
             login=str(options["login"]),
             api_key=secret,
             timeout_s=timeout_s,
+            allow_private=allow_private,
         )
     if kind == "erpnext":
         return ErpNextAdapter(
-            url=url, api_key=str(options["api_key"]), api_secret=secret, timeout_s=timeout_s
+            url=url,
+            api_key=str(options["api_key"]),
+            api_secret=secret,
+            timeout_s=timeout_s,
+            allow_private=allow_private,
         )
     raise ConfigurationError(f"unknown ERP connection kind {kind!r}")
 
@@ -212,6 +225,7 @@ class ErpOutboxWorker:
                 options=found.options,
                 secret=secret,
                 timeout_s=self._options.timeout_s,
+                allow_private=self._settings.webhook_allow_private,
             )
             self._adapters[key] = adapter
         return adapter

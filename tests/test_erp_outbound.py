@@ -54,7 +54,10 @@ class Clock:
 
 @pytest.fixture
 def settings(db_dsn: str, tmp_path: Path) -> Settings:
-    return Settings(database_url=db_dsn, data_dir=tmp_path / "data", secret_key=SECRET)  # type: ignore[arg-type]
+    # the stand-ins listen on loopback, which the address policy refuses unless told otherwise
+    return Settings(
+        database_url=db_dsn, data_dir=tmp_path / "data", secret_key=SECRET, webhook_allow_private=True
+    )  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -342,8 +345,10 @@ def test_odoo_redelivery_after_a_lost_answer_or_a_crash_creates_nothing_twice(
                 options={"database": odoo.database, "login": odoo.login},
                 secret=odoo.api_key,
                 timeout_s=5,
+                allow_private=True,
             ).deliver(event)
-        odoo.drop_once = None
+        assert odoo.drop_once is None  # the crash happened at the note
+        assert len(odoo.find("ir.attachment", res_id=picking)) == 4  # Odoo took the final bundle's files
         fresh = _worker(settings, clock)
         assert fresh.deliver_due(db) == 0  # still leased
         clock.advance(301)
@@ -380,7 +385,9 @@ def test_odoo_refusing_the_credentials_is_a_final_failure_and_a_missing_picking_
         from erp.adapters import DeliveryFailed
         from erp.adapters.odoo import OdooAdapter
 
-        adapter = OdooAdapter(url=url, database=odoo.database, login=odoo.login, api_key=odoo.api_key)
+        adapter = OdooAdapter(
+            url=url, database=odoo.database, login=odoo.login, api_key=odoo.api_key, allow_private=True
+        )
         with pytest.raises(DeliveryFailed, match="AttributeError"):
             adapter.execute_kw("stock.picking", "no_such_method", [])
 
@@ -471,6 +478,20 @@ def test_connection_secrets_are_sealed_and_open_only_with_the_key_and_their_conn
         credentials.open_sealed(SECRET, org_id=1, connection_id="other", sealed=sealed)
 
 
+def test_every_attempt_checks_the_address_policy_again(
+    db: psycopg.Connection, settings: Settings, clock: Clock
+) -> None:
+    receiver = WebhookReceiver()
+    with serve(receiver) as url:
+        _connect(db, "webhook", url, WEBHOOK_SECRET)
+        alert_id = _raise(db, _shipment(db))
+        strict = settings.model_copy(update={"webhook_allow_private": False})
+        _worker(strict, clock).deliver_due(db)
+        (row,) = erp_outbox.deliveries(db, org=1, alert_id=alert_id)
+        assert row.state == "failed" and "refused" in (row.last_error or "")
+        assert receiver.received == []  # nothing left the platform
+
+
 # -- the API --------------------------------------------------------------------------------------------
 
 
@@ -481,7 +502,8 @@ def client(db_dsn: str, db: psycopg.Connection, settings: Settings) -> Iterator[
     make_user(db, "logistics@home.org", ["logistics"])
     other = auth.create_organization(db, "acme", "Acme")
     make_user(db, "admin@acme.org", ["admin"], org=other)
-    with api_client(db_dsn, settings) as c:
+    public_only = settings.model_copy(update={"webhook_allow_private": False})
+    with api_client(db_dsn, public_only) as c:
         yield c
 
 

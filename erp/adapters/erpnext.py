@@ -28,6 +28,7 @@ class ErpNextAdapter:
     api_key: str
     api_secret: str = field(repr=False)
     timeout_s: float = 30.0
+    allow_private: bool = False
 
     def _call(
         self,
@@ -42,7 +43,14 @@ class ErpNextAdapter:
         if content_type:
             headers["Content-Type"] = content_type
         url = self.url.rstrip("/") + path + (f"?{urlencode(query)}" if query else "")
-        answer = request(url, method=method, body=body, headers=headers, timeout_s=self.timeout_s)
+        answer = request(
+            url,
+            method=method,
+            body=body,
+            headers=headers,
+            timeout_s=self.timeout_s,
+            allow_private=self.allow_private,
+        )
         if 200 <= answer.status < 300:
             return answer
         detail = ""

@@ -1,9 +1,14 @@
 """The HTTP the adapters speak: JSON and multipart requests over http.client with a timeout, no
-redirects and no cookies; a transport error or a 408/425/429/5xx answer is retryable."""
+redirects and no cookies; a transport error or a 408/425/429/5xx answer is retryable.
+
+Every attempt checks the URL against the address policy of notification webhooks again (https,
+a host that resolves to public addresses only), since a name may change its answer after the
+connection was saved; `allow_private` (WEBHOOK_ALLOW_PRIVATE) turns that off."""
 
 from __future__ import annotations
 
 import http.client
+import socket
 import ssl
 import uuid
 from dataclasses import dataclass
@@ -12,6 +17,8 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from coldchain.errors import ValidationError
+from coldchain.webhook_url import public_address, webhook_host
 from erp.adapters import DeliveryFailed
 
 MAX_RESPONSE_BYTES: Final = 4 * 1024 * 1024
@@ -37,6 +44,25 @@ def retryable_status(status: int) -> bool:
     return status >= 500 or status in (408, 425, 429)
 
 
+def check_address(url: str, *, allow_private: bool) -> None:
+    """DeliveryFailed (final) when the URL breaks the address policy."""
+    try:
+        host, port = webhook_host(url, allow_private=allow_private)
+    except (ValidationError, ValueError) as exc:
+        raise DeliveryFailed(f"the ERP URL is refused: {exc}", retryable=False) from None
+    if allow_private:
+        return
+    try:
+        answers = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        raise DeliveryFailed(f"{host} does not resolve", retryable=True) from None
+    for *_, sockaddr in answers:
+        if not public_address(str(sockaddr[0])):
+            raise DeliveryFailed(
+                f"{host} resolves to {sockaddr[0]}, which is not a public address", retryable=False
+            )
+
+
 def request(
     url: str,
     *,
@@ -44,8 +70,10 @@ def request(
     body: bytes | None = None,
     headers: dict[str, str] | None = None,
     timeout_s: float = 30.0,
+    allow_private: bool = False,
     ssl_context: ssl.SSLContext | None = None,
 ) -> Response:
+    check_address(url, allow_private=allow_private)
     parts = urlsplit(url)
     host = parts.hostname or ""
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")

@@ -41,6 +41,7 @@ class OdooAdapter:
     login: str
     api_key: str = field(repr=False)
     timeout_s: float = 30.0
+    allow_private: bool = False
     _uid: int | None = None
     _ids: Any = field(default_factory=lambda: itertools.count(1))
 
@@ -56,6 +57,7 @@ class OdooAdapter:
             body=orjson.dumps(call),
             headers={"Content-Type": "application/json"},
             timeout_s=self.timeout_s,
+            allow_private=self.allow_private,
         )
         if answer.status != 200:
             raise DeliveryFailed(

@@ -74,6 +74,7 @@ class WebhookAdapter:
     url: str
     secret: str = field(repr=False)
     timeout_s: float = 30.0
+    allow_private: bool = False
     clock: Callable[[], float] = time.time
 
     def __post_init__(self) -> None:
@@ -94,6 +95,7 @@ class WebhookAdapter:
                 EVENT_HEADER: event.kind,
             },
             timeout_s=self.timeout_s,
+            allow_private=self.allow_private,
         )
         host = urlsplit(self.url).hostname
         if 200 <= answer.status < 300:
