@@ -14,7 +14,7 @@ from storage.erp_outbox import ConnectionRow, DeliveryRow
 CONNECTION_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,48}$"
 URL_PATTERN = r"^https?://[^\x00-\x20\x7f]{1,2000}$"
 SECRET_PATTERN = r"^[^\x00-\x1f\x7f]{8,500}$"
-ERP_REF_PATTERN = r"^[^\x00-\x1f\x7f]{1,140}$"
+ERP_REF_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]{1,140}$"  # as the column's CHECK: no control characters
 RECORD_PATTERN = r"^(?:shipment:[A-Za-z0-9_.:/-]{1,64}|alert:[0-9]{1,15}|recall:[0-9]{1,15})$"
 
 EventKind = Literal[

@@ -43,7 +43,7 @@ class Clock:
 
     def __init__(self) -> None:
         # a little ahead of the database's now(), which stamps new deliveries as due
-        self.ms = int(datetime.now(UTC).timestamp() * 1000) + 5_000
+        self.ms = int(datetime.now(UTC).timestamp() * 1000) + 600_000
 
     def __call__(self) -> int:
         return self.ms
@@ -566,6 +566,12 @@ def test_http_deliveries_per_record_the_reference_and_the_retry(
             "/api/v1/erp/shipments/S1/reference", json={"erp_ref": "WH/OUT/7"}, headers=logistics
         )
         assert ref.status_code == 200 and ref.json() == {"shipment": "S1", "erp_ref": "WH/OUT/7"}
+        bad = client.put(
+            "/api/v1/erp/shipments/S1/reference", json={"erp_ref": "WH\u0085OUT"}, headers=logistics
+        )
+        assert bad.status_code == 422 and bad.json()["field"] == "erp_ref"
+        with pytest.raises(psycopg.errors.CheckViolation):  # the column refuses it as well
+            db.execute("UPDATE shipments SET erp_ref = 'WH' || chr(133) || 'OUT' WHERE id = 'S1'")
         assert (
             client.put(
                 "/api/v1/erp/shipments/NOPE/reference", json={"erp_ref": "x"}, headers=logistics

@@ -8,7 +8,8 @@
 
 -- The ERP's own reference of a shipment (the Odoo picking's name, the ERPNext Delivery Note);
 -- without one the shipment id is used.
-ALTER TABLE shipments ADD COLUMN erp_ref text CHECK (erp_ref ~ '^[^[:cntrl:]]{1,140}$');
+ALTER TABLE shipments ADD COLUMN erp_ref text
+    CHECK (length(erp_ref) BETWEEN 1 AND 140 AND erp_ref !~ '[\x01-\x1f\x7f-\x9f]');
 
 CREATE TABLE erp_connections (
     org_id          smallint NOT NULL REFERENCES organizations,
