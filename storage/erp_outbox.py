@@ -252,8 +252,10 @@ def claim_due(conn: psycopg.Connection, *, now: datetime, limit: int, lease: tim
     ids = conn.execute(
         "UPDATE erp_deliveries d SET state = 'sending', attempts = d.attempts + 1,"
         " next_attempt_at = %s, updated_at = %s"
-        " FROM (SELECT id FROM erp_deliveries WHERE state IN ('pending', 'sending')"
-        "       AND next_attempt_at <= %s ORDER BY next_attempt_at, id LIMIT %s FOR UPDATE SKIP LOCKED) due"
+        " FROM (SELECT x.id FROM erp_deliveries x JOIN erp_connections c"
+        "       ON c.org_id = x.org_id AND c.id = x.connection_id AND c.enabled"  # a paused one waits
+        "       WHERE x.state IN ('pending', 'sending') AND x.next_attempt_at <= %s"
+        "       ORDER BY x.next_attempt_at, x.id LIMIT %s FOR UPDATE OF x SKIP LOCKED) due"
         " WHERE d.id = due.id RETURNING d.id",
         (now + lease, now, now, limit),
     ).fetchall()

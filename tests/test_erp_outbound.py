@@ -163,6 +163,9 @@ def test_alert_changes_reach_the_webhook_signed_retried_after_a_5xx_and_once_onl
         assert _states(db) == [("alert.opened", "pending", 0)]  # written with the alert itself
 
         worker = _worker(settings, clock)
+        db.execute("UPDATE erp_connections SET enabled = false")  # paused: its deliveries wait
+        assert worker.deliver_due(db) == 0 and receiver.received == []
+        db.execute("UPDATE erp_connections SET enabled = true")
         receiver.fail_next = 1
         assert worker.deliver_due(db) == 1
         row = erp_outbox.deliveries(db, org=1, alert_id=alert_id)[0]
