@@ -133,6 +133,7 @@ def _check_signature(req: Received) -> dict[str, Any]:
 # -- the signed webhook ---------------------------------------------------------------------------------
 
 
+@pytest.mark.both_engines  # the triggers on the alerts and evidence of readings on either engine
 def test_alert_changes_reach_the_webhook_signed_retried_after_a_5xx_and_once_only(
     db: psycopg.Connection, settings: Settings, clock: Clock
 ) -> None:
@@ -235,6 +236,7 @@ def excursion(db: psycopg.Connection) -> Iterator[None]:
     yield
 
 
+@pytest.mark.both_engines  # the triggers on the alerts and evidence of readings on either engine
 def test_odoo_gets_the_pdf_and_bundle_on_the_picking_and_notes_in_its_chatter(
     db: psycopg.Connection, settings: Settings, clock: Clock, excursion: None
 ) -> None:
