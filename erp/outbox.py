@@ -158,8 +158,16 @@ class ErpOutboxWorker:
                 limit=self._options.batch_size,
                 lease=timedelta(seconds=self._options.lease_s),
             )
-        # Committed: every claimed row is `sending` before any ERP is called.
+        # Committed: every claimed row is `sending` before any ERP is called. A slow ERP may take
+        # longer than the lease over the whole batch, so each row's lease starts again at its turn.
+        lease = timedelta(seconds=self._options.lease_s)
         for row in rows:
+            with conn.transaction():
+                mine = erp_outbox.renew_lease(
+                    conn, delivery_id=row.id, attempts=row.attempts, until=self.now() + lease
+                )
+            if not mine:
+                continue
             self.stats.claimed += 1
             self._attempt(conn, row)
         return len(rows)
@@ -196,7 +204,9 @@ class ErpOutboxWorker:
         else:
             self.stats.failed += 1
         with conn.transaction():
-            erp_outbox.record_failure(conn, delivery_id=row.id, now=now, error=error, retry_at=retry_at)
+            erp_outbox.record_failure(
+                conn, delivery_id=row.id, attempts=row.attempts, now=now, error=error, retry_at=retry_at
+            )
         log.warning(
             "ERP delivery %s to %s failed (attempt %d, %s): %s",
             row.idempotency_key,
@@ -212,6 +222,8 @@ class ErpOutboxWorker:
         key = (row.org_id, row.connection_id, found.updated_at)  # a changed connection makes a new one
         adapter = self._adapters.get(key)
         if adapter is None:
+            for stale in [k for k in self._adapters if k[:2] == key[:2]]:
+                del self._adapters[stale]
             sealed = erp_outbox.connection_secret(conn, org=row.org_id, connection_id=row.connection_id)
             secret = credentials.open_sealed(
                 self._settings.require_secret_key(),

@@ -269,6 +269,17 @@ def claim_due(conn: psycopg.Connection, *, now: datetime, limit: int, lease: tim
     )
 
 
+def renew_lease(conn: psycopg.Connection, *, delivery_id: int, attempts: int, until: datetime) -> bool:
+    """Extend a claimed row's lease before its attempt starts; False when it is no longer this
+    worker's (its lease ran out meanwhile and another worker took it, counting one more attempt)."""
+    row = conn.execute(
+        "UPDATE erp_deliveries SET next_attempt_at = %s WHERE id = %s AND state = 'sending' AND attempts = %s"
+        " RETURNING id",
+        (until, delivery_id, attempts),
+    ).fetchone()
+    return row is not None
+
+
 def record_delivered(
     conn: psycopg.Connection, *, delivery_id: int, now: datetime, remote_ref: str | None
 ) -> None:
@@ -280,15 +291,24 @@ def record_delivered(
 
 
 def record_failure(
-    conn: psycopg.Connection, *, delivery_id: int, now: datetime, error: str, retry_at: datetime | None
+    conn: psycopg.Connection,
+    *,
+    delivery_id: int,
+    attempts: int,
+    now: datetime,
+    error: str,
+    retry_at: datetime | None,
 ) -> None:
-    """A failed attempt: `pending` again at `retry_at`, or `failed` for good when it is None."""
+    """A failed attempt: `pending` again at `retry_at`, or `failed` for good when it is None.
+
+    Only while the row is still this attempt's (a delivered outcome, by contrast, always counts:
+    the ERP has it, whoever asked)."""
     conn.execute(
         "UPDATE erp_deliveries"
         " SET state = CASE WHEN %s::timestamptz IS NULL THEN 'failed' ELSE 'pending' END,"
         " next_attempt_at = coalesce(%s::timestamptz, next_attempt_at), last_error = %s, updated_at = %s"
-        " WHERE id = %s AND state = 'sending'",
-        (retry_at, retry_at, error[:2000], now, delivery_id),
+        " WHERE id = %s AND state = 'sending' AND attempts = %s",
+        (retry_at, retry_at, error[:2000], now, delivery_id, attempts),
     )
 
 

@@ -648,3 +648,21 @@ def test_the_service_wakes_on_the_notify_of_the_change_and_delivers(
                 what="the delivery recorded",
             )
         assert _check_signature(receiver.received[0])["alert"]["id"] == alert_id
+
+
+def test_a_row_taken_over_after_its_lease_is_left_alone_by_its_first_worker(
+    db: psycopg.Connection, settings: Settings, clock: Clock
+) -> None:
+    receiver = WebhookReceiver()
+    with serve(receiver) as url:
+        _connect(db, "webhook", url, WEBHOOK_SECRET)
+        _raise(db, _shipment(db))
+        with db.transaction():  # a first worker claims it, then stalls on a slow ERP
+            (first,) = erp_outbox.claim_due(db, now=clock_now(clock), limit=10, lease=timedelta(seconds=300))
+        clock.advance(301)
+        assert _worker(settings, clock).deliver_due(db) == 1  # a second one takes it over
+        assert _states(db) == [("alert.opened", "delivered", 2)]
+        # the first worker, at the row's turn in its batch, finds it is no longer its own
+        until = clock_now(clock) + timedelta(seconds=300)
+        assert not erp_outbox.renew_lease(db, delivery_id=first.id, attempts=first.attempts, until=until)
+        assert len(receiver.received) == 1
