@@ -21,6 +21,7 @@ from api.routes import (
     audit,
     auth,
     calibrations,
+    erp,
     evidence,
     logger_files,
     lots,
@@ -103,6 +104,7 @@ def create_app(settings: Settings, *, pool: ConnectionPool | None = None) -> Fas
     v1.include_router(gs1_routes.router)
     v1.include_router(import_routes.router)
     v1.include_router(recall_routes.router)
+    v1.include_router(erp.router)
     app.include_router(v1)
     app.include_router(notify.ack_router)  # /ack/{token}: the signed link is the credential
 

@@ -343,6 +343,7 @@ def run_platform(settings: Settings, *, demo: bool, mqtt_port: int | None, time_
     from api.app import create_app
     from coldchain.wire import Topics
     from embedded.process import free_port, port_is_free
+    from erp.service import ErpService
     from evidence.attach import EvidenceRecorder, verify_url
     from ingest.service import IngestService
     from notify.service import NotificationService
@@ -381,6 +382,8 @@ def run_platform(settings: Settings, *, demo: bool, mqtt_port: int | None, time_
         recorder = EvidenceRecorder(dsn=dsn, data_dir=data_dir, verify_url=verify_url(settings))
         recorder.start()  # makes the evidence signing key on the first start
         stack.callback(recorder.stop)
+        erp_push = ErpService(dsn=dsn, settings=settings, verify_url=verify_url(settings)).start()
+        stack.callback(erp_push.stop)
         if demo:
             fleet = _start_demo(dsn, mqtt_url, topics, time_scale)
             stack.callback(fleet.stop)
@@ -584,8 +587,9 @@ def _stop_on_signals() -> threading.Event:
 
 
 def _run_rules(settings: Settings, stop: threading.Event) -> None:
-    """`coldchain rules`: the rules service, the notification service and the evidence recorder,
-    until `stop` is set."""
+    """`coldchain rules`: the rules service, the notification service, the evidence recorder and
+    the ERP outbox, until `stop` is set."""
+    from erp.service import ErpService
     from evidence.attach import EvidenceRecorder, verify_url
     from notify.service import NotificationService
     from rules.service import RulesService
@@ -594,7 +598,11 @@ def _run_rules(settings: Settings, stop: threading.Event) -> None:
     recorder = EvidenceRecorder(
         dsn=dsn, data_dir=settings.data_dir.resolve(), verify_url=verify_url(settings)
     )
-    with RulesService(dsn=dsn, settings=settings), NotificationService(dsn=dsn, settings=settings):
+    with (
+        RulesService(dsn=dsn, settings=settings),
+        NotificationService(dsn=dsn, settings=settings),
+        ErpService(dsn=dsn, settings=settings, verify_url=verify_url(settings)),
+    ):
         recorder.start()  # makes the evidence signing key on the first start
         try:
             stop.wait()

@@ -24,9 +24,10 @@ from coldchain.calibration import CalibrationCertificate
 from coldchain.domain import Device, Lot, Severity, Shipment, ShipmentLot
 from coldchain.presets import get_preset
 from coldchain.settings import Settings
+from erp import credentials
 from erp.recalls import RecallRequest, open_recall
 from ingest.files.generic_csv import ColumnMapping
-from storage import alerts, auth, calibrations, logger_files, profile_changes, profiles, registry
+from storage import alerts, auth, calibrations, erp_outbox, logger_files, profile_changes, profiles, registry
 from storage.db import open_pool
 from tests.support.identity import PASSWORD, login, make_user, signature
 
@@ -128,6 +129,14 @@ MATRIX: dict[tuple[str, str], Expectation] = {
     ("POST", "/api/v1/recalls"): (QA, False),  # DISPOSITION
     ("GET", "/api/v1/recalls/{recall_id}"): (READ, True),
     ("POST", "/api/v1/recalls/{recall_id}/consignees/{consignee_id}/acknowledge"): (ACK, True),
+    # ERP connections hold credentials: administrators only; what was pushed is everyone's to read.
+    ("GET", "/api/v1/erp/connections"): (ADMIN, False),
+    ("GET", "/api/v1/erp/connections/{connection_id}"): (ADMIN, True),
+    ("PUT", "/api/v1/erp/connections/{connection_id}"): (ADMIN, False),
+    ("DELETE", "/api/v1/erp/connections/{connection_id}"): (ADMIN, True),
+    ("GET", "/api/v1/erp/deliveries"): (READ, False),
+    ("POST", "/api/v1/erp/deliveries/{delivery_id}/retry"): (ADMIN, True),
+    ("PUT", "/api/v1/erp/shipments/{shipment_id}/reference"): (REGISTER, True),
 }
 
 
@@ -191,6 +200,29 @@ def _home(db: psycopg.Connection, settings: Settings) -> dict[str, Any]:
     }
 
 
+def _erp_home(db: psycopg.Connection, settings: Settings) -> int:
+    """An ERP connection of the home organization and a failed delivery to it (for the retry)."""
+    sealed = credentials.seal(
+        settings.require_secret_key(), org_id=1, connection_id="erp-home", secret="whsec-0123456789abcdef"
+    )
+    erp_outbox.put_connection(
+        db, org=1, connection_id="erp-home", kind="webhook", url="https://93.184.215.14/hook", options={},
+        sealed_secret=sealed, events=["alert.opened"], enabled=True, actor="t",
+    )
+    ship_key = registry.get_shipment(db, org=1, shipment_id="S1").key
+    with db.transaction():
+        alerts.raise_alert(
+            db,
+            alerts.NewAlert(
+                org_id=1, episode_key="erp1", kind="single", severity=Severity.ALARM, message="above 8 °C",
+                started_at=datetime.now(UTC), shipment_key=ship_key,
+            ),
+        )
+    row = db.execute("UPDATE erp_deliveries SET state = 'failed' RETURNING id").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def _request(method: str, path: str, who: str, ids: dict[str, Any], tokens: dict[str, Any]) -> dict[str, Any]:
     """Path values and a valid body for one call (a body that fails validation would hide the
     permission check behind a 422)."""
@@ -211,6 +243,8 @@ def _request(method: str, path: str, who: str, ids: dict[str, Any], tokens: dict
         "recall_id": ids["recall"],
         "consignee_id": ids["consignee"],
         "name": "home-csv",
+        "connection_id": "erp-home",
+        "delivery_id": ids["erp_delivery"],
     }
     if "/versions" in path:  # a custom profile of the home organization: v1 approved, v2 a draft
         values.update(profile_id="custom-home", version=2 if path.endswith("/approve") else 1)
@@ -280,6 +314,11 @@ def _request(method: str, path: str, who: str, ids: dict[str, Any], tokens: dict
         body = {"tiers": [{"delay_s": 0, "channels": ["email"], "roles": ["logistics"]}]}
     elif (method, path) == ("PUT", "/api/v1/notify/routing-rules"):
         body = {"rules": []}
+    elif (method, path) == ("PUT", "/api/v1/erp/connections/{connection_id}"):
+        url = path.format(connection_id=f"erp-{who}")
+        body = {"kind": "webhook", "url": "https://93.184.215.14/hook", "secret": "whsec-0123456789abcdef"}
+    elif path.endswith("/reference"):
+        body = {"erp_ref": f"WH/OUT/{who}"}
     elif path.endswith("/auth/token"):
         data = {"username": "tenant@acme.org" if who == "tenant" else f"{who}@home.org", "password": PASSWORD}
     elif path.endswith(("/auth/refresh", "/auth/logout")):
@@ -329,6 +368,7 @@ def world(
     db.execute(
         "INSERT INTO notify_contacts (org_id, id, name, email) VALUES (1, 'c-home', 'Desk', 'd@example.com')"
     )
+    ids["erp_delivery"] = _erp_home(db, settings)
     tenant = auth.create_organization(db, "acme", "Acme")
     for who in PRINCIPALS:  # a partner organization per caller, for sharing and unsharing
         auth.create_organization(db, f"p-{who}", f"Partner of {who}")
