@@ -84,8 +84,9 @@ _BODY = {
     "description": "An EPCIS 2.0 document (`EPCISDocument`) in JSON or JSON-LD",
 }
 _CAPTURE = {
-    202: {"model": CaptureOut, "description": "Captured (or the same bytes were captured before)"},
-    **responses(400, 401, 403, 413),
+    200: {"model": CaptureOut, "description": "The same bytes were captured before: nothing stored"},
+    202: {"model": CaptureOut, "description": "Captured: the document is kept and its events applied"},
+    **responses(400, 401, 403, 413, 422),
 }
 _CAPTURE[400] = {
     **_CAPTURE[400],
@@ -126,7 +127,7 @@ async def capture_epcis(request: Request, conn: Conn, caller: Caller, settings: 
     Shipping/receiving ObjectEvents move shipments (actual departure and arrival, SSCCs, lots);
     sensor reports of registered loggers become readings through the ingest writer. Events
     captured before (same eventID, or the same event hash) are skipped: sending the same
-    document again stores nothing.
+    document again stores nothing and answers 200 (`repeated: true`).
     """
     caller.require(Permission.REGISTER)
     raw = await request.body()
@@ -148,7 +149,7 @@ async def capture_epcis(request: Request, conn: Conn, caller: Caller, settings: 
         )
     return JSONResponse(
         CaptureOut.model_validate(report, from_attributes=True).model_dump(mode="json"),
-        status_code=status.HTTP_202_ACCEPTED,
+        status_code=status.HTTP_200_OK if report.repeated else status.HTTP_202_ACCEPTED,
     )
 
 
