@@ -334,3 +334,34 @@ def device_keys(conn: psycopg.Connection, *, org: int, device_ids: Sequence[str]
         "SELECT id, key FROM devices WHERE org_id = %s AND id = ANY(%s)", (org, list(device_ids))
     ).fetchall()
     return {str(r[0]): int(r[1]) for r in rows}
+
+
+@dataclass(frozen=True, slots=True)
+class MovementRow:
+    step: str
+    at: datetime
+    gln: str | None
+    ssccs: tuple[str, ...]
+    capture_id: int
+    event_key: str
+
+
+def shipment_movements(
+    conn: psycopg.Connection, *, org: int, shipment_id: str
+) -> tuple[ShipmentLeg, list[MovementRow], list[str]] | None:
+    """The shipment's actual times, its movements in time order and its SSCCs; None if unknown."""
+    leg = shipment_leg(conn, org=org, shipment_id=shipment_id)
+    if leg is None:
+        return None
+    moves = fetch_all(
+        conn,
+        MovementRow,
+        "SELECT step, at, gln, ssccs, capture_id, event_key FROM shipment_movements"
+        " WHERE org_id = %s AND shipment_key = %s ORDER BY at, id",
+        (org, leg.key),
+    )
+    units = conn.execute(
+        "SELECT sscc FROM shipment_units WHERE org_id = %s AND shipment_key = %s ORDER BY sscc",
+        (org, leg.key),
+    ).fetchall()
+    return leg, moves, [str(r[0]) for r in units]

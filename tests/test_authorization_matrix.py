@@ -136,6 +136,7 @@ MATRIX: dict[tuple[str, str], Expectation] = {
     ("GET", "/api/v1/epcis/captures"): (READ, False),
     ("GET", "/api/v1/epcis/captures/{capture_id}"): (READ, True),
     ("GET", "/api/v1/epcis/captures/{capture_id}/document"): (READ, True),
+    ("GET", "/api/v1/shipments/{shipment_id}/movements"): (READ, True),
 }
 
 

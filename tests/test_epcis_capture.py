@@ -357,6 +357,14 @@ def test_shipping_and_receiving_move_the_shipment_and_put_lots_on_it(
     assert moves == [("shipping", "4012345000054", [SSCC]), ("receiving", "4012345000061", [SSCC])]
     lots_on = db.execute("SELECT gtin, lot, quantity FROM shipment_lots ORDER BY lot").fetchall()
     assert ("09506000134352", "B7", 40) in lots_on and ("09506000134352", "A1", None) in lots_on
+    leg = client.get("/api/v1/shipments/S1/movements", headers=erp).json()
+    assert (leg["departed_at"], leg["arrived_at"], leg["ssccs"]) == (
+        "2026-11-01T00:30:00Z", "2026-11-01T10:00:00Z", [SSCC]
+    )
+    assert [(m["step"], m["gln"]) for m in leg["movements"]] == [
+        ("shipping", "4012345000054"), ("receiving", "4012345000061")
+    ]
+    assert client.get("/api/v1/shipments/NOPE/movements", headers=erp).status_code == 404
     trail = {r[0] for r in db.execute("SELECT action FROM audit_trail WHERE entity = 'shipment'").fetchall()}
     assert {"link_units", "add_lot", "depart", "arrive"} <= trail
 

@@ -8,10 +8,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
+from pydantic import Field
 
 from api.deps import AppSettings, Caller, Conn
 from api.errors import AUTHED, error_response, responses
-from api.schemas import MAX_SAFE_INT, FieldProblem, _Out
+from api.schemas import MAX_SAFE_INT, SHIPMENT_SEGMENT_PATTERN, FieldProblem, _Out
 from coldchain.access import Permission
 from coldchain.errors import NotFoundError
 from coldchain.settings import Settings
@@ -29,6 +30,7 @@ MAX_CAPTURE_BYTES = 64 * 1024 * 1024
 MAX_LIST = 500
 
 CaptureIdPath = Annotated[int, Path(ge=1, le=MAX_SAFE_INT, examples=[1])]
+ShipmentPath = Annotated[str, Path(pattern=SHIPMENT_SEGMENT_PATTERN, examples=["SHP-2026-0001"])]
 
 
 class CaptureOut(_Out):
@@ -73,6 +75,27 @@ class CaptureRecord(_Out):
     captured_by: str
     captured_at: datetime
     applied_events: list[CapturedEvent] | None = None
+
+
+class MovementOut(_Out):
+    step: str = Field(description="`shipping` or `receiving`")
+    at: datetime
+    gln: str | None
+    ssccs: list[str]
+    capture_id: int
+    event_key: str
+
+
+class ShipmentMovements(_Out):
+    """A shipment's leg as captured EPCIS events record it."""
+
+    shipment: str
+    departed_at: datetime | None = Field(description="the earliest shipping event")
+    arrived_at: datetime | None = Field(description="the latest receiving event")
+    origin_gln: str | None
+    destination_gln: str | None
+    ssccs: list[str]
+    movements: list[MovementOut]
 
 
 _BODY = {
@@ -215,3 +238,34 @@ def get_capture_document(capture_id: CaptureIdPath, conn: Conn, caller: Caller) 
         raise NotFoundError("EPCIS capture", str(capture_id))
     body, sha = kept
     return Response(body, media_type="application/ld+json", headers={"X-Content-SHA256": sha})
+
+
+@router.get(
+    "/shipments/{shipment_id}/movements", response_model=ShipmentMovements, responses=responses(*AUTHED, 404)
+)
+def get_shipment_movements(shipment_id: ShipmentPath, conn: Conn, caller: Caller) -> ShipmentMovements:
+    """The shipment's actual departure and arrival, SSCCs and shipping/receiving events."""
+    caller.require(Permission.READ)
+    found = store.shipment_movements(conn, org=caller.org_id, shipment_id=shipment_id)
+    if found is None:
+        raise NotFoundError("shipment", shipment_id)
+    leg, moves, units = found
+    return ShipmentMovements(
+        shipment=leg.id,
+        departed_at=leg.departed_at,
+        arrived_at=leg.arrived_at,
+        origin_gln=leg.origin_gln,
+        destination_gln=leg.destination_gln,
+        ssccs=units,
+        movements=[
+            MovementOut(
+                step=m.step,
+                at=m.at,
+                gln=m.gln,
+                ssccs=list(m.ssccs),
+                capture_id=m.capture_id,
+                event_key=m.event_key,
+            )
+            for m in moves
+        ],
+    )
