@@ -128,6 +128,8 @@ def _ms(value: str) -> int:
 def _measure(kind: object) -> str | None:
     if not isinstance(kind, str):
         return None
+    if kind in _MEASURES:
+        return _MEASURES[kind]
     for stem in _MEASURE_STEMS:
         if kind.startswith(stem):
             kind = kind[len(stem) :]
@@ -160,10 +162,11 @@ class _Movement:
 
 @dataclass(slots=True)
 class _Readings:
-    """Readings per device id: time -> [celsius, rh] (NaN when not reported)."""
+    """Readings per device id: time -> [celsius, rh] (None when not reported)."""
 
-    by_device: dict[str, dict[int, list[float]]] = field(default_factory=lambda: defaultdict(dict))
+    by_device: dict[str, dict[int, list[float | None]]] = field(default_factory=lambda: defaultdict(dict))
     first_path: dict[str, str] = field(default_factory=dict)
+    devices: dict[str, str | None] = field(default_factory=dict)  # deviceID URI -> device id
 
 
 def _problem(out: list[Problem], where: str, message: str) -> None:
@@ -178,6 +181,7 @@ def _where(i: int, *rest: object) -> str:
 
 
 def _sensor_readings(i: int, ev: dict[str, Any], acc: _Readings, problems: list[Problem]) -> None:
+    names = acc.devices
     for j, element in enumerate(ev.get("sensorElementList") or ()):
         meta = element.get("sensorMetadata") or {}
         m_time, m_dev = meta.get("time"), meta.get("deviceID")
@@ -191,25 +195,27 @@ def _sensor_readings(i: int, ev: dict[str, Any], acc: _Readings, problems: list[
             uri = rep.get("deviceID") or m_dev
             if when is None or uri is None:
                 continue  # an interval summary, or a location's conditions: kept in the document only
-            path = _where(i, "sensorElementList", j, "sensorReport", k)
             uom = rep.get("uom")
             if kind == "c":
                 convert = _TEMPERATURE.get(uom if isinstance(uom, str) else "")
                 if convert is None:
-                    _problem(problems, f"{path}.uom", f"a Temperature needs uom CEL, FAH or KEL, not {uom!r}")
+                    where = _where(i, "sensorElementList", j, "sensorReport", k, "uom")
+                    _problem(problems, where, f"a Temperature needs uom CEL, FAH or KEL, not {uom!r}")
                     continue
                 number = float(convert(float(value)))
             else:
                 if uom not in ("P1", None):
-                    _problem(
-                        problems, f"{path}.uom", f"a RelativeHumidity needs uom P1 (percent), not {uom!r}"
-                    )
+                    where = _where(i, "sensorElementList", j, "sensorReport", k, "uom")
+                    _problem(problems, where, f"a RelativeHumidity needs uom P1 (percent), not {uom!r}")
                     continue
                 number = float(value)
-            device = device_of(uri)
+            if uri in names:
+                device = names[uri]
+            else:
+                device = names[uri] = device_of(uri)
             if device is None:
                 where = (
-                    f"{path}.deviceID"
+                    _where(i, "sensorElementList", j, "sensorReport", k, "deviceID")
                     if rep.get("deviceID")
                     else _where(i, "sensorElementList", j, "sensorMetadata", "deviceID")
                 )
@@ -220,10 +226,11 @@ def _sensor_readings(i: int, ev: dict[str, Any], acc: _Readings, problems: list[
                     " the logger's GIAI (urn:epc:id:giai:… or a Digital Link with AI 8004)",
                 )
                 continue
-            acc.first_path.setdefault(device, path)
-            slot = acc.by_device[device].setdefault(_ms(when), [np.nan, np.nan])
+            if device not in acc.first_path:
+                acc.first_path[device] = _where(i, "sensorElementList", j, "sensorReport", k)
+            slot = acc.by_device[device].setdefault(_ms(when), [None, None])
             column = 0 if kind == "c" else 1
-            if np.isnan(slot[column]):
+            if slot[column] is None:
                 slot[column] = number
 
 
@@ -517,7 +524,10 @@ def _write_readings(
     for device in sorted(acc.by_device, key=lambda d: device_keys[d]):
         points = acc.by_device[device]
         t = np.fromiter(points, dtype=np.int64, count=len(points))
-        values = np.array(list(points.values()), dtype=np.float64).reshape(-1, 2)
+        values = np.array(
+            [[np.nan if c is None else c, np.nan if h is None else h] for c, h in points.values()],
+            dtype=np.float64,
+        ).reshape(-1, 2)
         has_c = ~np.isnan(values[:, 0])  # humidity without a temperature at that time is no reading
         t, values = t[has_c], values[has_c]
         if not len(t):
