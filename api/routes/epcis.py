@@ -23,7 +23,7 @@ from storage import epcis as store
 
 router = APIRouter(tags=["epcis"])
 
-# The request guard's limit for the capture path (api/app.py): about 250,000 time-stamped sensor
+# The request guard's limit for the capture path (api/app.py): about 400,000 time-stamped sensor
 # reports. The document is parsed and checked in memory, so the limit bounds the memory a capture
 # takes (a few times the body).
 MAX_CAPTURE_BYTES = 64 * 1024 * 1024
