@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from api.routes.epcis import MAX_CAPTURE_BYTES
 from coldchain.access import Role
 from coldchain.domain import Device
 from coldchain.epc import parse_epc
@@ -359,10 +361,13 @@ def test_shipping_and_receiving_move_the_shipment_and_put_lots_on_it(
     assert ("09506000134352", "B7", 40) in lots_on and ("09506000134352", "A1", None) in lots_on
     leg = client.get("/api/v1/shipments/S1/movements", headers=erp).json()
     assert (leg["departed_at"], leg["arrived_at"], leg["ssccs"]) == (
-        "2026-11-01T00:30:00Z", "2026-11-01T10:00:00Z", [SSCC]
+        "2026-11-01T00:30:00Z",
+        "2026-11-01T10:00:00Z",
+        [SSCC],
     )
     assert [(m["step"], m["gln"]) for m in leg["movements"]] == [
-        ("shipping", "4012345000054"), ("receiving", "4012345000061")
+        ("shipping", "4012345000054"),
+        ("receiving", "4012345000061"),
     ]
     assert client.get("/api/v1/shipments/NOPE/movements", headers=erp).status_code == 404
     trail = {r[0] for r in db.execute("SELECT action FROM audit_trail WHERE entity = 'shipment'").fetchall()}
@@ -437,3 +442,37 @@ def test_captures_are_listed_and_kept_byte_for_byte(
     # The record is append-only.
     with pytest.raises(psycopg.errors.InsufficientPrivilege), db.transaction():
         db.execute("DELETE FROM epcis_captures")
+
+
+def test_an_out_of_range_reading_is_a_dead_letter_naming_the_capture(
+    client: TestClient, erp: dict[str, str], db: psycopg.Connection
+) -> None:
+    add_leg(db, "S1", ["D1"], 0, None)
+    code, body = _post(client, erp, _document(_sensor_event("D1", [0, 5, 10], [4.0, 500.0, 4.2])))
+    assert code == 202, body
+    assert (body["readings"], body["stored"], body["refused"]) == (3, 2, 1)
+    letters = db.execute("SELECT topic, device_id, reason FROM dead_letters").fetchall()
+    assert [(t, d) for t, d, _ in letters] == [(f"epcis-captures/{body['capture_id']}", "D1")]
+
+
+def test_two_documents_with_the_same_events_at_once_apply_them_once(
+    client: TestClient, erp: dict[str, str], db: psycopg.Connection
+) -> None:
+    add_leg(db, "S1", ["D1"], 0, None)
+    event = _sensor_event("D1", list(range(0, 600, 5)), [4.0] * 120)
+    docs = [_document(event, created=f"2026-11-0{n}T00:00:00Z") for n in (2, 3, 4)]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        answers = list(pool.map(lambda d: _post(client, erp, d), docs))
+    assert [code for code, _ in answers] == [202, 202, 202]
+    assert sorted(a["new_events"] for _, a in answers) == [0, 0, 1]
+    assert sum(a["stored"] for _, a in answers) == 120
+    assert _counts(db)["readings"] == 120 and _counts(db)["epcis_events"] == 1
+
+
+def test_a_declared_body_over_the_capture_limit_is_refused_unread(
+    client: TestClient, erp: dict[str, str]
+) -> None:
+    res = client.post(
+        "/api/v1/epcis/capture", headers={**erp, "Content-Length": str(MAX_CAPTURE_BYTES + 1)}, content=b"{}"
+    )
+    assert res.status_code == 413 and res.json()["error"] == "PayloadTooLarge"
