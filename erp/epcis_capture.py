@@ -70,6 +70,7 @@ _TEMPERATURE = {"CEL": lambda v: v, "FAH": lambda v: (v - 32.0) * 5.0 / 9.0, "KE
 _MEASURES = {"Temperature": "c", "RelativeHumidity": "rh"}
 _MEASURE_STEMS = ("gs1:MT-", "gs1:", "https://gs1.org/voc/MT-", "https://gs1.org/voc/")
 _MAX_PROBLEMS = 1000
+_MAX_KEY = 2048  # epcis_events.event_key
 
 
 class CaptureRefused(Exception):
@@ -404,6 +405,11 @@ def capture_document(
     store.lock_events(conn, org=org)
     events: list[dict[str, Any]] = doc["epcisBody"]["eventList"]
     keys = [event_key(ev) for ev in events]
+    for i, k in enumerate(keys):
+        if len(k) > _MAX_KEY:
+            _problem(problems, _where(i, "eventID"), f"an eventID has at most {_MAX_KEY} characters")
+    if problems:
+        raise CaptureRefused(problems)
     known = store.known_events(conn, org=org, keys=keys)
     fresh: list[int] = []
     seen: set[str] = set()

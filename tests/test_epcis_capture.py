@@ -407,6 +407,9 @@ def test_a_faulty_document_is_refused_whole_with_every_problem_listed(
     # Not JSON, and JSON that is no document.
     assert _post(client, erp, b"{not json")[0] == 400
     assert _post(client, erp, [1, 2])[0] == 400
+    long_id = _sensor_event("D1", [30], [4.6], eventID="urn:example:" + "x" * 3000)
+    code, body = _post(client, erp, _document(long_id))
+    assert code == 400 and body["details"][0]["field"] == "epcisBody.eventList[0].eventID"
     assert _counts(db) == before
 
 
