@@ -479,3 +479,31 @@ def test_a_declared_body_over_the_capture_limit_is_refused_unread(
         "/api/v1/epcis/capture", headers={**erp, "Content-Length": str(MAX_CAPTURE_BYTES + 1)}, content=b"{}"
     )
     assert res.status_code == 413 and res.json()["error"] == "PayloadTooLarge"
+
+
+def test_the_services_role_captures_and_cannot_rewrite_a_capture(db_dsn: str, db: psycopg.Connection) -> None:
+    """As the services run: connected as coldchain_app, a capture works end to end, and the kept
+    documents and event keys cannot be changed, deleted or truncated."""
+    add_leg(db, "S1", ["D1"], 0, None)
+    token = auth.create_token(db, org=1, name="partner WMS", role=Role.ERP, actor="test")
+    h = {"Authorization": f"Bearer {token}", "Content-Type": "application/ld+json"}
+    db.execute("ALTER ROLE coldchain_app LOGIN")
+    app_dsn = db_dsn.replace("postgres@", "coldchain_app@", 1)
+    with (
+        open_pool(app_dsn, max_size=2) as pool,
+        TestClient(create_app(Settings(database_url=db_dsn), pool=pool)) as client,
+    ):
+        shipping = _movement("shipping", 30, epcs=[SSCC_URN], place=ORIGIN, shipment="S1")
+        code, body = _post(client, h, _document(shipping, _sensor_event("D1", [0, 5], [4.0, 4.1])))
+        assert code == 202 and body["stored"] == 2 and body["movements"] == 1, body
+    with psycopg.connect(app_dsn, autocommit=True) as app:
+        assert app.execute("SELECT current_user").fetchone() == ("coldchain_app",)
+        for statement in (
+            "UPDATE epcis_captures SET captured_by = 'mallory'",
+            "DELETE FROM epcis_captures",
+            "TRUNCATE epcis_captures CASCADE",
+            "UPDATE epcis_events SET biz_step = 'receiving'",
+            "DELETE FROM epcis_events",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                app.execute(statement)
