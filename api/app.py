@@ -32,6 +32,7 @@ from api.routes import (
     shares,
     users,
 )
+from api.routes import epcis as epcis_routes
 from api.routes import gs1 as gs1_routes
 from api.routes import imports as import_routes
 from api.routes import recalls as recall_routes
@@ -82,7 +83,10 @@ def create_app(settings: Settings, *, pool: ConnectionPool | None = None) -> Fas
         RequestGuard,
         max_body_bytes=settings.http_max_body_bytes,
         large_bodies={f"{API_PREFIX}/evidence/verify": evidence.MAX_UPLOAD_BYTES},
-        path_limits={f"{API_PREFIX}/imports": import_routes.MAX_IMPORT_BYTES},
+        path_limits={
+            f"{API_PREFIX}/imports": import_routes.MAX_IMPORT_BYTES,
+            f"{API_PREFIX}/epcis/capture": epcis_routes.MAX_CAPTURE_BYTES,
+        },
     )
     app.add_middleware(
         SecurityHeaders, hsts=bool(settings.public_url and settings.public_url.startswith("https://"))
@@ -105,6 +109,7 @@ def create_app(settings: Settings, *, pool: ConnectionPool | None = None) -> Fas
     v1.include_router(import_routes.router)
     v1.include_router(recall_routes.router)
     v1.include_router(erp.router)
+    v1.include_router(epcis_routes.router)
     app.include_router(v1)
     app.include_router(notify.ack_router)  # /ack/{token}: the signed link is the credential
 

@@ -25,14 +25,18 @@ from coldchain.domain import Device, Lot, Severity, Shipment, ShipmentLot
 from coldchain.presets import get_preset
 from coldchain.settings import Settings
 from erp import credentials
+from erp.epcis_capture import capture_document
 from erp.recalls import RecallRequest, open_recall
+from ingest.core import AcceptanceBounds
 from ingest.files.generic_csv import ColumnMapping
+from ingest.files.importer import file_writer
 from storage import alerts, auth, calibrations, erp_outbox, logger_files, profile_changes, profiles, registry
 from storage.db import open_pool
 from tests.support.identity import PASSWORD, login, make_user, signature
 
 GTIN = "09506000134352"
 LOGGERS = Path(__file__).parent / "data" / "loggers"
+EPCIS = Path(__file__).parent / "data" / "epcis"
 HOME_FILE = "QTag_CLm_doc_LR__RCPJ00010_02_202211090128.txt"  # kept in _home for device D1
 WALK_FILE = "FridgeTag_2__130400191544_202304201514.txt"  # uploaded by the walk
 PDF = b"%PDF-1.4\n% calibration certificate\n%%EOF\n"
@@ -137,13 +141,18 @@ MATRIX: dict[tuple[str, str], Expectation] = {
     ("GET", "/api/v1/erp/deliveries"): (READ, False),
     ("POST", "/api/v1/erp/deliveries/{delivery_id}/retry"): (ADMIN, True),
     ("PUT", "/api/v1/erp/shipments/{shipment_id}/reference"): (REGISTER, True),
+    ("POST", "/api/v1/epcis/capture"): (REGISTER, False),
+    ("GET", "/api/v1/epcis/captures"): (READ, False),
+    ("GET", "/api/v1/epcis/captures/{capture_id}"): (READ, True),
+    ("GET", "/api/v1/epcis/captures/{capture_id}/document"): (READ, True),
+    ("GET", "/api/v1/shipments/{shipment_id}/movements"): (READ, True),
 }
 
 
 def _home(db: psycopg.Connection, settings: Settings) -> dict[str, Any]:
     """The records the routes name: a device, a shipment with a lot (with a budget), an alert, a
     logger file of the device, a saved CSV mapping, a calibration certificate of the device, and a
-    recall of the lot with one consignee (the shipment)."""
+    recall of the lot with one consignee (the shipment), and an EPCIS capture."""
     registry.create_device(db, org=1, device=Device(id="D1"), actor="t")
     lot = Lot(GTIN, "A1", None, 3600)
     shipment = Shipment(id="S1", lots=(ShipmentLot(lot, 10),), profile="2-8C")
@@ -191,7 +200,13 @@ def _home(db: psycopg.Connection, settings: Settings) -> dict[str, Any]:
     recall = open_recall(
         db, org=1, request=RecallRequest(reason="seal defect", gtin=GTIN, lots=("A1",)), actor="qa@home.org"
     )
+    with db.transaction():
+        captured = capture_document(
+            db, (EPCIS / "SensorDataExample13.jsonld").read_bytes(), org=1, actor="t",
+            writer=file_writer(AcceptanceBounds.from_settings(settings)),
+        )
     return {
+        "capture": captured.capture_id,
         "alert": alert_id,
         "file": kept["id"],
         "calibration": calibration.id,
@@ -242,6 +257,7 @@ def _request(method: str, path: str, who: str, ids: dict[str, Any], tokens: dict
         "calibration_id": ids["calibration"],
         "recall_id": ids["recall"],
         "consignee_id": ids["consignee"],
+        "capture_id": ids["capture"],
         "name": "home-csv",
         "connection_id": "erp-home",
         "delivery_id": ids["erp_delivery"],
@@ -261,6 +277,9 @@ def _request(method: str, path: str, who: str, ids: dict[str, Any], tokens: dict
         files = {"file": ("report.pdf", b"%PDF-1.4\n%%EOF\n", "application/pdf")}
     elif (method, path) == ("POST", "/api/v1/gs1/parse"):
         body = {"data": f"(01){GTIN}(10)A1"}
+    elif (method, path) == ("POST", "/api/v1/epcis/capture"):  # no loggers in it: any organization's
+        content = (EPCIS / "SensorDataExample14.jsonld").read_bytes()
+        headers = {"Content-Type": "application/ld+json"}
     elif (method, path) == ("POST", "/api/v1/imports"):
         params = {"kind": "sites"}
         content = b"gln,name\n9520123456788,DC North\n"
