@@ -17,6 +17,8 @@ PROTECTED: dict[str, tuple[str, ...]] = {
     "alert_events": ("UPDATE", "DELETE", "TRUNCATE"),
     "signatures": ("UPDATE", "DELETE", "TRUNCATE"),
     "audit_checkpoints": ("UPDATE", "DELETE", "TRUNCATE"),
+    "lot_dispositions": ("UPDATE", "DELETE", "TRUNCATE"),  # QA decisions: signed, never rewritten
+    "calibration_overrides": ("UPDATE", "DELETE", "TRUNCATE"),
     "schema_migrations": ("INSERT", "UPDATE", "DELETE", "TRUNCATE"),
 }
 
