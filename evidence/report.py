@@ -371,7 +371,7 @@ def _disposition_table(disposition: dict[str, Any], width: float, style: Paragra
             for s in d.get("signatures", [])
         ) or "not signed"
         rows.append([
-            f"{d['previous'] or 'pending'} → {d['state']}",
+            f"{d['previous'] or 'pending'} -> {d['state']}",  # the embedded font has no arrow
             Paragraph(_esc(f"{d['decided_by']} {str(d['decided_at'])[:19]}"), style),
             Paragraph(_esc(d["comment"]), style),
             Paragraph(_esc(signed), style),
