@@ -72,6 +72,7 @@ MATRIX: dict[tuple[str, str], Expectation] = {
     ("PUT", "/api/v1/products/{gtin}/profile"): (REGISTER, False),
     ("GET", "/api/v1/lots/{gtin}/{lot}"): (READ, True),
     ("POST", "/api/v1/lots/{gtin}/{lot}/credits"): (QA, True),
+    ("POST", "/api/v1/lots/{gtin}/{lot}/disposition"): (QA, True),  # admin alone may not
     ("GET", "/api/v1/lots/{gtin}/{lot}/readings"): (READ, True),
     ("GET", "/api/v1/alerts"): (READ, False),
     ("GET", "/api/v1/alerts/{alert_id}"): (READ, True),
@@ -265,6 +266,10 @@ def _request(method: str, path: str, who: str, ids: dict[str, Any], tokens: dict
         body = {"reason": f"restore v1 ({who})"}
     elif path.endswith("/profile"):
         body = {"profile": "15-25C"}
+    elif path.endswith("/disposition"):
+        body = {
+            "disposition": "quarantine", "comment": f"hold ({who})", "signature": signature("responsibility")
+        }
     elif path.endswith("/credits"):
         body = {"seconds": 60, "reason": "study SR-1", "signature": signature("approval")}
     elif path.endswith(("/ack", "/resolve", "/reopen")):
