@@ -165,11 +165,22 @@ def create_shipment(
 
 
 def assign_device(
-    conn: psycopg.Connection, *, org: int, shipment_id: str, assignment: DeviceAssignment, actor: str
-) -> None:
+    conn: psycopg.Connection,
+    *,
+    org: int,
+    shipment_id: str,
+    assignment: DeviceAssignment,
+    actor: str,
+    override: str | None = None,
+) -> OverrideRow | None:
+    """Add a logger to a registered shipment; `override` is QA's reason for one out of
+    calibration (the caller signs the override row returned)."""
     key = _shipment_key(conn, org=org, shipment_id=shipment_id)
     with conn.transaction():
-        _assign(conn, org=org, shipment_key=key, assignment=assignment)
+        made = _assign(
+            conn, org=org, shipment_key=key, assignment=assignment, override=override, actor=actor,
+            field="calibration_override",
+        )
     record(
         conn,
         org_id=org,
@@ -179,6 +190,7 @@ def assign_device(
         key=shipment_id,
         new={"device": assignment.device_id, "from": _iso(assignment.start), "to": _iso(assignment.end)},
     )
+    return made
 
 
 def _assign(

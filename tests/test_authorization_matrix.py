@@ -60,6 +60,8 @@ MATRIX: dict[tuple[str, str], Expectation] = {
     ("GET", "/api/v1/shipments"): (READ, False),
     ("POST", "/api/v1/shipments"): (REGISTER, False),
     ("GET", "/api/v1/shipments/{shipment_id}"): (READ, True),
+    # Adding a logger registers (an override of its calibration would be QA's: tested on its own).
+    ("POST", "/api/v1/shipments/{shipment_id}/devices"): (REGISTER, True),
     ("POST", "/api/v1/shipments/{shipment_id}/shares"): (REGISTER, True),
     ("GET", "/api/v1/shipments/{shipment_id}/shares"): (REGISTER, True),
     ("DELETE", "/api/v1/shipments/{shipment_id}/shares/{organization}"): (REGISTER, True),
@@ -266,6 +268,9 @@ def _request(method: str, path: str, who: str, ids: dict[str, Any], tokens: dict
         body = {"reason": f"restore v1 ({who})"}
     elif path.endswith("/profile"):
         body = {"profile": "15-25C"}
+    elif (method, path) == ("POST", "/api/v1/shipments/{shipment_id}/devices"):
+        hour = PRINCIPALS.index(who)
+        body = {"id": "D1", "from": f"2026-06-01T{hour:02d}:00:00Z", "to": f"2026-06-01T{hour:02d}:30:00Z"}
     elif path.endswith("/disposition"):
         body = {
             "disposition": "quarantine", "comment": f"hold ({who})", "signature": signature("responsibility")

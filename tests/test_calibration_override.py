@@ -137,6 +137,7 @@ def test_calibration_periods_over_reading_days() -> None:
     assert [p.status for p in periods_over([], days)] == [CalibrationStatus.NEVER]
 
 
+@pytest.mark.both_engines  # the evidence reads the readings as each engine stores them
 def test_evidence_shows_each_loggers_calibration_at_the_time_of_its_readings(
     client: TestClient, db: psycopg.Connection, lapsed: str
 ) -> None:
@@ -189,3 +190,30 @@ def test_evidence_shows_each_loggers_calibration_at_the_time_of_its_readings(
     assert [(r["device"], r["status"], r["readings"]) for r in rows] == [
         ("L1", "due_soon", "48"), ("L1", "overdue", "48"), ("OLD-1", "overdue", "48")]
     assert rows[2]["override_by"] == "ann@x.org" and rows[2]["override_signature_hash"].startswith("sha256:")
+
+
+def test_qa_alone_adds_an_overridden_logger_to_a_registered_shipment(
+    client: TestClient, db: psycopg.Connection, lapsed: str
+) -> None:
+    """Segregation of duties: logistics registers the shipment, QA adds the logger it decided may
+    ride; neither can do the other's part."""
+    make_user(db, "lee@x.org", ["logistics"])
+    make_user(db, "ann@x.org", ["qa"], name="Ann Example")
+    logistics, qa = bearer(client, "lee@x.org"), bearer(client, "ann@x.org")
+    assert client.post("/api/v1/shipments", headers=logistics,
+                       json={"id": "SO-7", "lots": [{"gtin": GTIN, "lot": "A1"}]}).status_code == 201
+    url = "/api/v1/shipments/SO-7/devices"
+    plain = {"id": "OLD-1", "from": START, "to": "2026-11-03T00:00:00Z"}
+    refused = client.post(url, headers=logistics, json=plain)
+    assert refused.status_code == 409 and "K-2025-7" in refused.json()["message"]
+    overridden = {**plain, "calibration_override": _override()}
+    assert client.post(url, headers=logistics, json=overridden).status_code == 403
+    assert client.post(url, headers=qa, json=plain).status_code == 403  # QA does not register loggers
+    assert client.post("/api/v1/shipments/NOPE/devices", headers=qa,
+                       json={**plain, "calibration_override": _override()}).status_code == 404
+    done = client.post(url, headers=qa, json={**plain, "calibration_override": _override()})
+    assert done.status_code == 201, done.text
+    [assignment] = done.json()["devices"]
+    assert assignment["id"] == "OLD-1"
+    assert assignment["calibration_override"]["signatures"][0]["signer"] == "Ann Example"
+    assert [e["action"] for e in audit.trail(db, 1, "shipment", "SO-7")] == ["create", "assign_device"]

@@ -18,6 +18,7 @@ from api.schemas import (
     SHIPMENT_SEGMENT_PATTERN,
     AlarmProfileBody,
     AlarmProfileOut,
+    AssignmentIn,
     CalibrationOverrideOut,
     DeviceCreate,
     DeviceOut,
@@ -34,6 +35,7 @@ from api.schemas import (
 )
 from coldchain.access import Permission
 from coldchain.alarm_profile import AlarmProfile
+from coldchain.domain import DeviceAssignment
 from coldchain.errors import PermissionDeniedError, ValidationError
 from coldchain.esignature import Meaning
 from coldchain.gs1 import normalize_gtin
@@ -163,6 +165,49 @@ def create_shipment(body: ShipmentCreate, conn: Conn, caller: Caller, settings: 
             )
     created = registry.get_shipment(conn, org=caller.org_id, shipment_id=shipment.id)
     return _shipment(conn, created, caller.org_id)
+
+
+@router.post(
+    "/shipments/{shipment_id}/devices",
+    tags=["shipments"],
+    status_code=status.HTTP_201_CREATED,
+    response_model=ShipmentOut,
+    responses=responses(*WITH_BODY, 404, 409),
+)
+def assign_logger(
+    shipment_id: ShipmentPath, body: AssignmentIn, conn: Conn, caller: Caller, settings: AppSettings
+) -> ShipmentOut:
+    """Add a logger to a registered shipment (a role that registers; 422 for an unregistered
+    device, 409 for a logger riding another shipment then, or out of calibration on `from`).
+    With QA's signed `calibration_override` it is QA's act alone (a person holding `qa`; meaning
+    `approval`): logistics registers the shipment, QA adds the logger it decided may ride."""
+    override = body.calibration_override
+    signer: users.UserRow | None = None
+    if override is None:
+        caller.require(Permission.REGISTER)
+    else:
+        if not caller.can(Permission.DISPOSITION):
+            raise PermissionDeniedError("overriding a logger's calibration is QA's decision (role qa)")
+        if override.signature.meaning is not Meaning.APPROVAL:
+            raise ValidationError(
+                "a calibration override is signed with the meaning 'approval'",
+                field="calibration_override.signature.meaning",
+            )
+        registry.get_shipment(conn, org=caller.org_id, shipment_id=shipment_id)  # 404 before the password
+        signer = esign.reauthenticate(conn, settings, caller, override.signature)
+    assignment = DeviceAssignment(body.id, body.from_, body.to)
+    with conn.transaction():
+        made = registry.assign_device(
+            conn, org=caller.org_id, shipment_id=shipment_id, assignment=assignment, actor=caller.name,
+            override=None if override is None else override.reason,
+        )
+        if made is not None and override is not None and signer is not None:
+            esign.sign(
+                conn, caller, signer, override.signature, entity="calibration_override",
+                key=str(made.id), action="override_calibration", record=made.signed_record(),
+            )
+    updated = registry.get_shipment(conn, org=caller.org_id, shipment_id=shipment_id)
+    return _shipment(conn, updated, caller.org_id)
 
 
 @router.get("/shipments", tags=["shipments"], response_model=list[ShipmentOut], responses=responses(*AUTHED))
