@@ -14,7 +14,7 @@ from psycopg.types.range import Range
 from coldchain.domain import Device, DeviceAssignment, Lot, Shipment, ShipmentLot
 from coldchain.errors import ConflictError, NotFoundError, ValidationError
 from storage.audit import record
-from storage.calibrations import refuse_out_of_calibration
+from storage.calibrations import OverrideRow, add_override, lapsed_certificate, refusal
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,9 +113,19 @@ def upsert_lot(conn: psycopg.Connection, *, org: int, lot: Lot, actor: str) -> N
 
 
 def create_shipment(
-    conn: psycopg.Connection, *, org: int, shipment: Shipment, profile_version: int, actor: str
-) -> None:
-    """Register a shipment with its lots and device assignments in the caller's transaction."""
+    conn: psycopg.Connection,
+    *,
+    org: int,
+    shipment: Shipment,
+    profile_version: int,
+    actor: str,
+    overrides: dict[int, str] | None = None,
+) -> list[OverrideRow]:
+    """Register a shipment with its lots and device assignments in the caller's transaction.
+
+    `overrides` maps an assignment's index to QA's reason for assigning that logger although it
+    is out of calibration (the caller signs each override row returned)."""
+    done: list[OverrideRow] = []
     try:
         with conn.transaction():
             row = conn.execute(
@@ -132,8 +142,14 @@ def create_shipment(
                     " VALUES (%s, %s, %s, %s, %s)",
                     (key, org, item.lot.gtin, item.lot.lot, item.quantity),
                 )
-            for assignment in shipment.devices:
-                _assign(conn, org=org, shipment_key=key, assignment=assignment)
+            for i, assignment in enumerate(shipment.devices):
+                reason = (overrides or {}).get(i)
+                made = _assign(
+                    conn, org=org, shipment_key=key, assignment=assignment, override=reason, actor=actor,
+                    field=f"devices.{i}.calibration_override",
+                )
+                if made is not None:
+                    done.append(made)
     except pg_errors.UniqueViolation:
         raise ConflictError(f"shipment {shipment.id!r} already exists") from None
     record(
@@ -145,14 +161,26 @@ def create_shipment(
         key=shipment.id,
         new=shipment_document(shipment),
     )
+    return done
 
 
 def assign_device(
-    conn: psycopg.Connection, *, org: int, shipment_id: str, assignment: DeviceAssignment, actor: str
-) -> None:
+    conn: psycopg.Connection,
+    *,
+    org: int,
+    shipment_id: str,
+    assignment: DeviceAssignment,
+    actor: str,
+    override: str | None = None,
+) -> OverrideRow | None:
+    """Add a logger to a registered shipment; `override` is QA's reason for one out of
+    calibration (the caller signs the override row returned)."""
     key = _shipment_key(conn, org=org, shipment_id=shipment_id)
     with conn.transaction():
-        _assign(conn, org=org, shipment_key=key, assignment=assignment)
+        made = _assign(
+            conn, org=org, shipment_key=key, assignment=assignment, override=override, actor=actor,
+            field="calibration_override",
+        )
     record(
         conn,
         org_id=org,
@@ -162,28 +190,57 @@ def assign_device(
         key=shipment_id,
         new={"device": assignment.device_id, "from": _iso(assignment.start), "to": _iso(assignment.end)},
     )
+    return made
 
 
-def _assign(conn: psycopg.Connection, *, org: int, shipment_key: int, assignment: DeviceAssignment) -> None:
+def _assign(
+    conn: psycopg.Connection,
+    *,
+    org: int,
+    shipment_key: int,
+    assignment: DeviceAssignment,
+    override: str | None = None,
+    actor: str = "",
+    field: str = "devices",
+) -> OverrideRow | None:
+    """Insert one assignment; a logger out of calibration on its first day is refused (409)
+    unless QA's `override` reason comes with it, and an override it does not need is refused
+    (422) so that no signed deviation is recorded for nothing."""
     row = conn.execute(
         "SELECT key FROM devices WHERE org_id = %s AND id = %s", (org, assignment.device_id)
     ).fetchone()
     if row is None:
         raise ValidationError(f"device {assignment.device_id!r} is not registered", field="devices")
-    refuse_out_of_calibration(
-        conn, device_key=row[0], device_id=assignment.device_id, day=assignment.start.astimezone(UTC).date()
-    )
+    day = assignment.start.astimezone(UTC).date()
+    lapsed = lapsed_certificate(conn, device_key=row[0], day=day)
+    if lapsed is not None and override is None:
+        raise ConflictError(
+            refusal(assignment.device_id, day, lapsed)
+            + " (QA may override with a signed `calibration_override`)"
+        )
+    if lapsed is None and override is not None:
+        raise ValidationError(
+            f"device {assignment.device_id!r} is not out of calibration on {day.isoformat()}:"
+            " no override is needed",
+            field=field,
+        )
     try:
         with conn.transaction():
-            conn.execute(
+            made = conn.execute(
                 "INSERT INTO device_assignments (org_id, device_key, shipment_key, during)"
-                " VALUES (%s, %s, %s, %s)",
+                " VALUES (%s, %s, %s, %s) RETURNING id",
                 (org, row[0], shipment_key, Range(assignment.start, assignment.end, "[)")),
-            )
+            ).fetchone()
     except pg_errors.ExclusionViolation:
         raise ConflictError(
             f"device {assignment.device_id!r} is already assigned to a shipment in that window"
         ) from None
+    if lapsed is None or override is None:
+        return None
+    assert made is not None
+    return add_override(
+        conn, org=org, assignment_id=int(made[0]), lapsed=lapsed, reason=override, actor=actor
+    )
 
 
 def _shipment_key(conn: psycopg.Connection, *, org: int, shipment_id: str) -> int:

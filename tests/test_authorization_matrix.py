@@ -65,6 +65,8 @@ MATRIX: dict[tuple[str, str], Expectation] = {
     ("GET", "/api/v1/shipments"): (READ, False),
     ("POST", "/api/v1/shipments"): (REGISTER, False),
     ("GET", "/api/v1/shipments/{shipment_id}"): (READ, True),
+    # Adding a logger registers (an override of its calibration would be QA's: tested on its own).
+    ("POST", "/api/v1/shipments/{shipment_id}/devices"): (REGISTER, True),
     ("POST", "/api/v1/shipments/{shipment_id}/shares"): (REGISTER, True),
     ("GET", "/api/v1/shipments/{shipment_id}/shares"): (REGISTER, True),
     ("DELETE", "/api/v1/shipments/{shipment_id}/shares/{organization}"): (REGISTER, True),
@@ -77,6 +79,7 @@ MATRIX: dict[tuple[str, str], Expectation] = {
     ("PUT", "/api/v1/products/{gtin}/profile"): (REGISTER, False),
     ("GET", "/api/v1/lots/{gtin}/{lot}"): (READ, True),
     ("POST", "/api/v1/lots/{gtin}/{lot}/credits"): (QA, True),
+    ("POST", "/api/v1/lots/{gtin}/{lot}/disposition"): (QA, True),  # admin alone may not
     ("GET", "/api/v1/lots/{gtin}/{lot}/readings"): (READ, True),
     ("GET", "/api/v1/alerts"): (READ, False),
     ("GET", "/api/v1/alerts/{alert_id}"): (READ, True),
@@ -318,6 +321,13 @@ def _request(method: str, path: str, who: str, ids: dict[str, Any], tokens: dict
         body = {"reason": f"restore v1 ({who})"}
     elif path.endswith("/profile"):
         body = {"profile": "15-25C"}
+    elif (method, path) == ("POST", "/api/v1/shipments/{shipment_id}/devices"):
+        hour = PRINCIPALS.index(who)
+        body = {"id": "D1", "from": f"2026-06-01T{hour:02d}:00:00Z", "to": f"2026-06-01T{hour:02d}:30:00Z"}
+    elif path.endswith("/disposition"):
+        body = {
+            "disposition": "quarantine", "comment": f"hold ({who})", "signature": signature("responsibility")
+        }
     elif path.endswith("/credits"):
         body = {"seconds": 60, "reason": "study SR-1", "signature": signature("approval")}
     elif path.endswith(("/ack", "/resolve", "/reopen")):

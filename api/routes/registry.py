@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, status
 
-from api import partner_view
-from api.deps import Caller, Conn
+from api import esign, partner_view
+from api.deps import AppSettings, Caller, Conn
 from api.errors import AUTHED, WITH_BODY, responses
 from api.schemas import (
     DEVICE_ID_PATTERN,
@@ -17,6 +18,8 @@ from api.schemas import (
     SHIPMENT_SEGMENT_PATTERN,
     AlarmProfileBody,
     AlarmProfileOut,
+    AssignmentIn,
+    CalibrationOverrideOut,
     DeviceCreate,
     DeviceOut,
     DeviceStatusOut,
@@ -28,11 +31,15 @@ from api.schemas import (
     check_gtin,
     profile_out,
     shipment_out,
+    signature_out,
 )
 from coldchain.access import Permission
 from coldchain.alarm_profile import AlarmProfile
+from coldchain.domain import DeviceAssignment
+from coldchain.errors import PermissionDeniedError, ValidationError
+from coldchain.esignature import Meaning
 from coldchain.gs1 import normalize_gtin
-from storage import profile_changes, profiles, registry
+from storage import calibrations, profile_changes, profiles, registry, users
 from storage.registry import DeviceRecord, ShipmentRecord
 from storage.shares import Share
 
@@ -60,8 +67,21 @@ def _device(rec: DeviceRecord) -> DeviceOut:
     )
 
 
-def _shipment(rec: ShipmentRecord) -> ShipmentOut:
-    return shipment_out(rec.shipment, profile_version=rec.profile_version, created_at=rec.created_at)
+def _shipment(conn: Conn, rec: ShipmentRecord, org: int | None = None) -> ShipmentOut:
+    """A shipment as its owner sees it, with QA's calibration overrides and their signatures
+    (`org` None: a partner's view, without them)."""
+    overrides: dict[tuple[str, datetime], CalibrationOverrideOut] = {}
+    if org is not None:
+        for o in calibrations.overrides_for(conn, org=org, shipment_keys=[rec.key]):
+            signed = esign.shown(
+                conn, org=org, entity="calibration_override", key=str(o.id), record=o.signed_record()
+            )
+            overrides[(o.device_id, o.rode_from)] = CalibrationOverrideOut.model_validate(
+                {**o.public(), "signatures": [signature_out(x) for x in signed]}
+            )
+    return shipment_out(
+        rec.shipment, profile_version=rec.profile_version, created_at=rec.created_at, overrides=overrides
+    )
 
 
 @router.post(
@@ -102,30 +122,99 @@ def get_device(device_id: DevicePath, conn: Conn, caller: Caller) -> DeviceOut:
     response_model=ShipmentOut,
     responses=responses(*WITH_BODY, 404, 409),
 )
-def create_shipment(body: ShipmentCreate, conn: Conn, caller: Caller) -> ShipmentOut:
+def create_shipment(body: ShipmentCreate, conn: Conn, caller: Caller, settings: AppSettings) -> ShipmentOut:
     """A shipment with its lots and loggers. The devices must be registered (422 otherwise), the
-    profile must exist (404), a logger cannot ride two shipments at once (409)."""
+    profile must exist (404), a logger cannot ride two shipments at once (409), nor one out of
+    calibration on its first day (409) unless its assignment carries QA's signed
+    `calibration_override` (the caller holds `qa` besides a registering role, and is a person:
+    403 otherwise; the signature's meaning is `approval`)."""
     caller.require(Permission.REGISTER)
+    overrides = {i: d.calibration_override for i, d in enumerate(body.devices) if d.calibration_override}
+    signers: dict[int, users.UserRow] = {}
+    if overrides:
+        if not caller.can(Permission.DISPOSITION):
+            raise PermissionDeniedError("overriding a logger's calibration is QA's decision (role qa)")
+        for i, o in overrides.items():
+            if o.signature.meaning is not Meaning.APPROVAL:
+                raise ValidationError(
+                    "a calibration override is signed with the meaning 'approval'",
+                    field=f"devices.{i}.calibration_override.signature.meaning",
+                )
+            signers[i] = esign.reauthenticate(conn, settings, caller, o.signature)
     gtins = [normalize_gtin(x.gtin) for x in body.lots]
     chosen = body.profile or profiles.default_for(conn, org=caller.org_id, gtins=gtins)
     shipment = body.to_domain(caller.organization, profile=chosen)
     with conn.transaction():
         profile = profiles.resolve(conn, org=caller.org_id, profile_id=shipment.profile)
-        registry.create_shipment(
+        made = registry.create_shipment(
             conn,
             org=caller.org_id,
             shipment=shipment,
             profile_version=profile.version,
             actor=caller.name,
+            overrides={i: o.reason for i, o in overrides.items()},
         )
-    return _shipment(registry.get_shipment(conn, org=caller.org_id, shipment_id=shipment.id))
+        by_assignment = {
+            (a.device_id, a.start): i for i, a in enumerate(shipment.devices) if i in overrides
+        }
+        for row in made:
+            i = by_assignment[(row.device_id, row.rode_from)]
+            esign.sign(
+                conn, caller, signers[i], overrides[i].signature, entity="calibration_override",
+                key=str(row.id), action="override_calibration", record=row.signed_record(),
+            )
+    created = registry.get_shipment(conn, org=caller.org_id, shipment_id=shipment.id)
+    return _shipment(conn, created, caller.org_id)
+
+
+@router.post(
+    "/shipments/{shipment_id}/devices",
+    tags=["shipments"],
+    status_code=status.HTTP_201_CREATED,
+    response_model=ShipmentOut,
+    responses=responses(*WITH_BODY, 404, 409),
+)
+def assign_logger(
+    shipment_id: ShipmentPath, body: AssignmentIn, conn: Conn, caller: Caller, settings: AppSettings
+) -> ShipmentOut:
+    """Add a logger to a registered shipment (a role that registers; 422 for an unregistered
+    device, 409 for a logger riding another shipment then, or out of calibration on `from`).
+    With QA's signed `calibration_override` it is QA's act alone (a person holding `qa`; meaning
+    `approval`): logistics registers the shipment, QA adds the logger it decided may ride."""
+    override = body.calibration_override
+    signer: users.UserRow | None = None
+    if override is None:
+        caller.require(Permission.REGISTER)
+    else:
+        if not caller.can(Permission.DISPOSITION):
+            raise PermissionDeniedError("overriding a logger's calibration is QA's decision (role qa)")
+        if override.signature.meaning is not Meaning.APPROVAL:
+            raise ValidationError(
+                "a calibration override is signed with the meaning 'approval'",
+                field="calibration_override.signature.meaning",
+            )
+        registry.get_shipment(conn, org=caller.org_id, shipment_id=shipment_id)  # 404 before the password
+        signer = esign.reauthenticate(conn, settings, caller, override.signature)
+    assignment = DeviceAssignment(body.id, body.from_, body.to)
+    with conn.transaction():
+        made = registry.assign_device(
+            conn, org=caller.org_id, shipment_id=shipment_id, assignment=assignment, actor=caller.name,
+            override=None if override is None else override.reason,
+        )
+        if made is not None and override is not None and signer is not None:
+            esign.sign(
+                conn, caller, signer, override.signature, entity="calibration_override",
+                key=str(made.id), action="override_calibration", record=made.signed_record(),
+            )
+    updated = registry.get_shipment(conn, org=caller.org_id, shipment_id=shipment_id)
+    return _shipment(conn, updated, caller.org_id)
 
 
 @router.get("/shipments", tags=["shipments"], response_model=list[ShipmentOut], responses=responses(*AUTHED))
 def list_shipments(conn: Conn, caller: Caller) -> list[ShipmentOut]:
     """The organization's shipments, then those partners shared with it (`shared_by`, `scope`)."""
-    own = [_shipment(r) for r in registry.list_shipments(conn, org=caller.org_id)]
-    shared = [_shared(_shipment(r), s) for r, s in partner_view.shared_shipments(conn, caller)]
+    own = [_shipment(conn, r, caller.org_id) for r in registry.list_shipments(conn, org=caller.org_id)]
+    shared = [_shared(_shipment(conn, r), s) for r, s in partner_view.shared_shipments(conn, caller)]
     return own + shared
 
 
@@ -136,8 +225,8 @@ def list_shipments(conn: Conn, caller: Caller) -> list[ShipmentOut]:
     responses=responses(*AUTHED, 404),
 )
 def get_shipment(shipment_id: ShipmentPath, conn: Conn, caller: Caller) -> ShipmentOut:
-    _, rec, share = partner_view.shipment(conn, caller, shipment_id)
-    return _shipment(rec) if share is None else _shared(_shipment(rec), share)
+    org, rec, share = partner_view.shipment(conn, caller, shipment_id)
+    return _shipment(conn, rec, org) if share is None else _shared(_shipment(conn, rec), share)
 
 
 def _shared(doc: ShipmentOut, share: Share) -> ShipmentOut:
