@@ -88,7 +88,9 @@ links: list[Link] = []
 @pytest.fixture
 def broker() -> Iterator[tuple[MosquittoServer, dict[str, str]]]:
     """A broker with authentication on: the control and ingest accounts, no device yet."""
-    passwords = {name: broker_accounts.new_secret() for name in (broker_accounts.CONTROL, broker_accounts.INGEST)}
+    passwords = {
+        name: broker_accounts.new_secret() for name in (broker_accounts.CONTROL, broker_accounts.INGEST)
+    }
     doc = broker_accounts.dynsec_document(
         TOPICS, services={n: broker_accounts.hash_password(p) for n, p in passwords.items()}, devices=[]
     )
@@ -108,7 +110,9 @@ def _settings(db_dsn: str, server: MosquittoServer, passwords: dict[str, str]) -
 def _register(db: psycopg.Connection, *ids: str) -> str:
     for device_id in ids:
         registry.create_device(db, org=1, device=Device(id=device_id), actor="t")
-    return auth.create_token(db, org=1, name=f"logistics-{uuid.uuid4().hex[:6]}", role=Role.LOGISTICS, actor="t")
+    return auth.create_token(
+        db, org=1, name=f"logistics-{uuid.uuid4().hex[:6]}", role=Role.LOGISTICS, actor="t"
+    )
 
 
 def test_only_a_device_with_its_own_credential_gets_in_and_only_to_its_own_topics(
@@ -217,7 +221,9 @@ def test_roles_tenants_and_a_broker_that_is_down(
         assert res.status_code == 404, res.text  # another tenant's device is not to be known
     admin = auth.create_token(db, org=1, name="admin", role=Role.ADMIN, actor="t")
     down = f"mqtt://{broker_accounts.CONTROL}:{passwords[broker_accounts.CONTROL]}@127.0.0.1:{free_port()}"
-    with api_client(db_dsn, Settings(database_url=db_dsn, mqtt_control_url=SecretStr(down)), token=admin) as client:
+    with api_client(
+        db_dsn, Settings(database_url=db_dsn, mqtt_control_url=SecretStr(down)), token=admin
+    ) as client:
         res = client.post("/api/v1/devices/DEV-X/credentials")
         assert res.status_code == 503, res.text
         assert res.json()["error"] == "BrokerUnavailableError"
