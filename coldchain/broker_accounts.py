@@ -174,11 +174,13 @@ class BrokerControl:
     def grant_device(self, device_id: str, password: str) -> None:
         """The device's account and its role, replacing any earlier one (whose session is cut)."""
         role = device_role(device_id)
-        self._run(
-            [{"command": "deleteClient", "username": device_id}, {"command": "deleteRole", "rolename": role}],
-            tolerate=("not found",),
-        )
-        commands: list[dict[str, Any]] = [{"command": "createRole", "rolename": role}]
+        # One request: the plugin runs its commands in order, each on its own (a delete of an
+        # account that is not there answers "not found" and the rest still runs).
+        commands: list[dict[str, Any]] = [
+            {"command": "deleteClient", "username": device_id},
+            {"command": "deleteRole", "rolename": role},
+            {"command": "createRole", "rolename": role},
+        ]
         commands += [
             {"command": "addRoleACL", "rolename": role, **acl} for acl in device_acls(self._topics, device_id)
         ]
@@ -198,16 +200,16 @@ class BrokerControl:
             [
                 {"command": "deleteClient", "username": device_id},
                 {"command": "deleteRole", "rolename": device_role(device_id)},
-            ],
-            tolerate=("not found",),
+            ]
         )
 
-    def _run(self, commands: list[dict[str, Any]], *, tolerate: tuple[str, ...] = ()) -> None:
+    def _run(self, commands: list[dict[str, Any]]) -> None:
+        """Send the commands and wait for the plugin's answer; an error other than deleting what
+        is not there raises BrokerUnavailableError."""
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
         done = threading.Event()
-        connected = threading.Event()
         answer: dict[str, Any] = {}
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -230,7 +232,6 @@ class BrokerControl:
                 answer["refused"] = "the control account may not read the plugin's responses"
                 done.set()
                 return
-            connected.set()
             c.publish(CONTROL_TOPIC, json.dumps({"commands": commands}), qos=1)
 
         def on_message(_c: mqtt.Client, _u: object, message: Any) -> None:
@@ -259,5 +260,6 @@ class BrokerControl:
             )
         for response in answer.get("responses", []):
             error = str(response.get("error", ""))
-            if error and not any(t in error.lower() for t in tolerate):
+            deleting = str(response.get("command", "")).startswith("delete")
+            if error and not (deleting and "not found" in error.lower()):
                 raise BrokerUnavailableError(f"broker refused {response.get('command')}: {error}")
