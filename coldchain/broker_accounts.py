@@ -174,34 +174,28 @@ class BrokerControl:
     def grant_device(self, device_id: str, password: str) -> None:
         """The device's account and its role, replacing any earlier one (whose session is cut)."""
         role = device_role(device_id)
-        # One request: the plugin runs its commands in order, each on its own (a delete of an
-        # account that is not there answers "not found" and the rest still runs).
-        commands: list[dict[str, Any]] = [
-            {"command": "deleteClient", "username": device_id},
-            {"command": "deleteRole", "rolename": role},
-            {"command": "createRole", "rolename": role},
-        ]
-        commands += [
-            {"command": "addRoleACL", "rolename": role, **acl} for acl in device_acls(self._topics, device_id)
-        ]
-        commands.append(
-            {
-                "command": "createClient",
-                "username": device_id,
-                "password": password,
-                "roles": [{"rolename": role}],
-            }
-        )
-        self._run(commands)
-
-    def revoke_device(self, device_id: str) -> None:
-        """Delete the device's account: the broker disconnects a connected device at once."""
+        # One request: the plugin runs its commands in order, each on its own (deleting an account
+        # that is not there answers "not found" and the rest still runs). The plugin rewrites its
+        # account file after each command that changes something, so the commands are few.
         self._run(
             [
                 {"command": "deleteClient", "username": device_id},
-                {"command": "deleteRole", "rolename": device_role(device_id)},
+                {"command": "deleteRole", "rolename": role},
+                {"command": "createRole", "rolename": role, "acls": device_acls(self._topics, device_id)},
+                {
+                    "command": "createClient",
+                    "username": device_id,
+                    "password": password,
+                    "roles": [{"rolename": role}],
+                },
             ]
         )
+
+    def revoke_device(self, device_id: str) -> None:
+        """Delete the device's account: the broker disconnects a connected device at once. The
+        role goes in a second request, so the cut-off does not wait for a second file rewrite."""
+        self._run([{"command": "deleteClient", "username": device_id}])
+        self._run([{"command": "deleteRole", "rolename": device_role(device_id)}])
 
     def _run(self, commands: list[dict[str, Any]]) -> None:
         """Send the commands and wait for the plugin's answer; an error other than deleting what
