@@ -262,3 +262,20 @@ def test_password_hash_format_matches_mosquitto_passwd() -> None:
     assert not broker_accounts.verify_password("s3cret!", hashed)
     with pytest.raises(ValueError):
         broker_accounts.PasswordHash.parse("$6$rounds$salt$hash")
+
+
+def test_allow_anonymous_is_explicit_and_only_for_telemetry() -> None:
+    """`coldchain up --allow-anonymous`: a client without a login may publish and read telemetry
+    (local experiments); without the flag the same client is refused (the tests above)."""
+    doc = broker_accounts.dynsec_document(TOPICS, services={}, devices=[], allow_anonymous=True)
+    with MosquittoServer(accounts=doc, allow_anonymous=True) as server:
+        anonymous = _link(server.port)
+        assert anonymous.accepted
+        assert not anonymous.publish(TOPICS.readings("ANY-1"), b"{}").is_failure
+        assert anonymous.publish("$CONTROL/dynamic-security/v1", b"{}").getName() == "Not authorized"
+        for link in links:
+            link.close()
+        links.clear()
+    closed = broker_accounts.dynsec_document(TOPICS, services={}, devices=[])
+    with MosquittoServer(accounts=closed) as server:
+        assert not _link(server.port).accepted
