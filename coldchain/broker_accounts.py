@@ -205,6 +205,9 @@ class BrokerControl:
 
         done = threading.Event()
         answer: dict[str, Any] = {}
+        # Every control client reads the same response topic: ours carry our correlation id.
+        correlation = uuid.uuid4().hex
+        commands = [{**command, "correlationData": correlation} for command in commands]
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=f"coldchain-control-{uuid.uuid4().hex[:12]}",
@@ -229,8 +232,14 @@ class BrokerControl:
             c.publish(CONTROL_TOPIC, json.dumps({"commands": commands}), qos=1)
 
         def on_message(_c: mqtt.Client, _u: object, message: Any) -> None:
-            answer["responses"] = json.loads(message.payload).get("responses", [])
-            done.set()
+            try:
+                responses = json.loads(message.payload).get("responses", [])
+            except (ValueError, AttributeError):
+                return
+            ours = [r for r in responses if isinstance(r, dict) and r.get("correlationData") == correlation]
+            if ours:
+                answer["responses"] = ours
+                done.set()
 
         client.on_connect = on_connect
         client.on_subscribe = on_subscribe

@@ -279,3 +279,29 @@ def test_allow_anonymous_is_explicit_and_only_for_telemetry() -> None:
     closed = broker_accounts.dynsec_document(TOPICS, services={}, devices=[])
     with MosquittoServer(accounts=closed) as server:
         assert not _link(server.port).accepted
+
+
+def test_concurrent_changes_each_get_their_own_answer(broker: tuple[MosquittoServer, dict[str, str]]) -> None:
+    """All control clients read one response topic; each change waits for its own answer."""
+    server, passwords = broker
+    control = broker_accounts.BrokerControl(
+        f"mqtt://{broker_accounts.CONTROL}:{passwords[broker_accounts.CONTROL]}@127.0.0.1:{server.port}",
+        TOPICS,
+    )
+    ids = [f"PAR-{i}" for i in range(6)]
+    errors: list[BaseException] = []
+
+    def grant(device_id: str) -> None:
+        try:
+            control.grant_device(device_id, f"pw-{device_id}")
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=grant, args=(d,)) for d in ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    for device_id in ids:
+        assert _link(server.port, device_id, f"pw-{device_id}").accepted
