@@ -33,6 +33,7 @@ from api.routes import (
     users,
 )
 from api.routes import epcis as epcis_routes
+from api.routes import device_credentials as device_credential_routes
 from api.routes import gs1 as gs1_routes
 from api.routes import imports as import_routes
 from api.routes import recalls as recall_routes
@@ -105,6 +106,7 @@ def create_app(settings: Settings, *, pool: ConnectionPool | None = None) -> Fas
         v1.include_router(module.router)
     v1.include_router(logger_files.router)
     v1.include_router(calibrations.router)
+    v1.include_router(device_credential_routes.router)
     v1.include_router(gs1_routes.router)
     v1.include_router(import_routes.router)
     v1.include_router(recall_routes.router)

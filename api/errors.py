@@ -21,6 +21,7 @@ from starlette.routing import Match
 from api.schemas import ErrorBody
 from coldchain.errors import (
     AuthError,
+    BrokerUnavailableError,
     ColdchainError,
     ConflictError,
     NotFoundError,
@@ -36,6 +37,7 @@ _STATUS: list[tuple[type[ColdchainError], int]] = [
     (NotFoundError, 404),
     (ConflictError, 409),
     (ValidationError, 422),
+    (BrokerUnavailableError, 503),
 ]
 
 _DESCRIPTIONS = {
@@ -47,6 +49,7 @@ _DESCRIPTIONS = {
     413: "The request body is larger than the server accepts",
     422: "The request breaks a rule; `field` names the culprit",
     429: "Too many requests",
+    503: "A server the request needs (the MQTT broker) cannot be reached; nothing was changed",
 }
 
 _NAMES = {
@@ -61,6 +64,7 @@ _NAMES = {
     415: "UnsupportedMediaType",
     422: "ValidationError",
     429: "TooManyRequests",
+    503: "ServiceUnavailable",
 }
 
 

@@ -50,6 +50,7 @@ ACK = frozenset({"admin", "qa", "logistics", "driver"})
 RESOLVE = frozenset({"admin", "qa", "logistics"})
 QA = frozenset({"qa"})
 ADMIN = frozenset({"admin"})
+PROVISION = frozenset({"admin", "logistics"})
 AUDIT = frozenset({"admin", "qa"})
 PUBLIC = "public"  # no token needed
 
@@ -62,6 +63,10 @@ MATRIX: dict[tuple[str, str], Expectation] = {
     ("GET", "/api/v1/devices"): (READ, False),
     ("POST", "/api/v1/devices"): (REGISTER, False),
     ("GET", "/api/v1/devices/{device_id}"): (READ, True),
+    # A device's broker password: those who install loggers (admin, logistics); not the ERP's
+    # machine account, not drivers. No broker in this test: allowed callers get 503.
+    ("POST", "/api/v1/devices/{device_id}/credentials"): (PROVISION, True),
+    ("DELETE", "/api/v1/devices/{device_id}/credentials"): (PROVISION, True),
     ("GET", "/api/v1/shipments"): (READ, False),
     ("POST", "/api/v1/shipments"): (REGISTER, False),
     ("GET", "/api/v1/shipments/{shipment_id}"): (READ, True),
