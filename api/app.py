@@ -32,8 +32,8 @@ from api.routes import (
     shares,
     users,
 )
-from api.routes import epcis as epcis_routes
 from api.routes import device_credentials as device_credential_routes
+from api.routes import epcis as epcis_routes
 from api.routes import gs1 as gs1_routes
 from api.routes import imports as import_routes
 from api.routes import recalls as recall_routes
