@@ -191,6 +191,7 @@ class DeviceStatusOut(_Out):
     battery: float | None = None
     queue: int | None = None
     fw: str | None = None
+    applied_config: int | None = Field(default=None, description="the config version it applied")
 
 
 class DeviceOut(_Out):

@@ -420,6 +420,30 @@ class AlarmProfile:
             **({"freeze_thaw": self.freeze_thaw.to_dict()} if self.freeze_thaw is not None else {}),
         }
 
+    def edge_alarm(self) -> dict[str, Any]:
+        """The part a logger evaluates itself (its local alarm), as DeviceConfig.profile carries it.
+
+        Only single-event limits: a cumulative budget needs the whole series, which only the
+        platform has. The profile's id and version say which rules the local alarm follows.
+        """
+        return {
+            "id": self.id,
+            "version": self.version,
+            "limits": [
+                {
+                    "id": x.id,
+                    "side": x.side,
+                    "threshold_c": x.threshold_c,
+                    "inclusive": x.inclusive,
+                    "single_event_delay_s": x.single_event_delay_s,
+                }
+                for x in self.limits
+                if x.single_event_delay_s is not None
+            ],
+            "hysteresis_c": self.hysteresis_c,
+            "start_delay_s": self.start_delay_s,
+        }
+
     @classmethod
     def from_dict(cls, raw: object) -> AlarmProfile:
         """Build a profile from a JSON-safe dict; any unknown or ill-typed key is refused."""

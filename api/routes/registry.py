@@ -9,6 +9,7 @@ from fastapi import APIRouter, Path, Query, status
 from api import partner_view
 from api.deps import Caller, Conn
 from api.errors import AUTHED, WITH_BODY, responses
+from api.routes.device_config import configure
 from api.schemas import (
     DEVICE_ID_PATTERN,
     GTIN_PATTERN,
@@ -118,6 +119,9 @@ def create_shipment(body: ShipmentCreate, conn: Conn, caller: Caller) -> Shipmen
             profile_version=profile.version,
             actor=caller.name,
         )
+        for assignment in shipment.devices:  # each logger gets the shipment's local alarm
+            configure(conn, org=caller.org_id, device_id=assignment.device_id, actor=caller.name,
+                      reason=f"assigned to shipment {shipment.id}")
     return _shipment(registry.get_shipment(conn, org=caller.org_id, shipment_id=shipment.id))
 
 
