@@ -709,6 +709,11 @@ class RawReading(_Out):
     c: float
     rh: float | None
     late: bool
+    door: bool = Field(default=False, description="the door was open")
+    light: bool = Field(default=False, description="light inside the box: it was open")
+    lat: float | None = Field(default=None, description="WGS 84 latitude, degrees (a gateway with GPS)")
+    lon: float | None = Field(default=None, description="WGS 84 longitude, degrees")
+    shock_g: float | None = Field(default=None, description="peak shock since the reading before, g")
 
 
 class BucketReading(_Out):

@@ -29,9 +29,18 @@ from ingest.core import (
     check_readings,
     door_open,
     extras_json,
+    light_on,
+    sensor_columns,
 )
 from storage import batches, dead_letters, device_state, rule_queue
-from storage.readings import FLAG_CLOCK_CORRECTED, FLAG_DOOR_OPEN, FLAG_LATE, ReadingRows, copy_rows
+from storage.readings import (
+    FLAG_CLOCK_CORRECTED,
+    FLAG_DOOR_OPEN,
+    FLAG_LATE,
+    FLAG_LIGHT,
+    ReadingRows,
+    copy_rows,
+)
 
 log = logging.getLogger(__name__)
 _I64_MIN = np.iinfo(np.int64).min
@@ -371,12 +380,23 @@ class GroupWriter:
         if n_rows:
             flags_b = np.where(late_b, FLAG_LATE, 0) | np.where(corrected_b, FLAG_CLOCK_CORRECTED, 0)
             flags = flags_b.astype(np.int16)[bidx]
+            sensors: tuple[npt.NDArray[np.float64], ...] | None = None
             for i, k in enumerate(known):
-                door = door_open(k.batch) if new_b[i] else None
+                if not new_b[i] or k.batch.extras is None:
+                    continue  # the common case: no per-reading extras, nothing to look at
+                span = slice(starts[i], starts[i] + counts[i])
+                door = door_open(k.batch)
                 if door is not None:
-                    flags[starts[i] : starts[i] + counts[i]] |= np.where(door, FLAG_DOOR_OPEN, 0).astype(
-                        np.int16
-                    )
+                    flags[span] |= np.where(door, FLAG_DOOR_OPEN, 0).astype(np.int16)
+                light = light_on(k.batch)
+                if light is not None:
+                    flags[span] |= np.where(light, FLAG_LIGHT, 0).astype(np.int16)
+                found = sensor_columns(k.batch)
+                if found is not None:
+                    if sensors is None:
+                        sensors = tuple(np.full(t.size, np.nan) for _ in range(3))
+                    for column, values in zip(sensors, found, strict=True):
+                        column[span] = values
             shipment = self._link(conn, known, t, bidx, starts, counts, rows_mask, new_b & (kept_b > 0))
             rows = ReadingRows(
                 org_id=org_b[bidx][rows_mask],
@@ -388,6 +408,9 @@ class GroupWriter:
                 rh=rh[rows_mask].astype(np.float32),
                 flags=flags[rows_mask],
             )
+            if sensors is not None:
+                rows.lat, rows.lon = sensors[0][rows_mask], sensors[1][rows_mask]
+                rows.shock_g = sensors[2][rows_mask].astype(np.float32)
             copy_rows(conn, rows)
             result.readings = n_rows
             copied.rows = rows
