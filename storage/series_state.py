@@ -12,7 +12,7 @@ import orjson
 import psycopg
 from psycopg.rows import dict_row
 
-from storage.readings import FLAG_DOOR_OPEN
+from storage.readings import FLAG_DOOR_OPEN, FLAG_LIGHT
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +36,8 @@ class SeriesBatch:
     temps_c: npt.NDArray[np.float64]
     rh_pct: npt.NDArray[np.float64]
     door_open: npt.NDArray[np.bool_]
+    light: npt.NDArray[np.bool_]
+    shock_g: npt.NDArray[np.float64]  # NaN = not measured
 
     def ranges(self) -> dict[tuple[int, int], tuple[int, int]]:
         """(shipment, device) -> (first row, end row); rows are sorted by series, then time."""
@@ -73,7 +75,7 @@ def lock_and_load(
     return {(r.pop("s"), r.pop("d")): SeriesContext(**r) for r in rows}
 
 
-_PACKED = np.dtype([("t", ">i8"), ("c", ">f8"), ("rh", ">f8"), ("f", ">i2")])
+_PACKED = np.dtype([("t", ">i8"), ("c", ">f8"), ("rh", ">f8"), ("f", ">i2"), ("g", ">f4")])
 
 
 def readings_of_many(
@@ -102,7 +104,8 @@ def readings_of_many(
         "SELECT w.s, w.d, x.packed"
         " FROM unnest(%s::int[], %s::int[], %s::int8[], %s::int8[]) AS w(s, d, after, until)"
         " CROSS JOIN LATERAL (SELECT string_agg(int8send((extract(epoch FROM r.t) * 1000)::int8)"
-        "  || float8send(r.c::float8) || float8send(coalesce(r.rh, 'NaN')::float8) || int2send(r.flags),"
+        "  || float8send(r.c::float8) || float8send(coalesce(r.rh, 'NaN')::float8) || int2send(r.flags)"
+        "  || float4send(coalesce(r.shock_g, 'NaN')::float4),"
         "  ''::bytea ORDER BY r.t) AS packed FROM readings r"
         "  WHERE r.device_key = w.d AND r.shipment_key IS NOT DISTINCT FROM w.s"
         "  AND r.t > to_timestamp(w.after / 1000.0) AND r.t <= to_timestamp(w.until / 1000.0)"
@@ -131,6 +134,8 @@ def readings_of_many(
         temps_c=packed["c"].astype(np.float64)[keep],
         rh_pct=packed["rh"].astype(np.float64)[keep],
         door_open=(packed["f"][keep] & FLAG_DOOR_OPEN) != 0,
+        light=(packed["f"][keep] & FLAG_LIGHT) != 0,
+        shock_g=packed["g"].astype(np.float64)[keep],
     )
 
 
