@@ -78,6 +78,12 @@ def describe(excursion: Excursion, profile: AlarmProfile, device_id: str | None)
         return f"{who}mean kinetic temperature {excursion.peak_value:.2f} °C over {excursion.limit_id}"
     if excursion.kind is ExcursionKind.RATE:
         return f"{who}temperature changing {excursion.peak_value:.2f} °C/min since {when}"
+    if excursion.kind is ExcursionKind.DOOR:
+        return f"{who}door open for {minutes} min since {when} (allowed {profile.door_open_max_min} min)"
+    if excursion.kind is ExcursionKind.LIGHT:
+        return f"{who}light inside the box outside its allowed hours since {when}: the box was opened"
+    if excursion.kind is ExcursionKind.SHOCK:
+        return f"{who}shock of {excursion.peak_value:.1f} g at {when} (limit {profile.shock_max_g:g} g)"
     if excursion.kind is ExcursionKind.HUMIDITY:
         return f"{who}humidity {excursion.peak_value:.0f} % beyond {excursion.limit_id} since {when}"
     return f"{who}{excursion.kind.value} excursion {excursion.limit_id} since {when}"
@@ -235,6 +241,8 @@ def evaluate_many(conn: psycopg.Connection, work: list[SeriesWork], stats: RunSt
             temps_c=fetched.temps_c[a:b],
             rh_pct=fetched.rh_pct[a:b],
             door_open=fetched.door_open[a:b],
+            light=fetched.light[a:b],
+            shock_g=fetched.shock_g[a:b],
             low_c=None if fetched.judged is None else fetched.judged[0][a:b],
             high_c=None if fetched.judged is None else fetched.judged[1][a:b],
         )

@@ -16,9 +16,11 @@ from storage import copy_binary
 from storage.copy_binary import Column
 
 READING_COLUMNS = "org_id, device_key, shipment_key, seq, t, c, rh, flags"
+SENSOR_COLUMNS = "lat, lon, shock_g"  # copied only when some row of the COPY has one
 FLAG_LATE = 1
 FLAG_CLOCK_CORRECTED = 2
 FLAG_DOOR_OPEN = 4
+FLAG_LIGHT = 8  # light inside the box: it was opened
 # An edge summary (an overflowing outbox folded a bucket into its mean); its extremes are in
 # `reading_extremes`. A high bit, so that flags for new sensor kinds can take the low ones.
 FLAG_SUMMARY = 64
@@ -36,13 +38,35 @@ class ReadingRows:
     celsius: npt.NDArray[np.float32]
     rh: npt.NDArray[np.float32]  # NaN = not measured (NULL)
     flags: npt.NDArray[np.int16]
+    # position (degrees) and shock (g), NaN where not reported; None: no row has any
+    lat: npt.NDArray[np.float64] | None = None
+    lon: npt.NDArray[np.float64] | None = None
+    shock_g: npt.NDArray[np.float32] | None = None
 
     def __len__(self) -> int:
         return len(self.t_ms)
 
+    @property
+    def has_sensors(self) -> bool:
+        return self.lat is not None or self.lon is not None or self.shock_g is not None
+
+    def sensor(self, name: str) -> npt.NDArray[np.floating[Any]]:
+        """A sensor column, all NaN when no row has it."""
+        value: npt.NDArray[np.floating[Any]] | None = getattr(self, name)
+        if value is None:
+            return np.full(len(self), np.nan, dtype=np.float32 if name == "shock_g" else np.float64)
+        return value
+
     @staticmethod
     def concat(parts: list[ReadingRows]) -> ReadingRows:
-        return ReadingRows(*(np.concatenate([getattr(p, f) for p in parts]) for f in ReadingRows.__slots__))
+        base = ReadingRows(
+            *(np.concatenate([getattr(p, f) for p in parts]) for f in ReadingRows.__slots__[:8])
+        )
+        if any(p.has_sensors for p in parts):
+            base.lat = np.concatenate([p.sensor("lat") for p in parts])
+            base.lon = np.concatenate([p.sensor("lon") for p in parts])
+            base.shock_g = np.concatenate([p.sensor("shock_g") for p in parts]).astype(np.float32)
+        return base
 
 
 def encode_rows(rows: ReadingRows) -> bytes:
@@ -56,8 +80,20 @@ def encode_rows(rows: ReadingRows) -> bytes:
             Column("float4", rows.celsius),
             Column("float4", rows.rh, np.isnan(rows.rh)),
             Column("int2", rows.flags),
+            *_sensor_columns(rows),
         ]
     )
+
+
+def _sensor_columns(rows: ReadingRows) -> list[Column]:
+    if not rows.has_sensors:
+        return []
+    lat, lon, shock = rows.sensor("lat"), rows.sensor("lon"), rows.sensor("shock_g")
+    return [
+        Column("float8", lat, np.isnan(lat)),
+        Column("float8", lon, np.isnan(lon)),
+        Column("float4", shock, np.isnan(shock)),
+    ]
 
 
 def copy_rows(conn: psycopg.Connection, rows: ReadingRows, *, table: str = "readings") -> None:
@@ -65,10 +101,11 @@ def copy_rows(conn: psycopg.Connection, rows: ReadingRows, *, table: str = "read
     if not len(rows):
         return
     data = encode_rows(rows)
+    columns = f"{READING_COLUMNS}, {SENSOR_COLUMNS}" if rows.has_sensors else READING_COLUMNS
     with (
         conn.cursor() as cur,
         cur.copy(
-            f"COPY {table} ({READING_COLUMNS}) FROM STDIN (FORMAT binary)"  # table is ours, never input
+            f"COPY {table} ({columns}) FROM STDIN (FORMAT binary)"  # table is ours, never input
         ) as copy,
     ):
         copy.write(data)
@@ -100,7 +137,7 @@ def lot_readings(
         params["end"] = end
     if bucket is None:
         rows = conn.execute(
-            "SELECT r.t, d.id, s.id, r.c, r.rh, r.flags FROM readings r"
+            "SELECT r.t, d.id, s.id, r.c, r.rh, r.flags, r.lat, r.lon, r.shock_g FROM readings r"
             " JOIN devices d ON d.key = r.device_key JOIN shipments s ON s.key = r.shipment_key"
             f" WHERE {where} ORDER BY r.t, d.id LIMIT %(limit)s",
             params,
@@ -113,8 +150,13 @@ def lot_readings(
                 "c": round(float(c), 3),
                 "rh": None if rh is None else round(float(rh), 2),
                 "late": bool(fl & FLAG_LATE),
+                "door": bool(fl & FLAG_DOOR_OPEN),
+                "light": bool(fl & FLAG_LIGHT),
+                "lat": lat,
+                "lon": lon,
+                "shock_g": None if shock is None else round(float(shock), 3),
             }
-            for t, dev, shp, c, rh, fl in rows
+            for t, dev, shp, c, rh, fl, lat, lon, shock in rows
         ]
     params["bucket"] = bucket
     rollup = bucket_source(conn, bucket=bucket, start=start, end=end)

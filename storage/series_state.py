@@ -12,7 +12,7 @@ import orjson
 import psycopg
 from psycopg.rows import dict_row
 
-from storage.readings import FLAG_DOOR_OPEN, judged_extremes
+from storage.readings import FLAG_DOOR_OPEN, FLAG_LIGHT, judged_extremes
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +37,8 @@ class SeriesBatch:
     temps_c: npt.NDArray[np.float64]
     rh_pct: npt.NDArray[np.float64]
     door_open: npt.NDArray[np.bool_]
+    light: npt.NDArray[np.bool_]
+    shock_g: npt.NDArray[np.float64]  # NaN = not measured
     # What the low and the high limits judge where edge summaries are among the readings (their
     # minimum and maximum); None when none is, and then both are `temps_c`.
     judged: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None = None
@@ -91,7 +93,7 @@ def logger_started_ms(conn: psycopg.Connection, *, shipment_key: int, device_key
     return None if row is None else int(row[0])
 
 
-_PACKED = np.dtype([("t", ">i8"), ("c", ">f8"), ("rh", ">f8"), ("f", ">i2")])
+_PACKED = np.dtype([("t", ">i8"), ("c", ">f8"), ("rh", ">f8"), ("f", ">i2"), ("g", ">f4")])
 
 
 def readings_of_many(
@@ -120,7 +122,8 @@ def readings_of_many(
         "SELECT w.s, w.d, x.packed"
         " FROM unnest(%s::int[], %s::int[], %s::int8[], %s::int8[]) AS w(s, d, after, until)"
         " CROSS JOIN LATERAL (SELECT string_agg(int8send((extract(epoch FROM r.t) * 1000)::int8)"
-        "  || float8send(r.c::float8) || float8send(coalesce(r.rh, 'NaN')::float8) || int2send(r.flags),"
+        "  || float8send(r.c::float8) || float8send(coalesce(r.rh, 'NaN')::float8) || int2send(r.flags)"
+        "  || float4send(coalesce(r.shock_g, 'NaN')::float4),"
         "  ''::bytea ORDER BY r.t) AS packed FROM readings r"
         "  WHERE r.device_key = w.d AND r.shipment_key IS NOT DISTINCT FROM w.s"
         "  AND r.t > to_timestamp(w.after / 1000.0) AND r.t <= to_timestamp(w.until / 1000.0)"
@@ -151,6 +154,8 @@ def readings_of_many(
         temps_c=temps,
         rh_pct=packed["rh"].astype(np.float64)[keep],
         door_open=(flags & FLAG_DOOR_OPEN) != 0,
+        light=(flags & FLAG_LIGHT) != 0,
+        shock_g=packed["g"].astype(np.float64)[keep],
         judged=judged_extremes(conn, device[keep], times[keep], temps, flags),
     )
 

@@ -131,6 +131,8 @@ MATRIX: dict[tuple[str, str], Expectation] = {
     # Calibrations are recorded by those who register devices or by QA (REGISTER or DISPOSITION).
     ("POST", "/api/v1/devices/{device_id}/calibrations"): (REGISTER | QA, True),
     ("GET", "/api/v1/devices/{device_id}/calibrations"): (READ, True),
+    ("PUT", "/api/v1/devices/{device_id}/config"): (REGISTER, True),
+    ("GET", "/api/v1/devices/{device_id}/config"): (READ, True),
     ("GET", "/api/v1/devices/{device_id}/calibrations/{calibration_id}/certificate"): (READ, True),
     ("POST", "/api/v1/logger-files"): (REGISTER, False),
     ("GET", "/api/v1/logger-files"): (READ, False),
@@ -298,6 +300,8 @@ def _request(method: str, path: str, who: str, ids: dict[str, Any], tokens: dict
             "certificate_number": f"C-{who}",
         }
         files = {"certificate": ("cert.pdf", PDF, "application/pdf")}
+    elif (method, path) == ("PUT", "/api/v1/devices/{device_id}/config"):
+        body = {"interval_s": 120}
     elif (method, path) == ("POST", "/api/v1/logger-files"):
         data = {"device": f"F-{who}"}
         files = {"file": (WALK_FILE, (LOGGERS / WALK_FILE).read_bytes(), "text/plain")}

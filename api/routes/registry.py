@@ -10,6 +10,7 @@ from fastapi import APIRouter, Path, Query, status
 from api import esign, partner_view
 from api.deps import AppSettings, Caller, Conn
 from api.errors import AUTHED, WITH_BODY, responses
+from api.routes.device_config import configure
 from api.schemas import (
     DEVICE_ID_PATTERN,
     GTIN_PATTERN,
@@ -163,6 +164,9 @@ def create_shipment(body: ShipmentCreate, conn: Conn, caller: Caller, settings: 
                 conn, caller, signers[i], overrides[i].signature, entity="calibration_override",
                 key=str(row.id), action="override_calibration", record=row.signed_record(),
             )
+        for assignment in shipment.devices:  # each logger gets the shipment's local alarm
+            configure(conn, org=caller.org_id, device_id=assignment.device_id, actor=caller.name,
+                      reason=f"assigned to shipment {shipment.id}")
     created = registry.get_shipment(conn, org=caller.org_id, shipment_id=shipment.id)
     return _shipment(conn, created, caller.org_id)
 
@@ -206,6 +210,8 @@ def assign_logger(
                 conn, caller, signer, override.signature, entity="calibration_override",
                 key=str(made.id), action="override_calibration", record=made.signed_record(),
             )
+        configure(conn, org=caller.org_id, device_id=body.id, actor=caller.name,
+                  reason=f"assigned to shipment {shipment_id}")
     updated = registry.get_shipment(conn, org=caller.org_id, shipment_id=shipment_id)
     return _shipment(conn, updated, caller.org_id)
 
