@@ -17,10 +17,12 @@ class Channel(StrEnum):
 
 
 class NotificationKind(StrEnum):
-    """An escalation tier's message for one alert, or a digest folding several held ones."""
+    """An escalation tier's message for one alert, a digest folding several held ones, or a
+    recall's message to one consignee."""
 
     ESCALATION = "escalation"
     DIGEST = "digest"
+    RECALL = "recall"
 
 
 class NotificationState(StrEnum):

@@ -218,7 +218,21 @@ def open_recall(
             consignees=list(consignees.values()),
             actor=actor,
         )
+        notify_consignees(conn, org=org, recall_id=recall_id)
     return store.get_recall(conn, org=org, recall_id=recall_id)
+
+
+def notify_consignees(conn: psycopg.Connection, *, org: int, recall_id: int) -> int:
+    """One outbox row per contact of each consignee and per channel the contact has (SMS, e-mail,
+    webhook), in the caller's transaction: the notification worker delivers them with retries,
+    and the recall becomes `notifying`. A consignee with no contact is left to be told by hand
+    (its `notifications` stay empty)."""
+    messages: list[tuple[int, str, str, str]] = []
+    for c in store.consignee_contacts(conn, org=org, recall_id=recall_id):
+        for channel, recipient in (("sms", c.phone), ("email", c.email), ("webhook", c.webhook_url)):
+            if recipient:
+                messages.append((c.consignee_id, c.contact_id, channel, recipient))
+    return store.queue_notifications(conn, org=org, recall_id=recall_id, messages=messages)
 
 
 def acknowledge(
@@ -242,3 +256,10 @@ def acknowledge(
             actor=actor,
         )
     return store.get_recall(conn, org=org, recall_id=recall_id)
+
+
+def close_recall(conn: psycopg.Connection, *, org: int, recall_id: int, actor: str, comment: str) -> None:
+    """Close the recall in the caller's transaction (which signs it): only once every consignee
+    has acknowledged, and only once."""
+    store.lock_for_close(conn, org=org, recall_id=recall_id)
+    store.close(conn, org=org, recall_id=recall_id, actor=actor, comment=comment)

@@ -12,6 +12,7 @@ from psycopg.types.json import Jsonb
 
 from coldchain.errors import ConflictError, NotFoundError
 from storage.audit import record
+from storage.notify_outbox import wake_workers
 
 LotKey = tuple[str, str]  # (gtin, lot)
 
@@ -162,6 +163,7 @@ class Consignee:
     acknowledged_by: str | None
     quarantined: int | None
     returned: int | None
+    notifications: tuple[tuple[str, str], ...] = ()  # (channel, state) of each queued message
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +179,8 @@ class RecallRecord:
     all_acknowledged_at: datetime | None
     response_time_s: float | None
     consignees: list[Consignee]
+    closed_at: datetime | None = None
+    closed_by: str | None = None
 
 
 def create_recall(
@@ -237,14 +241,18 @@ def create_recall(
 def get_recall(conn: psycopg.Connection, *, org: int, recall_id: int) -> RecallRecord:
     row = conn.execute(
         "SELECT id, state, reason, classification, criteria, impact, opened_at, opened_by,"
-        " all_acknowledged_at, response_time_s FROM recalls WHERE org_id = %s AND id = %s",
+        " all_acknowledged_at, response_time_s, closed_at, closed_by FROM recalls"
+        " WHERE org_id = %s AND id = %s",
         (org, recall_id),
     ).fetchone()
     if row is None:
         raise NotFoundError("recall", str(recall_id))
     consignees = conn.execute(
         "SELECT c.id, s.id, c.consignee, c.consignee_gln, c.quantity, c.notified_at, c.acknowledged_at,"
-        " c.acknowledged_by, c.quarantined, c.returned FROM recall_consignees c"
+        " c.acknowledged_by, c.quarantined, c.returned,"
+        " coalesce((SELECT array_agg(array[o.channel, o.state] ORDER BY o.id) FROM notify_outbox o"
+        "  WHERE o.recall_consignee_id = c.id), '{}')"
+        " FROM recall_consignees c"
         " JOIN shipments s ON s.key = c.shipment_key WHERE c.recall_id = %s ORDER BY c.id",
         (recall_id,),
     ).fetchall()
@@ -259,7 +267,24 @@ def get_recall(conn: psycopg.Connection, *, org: int, recall_id: int) -> RecallR
         opened_by=row[7],
         all_acknowledged_at=row[8],
         response_time_s=None if row[9] is None else float(row[9]),
-        consignees=[Consignee(int(c[0]), *c[1:]) for c in consignees],
+        consignees=[
+            Consignee(
+                int(c[0]),
+                c[1],
+                c[2],
+                c[3],
+                c[4],
+                c[5],
+                c[6],
+                c[7],
+                c[8],
+                c[9],
+                notifications=tuple((n[0], n[1]) for n in c[10]),
+            )
+            for c in consignees
+        ],
+        closed_at=row[10],
+        closed_by=row[11],
     )
 
 
@@ -348,3 +373,257 @@ def lots_with_serials(conn: psycopg.Connection, *, org: int, gtin: str, serials:
         (serials, org, gtin),
     ).fetchall()
     return [(str(r[0]), str(r[1])) for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class RecallSummary:
+    """A recall as the list shows it."""
+
+    id: int
+    state: str
+    reason: str
+    classification: str | None
+    opened_at: datetime
+    opened_by: str
+    consignees: int
+    acknowledged: int
+    all_acknowledged_at: datetime | None
+    response_time_s: float | None
+    closed_at: datetime | None
+
+
+def list_recalls(
+    conn: psycopg.Connection, *, org: int, states: list[str] | None, limit: int, before: int | None
+) -> list[RecallSummary]:
+    """Newest first; `before` (an id) pages on."""
+    rows = conn.execute(
+        "SELECT r.id, r.state, r.reason, r.classification, r.opened_at, r.opened_by,"
+        " (SELECT count(*) FROM recall_consignees c WHERE c.recall_id = r.id),"
+        " (SELECT count(*) FROM recall_consignees c WHERE c.recall_id = r.id"
+        "  AND c.acknowledged_at IS NOT NULL),"
+        " r.all_acknowledged_at, r.response_time_s, r.closed_at"
+        " FROM recalls r WHERE r.org_id = %s AND (%s::text[] IS NULL OR r.state = ANY(%s::text[]))"
+        " AND (%s::bigint IS NULL OR r.id < %s::bigint) ORDER BY r.id DESC LIMIT %s",
+        (org, states, states, before, before, limit),
+    ).fetchall()
+    return [
+        RecallSummary(
+            int(r[0]),
+            r[1],
+            r[2],
+            r[3],
+            r[4],
+            r[5],
+            int(r[6]),
+            int(r[7]),
+            r[8],
+            None if r[9] is None else float(r[9]),
+            r[10],
+        )
+        for r in rows
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class RecallKpis:
+    recalls: int
+    open: int
+    notifying: int
+    closed: int
+    answered: int  # every consignee acknowledged
+    median_response_time_s: float | None
+    p90_response_time_s: float | None
+    max_response_time_s: float | None
+
+
+def kpis(conn: psycopg.Connection, *, org: int, since: datetime | None) -> RecallKpis:
+    """Counts by state and the response time's median, 90th percentile and maximum over the
+    recalls whose consignees have all acknowledged, optionally of recalls opened since `since`."""
+    row = conn.execute(
+        "SELECT count(*), count(*) FILTER (WHERE state = 'open'),"
+        " count(*) FILTER (WHERE state = 'notifying'),"
+        " count(*) FILTER (WHERE state = 'closed'), count(response_time_s),"
+        " percentile_cont(0.5) WITHIN GROUP (ORDER BY response_time_s),"
+        " percentile_cont(0.9) WITHIN GROUP (ORDER BY response_time_s), max(response_time_s)"
+        " FROM recalls WHERE org_id = %s AND (%s::timestamptz IS NULL OR opened_at >= %s::timestamptz)",
+        (org, since, since),
+    ).fetchone()
+    assert row is not None
+
+    def f(v: Any) -> float | None:
+        return None if v is None else float(v)
+
+    return RecallKpis(
+        int(row[0]), int(row[1]), int(row[2]), int(row[3]), int(row[4]), f(row[5]), f(row[6]), f(row[7])
+    )
+
+
+def lock_for_close(conn: psycopg.Connection, *, org: int, recall_id: int) -> None:
+    """Lock the recall and refuse to close it twice or before every consignee has answered."""
+    row = conn.execute(
+        "SELECT state, all_acknowledged_at,"
+        " (SELECT count(*) FROM recall_consignees c WHERE c.recall_id = r.id AND c.acknowledged_at IS NULL)"
+        " FROM recalls r WHERE org_id = %s AND id = %s FOR UPDATE",
+        (org, recall_id),
+    ).fetchone()
+    if row is None:
+        raise NotFoundError("recall", str(recall_id))
+    if row[0] == "closed":
+        raise ConflictError(f"recall {recall_id} is already closed")
+    if int(row[2]) > 0:
+        raise ConflictError(f"recall {recall_id} has {int(row[2])} consignee(s) yet to acknowledge")
+
+
+def close(conn: psycopg.Connection, *, org: int, recall_id: int, actor: str, comment: str) -> None:
+    """closed, with who and when, audited; the caller locked it (`lock_for_close`) and signs it
+    in the same transaction."""
+    conn.execute(
+        "UPDATE recalls SET state = 'closed', closed_at = now(), closed_by = %s"
+        " WHERE org_id = %s AND id = %s",
+        (actor, org, recall_id),
+    )
+    record(
+        conn,
+        org_id=org,
+        actor=actor,
+        action="close",
+        entity="recall",
+        key=str(recall_id),
+        new={"state": "closed"},
+        reason=comment,
+    )
+
+
+# -- notifying consignees -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConsigneeContact:
+    """A contact who speaks for a consignee: one of its `sites` is the consignee's GLN or name,
+    or one of its `customers` is the consignee's name."""
+
+    consignee_id: int
+    contact_id: str
+    phone: str | None
+    email: str | None
+    webhook_url: str | None
+
+
+def consignee_contacts(conn: psycopg.Connection, *, org: int, recall_id: int) -> list[ConsigneeContact]:
+    rows = conn.execute(
+        "SELECT c.id, k.id, k.phone, k.email, k.webhook_url FROM recall_consignees c"
+        " JOIN notify_contacts k ON k.org_id = %s AND k.disabled_at IS NULL"
+        "  AND (btrim(c.consignee_gln) = ANY(k.sites) OR c.consignee = ANY(k.sites)"
+        "       OR c.consignee = ANY(k.customers))"
+        " WHERE c.recall_id = %s ORDER BY c.id, k.id",
+        (org, recall_id),
+    ).fetchall()
+    return [ConsigneeContact(int(r[0]), r[1], r[2], r[3], r[4]) for r in rows]
+
+
+def queue_notifications(
+    conn: psycopg.Connection, *, org: int, recall_id: int, messages: list[tuple[int, str, str, str]]
+) -> int:
+    """Outbox rows (consignee id, contact id, channel, recipient), each once by its idempotency
+    key, in the caller's transaction; a recall with any becomes `notifying`."""
+    made = 0
+    for consignee_id, contact_id, channel, recipient in messages:
+        row = conn.execute(
+            "INSERT INTO notify_outbox (org_id, idempotency_key, kind, recall_consignee_id, contact_id,"
+            " channel, recipient, state, due_at, next_attempt_at, created_at, updated_at)"
+            " VALUES (%s, %s, 'recall', %s, %s, %s, %s, 'pending', now(), now(), now(), now())"
+            " ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+            (
+                org,
+                f"recall:{recall_id}:{consignee_id}:{contact_id}:{channel}",
+                consignee_id,
+                contact_id,
+                channel,
+                recipient,
+            ),
+        ).fetchone()
+        made += row is not None
+    if made:
+        conn.execute(
+            "UPDATE recalls SET state = 'notifying' WHERE org_id = %s AND id = %s AND state = 'open'",
+            (org, recall_id),
+        )
+        wake_workers(conn)  # delivered on commit
+    return made
+
+
+@dataclass(frozen=True, slots=True)
+class RecallMessage:
+    """What a recall notification tells one consignee."""
+
+    org_id: int
+    recall_id: int
+    consignee_id: int
+    state: str
+    reason: str
+    classification: str | None
+    opened_at: datetime
+    shipment_id: str
+    consignee: str | None
+    lines: list[tuple[str, str, int | None]]  # (gtin, lot, quantity) the consignee received
+    acknowledged_at: datetime | None
+
+
+def message(conn: psycopg.Connection, *, consignee_id: int) -> RecallMessage:
+    row = conn.execute(
+        "SELECT r.org_id, r.id, c.id, r.state, r.reason, r.classification, r.opened_at, s.id, c.consignee,"
+        " c.acknowledged_at, c.shipment_key FROM recall_consignees c JOIN recalls r ON r.id = c.recall_id"
+        " JOIN shipments s ON s.key = c.shipment_key WHERE c.id = %s",
+        (consignee_id,),
+    ).fetchone()
+    if row is None:
+        raise NotFoundError("consignee", str(consignee_id))
+    lines = conn.execute(
+        "SELECT sl.gtin, sl.lot, sl.quantity FROM shipment_lots sl JOIN recall_lots rl"
+        " ON rl.recall_id = %s AND rl.gtin = sl.gtin AND rl.lot = sl.lot"
+        " WHERE sl.shipment_key = %s ORDER BY sl.gtin, sl.lot",
+        (row[1], row[10]),
+    ).fetchall()
+    return RecallMessage(
+        org_id=int(row[0]),
+        recall_id=int(row[1]),
+        consignee_id=int(row[2]),
+        state=row[3],
+        reason=row[4],
+        classification=row[5],
+        opened_at=row[6],
+        shipment_id=row[7],
+        consignee=row[8],
+        lines=[(str(r[0]), str(r[1]), None if r[2] is None else int(r[2])) for r in lines],
+        acknowledged_at=row[9],
+    )
+
+
+def mark_notified(conn: psycopg.Connection, *, consignee_id: int, at: datetime) -> None:
+    """The first message a provider accepted for the consignee stamps its `notified_at`."""
+    conn.execute(
+        "UPDATE recall_consignees SET notified_at = %s WHERE id = %s AND notified_at IS NULL",
+        (at, consignee_id),
+    )
+
+
+def use_ack_nonce(conn: psycopg.Connection, *, nonce: str, consignee_id: int, contact_id: str) -> None:
+    """A recall acknowledge link works once: its nonce is stored in the acknowledgement's
+    transaction; ConflictError when it was used before."""
+    row = conn.execute(
+        "INSERT INTO recall_ack_nonces (nonce, consignee_id, contact_id) VALUES (%s, %s, %s)"
+        " ON CONFLICT (nonce) DO NOTHING RETURNING nonce",
+        (nonce, consignee_id, contact_id),
+    ).fetchone()
+    if row is None:
+        raise ConflictError("this acknowledge link was already used")
+
+
+def contact_speaks_for(conn: psycopg.Connection, *, consignee_id: int, contact_id: str) -> bool:
+    """Whether the contact (still enabled) is one the consignee's notification went to."""
+    row = conn.execute(
+        "SELECT 1 FROM notify_outbox o JOIN notify_contacts k ON k.org_id = o.org_id AND k.id = o.contact_id"
+        " WHERE o.recall_consignee_id = %s AND o.contact_id = %s AND k.disabled_at IS NULL LIMIT 1",
+        (consignee_id, contact_id),
+    ).fetchone()
+    return row is not None
