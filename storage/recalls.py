@@ -3,7 +3,7 @@ the recall record with its consignees, their actions and the response time."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -72,11 +72,26 @@ class Excursion:
 
 
 @dataclass(frozen=True, slots=True)
+class LegMkt:
+    """A lot's leg judged by its worst logger (most time outside the labelled range, then the
+    higher MKT), with that series' running MKT as the rules keep it (None: not known yet)."""
+
+    gtin: str
+    lot: str
+    shipment_key: int
+    device_id: str
+    log_mean: float | None
+    weight_ms: float | None
+    delta_h_over_r_k: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class Impact:
     lots: list[LotImpact]
     lines: list[ShipmentLine]
     rides: list[Ride]
     excursions: list[Excursion]
+    legs: list[LegMkt] = field(default_factory=list)
 
 
 def lots_with_device(
@@ -132,7 +147,17 @@ def impact(conn: psycopg.Connection, *, org: int, lots: list[LotKey]) -> Impact:
         " FROM alerts WHERE org_id = %s AND shipment_key = ANY(%s) ORDER BY shipment_key, opened_at, id",
         (org, keys),
     ).fetchall()
+    # One row per lot and shipment: its worst series' MKT state, a few rows per lot, never readings.
+    leg_rows = conn.execute(
+        "SELECT DISTINCT ON (sl.gtin, sl.lot, sl.shipment_key) sl.gtin, sl.lot, sl.shipment_key, d.id,"
+        " r.mkt_log_mean, r.mkt_w_ms, r.mkt_dhr_k"
+        f" FROM {wanted} JOIN shipment_lots sl ON sl.org_id = %(org)s AND sl.gtin = w.gtin AND sl.lot = w.lot"
+        " JOIN rule_series_state r ON r.shipment_key = sl.shipment_key JOIN devices d ON d.key = r.device_key"
+        " ORDER BY sl.gtin, sl.lot, sl.shipment_key, r.outside_s DESC, r.mkt_log_mean DESC NULLS FIRST",
+        params,
+    ).fetchall()
     return Impact(
+        legs=[LegMkt(str(r[0]), str(r[1]), int(r[2]), r[3], r[4], r[5], r[6]) for r in leg_rows],
         lots=[
             LotImpact(
                 gtin=r[0],

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
+import numpy as np
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
@@ -18,9 +19,12 @@ from coldchain.settings import Settings
 from erp.imports import run_import
 from erp.recalls import RecallRequest, acknowledge, open_recall
 from notify.outbox import OutboxOptions, OutboxWorker
+from rules.runner import drain
 from storage import alerts, auth, registry
 from storage.db import open_pool
 from tests.support.identity import bearer, make_user, signature
+from tests.support.lots import GTIN as LOT_GTIN
+from tests.support.lots import add_leg, write_readings
 from tests.support.notify import DRIVER, Clock, Mailbox, add_contact, notify_settings
 from tests.support.notify import mailbox as mailbox
 from tests.support.notify import stub as stub
@@ -378,3 +382,38 @@ def test_consignees_notified_through_the_outbox_acknowledge_by_link_and_qa_close
         kpis = client.get("/api/v1/recalls/kpis", headers=qa).json()
         assert (kpis["recalls"], kpis["closed"], kpis["answered"]) == (2, 1, 1)
         assert kpis["median_response_time_s"] == closed["response_time_s"]
+
+
+def test_the_impact_shows_each_lots_mkt_equal_to_the_lot_figures_from_the_readings(
+    db_dsn: str, db: psycopg.Connection
+) -> None:
+    """The recall's MKT per lot comes from the rules' running MKT per series (never the readings),
+    and equals the lot page's MKT worked out from every reading: over two legs, the second with
+    two loggers (the worse one counts), fed in several batches, one of them late."""
+    add_leg(db, "LEG-1", ["T1"], 0, 600)
+    add_leg(db, "LEG-2", ["T2", "T3"], 600, 1200)
+    rng = np.random.default_rng(7)
+    write_readings(db, "T1", np.arange(0, 200), 5 + rng.random(200), queue=True)
+    drain(db)
+    write_readings(db, "T1", np.arange(300, 500), 9 + rng.random(200), queue=True)
+    drain(db)
+    write_readings(db, "T1", np.arange(200, 300), 4 + rng.random(100), queue=True)  # late: starts over
+    write_readings(db, "T2", np.arange(600, 700), 6 + 4 * rng.random(100), queue=True)
+    write_readings(db, "T3", np.arange(600, 700), 3 + rng.random(100), queue=True)
+    drain(db)
+    write_readings(db, "T2", np.arange(700, 760), 12 + rng.random(60), queue=True)
+    drain(db)
+    rec = open_recall(db, org=1, request=RecallRequest(reason="r", gtin=LOT_GTIN, lots=("A1",)), actor="qa")
+    (lot,) = rec.impact["lots"]
+    token = auth.create_token(db, org=1, name="v", role=Role.VIEWER, actor="t")
+    with (
+        open_pool(db_dsn, max_size=2) as pool,
+        TestClient(create_app(Settings(database_url=db_dsn), pool=pool)) as c,
+    ):
+        page = c.get(f"/api/v1/lots/{LOT_GTIN}/A1", headers={"Authorization": f"Bearer {token}"}).json()
+    assert page["mkt_c"] is not None and lot["mkt_c"] == pytest.approx(page["mkt_c"], abs=0.002)
+    assert lot["disposition"] is None
+    # A series the rules have not evaluated since MKT was kept: the lot's MKT is unknown, not wrong.
+    db.execute("UPDATE rule_series_state SET mkt_acc = NULL, mkt_log_mean = NULL, mkt_w_ms = NULL")
+    rec = open_recall(db, org=1, request=RecallRequest(reason="r", gtin=LOT_GTIN, lots=("A1",)), actor="qa")
+    assert rec.impact["lots"][0]["mkt_c"] is None

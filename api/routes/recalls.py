@@ -33,7 +33,8 @@ from coldchain.access import Permission
 from coldchain.errors import ConflictError, NotFoundError, ValidationError
 from coldchain.esignature import Signature
 from coldchain.settings import Settings
-from erp.recalls import RecallRequest, acknowledge, close_recall, open_recall
+from erp.recalls import RecallRequest, acknowledge, open_recall
+from erp.recalls import close_recall as close_recall_record
 from notify.delivery import AckLinkExpired, AckLinkInvalid
 from notify.links import RecallAckClaims, verify_recall_ack_token
 from storage import recalls as store
@@ -131,6 +132,12 @@ class ImpactLot(_Out):
     stability_budget_spent_s: float | None
     stability_budget_credited_s: float | None
     stability_budget_remaining_s: float | None
+    mkt_c: float | None = Field(
+        default=None,
+        description="MKT over every leg (each by its worst logger), from the rules' running MKT;"
+        " null while a leg's is not known",
+    )
+    disposition: str | None = Field(default=None, description="the lot's QA disposition, when recorded")
     shipments: list[str]
     digital_link: str
     evidence: str
@@ -360,7 +367,7 @@ def get_recall(recall_id: RecallIdPath, conn: Conn, caller: Caller) -> RecallOut
     response_model=RecallOut,
     responses=responses(*WITH_BODY, 404, 409),
 )
-def close(
+def close_recall(
     recall_id: RecallIdPath, body: RecallCloseBody, conn: Conn, caller: Caller, settings: AppSettings
 ) -> RecallOut:
     """QA closes the recall once every consignee has acknowledged (409 before, or when already
@@ -371,7 +378,7 @@ def close(
     store.get_recall(conn, org=caller.org_id, recall_id=recall_id)  # 404 before a password is spent
     signer = esign.reauthenticate(conn, settings, caller, signature)
     with conn.transaction():
-        close_recall(
+        close_recall_record(
             conn, org=caller.org_id, recall_id=recall_id, actor=caller.name, comment=body.comment or "closed"
         )
         record = esign.recall_record(conn, org=caller.org_id, recall_id=recall_id)
