@@ -375,7 +375,8 @@ def close_recall(
     API key). The signature covers the recall as closed."""
     caller.require(Permission.DISPOSITION)
     signature = esign.require(body.signature)
-    store.get_recall(conn, org=caller.org_id, recall_id=recall_id)  # 404 before a password is spent
+    # 404 and 409 before a password is spent; checked again under the lock when closing.
+    store.lock_for_close(conn, org=caller.org_id, recall_id=recall_id)
     signer = esign.reauthenticate(conn, settings, caller, signature)
     with conn.transaction():
         close_recall_record(
