@@ -38,6 +38,7 @@ from erp.recalls import close_recall as close_recall_record
 from notify.delivery import AckLinkExpired, AckLinkInvalid
 from notify.links import RecallAckClaims, verify_recall_ack_token
 from storage import recalls as store
+from storage import signatures
 
 router = APIRouter(tags=["recalls"])
 
@@ -200,7 +201,7 @@ class RecallOut(_Out):
     signatures: list[SignatureOut] = Field(default=[], description="the closing e-signature, checked")
 
 
-def recall_out(rec: store.RecallRecord, signatures: list[Signature] | None = None) -> RecallOut:
+def recall_out(rec: store.RecallRecord, signed: list[Signature] | None = None) -> RecallOut:
     """The recall as the API shows it; the impact is the document recorded when it was opened."""
     return RecallOut(
         id=rec.id,
@@ -231,12 +232,15 @@ def recall_out(rec: store.RecallRecord, signatures: list[Signature] | None = Non
         ],
         closed_at=rec.closed_at,
         closed_by=rec.closed_by,
-        signatures=[signature_out(sig) for sig in signatures or []],
+        signatures=[signature_out(sig) for sig in signed or []],
     )
 
 
 def _shown(conn: Conn, org: int, rec: store.RecallRecord) -> RecallOut:
-    """Every view of a recall shows its signatures, checked against the recall as it is now."""
+    """Every view of a recall shows its signatures, checked against the recall as it is now
+    (rebuilt only when there is a signature to check)."""
+    if not signatures.for_records(conn, org=org, entity="recall", keys=[str(rec.id)]):
+        return recall_out(rec)
     record = esign.recall_record(conn, org=org, recall_id=rec.id)
     return recall_out(rec, esign.shown(conn, org=org, entity="recall", key=str(rec.id), record=record))
 
