@@ -4,7 +4,7 @@ consignee acknowledgements and the response time."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import psycopg
@@ -22,6 +22,7 @@ from notify.outbox import OutboxOptions, OutboxWorker
 from rules.runner import drain
 from storage import alerts, auth, registry
 from storage.db import open_pool
+from storage.recalls import get_recall
 from tests.support.identity import bearer, make_user, signature
 from tests.support.lots import GTIN as LOT_GTIN
 from tests.support.lots import add_leg, write_readings
@@ -417,3 +418,39 @@ def test_the_impact_shows_each_lots_mkt_equal_to_the_lot_figures_from_the_readin
     db.execute("UPDATE rule_series_state SET mkt_acc = NULL, mkt_log_mean = NULL, mkt_w_ms = NULL")
     rec = open_recall(db, org=1, request=RecallRequest(reason="r", gtin=LOT_GTIN, lots=("A1",)), actor="qa")
     assert rec.impact["lots"][0]["mkt_c"] is None
+
+
+def test_a_refused_recall_message_is_retried_and_the_consignee_is_notified_only_once_accepted(
+    db_dsn: str, db: psycopg.Connection, stub: TwilioStub
+) -> None:
+    world(db)
+    settings = notify_settings(db_dsn, stub)  # no PUBLIC_URL: the message has no link
+    add_contact(db, "hosp-b", (), sites=("9520123456788",), phone=DRIVER)
+    rec = open_recall(
+        db, org=1, request=RecallRequest(reason="seal defect", gtin=GTIN2, lots=("B1",)), actor="qa"
+    )
+    assert rec.state == "notifying" and [c.shipment_id for c in rec.consignees] == ["SO-1"]
+    stub.fail_next(503, code=20503)
+    clock = Clock()
+    worker = OutboxWorker(
+        settings=settings, clock_ms=clock, options=OutboxOptions(send_threads=1, backoff_base_s=30.0)
+    )
+    try:
+        with psycopg.connect(db_dsn, autocommit=True) as conn:
+            assert worker.deliver_due(conn) == 1
+            (row,) = db.execute(
+                "SELECT state, attempts, last_error, next_attempt_at FROM notify_outbox WHERE kind = 'recall'"
+            ).fetchall()
+            assert (row[0], row[1]) == ("pending", 1) and "503" in (row[2] or "")
+            assert get_recall(db, org=1, recall_id=rec.id).consignees[0].notified_at is None
+            assert worker.deliver_due(conn) == 0  # not before its time
+            clock.set(row[3] + timedelta(seconds=1))
+            assert worker.deliver_due(conn) == 1
+    finally:
+        worker.close()
+    assert len(stub.requests) == 2
+    body = stub.requests[-1].field("Body") or ""
+    assert "lot B1: 20" in body and "recall-ack" not in body
+    (state,) = db.execute("SELECT state FROM notify_outbox WHERE kind = 'recall'").fetchone() or ("",)
+    assert state == "queued"
+    assert get_recall(db, org=1, recall_id=rec.id).consignees[0].notified_at is not None
