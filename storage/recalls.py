@@ -13,6 +13,7 @@ from psycopg.types.json import Jsonb
 from coldchain.errors import ConflictError, NotFoundError
 from storage.audit import record
 from storage.notify_outbox import wake_workers
+from storage.rows import fetch_all, fetch_one
 
 LotKey = tuple[str, str]  # (gtin, lot)
 
@@ -148,16 +149,19 @@ def impact(conn: psycopg.Connection, *, org: int, lots: list[LotKey]) -> Impact:
         (org, keys),
     ).fetchall()
     # One row per lot and shipment: its worst series' MKT state, a few rows per lot, never readings.
-    leg_rows = conn.execute(
-        "SELECT DISTINCT ON (sl.gtin, sl.lot, sl.shipment_key) sl.gtin, sl.lot, sl.shipment_key, d.id,"
-        " r.mkt_log_mean, r.mkt_w_ms, r.mkt_dhr_k"
+    legs = fetch_all(
+        conn,
+        LegMkt,
+        "SELECT DISTINCT ON (sl.gtin, sl.lot, sl.shipment_key) sl.gtin::text AS gtin, sl.lot,"
+        " sl.shipment_key, d.id AS device_id, r.mkt_log_mean AS log_mean, r.mkt_w_ms AS weight_ms,"
+        " r.mkt_dhr_k AS delta_h_over_r_k"
         f" FROM {wanted} JOIN shipment_lots sl ON sl.org_id = %(org)s AND sl.gtin = w.gtin AND sl.lot = w.lot"
         " JOIN rule_series_state r ON r.shipment_key = sl.shipment_key JOIN devices d ON d.key = r.device_key"
         " ORDER BY sl.gtin, sl.lot, sl.shipment_key, r.outside_s DESC, r.mkt_log_mean DESC NULLS FIRST",
         params,
-    ).fetchall()
+    )
     return Impact(
-        legs=[LegMkt(str(r[0]), str(r[1]), int(r[2]), r[3], r[4], r[5], r[6]) for r in leg_rows],
+        legs=legs,
         lots=[
             LotImpact(
                 gtin=r[0],
@@ -421,32 +425,18 @@ def list_recalls(
     conn: psycopg.Connection, *, org: int, states: list[str] | None, limit: int, before: int | None
 ) -> list[RecallSummary]:
     """Newest first; `before` (an id) pages on."""
-    rows = conn.execute(
+    return fetch_all(
+        conn,
+        RecallSummary,
         "SELECT r.id, r.state, r.reason, r.classification, r.opened_at, r.opened_by,"
-        " (SELECT count(*) FROM recall_consignees c WHERE c.recall_id = r.id),"
+        " (SELECT count(*) FROM recall_consignees c WHERE c.recall_id = r.id) AS consignees,"
         " (SELECT count(*) FROM recall_consignees c WHERE c.recall_id = r.id"
-        "  AND c.acknowledged_at IS NOT NULL),"
+        "  AND c.acknowledged_at IS NOT NULL) AS acknowledged,"
         " r.all_acknowledged_at, r.response_time_s, r.closed_at"
         " FROM recalls r WHERE r.org_id = %s AND (%s::text[] IS NULL OR r.state = ANY(%s::text[]))"
         " AND (%s::bigint IS NULL OR r.id < %s::bigint) ORDER BY r.id DESC LIMIT %s",
         (org, states, states, before, before, limit),
-    ).fetchall()
-    return [
-        RecallSummary(
-            int(r[0]),
-            r[1],
-            r[2],
-            r[3],
-            r[4],
-            r[5],
-            int(r[6]),
-            int(r[7]),
-            r[8],
-            None if r[9] is None else float(r[9]),
-            r[10],
-        )
-        for r in rows
-    ]
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -464,23 +454,20 @@ class RecallKpis:
 def kpis(conn: psycopg.Connection, *, org: int, since: datetime | None) -> RecallKpis:
     """Counts by state and the response time's median, 90th percentile and maximum over the
     recalls whose consignees have all acknowledged, optionally of recalls opened since `since`."""
-    row = conn.execute(
-        "SELECT count(*), count(*) FILTER (WHERE state = 'open'),"
-        " count(*) FILTER (WHERE state = 'notifying'),"
-        " count(*) FILTER (WHERE state = 'closed'), count(response_time_s),"
-        " percentile_cont(0.5) WITHIN GROUP (ORDER BY response_time_s),"
-        " percentile_cont(0.9) WITHIN GROUP (ORDER BY response_time_s), max(response_time_s)"
+    row = fetch_one(
+        conn,
+        RecallKpis,
+        "SELECT count(*) AS recalls, count(*) FILTER (WHERE state = 'open') AS open,"
+        " count(*) FILTER (WHERE state = 'notifying') AS notifying,"
+        " count(*) FILTER (WHERE state = 'closed') AS closed, count(response_time_s) AS answered,"
+        " percentile_cont(0.5) WITHIN GROUP (ORDER BY response_time_s) AS median_response_time_s,"
+        " percentile_cont(0.9) WITHIN GROUP (ORDER BY response_time_s) AS p90_response_time_s,"
+        " max(response_time_s) AS max_response_time_s"
         " FROM recalls WHERE org_id = %s AND (%s::timestamptz IS NULL OR opened_at >= %s::timestamptz)",
         (org, since, since),
-    ).fetchone()
-    assert row is not None
-
-    def f(v: Any) -> float | None:
-        return None if v is None else float(v)
-
-    return RecallKpis(
-        int(row[0]), int(row[1]), int(row[2]), int(row[3]), int(row[4]), f(row[5]), f(row[6]), f(row[7])
     )
+    assert row is not None  # an aggregate always answers one row
+    return row
 
 
 def lock_for_close(conn: psycopg.Connection, *, org: int, recall_id: int) -> None:
@@ -535,15 +522,16 @@ class ConsigneeContact:
 
 
 def consignee_contacts(conn: psycopg.Connection, *, org: int, recall_id: int) -> list[ConsigneeContact]:
-    rows = conn.execute(
-        "SELECT c.id, k.id, k.phone, k.email, k.webhook_url FROM recall_consignees c"
-        " JOIN notify_contacts k ON k.org_id = %s AND k.disabled_at IS NULL"
+    return fetch_all(
+        conn,
+        ConsigneeContact,
+        "SELECT c.id AS consignee_id, k.id AS contact_id, k.phone, k.email, k.webhook_url"
+        " FROM recall_consignees c JOIN notify_contacts k ON k.org_id = %s AND k.disabled_at IS NULL"
         "  AND (btrim(c.consignee_gln) = ANY(k.sites) OR c.consignee = ANY(k.sites)"
         "       OR c.consignee = ANY(k.customers))"
         " WHERE c.recall_id = %s ORDER BY c.id, k.id",
         (org, recall_id),
-    ).fetchall()
-    return [ConsigneeContact(int(r[0]), r[1], r[2], r[3], r[4]) for r in rows]
+    )
 
 
 def queue_notifications(
