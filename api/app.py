@@ -135,6 +135,7 @@ def create_app(settings: Settings, *, pool: ConnectionPool | None = None) -> Fas
     v1.include_router(epcis_routes.router)
     app.include_router(v1)
     app.include_router(notify.ack_router)  # /ack/{token}: the signed link is the credential
+    app.include_router(recall_routes.ack_router)  # /recall-ack/{token}: likewise, for consignees
 
     @app.get("/health", include_in_schema=False)
     def health_root() -> JSONResponse:

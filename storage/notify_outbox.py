@@ -194,12 +194,13 @@ class NotificationRow:
     created_at: datetime
     sent_at: datetime | None
     final_at: datetime | None
+    recall_consignee_id: int | None = None
 
 
 _ROW_COLUMNS: Final = (
     "id, org_id, idempotency_key, kind, alert_id, tier, repeat_index, contact_id, channel, recipient,"
     " severity, state, gate_reason, attempts, due_at, next_attempt_at, provider_id, provider_status,"
-    " last_error, digest_id, created_at, sent_at, final_at"
+    " last_error, digest_id, created_at, sent_at, final_at, recall_consignee_id"
 )
 
 

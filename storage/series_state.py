@@ -25,6 +25,7 @@ class SeriesContext:
     last_ms: int | None
     outside_s: float = 0.0
     logger_started_ms: int | None = None  # when the logger says it started logging (its status)
+    mkt_acc: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +72,7 @@ def lock_and_load(
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
             "SELECT w.s, w.d, sh.profile_id, sh.profile_version, r.state, r.last_ms,"
-            " coalesce(r.outside_s, 0)::float8 AS outside_s,"
+            " coalesce(r.outside_s, 0)::float8 AS outside_s, r.mkt_acc,"
             " CASE WHEN jsonb_typeof(dv.status -> 'started_ms') = 'number'"
             "      THEN (dv.status ->> 'started_ms')::float8::int8 END AS logger_started_ms"
             " FROM unnest(%s::int[], %s::int[]) AS w(s, d) JOIN shipments sh ON sh.key = w.s"
@@ -175,6 +176,10 @@ class SeriesStateRow:
     hot_high_rh: float | None = None
     hot_low_rh: float | None = None
     outside_s: float = 0.0  # time outside the profile's labelled range, for the lot's budget
+    mkt_acc: dict[str, Any] | None = None  # the running MKT, and what a lot's MKT joins:
+    mkt_log_mean: float | None = None
+    mkt_w_ms: float | None = None
+    mkt_dhr_k: float | None = None
 
 
 def save_states(conn: psycopg.Connection, rows: list[SeriesStateRow]) -> None:
@@ -197,21 +202,28 @@ def save_states(conn: psycopg.Connection, rows: list[SeriesStateRow]) -> None:
                 "rh": r.hot_high_rh,
                 "rl": r.hot_low_rh,
                 "out": r.outside_s,
+                "macc": r.mkt_acc,
+                "mlm": r.mkt_log_mean,
+                "mw": r.mkt_w_ms,
+                "mdhr": r.mkt_dhr_k,
             }
             for r in rows
         ]
     ).decode()
     conn.execute(
         "INSERT INTO rule_series_state (shipment_key, device_key, org_id, profile_id, profile_version,"
-        " state, last_ms, at_rest, hot_high_c, hot_low_c, hot_high_rh, hot_low_rh, outside_s)"
+        " state, last_ms, at_rest, hot_high_c, hot_low_c, hot_high_rh, hot_low_rh, outside_s,"
+        " mkt_acc, mkt_log_mean, mkt_w_ms, mkt_dhr_k)"
         " SELECT (x->>'s')::int, (x->>'d')::int, (x->>'o')::smallint, x->>'p', (x->>'v')::int, x->'state',"
         " (x->>'last')::bigint, (x->>'rest')::bool, (x->>'hh')::real, (x->>'hl')::real, (x->>'rh')::real,"
-        " (x->>'rl')::real, (x->>'out')::float8 FROM jsonb_array_elements(%s::jsonb) AS x"
+        " (x->>'rl')::real, (x->>'out')::float8, nullif(x->'macc', 'null'::jsonb), (x->>'mlm')::float8,"
+        " (x->>'mw')::float8, (x->>'mdhr')::float8 FROM jsonb_array_elements(%s::jsonb) AS x"
         " ON CONFLICT (shipment_key, device_key) DO UPDATE SET state = EXCLUDED.state,"
         " last_ms = EXCLUDED.last_ms, profile_id = EXCLUDED.profile_id, at_rest = EXCLUDED.at_rest,"
         " hot_high_c = EXCLUDED.hot_high_c, hot_low_c = EXCLUDED.hot_low_c,"
         " hot_high_rh = EXCLUDED.hot_high_rh, hot_low_rh = EXCLUDED.hot_low_rh,"
-        " outside_s = EXCLUDED.outside_s,"
+        " outside_s = EXCLUDED.outside_s, mkt_acc = EXCLUDED.mkt_acc,"
+        " mkt_log_mean = EXCLUDED.mkt_log_mean, mkt_w_ms = EXCLUDED.mkt_w_ms, mkt_dhr_k = EXCLUDED.mkt_dhr_k,"
         " profile_version = EXCLUDED.profile_version,"
         " evaluations = rule_series_state.evaluations + 1, updated_at = now()",
         (doc,),

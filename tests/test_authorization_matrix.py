@@ -141,7 +141,10 @@ MATRIX: dict[tuple[str, str], Expectation] = {
     ("PUT", "/api/v1/logger-files/mappings/{name}"): (REGISTER, False),
     ("GET", "/api/v1/logger-files/mappings/{name}"): (READ, True),
     ("POST", "/api/v1/recalls"): (QA, False),  # DISPOSITION
+    ("GET", "/api/v1/recalls"): (READ, False),
+    ("GET", "/api/v1/recalls/kpis"): (READ, False),
     ("GET", "/api/v1/recalls/{recall_id}"): (READ, True),
+    ("POST", "/api/v1/recalls/{recall_id}/close"): (QA, True),  # DISPOSITION, signed
     ("POST", "/api/v1/recalls/{recall_id}/consignees/{consignee_id}/acknowledge"): (ACK, True),
     # ERP connections hold credentials: administrators only; what was pushed is everyone's to read.
     ("GET", "/api/v1/erp/connections"): (ADMIN, False),
@@ -312,6 +315,8 @@ def _request(method: str, path: str, who: str, ids: dict[str, Any], tokens: dict
         body = {"reason": f"seal defect ({who})", "classification": "II", "gtin": GTIN, "lots": ["A1"]}
     elif path.endswith("/acknowledge"):
         body = {"quarantined": 1}
+    elif (method, path) == ("POST", "/api/v1/recalls/{recall_id}/close"):
+        body = {"comment": "all units back", "signature": signature("approval")}
     elif (method, path) == ("POST", "/api/v1/devices"):
         body = {"id": f"M-{who}"}
     elif (method, path) == ("POST", "/api/v1/shipments"):
