@@ -3,6 +3,7 @@ its legs for lot figures, an alert's logger around its excursion for the e-mail 
 
 from __future__ import annotations
 
+import itertools
 import weakref
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -170,14 +171,11 @@ def lot_readings(
             " GROUP BY b, d.id ORDER BY b, d.id LIMIT %(limit)s"
         )
     else:
-        sql = (
-            "SELECT time_bucket(%(bucket)s, r.bucket, TIMESTAMPTZ '2000-01-01 00:00+00') AS b, d.id,"
-            " round(sum(r.sum_c) / sum(r.n), 3)::float8, round(min(r.min_c)::numeric, 3)::float8,"
-            f" round(max(r.max_c)::numeric, 3)::float8, sum(r.n)::int8 FROM {rollup} r"
-            " JOIN devices d ON d.key = r.device_key WHERE "
-            + where.replace("r.t ", "r.bucket ")
-            + " GROUP BY b, d.id ORDER BY b, d.id LIMIT %(limit)s"
-        )
+        rows = _rollup_rows(conn, rollup, bucket, where.replace("r.t ", "r.bucket "), params)
+        return [
+            {"t": b, "device": dev, "c": mean, "min_c": mn, "max_c": mx, "n": n}
+            for b, dev, mean, mn, mx, n in rows
+        ]
     rows = conn.execute(sql, params).fetchall()
     # rounded in SQL, so both engines hand back the very same floats
     return [
@@ -186,8 +184,45 @@ def lot_readings(
     ]
 
 
+def _rollup_rows(
+    conn: psycopg.Connection, rollup: str, bucket: timedelta, where: str, params: dict[str, Any]
+) -> list[tuple[Any, ...]]:
+    """Buckets summed from a continuous aggregate, rounded in SQL as the raw query rounds them.
+
+    When the bucket is the rollup's own width, a rollup row already is a bucket of one logger on
+    one shipment: read as it is, without re-grouping, and from the figures the hourly rollup
+    stores rounded (a 30-day hourly chart of a 10-logger lot is 7,200 rows; grouping and numeric
+    rounding at read time were most of the query). A logger on two of the lot's shipments within
+    one bucket has two rows there; then, and only then, the rows are summed.
+    """
+    with conn.cursor(binary=True) as cur:  # times and floats parse faster from binary than text
+        if bucket == dict(ROLLUPS)[rollup]:
+            figures = ROUNDED.get(
+                rollup, "round(r.sum_c / r.n, 3)::float8, round(r.min_c::numeric, 3)::float8,"
+                " round(r.max_c::numeric, 3)::float8"
+            )
+            rows = cur.execute(
+                f"SELECT r.bucket, d.id, {figures}, r.n::int8 FROM {rollup} r"
+                f" JOIN devices d ON d.key = r.device_key WHERE {where}"
+                " ORDER BY r.bucket, d.id LIMIT %(limit)s + 1",
+                params,
+            ).fetchall()
+            if all(a[0] != b[0] or a[1] != b[1] for a, b in itertools.pairwise(rows)):
+                return rows[: params["limit"]]
+        return cur.execute(
+            "SELECT time_bucket(%(bucket)s, r.bucket, TIMESTAMPTZ '2000-01-01 00:00+00') AS b, d.id,"
+            " round(sum(r.sum_c) / sum(r.n), 3)::float8, round(min(r.min_c)::numeric, 3)::float8,"
+            f" round(max(r.max_c)::numeric, 3)::float8, sum(r.n)::int8 FROM {rollup} r"
+            f" JOIN devices d ON d.key = r.device_key WHERE {where}"
+            " GROUP BY b, d.id ORDER BY b, d.id LIMIT %(limit)s",
+            params,
+        ).fetchall()
+
+
 # TimescaleDB's continuous aggregates (migration 090), coarsest first, with their bucket widths.
 ROLLUPS = (("readings_1h", timedelta(hours=1)), ("readings_5m", timedelta(minutes=5)))
+# Rollups that store their rows' figures already rounded as a read returns them (migration 135).
+ROUNDED = {"readings_1h": "r.mean_c_3, r.min_c_3, r.max_c_3"}
 
 
 def bucket_source(
