@@ -78,7 +78,7 @@ def test_readings_is_a_compressed_retained_hypertable(db: psycopg.Connection) ->
         "SELECT column_name, time_interval FROM timescaledb_information.dimensions"
         " WHERE hypertable_name = 'readings'"
     ).fetchall()
-    assert dims == [("t", timedelta(days=1))]
+    assert dims == [("t", timedelta(days=7))]  # migration 136 (one day before it)
     segment = db.execute(
         "SELECT attname FROM timescaledb_information.compression_settings"
         " WHERE hypertable_name = 'readings' AND segmentby_column_index IS NOT NULL"
@@ -98,24 +98,25 @@ def test_readings_is_a_compressed_retained_hypertable(db: psycopg.Connection) ->
 def test_copy_across_chunk_boundaries_keeps_the_batch_dedupe(
     db_dsn: str, db: psycopg.Connection, topics: Topics
 ) -> None:
-    """One batch spanning three days lands in three chunks in one COPY; redelivered, it is skipped
-    whole; a later batch that starts in the same chunk is stored."""
-    start = _hour_floor(datetime.now(UTC)) - timedelta(days=4)
+    """One batch spanning three weeks lands in three or more (seven-day) chunks in one COPY;
+    redelivered, it is skipped whole; a later batch that starts in the same chunk is stored."""
+    start = _hour_floor(datetime.now(UTC)) - timedelta(days=23)
     register(db, ["TS-1"], since=start - timedelta(hours=1))
     writer = GroupWriter(limits=AcceptanceBounds())
-    first = make_batch("TS-1", 1, n=72, start_ms=_ms(start), step_ms=HOUR)
+    first = make_batch("TS-1", 1, n=22 * 24, start_ms=_ms(start), step_ms=HOUR)
     with psycopg.connect(db_dsn, autocommit=True) as conn:
         assert writer.write(conn, [_prepared(first, topics)]).batches == 1
         again = writer.write(conn, [_prepared(first, topics)])
-        second = make_batch("TS-1", 2, n=24, start_ms=_ms(start) + 72 * HOUR, step_ms=HOUR)
+        second = make_batch("TS-1", 2, n=24, start_ms=_ms(start) + 22 * 24 * HOUR, step_ms=HOUR)
         both = writer.write(conn, [_prepared(first, topics), _prepared(second, topics)])
     assert again.duplicates == 1 and again.batches == 0
     assert both.duplicates == 1 and both.batches == 1
-    assert scalar(db, "SELECT count(*) FROM readings") == 96
-    assert scalar(db, "SELECT count(*) FROM (SELECT DISTINCT seq, t FROM readings) x") == 96
+    total = 23 * 24
+    assert scalar(db, "SELECT count(*) FROM readings") == total
+    assert scalar(db, "SELECT count(*) FROM (SELECT DISTINCT seq, t FROM readings) x") == total
     assert scalar(db, "SELECT count(DISTINCT tableoid) FROM readings WHERE seq = 1") >= 3
     assert len(_chunks(db)) >= 4
-    assert scalar(db, "SELECT count(*) FROM readings WHERE shipment_key IS NOT NULL") == 96
+    assert scalar(db, "SELECT count(*) FROM readings WHERE shipment_key IS NOT NULL") == total
 
 
 def test_late_readings_into_a_compressed_chunk_are_stored_and_evaluated(
@@ -289,7 +290,8 @@ def test_compression_and_retention_jobs_run(db: psycopg.Connection) -> None:
     registry.create_device(db, org=1, device=Device(id="TS-R"), actor="t")
     dev = known_devices(db, ["TS-R"])["TS-R"]
     now = _hour_floor(datetime.now(UTC))
-    ages = [timedelta(days=d) for d in (7 * 365, 5 * 365, 10, 1)]
+    # 16 days: a seven-day chunk holding it ends at least 9 days ago, past the 7-day policy
+    ages = [timedelta(days=d) for d in (7 * 365, 5 * 365, 16, 1)]
     for age in ages:
         t = _ms(now - age) + np.arange(60, dtype=np.int64) * MIN
         with db.transaction():
