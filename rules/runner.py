@@ -111,9 +111,19 @@ def _apply(
             stats.alerts_opened += 1
             log.info("alert %d opened: %s", alert_id, key, extra={"device": device_id, "alert": alert_id})
         else:
-            alerts.update_episode(
+            resolved_by = alerts.update_episode(
                 conn, alert_id, ended_at=_utc(excursion.end_ms), peak_c=excursion.peak_value
             )
+            if resolved_by == RULES_ACTOR and excursion.resolved_ms is None:
+                # resolved when its readings left the series, and back with them: open again
+                alerts.transition(
+                    conn,
+                    org=work.org_id,
+                    alert_id=alert_id,
+                    action="reopen",
+                    actor=RULES_ACTOR,
+                    comment="an excursion again: the series was evaluated again after its readings changed",
+                )
         if excursion.resolved_ms is not None:
             current = alerts.get_alert(conn, org=work.org_id, alert_id=alert_id)
             if current.state in (AlertState.OPEN, AlertState.ACKNOWLEDGED):
@@ -129,6 +139,27 @@ def _apply(
                     else "back within limits",
                 )
                 stats.alerts_resolved += 1
+
+
+def _resolve_vanished(
+    conn: psycopg.Connection, work: SeriesWork, produced: set[str], stats: RunStats
+) -> None:
+    """Resolve the series' unresolved alerts whose episode the new evaluation no longer finds:
+    the readings behind them changed (moved to another shipment when an assignment was
+    corrected). The alert stays, with its history, for QA to close."""
+    prefix = f"x:{work.shipment_key}:{work.device_key}:"
+    for key, (alert_id, _) in alerts.open_episode_alerts(conn, org_id=work.org_id, prefix=prefix).items():
+        if key in produced:
+            continue
+        alerts.transition(
+            conn,
+            org=work.org_id,
+            alert_id=alert_id,
+            action="resolve",
+            actor=RULES_ACTOR,
+            comment="no longer an excursion: the series was evaluated again after its readings changed",
+        )
+        stats.alerts_resolved += 1
 
 
 def at_rest(profile: AlarmProfile, state: EngineState) -> bool:
@@ -166,12 +197,14 @@ def evaluate_many(conn: psycopg.Connection, work: list[SeriesWork], stats: RunSt
     after: dict[tuple[int, int], int | None] = {}
     until: dict[tuple[int, int], int] = {}
     states: dict[tuple[int, int], EngineState | None] = {}
+    restarted: set[tuple[int, int]] = set()  # judged before, now judged again from the start
     for key, item in by_key.items():
         ctx = contexts[key]
         state = EngineState.from_dict(ctx.state) if ctx.state is not None else None
         restart = state is None or (state.last_ms is not None and item.from_ms <= state.last_ms)
         if restart and state is not None:
             stats.reevaluated += 1
+            restarted.add(key)
         states[key] = None if restart else state
         after[key] = None if restart or state is None else state.last_ms
         # Up to the claimed work's end, and over everything evaluated before when starting over.
@@ -194,6 +227,9 @@ def evaluate_many(conn: psycopg.Connection, work: list[SeriesWork], stats: RunSt
         result = evaluate(series, profile, states[key])
         stats.readings += b - a
         _apply(conn, item, profile, result.excursions, stats)
+        if key in restarted:
+            produced = {episode_key(item.shipment_key, item.device_key, x) for x in result.excursions}
+            _resolve_vanished(conn, item, produced, stats)
         high_c, low_c, high_rh, low_rh = hot_thresholds(profile)
         outside = outside_labelled_range_s(profile, result.state)
         if outside != ctx.outside_s:
@@ -215,6 +251,13 @@ def evaluate_many(conn: psycopg.Connection, work: list[SeriesWork], stats: RunSt
                 outside_s=outside,
             )
         )
+    # A series judged before whose readings are all gone (re-linked to another shipment): its
+    # alerts are no longer backed by any reading, and its state goes, so it starts afresh.
+    emptied = sorted(restarted - set(fetched.ranges()))
+    for key in emptied:
+        _resolve_vanished(conn, by_key[key], set(), stats)
+        spending.add(key[0])
+    series_state.forget(conn, emptied)
     stats.series += len(saved)
     series_state.save_states(conn, saved)
     if spending:

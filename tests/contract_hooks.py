@@ -22,3 +22,13 @@ schemathesis.openapi.format("gtin", _gtins())
 
 # Bulk imports take CSV or JSON lines: text bodies, sent as they were generated.
 schemathesis.serializer.alias("application/x-ndjson", "text/plain")
+
+
+@st.composite
+def _glns(draw: st.DrawFn) -> str:
+    body = draw(st.text("0123456789", min_size=12, max_size=12))
+    return body + str(gtin_check_digit(body))
+
+
+# A `gln` is a GS1 Global Location Number: 13 digits, the last its mod-10 check digit.
+schemathesis.openapi.format("gln", _glns())

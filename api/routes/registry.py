@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, status
+from fastapi import APIRouter, Path, Query, Request, Response, status
 
-from api import partner_view
+from api import pagination, partner_view
+from api.concurrency import IfMatch, accepted_versions, set_etag, with_etag
 from api.deps import Caller, Conn
-from api.errors import AUTHED, WITH_BODY, responses
+from api.errors import AUTHED, EDIT, WITH_BODY, responses
+from api.pagination import Cursor, OptionalLimit
 from api.schemas import (
     DEVICE_ID_PATTERN,
     GTIN_PATTERN,
@@ -20,11 +22,15 @@ from api.schemas import (
     DeviceCreate,
     DeviceOut,
     DeviceStatusOut,
+    LegOut,
+    Moment,
     ProductProfileBody,
     ProductProfileOut,
     ProfileDraftOut,
     ShipmentCreate,
     ShipmentOut,
+    ShipmentState,
+    ShipmentUpdate,
     check_gtin,
     profile_out,
     shipment_out,
@@ -32,6 +38,7 @@ from api.schemas import (
 from coldchain.access import Permission
 from coldchain.alarm_profile import AlarmProfile
 from coldchain.gs1 import normalize_gtin
+from coldchain.master_data import check_times
 from storage import profile_changes, profiles, registry
 from storage.registry import DeviceRecord, ShipmentRecord
 from storage.shares import Share
@@ -60,8 +67,26 @@ def _device(rec: DeviceRecord) -> DeviceOut:
     )
 
 
-def _shipment(rec: ShipmentRecord) -> ShipmentOut:
-    return shipment_out(rec.shipment, profile_version=rec.profile_version, created_at=rec.created_at)
+def _shipment(rec: ShipmentRecord, response: Response | None = None) -> ShipmentOut:
+    if response is not None:
+        set_etag(response, rec.version)
+    doc = shipment_out(rec.shipment, profile_version=rec.profile_version, created_at=rec.created_at)
+    return doc.model_copy(
+        update={
+            "origin_gln": rec.origin_gln,
+            "destination_gln": rec.destination_gln,
+            "carrier": rec.carrier,
+            "mode": rec.mode,
+            "planned_departure": rec.planned_departure,
+            "planned_arrival": rec.planned_arrival,
+            "actual_departure": rec.actual_departure,
+            "actual_arrival": rec.actual_arrival,
+            "state": rec.state,
+            "legs": [LegOut.model_validate(leg, from_attributes=True) for leg in rec.legs],
+            "version": rec.version,
+            "updated_at": rec.updated_at,
+        }
+    )
 
 
 @router.post(
@@ -100,9 +125,9 @@ def get_device(device_id: DevicePath, conn: Conn, caller: Caller) -> DeviceOut:
     tags=["shipments"],
     status_code=status.HTTP_201_CREATED,
     response_model=ShipmentOut,
-    responses=responses(*WITH_BODY, 404, 409),
+    responses=with_etag(201, responses(*WITH_BODY, 404, 409)),
 )
-def create_shipment(body: ShipmentCreate, conn: Conn, caller: Caller) -> ShipmentOut:
+def create_shipment(body: ShipmentCreate, response: Response, conn: Conn, caller: Caller) -> ShipmentOut:
     """A shipment with its lots and loggers. The devices must be registered (422 otherwise), the
     profile must exist (404), a logger cannot ride two shipments at once (409)."""
     caller.require(Permission.REGISTER)
@@ -118,26 +143,129 @@ def create_shipment(body: ShipmentCreate, conn: Conn, caller: Caller) -> Shipmen
             profile_version=profile.version,
             actor=caller.name,
         )
-    return _shipment(registry.get_shipment(conn, org=caller.org_id, shipment_id=shipment.id))
+    return _shipment(registry.get_shipment(conn, org=caller.org_id, shipment_id=shipment.id), response)
 
 
-@router.get("/shipments", tags=["shipments"], response_model=list[ShipmentOut], responses=responses(*AUTHED))
-def list_shipments(conn: Conn, caller: Caller) -> list[ShipmentOut]:
-    """The organization's shipments, then those partners shared with it (`shared_by`, `scope`)."""
-    own = [_shipment(r) for r in registry.list_shipments(conn, org=caller.org_id)]
-    shared = [_shared(_shipment(r), s) for r, s in partner_view.shared_shipments(conn, caller)]
+Filter = Annotated[str | None, Query(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
+
+
+@router.get(
+    "/shipments",
+    tags=["shipments"],
+    response_model=list[ShipmentOut],
+    responses=pagination.with_pages(responses(*AUTHED)),
+)
+def list_shipments(
+    request: Request,
+    response: Response,
+    conn: Conn,
+    caller: Caller,
+    state: Annotated[ShipmentState | None, Query()] = None,
+    origin: Annotated[Filter, Query(description="the origin's name or GLN")] = None,
+    destination: Annotated[Filter, Query(description="the destination's name or GLN")] = None,
+    carrier: Filter = None,
+    updated_since: Annotated[Moment | None, Query(description="changed at or after (RFC 3339)")] = None,
+    cursor: Cursor = None,
+    limit: OptionalLimit = None,
+) -> list[ShipmentOut]:
+    """The organization's shipments in id order, then those partners shared with it (`shared_by`,
+    `scope`). With `limit` (or a `cursor`) the answer is a page of the organization's own
+    shipments, the next named by `Link`/`X-Next-Cursor`; shared ones come only in the unpaged list.
+    Filters apply to both."""
+    after = pagination.decode("shipments", cursor)
+    paged = limit is not None or cursor is not None
+    size = limit if limit is not None else (pagination.DEFAULT_LIMIT if paged else None)
+    filters: dict[str, Any] = {
+        "state": state,
+        "origin": origin,
+        "destination": destination,
+        "carrier": carrier,
+        "updated_since": updated_since,
+    }
+    rows = registry.list_shipments(
+        conn, org=caller.org_id, after=after, limit=None if size is None else size + 1, **filters
+    )
+    page = pagination.next_page(request, response, "shipments", rows, size, lambda r: r.shipment.id)
+    own = [_shipment(r) for r in page]
+    if paged:
+        return own
+    shared = [
+        _shared(_shipment(r), s)
+        for r, s in partner_view.shared_shipments(conn, caller)
+        if _matches(r, **filters)
+    ]
     return own + shared
+
+
+def _matches(rec: ShipmentRecord, **filters: Any) -> bool:
+    """A partner's shipment passes the list's filters as the organization's own do in SQL."""
+    if filters["state"] is not None and rec.state != filters["state"]:
+        return False
+    if filters["origin"] is not None and filters["origin"] not in (rec.shipment.origin, rec.origin_gln):
+        return False
+    dest = filters["destination"]
+    if dest is not None and dest not in (rec.shipment.destination, rec.destination_gln):
+        return False
+    if filters["carrier"] is not None and rec.carrier != filters["carrier"]:
+        return False
+    since = filters["updated_since"]
+    return since is None or (rec.updated_at or rec.created_at) >= since
 
 
 @router.get(
     "/shipments/{shipment_id}",
     tags=["shipments"],
     response_model=ShipmentOut,
-    responses=responses(*AUTHED, 404),
+    responses=with_etag(200, responses(*AUTHED, 404)),
 )
-def get_shipment(shipment_id: ShipmentPath, conn: Conn, caller: Caller) -> ShipmentOut:
+def get_shipment(shipment_id: ShipmentPath, response: Response, conn: Conn, caller: Caller) -> ShipmentOut:
+    """A shipment with its lots, loggers and legs, and its `ETag` (for PATCH)."""
     _, rec, share = partner_view.shipment(conn, caller, shipment_id)
-    return _shipment(rec) if share is None else _shared(_shipment(rec), share)
+    return _shipment(rec, response) if share is None else _shared(_shipment(rec, response), share)
+
+
+@router.patch(
+    "/shipments/{shipment_id}",
+    tags=["shipments"],
+    response_model=ShipmentOut,
+    responses=with_etag(200, responses(*EDIT, 409)),
+)
+def update_shipment(
+    shipment_id: ShipmentPath,
+    body: ShipmentUpdate,
+    response: Response,
+    conn: Conn,
+    caller: Caller,
+    if_match: IfMatch = None,
+) -> ShipmentOut:
+    """Change header fields (origin, destination and their GLNs, carrier, mode, planned and
+    actual times, state) and replace the legs; `If-Match` required. A state moves forward only
+    (409 otherwise); an arrival before its departure is 422. Lots and loggers change elsewhere
+    (POST /shipments, assignments)."""
+    caller.require(Permission.REGISTER)
+    accepted = accepted_versions(if_match)
+    changes = {k: getattr(body, k) for k in body.model_fields_set if k != "legs"}
+    legs = None if body.legs is None else [leg.model_dump() for leg in body.legs]
+    current = registry.get_shipment(conn, org=caller.org_id, shipment_id=shipment_id)
+    for departure, arrival in (
+        ("planned_departure", "planned_arrival"),
+        ("actual_departure", "actual_arrival"),
+    ):
+        check_times(
+            changes.get(departure, getattr(current, departure)),
+            changes.get(arrival, getattr(current, arrival)),
+            field=arrival,
+        )
+    rec = registry.update_shipment(
+        conn,
+        org=caller.org_id,
+        shipment_id=shipment_id,
+        changes=changes,
+        legs=legs,
+        accepted=accepted,
+        actor=caller.name,
+    )
+    return _shipment(rec, response)
 
 
 def _shared(doc: ShipmentOut, share: Share) -> ShipmentOut:
