@@ -22,15 +22,28 @@ from api.field_data import import_and_compare
 from coldchain.alarm_profile import AlarmProfile
 from coldchain.calibration import CalibrationCertificate
 from coldchain.domain import Device, Lot, Severity, Shipment, ShipmentLot
+from coldchain.gs1 import gtin_check_digit
 from coldchain.presets import get_preset
 from coldchain.settings import Settings
 from erp.recalls import RecallRequest, open_recall
 from ingest.files.generic_csv import ColumnMapping
-from storage import alerts, auth, calibrations, logger_files, profile_changes, profiles, registry
+from storage import (
+    alerts,
+    assignments,
+    auth,
+    calibrations,
+    logger_files,
+    products,
+    profile_changes,
+    profiles,
+    registry,
+    sites,
+)
 from storage.db import open_pool
 from tests.support.identity import PASSWORD, login, make_user, signature
 
 GTIN = "09506000134352"
+GLN = "9520123000011"  # not the one the import row of the walk brings
 LOGGERS = Path(__file__).parent / "data" / "loggers"
 HOME_FILE = "QTag_CLm_doc_LR__RCPJ00010_02_202211090128.txt"  # kept in _home for device D1
 WALK_FILE = "FridgeTag_2__130400191544_202304201514.txt"  # uploaded by the walk
@@ -128,6 +141,25 @@ MATRIX: dict[tuple[str, str], Expectation] = {
     ("POST", "/api/v1/recalls"): (QA, False),  # DISPOSITION
     ("GET", "/api/v1/recalls/{recall_id}"): (READ, True),
     ("POST", "/api/v1/recalls/{recall_id}/consignees/{consignee_id}/acknowledge"): (ACK, True),
+    # Master data: registered and edited by REGISTER; the alarm-relevant fields are QA's
+    # (tests/test_master_data.py checks those field by field).
+    ("GET", "/api/v1/products"): (READ, False),
+    ("POST", "/api/v1/products"): (REGISTER, False),
+    ("GET", "/api/v1/products/{gtin}"): (READ, True),
+    ("PATCH", "/api/v1/products/{gtin}"): (REGISTER, True),
+    ("GET", "/api/v1/products/{gtin}/lots"): (READ, True),
+    ("POST", "/api/v1/products/{gtin}/lots"): (REGISTER, True),
+    ("GET", "/api/v1/products/{gtin}/lots/{lot}"): (READ, True),
+    ("PATCH", "/api/v1/products/{gtin}/lots/{lot}"): (REGISTER, True),
+    ("GET", "/api/v1/sites"): (READ, False),
+    ("POST", "/api/v1/sites"): (REGISTER, False),
+    ("GET", "/api/v1/sites/{gln}"): (READ, True),
+    ("PATCH", "/api/v1/sites/{gln}"): (REGISTER, True),
+    ("PATCH", "/api/v1/shipments/{shipment_id}"): (REGISTER, True),
+    ("GET", "/api/v1/shipments/{shipment_id}/assignments"): (READ, True),
+    ("POST", "/api/v1/shipments/{shipment_id}/assignments"): (REGISTER, True),
+    ("GET", "/api/v1/assignments/{assignment_id}"): (READ, True),
+    ("PATCH", "/api/v1/assignments/{assignment_id}"): (REGISTER, True),
 }
 
 
@@ -140,6 +172,12 @@ def _home(db: psycopg.Connection, settings: Settings) -> dict[str, Any]:
     shipment = Shipment(id="S1", lots=(ShipmentLot(lot, 10),), profile="2-8C")
     registry.create_shipment(db, org=1, shipment=shipment, profile_version=1, actor="t")
     ship_key = registry.get_shipment(db, org=1, shipment_id="S1").key
+    products.create_product(db, org=1, gtin=GTIN, values={"name": "Home product"}, actor="t")
+    sites.create_site(db, org=1, gln=GLN, name="Home site", address=None, actor="t")
+    ride, _ = assignments.add_assignment(
+        db, org=1, shipment_id="S1", device_id="D1", starts=datetime(2026, 11, 1, tzinfo=UTC),
+        ends=datetime(2026, 11, 2, tzinfo=UTC), actor="t",
+    )
     device_key = db.execute("SELECT key FROM devices WHERE id = 'D1'").fetchone()
     assert device_key is not None
     with db.transaction():
@@ -188,6 +226,7 @@ def _home(db: psycopg.Connection, settings: Settings) -> dict[str, Any]:
         "calibration": calibration.id,
         "recall": recall.id,
         "consignee": recall.consignees[0].id,
+        "assignment": ride.id,
     }
 
 
@@ -211,6 +250,8 @@ def _request(method: str, path: str, who: str, ids: dict[str, Any], tokens: dict
         "recall_id": ids["recall"],
         "consignee_id": ids["consignee"],
         "name": "home-csv",
+        "gln": GLN,
+        "assignment_id": ids["assignment"],
     }
     if "/versions" in path:  # a custom profile of the home organization: v1 approved, v2 a draft
         values.update(profile_id="custom-home", version=2 if path.endswith("/approve") else 1)
@@ -286,8 +327,22 @@ def _request(method: str, path: str, who: str, ids: dict[str, Any], tokens: dict
         body = {"refresh_token": tokens[who]["refresh_token"] if who in tokens else "ccr_unknown"}
     elif (method, path) == ("POST", "/api/v1/users"):
         body = {"email": f"new-{who}@home.org", "name": "New", "roles": ["viewer"], "password": PASSWORD}
+    elif (method, path) == ("POST", "/api/v1/products"):
+        body = {"gtin": _numbered(f"0950601{PRINCIPALS.index(who):05d}"), "name": f"Product of {who}"}
+    elif (method, path) == ("POST", "/api/v1/sites"):
+        body = {"gln": _numbered(f"95201200{PRINCIPALS.index(who):04d}"), "name": f"Site of {who}"}
+    elif (method, path) == ("POST", "/api/v1/products/{gtin}/lots"):
+        body = {"lot": f"L2-{who}"}
+    elif (method, path) == ("POST", "/api/v1/shipments/{shipment_id}/assignments"):
+        day = PRINCIPALS.index(who) + 3
+        body = {"device": "D1", "from": f"2026-11-{day:02d}T00:00:00Z", "to": f"2026-11-{day:02d}T12:00:00Z"}
     elif method == "PATCH":
-        body = {"name": f"Renamed by {who}"}
+        headers = {"If-Match": "*"}  # master-data edits need it; the others ignore it
+        body = {
+            "/api/v1/products/{gtin}/lots/{lot}": {"quantity": 11},
+            "/api/v1/shipments/{shipment_id}": {"carrier": f"Carrier of {who}"},
+            "/api/v1/assignments/{assignment_id}": {"reason": f"checked by {who}"},
+        }.get(path, {"name": f"Renamed by {who}"})
     elif path.endswith("/me/password"):  # the same password again: refused by policy (422), not by role
         body = {"current_password": PASSWORD, "new_password": PASSWORD}
     elif path.endswith("/totp"):
@@ -304,6 +359,11 @@ def _request(method: str, path: str, who: str, ids: dict[str, Any], tokens: dict
         "method": method, "url": url, "json": body, "data": data, "params": params,
         "files": files, "content": content, "headers": headers,
     }
+
+
+def _numbered(body: str) -> str:
+    """A GTIN-14 or GLN: the digits and their check digit."""
+    return body + str(gtin_check_digit(body))
 
 
 def _send(client: TestClient, call: dict[str, Any], auth_headers: dict[str, str]) -> Any:

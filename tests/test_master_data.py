@@ -58,7 +58,8 @@ def _audit(db: psycopg.Connection, entity: str, key: str) -> list[tuple[str, Any
     return [
         (r[0], r[1], r[2])
         for r in db.execute(
-            "SELECT action, old_value, new_value FROM audit_trail WHERE entity = %s AND entity_key = %s ORDER BY id",
+            "SELECT action, old_value, new_value FROM audit_trail WHERE entity = %s AND entity_key = %s"
+            " ORDER BY id",
             (entity, key),
         ).fetchall()
     ]
@@ -91,7 +92,9 @@ def test_two_editors_with_the_same_etag_the_second_gets_412(
     # nothing of the second edit was kept, and only the first is in the trail with old and new values
     assert client.get(f"/api/v1/products/{GTIN}", headers=erp).json()["name"] == "Insulin pens 3 ml"
     assert _audit(db, "product", GTIN)[-1] == (
-        "update", {"name": "Insulin pens"}, {"name": "Insulin pens 3 ml"}
+        "update",
+        {"name": "Insulin pens"},
+        {"name": "Insulin pens 3 ml"},
     )
 
     missing = client.patch(f"/api/v1/products/{GTIN}", json={"name": "x"}, headers=erp)
@@ -130,7 +133,13 @@ def test_a_bulk_import_changing_a_record_makes_an_open_edit_stale(
 def test_alarm_relevant_product_fields_are_qa_s_to_change(
     client: TestClient, tokens: dict[str, dict[str, str]], db: psycopg.Connection
 ) -> None:
-    body = {"gtin": GTIN, "name": "Vaccine", "range_min_c": 2.0, "range_max_c": 8.0, "stability_budget_s": 3600}
+    body = {
+        "gtin": GTIN,
+        "name": "Vaccine",
+        "range_min_c": 2.0,
+        "range_max_c": 8.0,
+        "stability_budget_s": 3600,
+    }
     assert client.post("/api/v1/products", json=body, headers=tokens["erp"]).status_code == 201
     star = {"If-Match": "*"}
     for role in ("erp", "logistics", "admin"):
@@ -155,15 +164,20 @@ def test_alarm_relevant_product_fields_are_qa_s_to_change(
     assert res.status_code == 200, res.text
     assert (res.json()["range_max_c"], res.json()["default_profile"]) == (25.0, "15-25C")
     assert res.headers["ETag"] == '"v2"'  # the product row and its profile: one version step
-    bad = client.patch(f"/api/v1/products/{GTIN}", json={"range_min_c": 30.0}, headers={**tokens["qa"], **star})
+    bad = client.patch(
+        f"/api/v1/products/{GTIN}", json={"range_min_c": 30.0}, headers={**tokens["qa"], **star}
+    )
     assert bad.status_code == 422 and "maximum" in bad.json()["message"]
     unknown = client.patch(
         f"/api/v1/products/{GTIN}", json={"default_profile": "no-such"}, headers={**tokens["qa"], **star}
     )
     assert unknown.status_code == 404
-    assert client.patch(
-        f"/api/v1/products/{GTIN}", json={"name": "Vaccine 10"}, headers={**tokens["erp"], **star}
-    ).status_code == 200
+    assert (
+        client.patch(
+            f"/api/v1/products/{GTIN}", json={"name": "Vaccine 10"}, headers={**tokens["erp"], **star}
+        ).status_code
+        == 200
+    )
     trail = _audit(db, "product", GTIN)
     assert trail[1] == (
         "update",
@@ -171,13 +185,22 @@ def test_alarm_relevant_product_fields_are_qa_s_to_change(
         {"range_max_c": 25.0, "default_profile": "15-25C"},
     )
     # the lot's stability budget is QA's too; its quantity is not
-    assert client.post(f"/api/v1/products/{GTIN}/lots", json={"lot": "A1"}, headers=tokens["erp"]).status_code == 201
+    assert (
+        client.post(f"/api/v1/products/{GTIN}/lots", json={"lot": "A1"}, headers=tokens["erp"]).status_code
+        == 201
+    )
     lot = client.get(f"/api/v1/products/{GTIN}/lots/A1", headers=tokens["viewer"]).json()
     assert lot["stability_budget_s"] == 3600  # taken from its product
     url = f"/api/v1/products/{GTIN}/lots/A1"
-    assert client.patch(url, json={"stability_budget_s": 7200}, headers={**tokens["erp"], **star}).status_code == 403
+    assert (
+        client.patch(url, json={"stability_budget_s": 7200}, headers={**tokens["erp"], **star}).status_code
+        == 403
+    )
     assert client.patch(url, json={"quantity": 40}, headers={**tokens["erp"], **star}).status_code == 200
-    assert client.patch(url, json={"stability_budget_s": 7200}, headers={**tokens["qa"], **star}).status_code == 200
+    assert (
+        client.patch(url, json={"stability_budget_s": 7200}, headers={**tokens["qa"], **star}).status_code
+        == 200
+    )
     assert client.patch(url, json={"quantity": 1}, headers={**tokens["viewer"], **star}).status_code == 403
 
 
@@ -224,7 +247,9 @@ def test_walking_a_list_while_rows_are_inserted_sees_each_row_once(
     assert seen == sorted(seen)
     # the filter and the pages together
     named = _walk(client, "/api/v1/products?limit=3&name_prefix=product%201", erp, "gtin")
-    assert set(named) == {gtin(n) for n in range(100) if f"{n}".startswith("1") and gtin(n) in set(seen) | set(inserted)}
+    assert set(named) == {
+        gtin(n) for n in range(100) if f"{n}".startswith("1") and gtin(n) in set(seen) | set(inserted)
+    }
     bad = client.get("/api/v1/products?cursor=bm90LWEtY3Vyc29y", headers=erp)
     assert bad.status_code == 422 and bad.json()["field"] == "cursor"
     other = client.get("/api/v1/products", headers=erp)
@@ -257,10 +282,14 @@ def test_shipments_list_filters_and_pages_and_stays_a_bare_list(
     assert "X-Next-Cursor" not in everything.headers  # no limit: every row, as before
     moving = ["SO-000", "SO-003", "SO-006", "SO-009"]
     assert [s["id"] for s in client.get("/api/v1/shipments?state=in_transit", headers=h).json()] == moving
-    assert [s["id"] for s in client.get("/api/v1/shipments?carrier=Cool%20Freight", headers=h).json()] == moving
+    assert [
+        s["id"] for s in client.get("/api/v1/shipments?carrier=Cool%20Freight", headers=h).json()
+    ] == moving
     assert [s["id"] for s in client.get(f"/api/v1/shipments?origin={GLN}", headers=h).json()] == moving
     since = started.isoformat().replace("+00:00", "Z")
-    assert [s["id"] for s in client.get("/api/v1/shipments", params={"updated_since": since}, headers=h).json()] == moving
+    assert [
+        s["id"] for s in client.get("/api/v1/shipments", params={"updated_since": since}, headers=h).json()
+    ] == moving
     assert client.get("/api/v1/shipments?state=planned", headers=h).json()[0]["id"] == "SO-001"
     assert _walk(client, "/api/v1/shipments?limit=5", h, "id") == [f"SO-{n:03d}" for n in range(12)]
     assert _walk(client, "/api/v1/shipments?limit=3&state=in_transit", h, "id") == moving
@@ -278,26 +307,43 @@ def test_lots_of_a_product_by_expiry(client: TestClient, tokens: dict[str, dict[
     assert client.post(f"/api/v1/products/{GTIN}/lots", json={"lot": "L0"}, headers=h).status_code == 409
     assert client.post(f"/api/v1/products/{gtin(7)}/lots", json={"lot": "L0"}, headers=h).status_code == 404
     url = f"/api/v1/products/{GTIN}/lots"
-    assert [x["lot"] for x in client.get(url, params={"expires_before": "2027-04-01"}, headers=h).json()] == ["L0", "L1"]
-    assert [x["lot"] for x in client.get(url, params={"expires_from": "2027-03-31"}, headers=h).json()] == ["L1", "L2"]
+    assert [x["lot"] for x in client.get(url, params={"expires_before": "2027-04-01"}, headers=h).json()] == [
+        "L0",
+        "L1",
+    ]
+    assert [x["lot"] for x in client.get(url, params={"expires_from": "2027-03-31"}, headers=h).json()] == [
+        "L1",
+        "L2",
+    ]
     assert _walk(client, f"{url}?limit=1", h, "lot") == ["L0", "L1", "L2", "L3"]
     lot = client.get(f"{url}/L0", headers=h)
     assert lot.json()["serials"] == ["S0001..S0400", "S0999"]
     res = client.patch(
-        f"{url}/L0", json={"expiry": "2027-02-28", "serials": None}, headers={**h, "If-Match": lot.headers["ETag"]}
+        f"{url}/L0",
+        json={"expiry": "2027-02-28", "serials": None},
+        headers={**h, "If-Match": lot.headers["ETag"]},
     )
     assert res.status_code == 200 and res.json()["expiry"] == "2027-02-28" and res.json()["serials"] is None
     bad = client.post(url, json={"lot": "L9", "serials": ["A..B..C"]}, headers=h)
     assert bad.status_code == 422
 
 
-def test_shipment_legs_and_states(client: TestClient, tokens: dict[str, dict[str, str]], db: psycopg.Connection) -> None:
+def test_shipment_legs_and_states(
+    client: TestClient, tokens: dict[str, dict[str, str]], db: psycopg.Connection
+) -> None:
     h = tokens["logistics"]
     res = client.post("/api/v1/shipments", json={"id": "SO-9"}, headers=h)
     etag = res.headers["ETag"]
     legs = [
-        {"seq": 1, "origin_gln": GLN, "destination_gln": gln(5), "carrier": "Air Cargo", "mode": "air",
-         "planned_departure": "2026-11-24T08:00:00Z", "planned_arrival": "2026-11-24T14:00:00Z"},
+        {
+            "seq": 1,
+            "origin_gln": GLN,
+            "destination_gln": gln(5),
+            "carrier": "Air Cargo",
+            "mode": "air",
+            "planned_departure": "2026-11-24T08:00:00Z",
+            "planned_arrival": "2026-11-24T14:00:00Z",
+        },
         {"seq": 2, "origin_gln": gln(5), "destination_gln": gln(6), "mode": "road"},
     ]
     res = client.patch("/api/v1/shipments/SO-9", json={"legs": legs}, headers={**h, "If-Match": etag})
@@ -307,7 +353,12 @@ def test_shipment_legs_and_states(client: TestClient, tokens: dict[str, dict[str
     assert client.get("/api/v1/shipments/SO-9", headers=h).headers["ETag"] == res.headers["ETag"] != etag
     star = {**h, "If-Match": "*"}
     legs[0]["state"] = "delivered"
-    assert client.patch("/api/v1/shipments/SO-9", json={"state": "delivered", "legs": legs}, headers=star).status_code == 200
+    assert (
+        client.patch(
+            "/api/v1/shipments/SO-9", json={"state": "delivered", "legs": legs}, headers=star
+        ).status_code
+        == 200
+    )
     back = client.patch("/api/v1/shipments/SO-9", json={"state": "in_transit"}, headers=star)
     assert back.status_code == 409 and "delivered" in back.json()["message"]
     order = client.patch("/api/v1/shipments/SO-9", json={"legs": [{"seq": 2}]}, headers=star)
@@ -320,7 +371,11 @@ def test_shipment_legs_and_states(client: TestClient, tokens: dict[str, dict[str
     assert times.status_code == 422
     assert client.patch("/api/v1/shipments/SO-9", json={"profile": "15-25C"}, headers=star).status_code == 422
     trail = _audit(db, "shipment", "SO-9")
-    assert trail[-1][0] == "update" and trail[-1][1]["state"] == "planned" and trail[-1][2]["state"] == "delivered"
+    assert (
+        trail[-1][0] == "update"
+        and trail[-1][1]["state"] == "planned"
+        and trail[-1][2]["state"] == "delivered"
+    )
 
 
 # -- assignments: add, end, correct; readings and alerts follow ----------------------------------------
@@ -370,7 +425,10 @@ def test_a_corrected_window_moves_readings_and_the_rules_follow(
     h = tokens["logistics"]
     registry.create_device(db, org=1, device=Device(id="TRK-1"), actor="t")
     for sid in ("SO-A", "SO-B"):
-        assert client.post("/api/v1/shipments", json={"id": sid, "profile": "2-8C"}, headers=h).status_code == 201
+        assert (
+            client.post("/api/v1/shipments", json={"id": sid, "profile": "2-8C"}, headers=h).status_code
+            == 201
+        )
     key = db.execute("SELECT key FROM devices WHERE id = 'TRK-1'").fetchone()
     assert key is not None
     temps = np.full(240, 5.0)
@@ -379,7 +437,8 @@ def test_a_corrected_window_moves_readings_and_the_rules_follow(
     if db_engine == "timescale":  # the day's chunk compressed, as the policy does after 7 days
         db.execute("SELECT compress_chunk(c) FROM show_chunks('readings') AS c")
         assert db.execute(
-            "SELECT count(*) FROM timescaledb_information.chunks WHERE hypertable_name = 'readings' AND is_compressed"
+            "SELECT count(*) FROM timescaledb_information.chunks"
+            " WHERE hypertable_name = 'readings' AND is_compressed"
         ).fetchone() == (1,)
 
     # the logger rides with SO-A all trip: the stored readings join it and the rules see the excursion
@@ -437,7 +496,9 @@ def test_a_corrected_window_moves_readings_and_the_rules_follow(
     )
     assert moved.status_code == 200 and moved.json()["readings_relinked"] == 120
     assert _linked(db) == {"SO-A": 120, None: 120}
-    back = client.patch(url, json={"to": (T0 + timedelta(hours=4)).isoformat()}, headers={**h, "If-Match": '"v2"'})
+    back = client.patch(
+        url, json={"to": (T0 + timedelta(hours=4)).isoformat()}, headers={**h, "If-Match": '"v2"'}
+    )
     assert back.status_code == 200 and back.json()["readings_relinked"] == 120
     drain(db)
     assert _linked(db) == {"SO-A": 240}
@@ -446,7 +507,9 @@ def test_a_corrected_window_moves_readings_and_the_rules_follow(
     trail = _audit(db, "assignment", str(assignment["id"]))
     assert [t[0] for t in trail] == ["assign_device", "correct_assignment", "correct_assignment"]
     assert trail[1][1] == {"to": (T0 + timedelta(hours=4)).isoformat()}
-    assert trail[1][2]["to"] == (T0 + timedelta(hours=2)).isoformat() and trail[1][2]["readings_relinked"] == 120
+    assert (
+        trail[1][2]["to"] == (T0 + timedelta(hours=2)).isoformat() and trail[1][2]["readings_relinked"] == 120
+    )
     listed = client.get("/api/v1/shipments/SO-A/assignments", headers=tokens["viewer"]).json()
     assert [(x["device"], x["version"]) for x in listed] == [("TRK-1", 3)]
     bad = client.patch(url, json={"to": T0.isoformat()}, headers={**h, "If-Match": "*"})
