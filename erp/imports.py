@@ -539,8 +539,13 @@ def run_import(
     actor: str,
     dry_run: bool = False,
     progress: Progress = _no_progress,
+    may_change_limits: bool = True,
 ) -> ImportReport:
-    """Check and (unless a dry run or any row fails) commit the whole file in one transaction."""
+    """Check and (unless a dry run or any row fails) commit the whole file in one transaction.
+
+    `may_change_limits` false (a caller without QA's change_profile): a row changing a registered
+    product's labelled range, stability budget, activation energy or default profile, or a
+    registered lot's stability budget, fails (segregation of duties, as the single-record API)."""
     report = ImportReport(kind=Kind(kind), dry_run=dry_run, sha256=hashlib.sha256(data).hexdigest())
     progress("reading", 0, len(data))
     records = read_records(data, report)
@@ -548,7 +553,7 @@ def run_import(
     if any(e.row == 0 for e in report.errors) or not records:
         return report  # the file itself is unusable: its rows are not checked one by one
     with conn.transaction():
-        counts = _stage_and_apply(conn, org, report, records, progress)
+        counts = _stage_and_apply(conn, org, report, records, progress, may_change_limits)
         if report.error_count or dry_run:
             raise psycopg.Rollback()  # leaves the block; nothing of this import is kept
         _tally(report, counts)
@@ -594,6 +599,7 @@ def _stage_and_apply(
     report: ImportReport,
     records: list[tuple[int, dict[str, Any]]],
     progress: Progress,
+    may_change_limits: bool = True,
 ) -> store.Counts:
     kind = report.kind
     total = len(records)
@@ -663,6 +669,10 @@ def _stage_and_apply(
     }.get(kind)
     for number, field_name, reason in problems(conn, org=org) if problems else []:
         report.add(number, field_name, reason)
+    qa_only = {Kind.PRODUCTS: store.check_product_limits, Kind.LOTS: store.check_lot_budgets}.get(kind)
+    if qa_only is not None and not may_change_limits:
+        for number, field_name, reason in qa_only(conn, org=org):
+            report.add(number, field_name, reason)
     if report.error_count:
         return {}
     apply = {

@@ -514,3 +514,27 @@ def test_a_corrected_window_moves_readings_and_the_rules_follow(
     assert [(x["device"], x["version"]) for x in listed] == [("TRK-1", 3)]
     bad = client.patch(url, json={"to": T0.isoformat()}, headers={**h, "If-Match": "*"})
     assert bad.status_code == 422 and bad.json()["field"] == "to"
+
+
+def test_the_bulk_import_keeps_the_same_segregation_of_duties(
+    client: TestClient, tokens: dict[str, dict[str, str]], db: psycopg.Connection
+) -> None:
+    """An ERP file may register products with their limits, but not change a registered
+    product's labelled range afterwards; QA's import may."""
+    first = f"gtin,name,range_min_c,range_max_c\n{GTIN},Vaccine,2,8\n".encode()
+    changed = f"gtin,name,range_min_c,range_max_c\n{GTIN},Vaccine 10,2,25\n".encode()
+    renamed = f"gtin,name,range_min_c,range_max_c\n{GTIN},Vaccine 10,2,8\n".encode()
+    erp = {**tokens["erp"], "Content-Type": "text/csv"}
+    assert client.post("/api/v1/imports?kind=products", content=first, headers=erp).status_code == 200
+    res = client.post("/api/v1/imports?kind=products", content=changed, headers=erp)
+    assert res.status_code == 422, res.text
+    assert res.json()["report"]["errors"][0]["field"] == "range_min_c"
+    assert "QA" in res.json()["report"]["errors"][0]["reason"]
+    assert client.post("/api/v1/imports?kind=products", content=renamed, headers=erp).status_code == 200
+    qa = {**tokens["qa"], "Content-Type": "text/csv"}
+    # QA holds no `register`: the import route stays closed to it; QA changes limits one by one
+    assert client.post("/api/v1/imports?kind=products", content=changed, headers=qa).status_code == 403
+    report = run_import(db, org=1, kind="products", data=changed, actor="qa@home.org", may_change_limits=True)
+    assert report.committed and report.updated == 1
+    row = db.execute("SELECT range_max_c FROM products WHERE gtin = %s", (GTIN,)).fetchone()
+    assert row == (25.0,)
