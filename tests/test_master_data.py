@@ -538,3 +538,35 @@ def test_the_bulk_import_keeps_the_same_segregation_of_duties(
     assert report.committed and report.updated == 1
     row = db.execute("SELECT range_max_c FROM products WHERE gtin = %s", (GTIN,)).fetchone()
     assert row == (25.0,)
+
+
+def test_a_lowered_lot_budget_is_weighed_at_once(
+    client: TestClient, tokens: dict[str, dict[str, str]], db: psycopg.Connection
+) -> None:
+    h = tokens["logistics"]
+    registry.create_device(db, org=1, device=Device(id="TRK-2"), actor="t")
+    body = {
+        "id": "SO-L",
+        "profile": "2-8C",
+        "lots": [{"gtin": GTIN, "lot": "B1", "stability_budget_s": 86_400}],
+        "devices": [{"id": "TRK-2", "from": T0.isoformat()}],
+    }
+    assert client.post("/api/v1/shipments", json=body, headers=h).status_code == 201
+    key = db.execute("SELECT key FROM devices WHERE id = 'TRK-2'").fetchone()
+    assert key is not None
+    temps = np.full(240, 5.0)
+    temps[100:150] = 11.0  # 50 minutes above the labelled range
+    _readings(db, int(key[0]), temps)
+    db.execute("UPDATE readings SET shipment_key = (SELECT key FROM shipments WHERE id = 'SO-L')")
+    db.execute(
+        "INSERT INTO rule_queue (org_id, device_key, shipment_key, from_t, to_t, late)"
+        " SELECT 1, %s, key, %s, %s, true FROM shipments WHERE id = 'SO-L'",
+        (int(key[0]), T0, T0 + timedelta(hours=4)),
+    )
+    drain(db)
+    budget_alerts = "SELECT count(*) FROM alerts WHERE kind = 'stability_budget'"
+    assert db.execute(budget_alerts).fetchone() == (0,)
+    url = f"/api/v1/products/{GTIN}/lots/B1"
+    res = client.patch(url, json={"stability_budget_s": 600}, headers={**tokens["qa"], "If-Match": "*"})
+    assert res.status_code == 200, res.text
+    assert db.execute(budget_alerts).fetchone() == (1,)

@@ -41,6 +41,7 @@ from api.schemas import (
 from coldchain.access import Permission, Principal
 from coldchain.gs1 import normalize_gtin
 from coldchain.master_data import check_gln, check_labelled_range
+from rules.runner import RunStats, check_lot_budgets
 from storage import assignments, products, profiles, registry, sites
 from storage.assignments import AssignmentRow
 from storage.products import ProductRow
@@ -272,19 +273,27 @@ def update_lot(
     caller: Caller,
     if_match: IfMatch = None,
 ) -> LotRecordOut:
-    """Change expiry, quantity or serials (register), or the stability budget (QA); `If-Match` required."""
+    """Change expiry, quantity or serials (register), or the stability budget (QA); `If-Match`
+    required. A new budget is weighed at once against what the lot has spent: a budget alert
+    opens when it is used up."""
     changes = changes_of(body)
     require_edit(caller, set(changes), LOT_QA_FIELDS)
     accepted = accepted_versions(if_match)
-    row = registry.update_lot(
-        conn,
-        org=caller.org_id,
-        gtin=_gtin(gtin),
-        lot=lot,
-        changes=changes,
-        accepted=accepted,
-        actor=caller.name,
-    )
+    normalized = _gtin(gtin)
+    with conn.transaction():
+        row = registry.update_lot(
+            conn,
+            org=caller.org_id,
+            gtin=normalized,
+            lot=lot,
+            changes=changes,
+            accepted=accepted,
+            actor=caller.name,
+        )
+        if "stability_budget_s" in changes:
+            journey = registry.get_lot(conn, org=caller.org_id, gtin=normalized, lot=lot)
+            if journey.shipment_keys:
+                check_lot_budgets(conn, list(journey.shipment_keys), RunStats())
     return _lot(row, response)
 
 
