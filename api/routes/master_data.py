@@ -9,7 +9,6 @@ lot's stability budget) is changed afterwards by QA only (`change_profile`).
 
 from __future__ import annotations
 
-from datetime import date
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response, status
@@ -27,6 +26,7 @@ from api.schemas import (
     AssignmentCreate,
     AssignmentRecordOut,
     AssignmentUpdate,
+    Day,
     LotCreate,
     LotRecordOut,
     LotUpdate,
@@ -204,8 +204,8 @@ def list_lots(
     response: Response,
     conn: Conn,
     caller: Caller,
-    expires_from: Annotated[date | None, Query(description="expiry on or after (YYYY-MM-DD)")] = None,
-    expires_before: Annotated[date | None, Query(description="expiry before (YYYY-MM-DD)")] = None,
+    expires_from: Annotated[Day | None, Query(description="expiry on or after (YYYY-MM-DD)")] = None,
+    expires_before: Annotated[Day | None, Query(description="expiry before (YYYY-MM-DD)")] = None,
     cursor: Cursor = None,
     limit: Limit = pagination.DEFAULT_LIMIT,
 ) -> list[LotRecordOut]:
