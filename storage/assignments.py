@@ -245,16 +245,25 @@ def _relink(
     (the shipment the readings may have left) are queued over the whole span as late work, so
     their alerts are judged again without those readings.
     """
+    # On TimescaleDB an UPDATE decompresses the device's segments of the compressed chunks it
+    # touches; its default cap (100,000 rows a transaction) would refuse a long ride's correction.
+    # The cap is lifted for this transaction only (a placeholder setting on plain PostgreSQL).
+    conn.execute("SELECT set_config('timescaledb.max_tuples_decompressed_per_dml_transaction', '0', true)")
     lo = min(s for s, _ in spans)
     hi = None if any(e is None for _, e in spans) else max(e for _, e in spans if e is not None)
+    windows = conn.execute(
+        "SELECT lower(during), upper(during), shipment_key FROM device_assignments"
+        " WHERE device_key = %s AND during && tstzrange(%s, %s, '[)') ORDER BY lower(during)",
+        (device_key, lo, hi),
+    ).fetchall()
+    starts, ends, keys = _segments(lo, hi, windows)
+    # One UPDATE over a handful of time segments (each window, and the gaps between them, which
+    # link to no shipment): each is one range scan of readings_device_t.
     rows = conn.execute(
-        "WITH moved AS (UPDATE readings r SET shipment_key = ("
-        "  SELECT a.shipment_key FROM device_assignments a WHERE a.device_key = r.device_key"
-        "  AND a.during @> r.t)"
-        " WHERE r.org_id = %(org)s AND r.device_key = %(dev)s AND r.t >= %(lo)s"
-        " AND (%(hi)s::timestamptz IS NULL OR r.t < %(hi)s)"
-        " AND r.shipment_key IS DISTINCT FROM (SELECT a.shipment_key FROM device_assignments a"
-        "  WHERE a.device_key = r.device_key AND a.during @> r.t)"
+        "WITH moved AS (UPDATE readings r SET shipment_key = m.k"
+        " FROM unnest(%(starts)s::timestamptz[], %(ends)s::timestamptz[], %(keys)s::int4[]) AS m(s, e, k)"
+        " WHERE r.org_id = %(org)s AND r.device_key = %(dev)s AND r.t >= m.s AND (m.e IS NULL OR r.t < m.e)"
+        " AND r.shipment_key IS DISTINCT FROM m.k"
         " RETURNING r.shipment_key, r.t, r.c, r.rh),"
         " joined AS (INSERT INTO rule_queue (org_id, device_key, shipment_key, from_t, to_t, late,"
         "  min_c, max_c, min_rh, max_rh)"
@@ -262,7 +271,7 @@ def _relink(
         "  FROM moved WHERE shipment_key IS NOT NULL GROUP BY shipment_key RETURNING shipment_key)"
         " SELECT (SELECT count(*) FROM moved), array(SELECT shipment_key FROM joined),"
         " (SELECT min(t) FROM moved), (SELECT max(t) FROM moved)",
-        {"org": org, "dev": device_key, "lo": lo, "hi": hi},
+        {"org": org, "dev": device_key, "starts": starts, "ends": ends, "keys": keys},
     ).fetchone()
     assert rows is not None
     count, joined, first, last = int(rows[0]), list(rows[1]), rows[2], rows[3]
@@ -279,3 +288,33 @@ def _relink(
     if series:
         wake(conn, Wakeup.RULES)
     return Relinked(readings=count, series=len(series))
+
+
+def _segments(
+    lo: datetime, hi: datetime | None, windows: list[tuple[Any, ...]]
+) -> tuple[list[datetime], list[datetime | None], list[int | None]]:
+    """[lo, hi) cut into the device's windows (their shipment) and the gaps (no shipment); an
+    end of None is open. The windows never overlap (the database refuses it)."""
+    starts: list[datetime] = []
+    ends: list[datetime | None] = []
+    keys: list[int | None] = []
+    cursor: datetime | None = lo
+
+    def add(start: datetime, end: datetime | None, key: int | None) -> None:
+        starts.append(start)
+        ends.append(end)
+        keys.append(key)
+
+    for start, end, key in windows:
+        if cursor is None:
+            break
+        begin = max(start, cursor)
+        if begin > cursor:
+            add(cursor, begin, None)
+        stop = end if hi is None or (end is not None and end < hi) else hi
+        if stop is None or stop > begin:
+            add(begin, stop, int(key))
+        cursor = stop
+    if cursor is not None and (hi is None or cursor < hi):
+        add(cursor, hi, None)
+    return starts, ends, keys
