@@ -256,7 +256,7 @@ def _relink(
         " WHERE device_key = %s AND during && tstzrange(%s, %s, '[)') ORDER BY lower(during)",
         (device_key, lo, hi),
     ).fetchall()
-    starts, ends, keys = _segments(lo, hi, windows)
+    starts, ends, keys = time_segments(lo, hi, windows)
     # One UPDATE over a handful of time segments (each window, and the gaps between them, which
     # link to no shipment): each is one range scan of readings_device_t.
     rows = conn.execute(
@@ -290,7 +290,7 @@ def _relink(
     return Relinked(readings=count, series=len(series))
 
 
-def _segments(
+def time_segments(
     lo: datetime, hi: datetime | None, windows: list[tuple[Any, ...]]
 ) -> tuple[list[datetime], list[datetime | None], list[int | None]]:
     """[lo, hi) cut into the device's windows (their shipment) and the gaps (no shipment); an

@@ -20,6 +20,7 @@ from coldchain.gs1 import gtin_check_digit
 from erp.imports import run_import
 from rules.runner import drain
 from storage import auth, registry
+from storage.assignments import time_segments
 from storage.readings import ReadingRows, copy_rows
 from tests.support.api import api_client
 
@@ -570,3 +571,21 @@ def test_a_lowered_lot_budget_is_weighed_at_once(
     res = client.patch(url, json={"stability_budget_s": 600}, headers={**tokens["qa"], "If-Match": "*"})
     assert res.status_code == 200, res.text
     assert db.execute(budget_alerts).fetchone() == (1,)
+
+
+def test_a_span_is_cut_into_windows_and_gaps() -> None:
+    """The re-link's segments: every instant of the span in exactly one, windows keep their
+    shipment, gaps link to none, open ends stay open."""
+    h = [T0 + timedelta(hours=i) for i in range(10)]
+    assert time_segments(h[0], h[9], [(h[2], h[4], 7), (h[4], h[6], 8)]) == (
+        [h[0], h[2], h[4], h[6]],
+        [h[2], h[4], h[6], h[9]],
+        [None, 7, 8, None],
+    )
+    assert time_segments(h[3], None, [(h[1], h[5], 7), (h[8], None, 9)]) == (
+        [h[3], h[5], h[8]],
+        [h[5], h[8], None],
+        [7, None, 9],
+    )
+    assert time_segments(h[3], h[4], []) == ([h[3]], [h[4]], [None])
+    assert time_segments(h[0], h[2], [(h[1], None, 5)]) == ([h[0], h[1]], [h[1], h[2]], [None, 5])
