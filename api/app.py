@@ -21,6 +21,7 @@ from api.routes import (
     audit,
     auth,
     calibrations,
+    erp,
     evidence,
     logger_files,
     lots,
@@ -32,6 +33,8 @@ from api.routes import (
     shares,
     users,
 )
+from api.routes import device_credentials as device_credential_routes
+from api.routes import epcis as epcis_routes
 from api.routes import gs1 as gs1_routes
 from api.routes import imports as import_routes
 from api.routes import recalls as recall_routes
@@ -82,7 +85,10 @@ def create_app(settings: Settings, *, pool: ConnectionPool | None = None) -> Fas
         RequestGuard,
         max_body_bytes=settings.http_max_body_bytes,
         large_bodies={f"{API_PREFIX}/evidence/verify": evidence.MAX_UPLOAD_BYTES},
-        path_limits={f"{API_PREFIX}/imports": import_routes.MAX_IMPORT_BYTES},
+        path_limits={
+            f"{API_PREFIX}/imports": import_routes.MAX_IMPORT_BYTES,
+            f"{API_PREFIX}/epcis/capture": epcis_routes.MAX_CAPTURE_BYTES,
+        },
     )
     app.add_middleware(
         SecurityHeaders, hsts=bool(settings.public_url and settings.public_url.startswith("https://"))
@@ -101,9 +107,12 @@ def create_app(settings: Settings, *, pool: ConnectionPool | None = None) -> Fas
         v1.include_router(module.router)
     v1.include_router(logger_files.router)
     v1.include_router(calibrations.router)
+    v1.include_router(device_credential_routes.router)
     v1.include_router(gs1_routes.router)
     v1.include_router(import_routes.router)
     v1.include_router(recall_routes.router)
+    v1.include_router(erp.router)
+    v1.include_router(epcis_routes.router)
     app.include_router(v1)
     app.include_router(notify.ack_router)  # /ack/{token}: the signed link is the credential
 

@@ -21,6 +21,7 @@ from starlette.routing import Match
 from api.schemas import ErrorBody
 from coldchain.errors import (
     AuthError,
+    BrokerUnavailableError,
     ColdchainError,
     ConflictError,
     NotFoundError,
@@ -40,6 +41,7 @@ _STATUS: list[tuple[type[ColdchainError], int]] = [
     (PreconditionFailedError, 412),
     (PreconditionRequiredError, 428),
     (ValidationError, 422),
+    (BrokerUnavailableError, 503),
 ]
 
 _DESCRIPTIONS = {
@@ -53,6 +55,7 @@ _DESCRIPTIONS = {
     422: "The request breaks a rule; `field` names the culprit",
     428: "An edit without `If-Match`: send the ETag of the version it was made against",
     429: "Too many requests",
+    503: "A server the request needs (the MQTT broker) cannot be reached; nothing was changed",
 }
 
 _NAMES = {
@@ -69,6 +72,7 @@ _NAMES = {
     422: "ValidationError",
     428: "PreconditionRequiredError",
     429: "TooManyRequests",
+    503: "ServiceUnavailable",
 }
 
 

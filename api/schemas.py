@@ -217,11 +217,25 @@ class LotIn(_In):
     stability_budget_s: BigCount | None = None
 
 
+class CalibrationOverrideIn(_In):
+    """QA assigns a logger that is out of calibration anyway: why, under QA's e-signature."""
+
+    reason: Annotated[str, Field(min_length=1, max_length=4000, pattern=REASON_PATTERN)]
+    signature: SignatureIn = Field(
+        description="QA's e-signature (21 CFR Part 11) with the meaning `approval`; the caller holds `qa`"
+    )
+
+
 class AssignmentIn(_In):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, populate_by_name=True)
     id: DeviceId
     from_: Moment = Field(alias="from", description="RFC 3339 with an offset")
     to: Moment | None = Field(default=None, description="open-ended when null; after `from`")
+    calibration_override: CalibrationOverrideIn | None = Field(
+        default=None,
+        description="only for a logger out of calibration on `from` (409 without it, 422 with it"
+        " for a logger that is not)",
+    )
 
 
 class ShipmentCreate(_In):
@@ -255,10 +269,25 @@ class ShipmentLotOut(_Out):
     quantity: int | None
 
 
+class CalibrationOverrideOut(_Out):
+    id: int
+    certificate_number: str | None = Field(description="the certificate that had lapsed")
+    laboratory: str | None
+    due_on: date | None
+    status: Literal["overdue", "never"]
+    reason: str
+    overridden_by: str
+    overridden_at: datetime
+    signatures: list[SignatureOut] = Field(default=[], description="QA's e-signature of the override")
+
+
 class AssignmentOut(_Out):
     id: str
     from_: datetime = Field(alias="from", serialization_alias="from")
     to: datetime | None
+    calibration_override: CalibrationOverrideOut | None = Field(
+        default=None, description="QA's signed override when the logger was out of calibration"
+    )
 
 
 class LegOut(_Out):
@@ -297,9 +326,20 @@ class ShipmentOut(_Out):
     legs: list[LegOut] = []
     version: int = Field(default=1, description="the row version; the ETag is `\"v<version>\"`")
     updated_at: datetime | None = None
+    erp_ref: str | None = Field(
+        default=None,
+        description="the ERP's own reference of the shipment (PUT /erp/shipments/{id}/reference); not in"
+        " a partner's view",
+    )
 
 
-def shipment_out(shipment: Shipment, *, profile_version: int, created_at: datetime) -> ShipmentOut:
+def shipment_out(
+    shipment: Shipment,
+    *,
+    profile_version: int,
+    created_at: datetime,
+    overrides: dict[tuple[str, datetime], CalibrationOverrideOut] | None = None,
+) -> ShipmentOut:
     return ShipmentOut(
         id=shipment.id,
         origin=shipment.origin,
@@ -312,7 +352,10 @@ def shipment_out(shipment: Shipment, *, profile_version: int, created_at: dateti
             for sl in shipment.lots
         ],
         devices=[
-            AssignmentOut.model_validate({"id": a.device_id, "from": a.start, "to": a.end})
+            AssignmentOut.model_validate({
+                "id": a.device_id, "from": a.start, "to": a.end,
+                "calibration_override": (overrides or {}).get((a.device_id, a.start)),
+            })
             for a in shipment.devices
         ],
     )
@@ -705,6 +748,35 @@ class CreditResult(CreditOut):
     resolved_alerts: list[int]
 
 
+class DispositionBody(_In):
+    """QA's decision on a lot, with why, under the signer's e-signature."""
+
+    disposition: Disposition
+    comment: Annotated[str, Field(min_length=1, max_length=4000, pattern=REASON_PATTERN)]
+    signature: SignatureIn | None = Field(
+        default=None,
+        description="required: QA's e-signature (21 CFR Part 11), meaning `release` for a release,"
+        " `rejection` for a rejection, `responsibility` for a quarantine; 422 without it",
+    )
+
+
+class DispositionOut(_Out):
+    id: int
+    state: Disposition = Field(description="the decision")
+    previous: Disposition | None = Field(description="the state before it (null: pending)")
+    comment: str
+    decided_by: str
+    decided_at: datetime
+    signatures: list[SignatureOut] = Field(default=[], description="the decision's e-signatures")
+
+
+class LotDispositionOut(_Out):
+    state: Literal["pending", "quarantine", "release", "reject"] = Field(
+        description="the latest decision; `pending` before QA's first"
+    )
+    history: list[DispositionOut] = Field(description="every decision, oldest first")
+
+
 class LotOut(_Out):
     gtin: str
     lot: str
@@ -724,6 +796,9 @@ class LotOut(_Out):
     freeze_thaw_cycles: int | None = Field(
         description="freeze-thaw cycles over the lot's legs (per leg, the most any one logger "
         "counted); null when no leg's profile counts them (its `freeze_thaw` is unset)"
+    )
+    disposition: LotDispositionOut | None = Field(
+        default=None, description="QA's disposition: state and signed history (null in a partner's view)"
     )
 
 
@@ -782,6 +857,9 @@ class EvidenceLot(_Out):
     stability_budget_spent_s: float | None = None
     stability_budget_credited_s: float | None = None
     stability_budget_remaining_s: float | None = None
+    disposition: Literal["pending", "quarantine", "release", "reject"] | None = Field(
+        default=None, description="QA's disposition of the lot"
+    )
 
 
 class EvidenceSubject(_Out):
@@ -888,7 +966,13 @@ class EvidenceDevice(_Out):
     interval_s: int | None
     from_: datetime | None = Field(alias="from")
     to: datetime | None
-    calibration: dict[str, Any] | None
+    calibration: dict[str, Any] | None = Field(description="what the logger last reported of its calibration")
+    calibration_in_force: dict[str, Any] | None = Field(
+        default=None,
+        description="the certificates in force over the listed readings' days: `status` (the worst),"
+        " `readings_out_of_calibration`, `periods` (`from`, `to`, `readings`, `status`, `certificate`)"
+        " and QA's signed `override` of the assignment, if any",
+    )
     stats: EvidenceLoggerStats | None
     readings_listed: int
     readings: list[EvidenceReading]
@@ -954,7 +1038,10 @@ class EvidenceRecord(_Out):
     figures: EvidenceFigures
     legs: list[EvidenceLeg]
     signatures: list[dict[str, Any]]
-    disposition: dict[str, Any] | None
+    disposition: dict[str, Any] | None = Field(
+        description="a lot's: `state` (`pending`, `quarantine`, `release`, `reject`), `cbv_disposition`"
+        " and `history` (each decision with its comment and checked signatures); null for others"
+    )
 
 
 class PublicKeyOut(_Out):
@@ -1166,6 +1253,11 @@ class AssignmentCreate(_In):
     device: DeviceId
     from_: Moment = Field(alias="from", description="RFC 3339 with an offset")
     to: Moment | None = Field(default=None, description="open-ended when null; after `from`")
+    calibration_override: CalibrationOverrideIn | None = Field(
+        default=None,
+        description="QA's signed override, only for a logger out of calibration on `from` (409 without"
+        " it, 422 with it for a logger that is not); as in POST /shipments/{id}/devices",
+    )
 
 
 class AssignmentUpdate(_In):

@@ -43,7 +43,7 @@ def run(dsn: str, engine: str, n: int) -> dict[str, float]:
             registry.create_shipment(
                 conn, org=1, shipment=Shipment(id=sid, profile="2-8C"), profile_version=1, actor="b"
             )
-        ride, _ = assignments.add_assignment(
+        ride, _, _ = assignments.add_assignment(
             conn, org=1, shipment_id="SO-A", device_id="L1", starts=T0, ends=None, actor="bench"
         )
         key = ride.device_key
@@ -82,7 +82,7 @@ def run(dsn: str, engine: str, n: int) -> dict[str, float]:
         )
         end_s = time.perf_counter() - started
         started = time.perf_counter()
-        _, joined = assignments.add_assignment(
+        _, joined, _ = assignments.add_assignment(
             conn, org=1, shipment_id="SO-B", device_id="L1", starts=half, ends=None, actor="bench"
         )
         add_s = time.perf_counter() - started

@@ -31,6 +31,9 @@ class Permission(StrEnum):
     CHANGE_PROFILE = "change_profile"  # alarm limits: QA's change control
     READ_AUDIT = "read_audit"  # the audit trail and signatures of every record
     ADMINISTER = "administer"  # users, API keys, contacts and routing
+    # a device's broker password: those who install loggers, not the ERP (a machine account that
+    # should never hold device secrets) nor drivers (who carry the devices)
+    PROVISION = "provision"
 
 
 class PrincipalKind(StrEnum):
@@ -47,6 +50,7 @@ _GRANTS: dict[Role, frozenset[Permission]] = {
             Permission.RESOLVE,
             Permission.READ_AUDIT,
             Permission.ADMINISTER,
+            Permission.PROVISION,
         }
     ),
     Role.QA: frozenset(
@@ -60,7 +64,13 @@ _GRANTS: dict[Role, frozenset[Permission]] = {
         }
     ),
     Role.LOGISTICS: frozenset(
-        {Permission.READ, Permission.REGISTER, Permission.ACKNOWLEDGE, Permission.RESOLVE}
+        {
+            Permission.READ,
+            Permission.REGISTER,
+            Permission.ACKNOWLEDGE,
+            Permission.RESOLVE,
+            Permission.PROVISION,
+        }
     ),
     Role.DRIVER: frozenset({Permission.READ, Permission.ACKNOWLEDGE}),
     Role.ERP: frozenset({Permission.READ, Permission.REGISTER}),

@@ -16,6 +16,13 @@ TRANSITIONS: dict[str, tuple[frozenset[AlertState], AlertState, Permission]] = {
     ),
     "reopen": (frozenset({AlertState.RESOLVED}), AlertState.OPEN, Permission.RESOLVE),
     "close": (frozenset({AlertState.RESOLVED}), AlertState.CLOSED, Permission.DISPOSITION),
+    # The rules' own actions when late data changes what a series shows (no route offers them).
+    "withdraw": (
+        frozenset({AlertState.OPEN, AlertState.ACKNOWLEDGED, AlertState.RESOLVED}),
+        AlertState.WITHDRAWN,
+        Permission.RESOLVE,
+    ),
+    "reinstate": (frozenset({AlertState.WITHDRAWN}), AlertState.OPEN, Permission.RESOLVE),
 }
 
 

@@ -11,7 +11,10 @@ from typing import Any
 
 from coldchain.errors import ValidationError
 
-__all__ = ["DUE_SOON_DAYS", "CalibrationCertificate", "CalibrationStatus", "ReferencePoint", "status_on"]
+__all__ = [
+    "DUE_SOON_DAYS", "CalibrationCertificate", "CalibrationPeriod", "CalibrationStatus", "ReferencePoint",
+    "periods_over", "status_on", "worst",
+]
 
 DUE_SOON_DAYS = 30
 
@@ -99,3 +102,39 @@ def status_on(
     if before:
         return CalibrationStatus.OVERDUE, max(before, key=lambda c: c.due_on)
     return CalibrationStatus.NEVER, None
+
+
+_WORST = (CalibrationStatus.OVERDUE, CalibrationStatus.NEVER, CalibrationStatus.DUE_SOON,
+          CalibrationStatus.CALIBRATED)
+
+
+@dataclass(frozen=True, slots=True)
+class CalibrationPeriod:
+    """Consecutive reading days with one calibration status and one deciding certificate."""
+
+    first_day: date
+    last_day: date
+    readings: int
+    status: CalibrationStatus
+    certificate: CalibrationCertificate | None
+
+
+def periods_over(
+    certificates: list[CalibrationCertificate], days: list[tuple[date, int]]
+) -> list[CalibrationPeriod]:
+    """The status on each reading day (days in order, with their reading counts), run together
+    while the status and the deciding certificate stay the same: what evidence shows per logger."""
+    out: list[CalibrationPeriod] = []
+    for day, n in days:
+        status, cert = status_on(certificates, day)
+        last = out[-1] if out else None
+        if last is not None and last.status is status and last.certificate is cert:
+            out[-1] = CalibrationPeriod(last.first_day, day, last.readings + n, status, cert)
+        else:
+            out.append(CalibrationPeriod(day, day, n, status, cert))
+    return out
+
+
+def worst(statuses: list[CalibrationStatus]) -> CalibrationStatus | None:
+    """The status a reviewer must see first: overdue, then never, due soon, calibrated."""
+    return next((s for s in _WORST if s in statuses), None)

@@ -48,6 +48,25 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--http-port", type=int, help="dashboard and API port (8000)")
     up.add_argument("--mqtt-port", type=int, help="port of the private broker (1883, or a free one)")
     up.add_argument("--time-scale", type=float, default=120.0, help="demo: simulated seconds per second")
+    up.add_argument(
+        "--allow-anonymous",
+        action="store_true",
+        help="local experiments only: the private broker also takes clients without a login",
+    )
+
+    devices = sub.add_parser("devices", help="device credentials for the broker")
+    devices_sub = devices.add_subparsers(dest="devices_command", required=True)
+    provision = devices_sub.add_parser(
+        "provision", help="issue (or rotate) a device's MQTT password and print it once"
+    )
+    _common(provision)
+    provision.add_argument("device_id")
+    provision.add_argument("--organization", default="default")
+    provision.add_argument("--json", action="store_true", help="print the credential as JSON")
+    dev_revoke = devices_sub.add_parser("revoke", help="revoke a device's MQTT password (cuts it off)")
+    _common(dev_revoke)
+    dev_revoke.add_argument("device_id")
+    dev_revoke.add_argument("--organization", default="default")
 
     for name, text in (
         ("ingest", "the MQTT ingest service"),
@@ -99,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     identity_cli.add_parsers(sub, _common)
 
+    from coldchain import backup_cli  # argparse only: cheap to import
+
+    backup_cli.add_parsers(sub, _common)
+
     sim = sub.add_parser(
         "sim", help="simulated loggers and fleets (see `coldchain sim --help`)", add_help=False
     )
@@ -148,13 +171,21 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "up":
         if args.http_port is not None:
             settings = settings.model_copy(update={"http_port": args.http_port})
-        return run_platform(settings, demo=args.demo, mqtt_port=args.mqtt_port, time_scale=args.time_scale)
+        return run_platform(
+            settings,
+            demo=args.demo,
+            mqtt_port=args.mqtt_port,
+            time_scale=args.time_scale,
+            allow_anonymous=args.allow_anonymous,
+        )
     with contextlib.ExitStack() as stack:
         servers = Servers(settings, stack)
         if args.command == "db":
             return _db(args, servers, settings)
         if args.command == "token":
             return _token(args, servers)
+        if args.command == "devices":
+            return _devices(args, servers, settings)
         if args.command == "logger-file":
             from api.field_data import import_command
 
@@ -163,6 +194,11 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             from erp.cli import run as run_import
 
             return run_import(args, servers.database_url())
+        if args.command in ("backup", "restore"):
+            from coldchain import backup_cli
+
+            run = backup_cli.backup if args.command == "backup" else backup_cli.restore
+            return run(args, servers, settings)
         if args.command in _IDENTITY_COMMANDS:
             from api import identity_cli
 
@@ -178,7 +214,9 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         elif args.command == "rules":
             _run_rules(settings.model_copy(update={"database_url": servers.service_url()}), stop)
         elif args.command == "api":
-            _serve_api(settings.model_copy(update={"database_url": servers.service_url()}))
+            control = servers.mqtt_control_url()
+            update = {"database_url": servers.service_url()}
+            _serve_api(settings.model_copy(update=update | _control_setting(control)))
     return 0
 
 
@@ -207,6 +245,10 @@ class Servers:
     def embedded_database(self) -> bool:
         return self._settings.database_url is None
 
+    @property
+    def embedded_broker(self) -> bool:
+        return self._settings.mqtt_url is None
+
     def _announce(self, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
@@ -234,6 +276,14 @@ class Servers:
         creds = ClusterCredentials.ensure(data_dir).with_port(cluster.port)
         secure_cluster(creds.url("superuser"), _hba_file(creds.url("superuser")), creds)
         return creds
+
+    def empty_database_url(self) -> str:
+        """The private cluster's platform database as the superuser, created and secured but not
+        migrated: what a restore loads a backup into."""
+        from embedded.credentials import DATABASE
+
+        creds = self._credentials(self._running_cluster(keep_running=False))
+        return str(creds.url("superuser", DATABASE))
 
     def database_url(self, *, keep_running: bool = False) -> str:
         """The platform's database as its owner (what migrations and the CLI's writes use); in the
@@ -276,15 +326,72 @@ class Servers:
         self.database_url()  # created, secured and migrated first
         return self.role_url("app")
 
-    def mqtt_url(self, *, port: int | None = None) -> str:
+    def mqtt_url(
+        self,
+        *,
+        port: int | None = None,
+        account: str = "coldchain-ingest",
+        demo: bool = False,
+        allow_anonymous: bool = False,
+    ) -> str:
+        """The broker as `account` (a service account of coldchain/broker_accounts.py): MQTT_URL
+        when set, otherwise the private broker, started with authentication on if not running:
+        the service accounts' passwords from the data folder, every device credential from the
+        database, and the demo fleet's account with `demo`."""
         if self._settings.mqtt_url is not None:
             return self._settings.mqtt_url
         from embedded.installation import Installation
 
-        broker = Installation(self._settings.data_dir).broker(port=port, announce=self._announce)
+        broker = Installation(self._settings.data_dir).broker(
+            port=port,
+            announce=self._announce,
+            accounts=lambda: self._broker_accounts(demo=demo, allow_anonymous=allow_anonymous),
+            allow_anonymous=allow_anonymous,
+        )
         if broker.stop is not None:
             self._stack.callback(broker.stop)
-        return broker.url
+        password = self._broker_passwords()[account]
+        return broker.url.replace("://", f"://{account}:{password}@", 1)
+
+    def mqtt_control_url(self) -> str | None:
+        """The account that changes device credentials on the broker: MQTT_CONTROL_URL, or the
+        private broker's control account (None with MQTT_URL and no MQTT_CONTROL_URL)."""
+        if self._settings.mqtt_control_url is not None:
+            return self._settings.mqtt_control_url.get_secret_value()
+        if self._settings.mqtt_url is not None:
+            return None
+        from coldchain.broker_accounts import CONTROL
+
+        return self.mqtt_url(account=CONTROL)
+
+    def _broker_passwords(self) -> dict[str, str]:
+        from coldchain.broker_accounts import SERVICE_ACCOUNTS
+        from embedded.credentials import broker_passwords
+
+        return broker_passwords(self._settings.data_dir.resolve(), SERVICE_ACCOUNTS)
+
+    def _broker_accounts(self, *, demo: bool, allow_anonymous: bool) -> dict[str, object]:
+        from datetime import UTC, datetime
+
+        from coldchain import broker_accounts
+        from coldchain.demo import demo_fleet
+        from coldchain.wire import Topics
+        from storage import device_credentials
+        from storage.db import connect
+
+        with connect(self.database_url()) as conn:
+            devices = [(c.device_id, c.password_hash) for c in device_credentials.active(conn)]
+        passwords = self._broker_passwords()
+        if not demo:
+            passwords.pop(broker_accounts.DEMO)
+        demo_ids = [lg.device.id for lg in demo_fleet(datetime.now(UTC))[1]] if demo else []
+        return broker_accounts.dynsec_document(
+            Topics(self._settings.topic_prefix),
+            services={name: broker_accounts.hash_password(pw) for name, pw in passwords.items()},
+            devices=devices,
+            demo_devices=demo_ids,
+            allow_anonymous=allow_anonymous,
+        )
 
 
 def _db(args: argparse.Namespace, servers: Servers, settings: Settings) -> int:
@@ -295,6 +402,45 @@ def _db(args: argparse.Namespace, servers: Servers, settings: Settings) -> int:
 
     applied = migrate(servers.database_url(), engine=settings.database_engine)
     print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
+    return 0
+
+
+def _control_setting(control_url: str | None) -> dict[str, Any]:
+    from pydantic import SecretStr
+
+    return {} if control_url is None else {"mqtt_control_url": SecretStr(control_url)}
+
+
+def _devices(args: argparse.Namespace, servers: Servers, settings: Settings) -> int:
+    """`coldchain devices provision|revoke ID`: as the API's routes do, with the CLI as the actor."""
+    import json
+
+    from api import device_credentials
+    from coldchain.mqtt_url import BrokerAddress
+    from storage import auth
+    from storage.db import connect
+
+    settings = settings.model_copy(update=_control_setting(servers.mqtt_control_url()))
+    with connect(servers.database_url()) as conn:
+        org = auth.org_id(conn, args.organization)
+        if args.devices_command == "revoke":
+            had = device_credentials.revoke(conn, settings, org=org, device_id=args.device_id, actor="cli")
+            print(f"revoked: {args.device_id}" if had else f"{args.device_id} had no credential (none now)")
+            return 0
+        issued = device_credentials.issue(conn, settings, org=org, device_id=args.device_id, actor="cli")
+    broker = BrokerAddress.parse(servers.mqtt_url()) if servers.embedded_broker else None
+    if args.json:
+        out = {"username": issued.device_id, "password": issued.password, "topics": list(issued.topics)}
+        print(json.dumps(out))
+        return 0
+    print(f"username: {issued.device_id}")
+    print(f"password: {issued.password}   (shown once: store it on the device now)")
+    print(f"topics:   {', '.join(issued.topics)}")
+    if broker is not None:
+        print(
+            f"try:      mosquitto_pub -h {broker.host} -p {broker.port} -u {issued.device_id}"
+            f" -P '<password>' -q 1 -t {issued.topics[1]} -m '{{\"state\":\"online\"}}'"
+        )
     return 0
 
 
@@ -317,7 +463,9 @@ def _token(args: argparse.Namespace, servers: Servers) -> int:
 # --------------------------------------------------------------------------- coldchain up
 
 
-def run_platform(settings: Settings, *, demo: bool, mqtt_port: int | None, time_scale: float) -> int:
+def run_platform(
+    settings: Settings, *, demo: bool, mqtt_port: int | None, time_scale: float, allow_anonymous: bool = False
+) -> int:
     """Every service in one process tree; private servers when no DATABASE_URL / MQTT_URL."""
     import contextlib
 
@@ -326,6 +474,7 @@ def run_platform(settings: Settings, *, demo: bool, mqtt_port: int | None, time_
     from api.app import create_app
     from coldchain.wire import Topics
     from embedded.process import free_port, port_is_free
+    from erp.service import ErpService
     from evidence.attach import EvidenceRecorder, verify_url
     from ingest.service import IngestService
     from notify.service import NotificationService
@@ -342,8 +491,11 @@ def run_platform(settings: Settings, *, demo: bool, mqtt_port: int | None, time_
         # services as the app role. With DATABASE_URL, that URL for both.
         migrate(servers.database_url(), engine=settings.database_engine)
         dsn = servers.service_url()  # everything from here on runs as the application role
-        mqtt_url = servers.mqtt_url(port=mqtt_port)
-        settings = settings.model_copy(update={"database_url": dsn, "mqtt_url": mqtt_url})
+        # The broker with authentication on: ingest, the API and the demo fleet log in with their
+        # own accounts, each device with its own credential (docs/device-credentials.md).
+        mqtt_url = servers.mqtt_url(port=mqtt_port, demo=demo, allow_anonymous=allow_anonymous)
+        control = _control_setting(servers.mqtt_control_url())
+        settings = settings.model_copy(update={"database_url": dsn, "mqtt_url": mqtt_url} | control)
         token, fresh = _bootstrap_token(settings, dsn, data_dir)
         from api.identity_cli import Checkpoints, checkpoint_key
 
@@ -364,8 +516,13 @@ def run_platform(settings: Settings, *, demo: bool, mqtt_port: int | None, time_
         recorder = EvidenceRecorder(dsn=dsn, data_dir=data_dir, verify_url=verify_url(settings))
         recorder.start()  # makes the evidence signing key on the first start
         stack.callback(recorder.stop)
+        erp_push = ErpService(dsn=dsn, settings=settings, verify_url=verify_url(settings)).start()
+        stack.callback(erp_push.stop)
         if demo:
-            fleet = _start_demo(dsn, mqtt_url, topics, time_scale)
+            from coldchain.broker_accounts import DEMO
+
+            demo_url = servers.mqtt_url(account=DEMO) if servers.embedded_broker else mqtt_url
+            fleet = _start_demo(dsn, demo_url, topics, time_scale)
             stack.callback(fleet.stop)
 
         if not port_is_free(settings.http_port):
@@ -373,11 +530,17 @@ def run_platform(settings: Settings, *, demo: bool, mqtt_port: int | None, time_
             print(f"port {busy} is busy; serving the API and dashboard on {port} instead", flush=True)
             settings = settings.model_copy(update={"http_port": port})
         pool = stack.enter_context(open_pool(dsn, min_size=1, max_size=10, name="api"))
-        app = create_app(settings, pool=pool)
+        # The API logs in as its own account, which may publish each device's retained config.
+        from coldchain.broker_accounts import API
+
+        api_mqtt = servers.mqtt_url(account=API) if servers.embedded_broker else mqtt_url
+        app = create_app(settings.model_copy(update={"mqtt_url": api_mqtt}), pool=pool)
         url = f"http://{settings.http_host}:{settings.http_port}/dashboard"
         print(f"\ncoldchain is up.\n  dashboard: {url}" + (f"#token={token}" if fresh else ""), flush=True)
         print(f"  API:       http://{settings.http_host}:{settings.http_port}/docs", flush=True)
-        print(f"  MQTT:      {mqtt_url}", flush=True)
+        from coldchain.mqtt_url import BrokerAddress
+
+        print(f"  MQTT:      {BrokerAddress.parse(mqtt_url).display()}", flush=True)
         if fresh:
             print(f"  admin token (shown once, also in {data_dir / 'admin-token'}): {token}", flush=True)
         print("Press Ctrl-C to stop.", flush=True)
@@ -567,8 +730,9 @@ def _stop_on_signals() -> threading.Event:
 
 
 def _run_rules(settings: Settings, stop: threading.Event) -> None:
-    """`coldchain rules`: the rules service, the notification service and the evidence recorder,
-    until `stop` is set."""
+    """`coldchain rules`: the rules service, the notification service, the evidence recorder and
+    the ERP outbox, until `stop` is set."""
+    from erp.service import ErpService
     from evidence.attach import EvidenceRecorder, verify_url
     from notify.service import NotificationService
     from rules.service import RulesService
@@ -577,7 +741,11 @@ def _run_rules(settings: Settings, stop: threading.Event) -> None:
     recorder = EvidenceRecorder(
         dsn=dsn, data_dir=settings.data_dir.resolve(), verify_url=verify_url(settings)
     )
-    with RulesService(dsn=dsn, settings=settings), NotificationService(dsn=dsn, settings=settings):
+    with (
+        RulesService(dsn=dsn, settings=settings),
+        NotificationService(dsn=dsn, settings=settings),
+        ErpService(dsn=dsn, settings=settings, verify_url=verify_url(settings)),
+    ):
         recorder.start()  # makes the evidence signing key on the first start
         try:
             stop.wait()

@@ -179,12 +179,17 @@ class ReadingBatch:
 
 
 class AlertState(StrEnum):
-    """The alert lifecycle: open -> acknowledged -> resolved -> closed (with a QA disposition)."""
+    """The alert lifecycle: open -> acknowledged -> resolved -> closed (with a QA disposition).
+
+    `withdrawn`: late data re-evaluated the series and no longer supports the episode; only the
+    rules withdraw (and reinstate, should later data support it again).
+    """
 
     OPEN = "open"
     ACKNOWLEDGED = "acknowledged"
     RESOLVED = "resolved"
     CLOSED = "closed"
+    WITHDRAWN = "withdrawn"
 
 
 class Disposition(StrEnum):

@@ -71,3 +71,7 @@ class PermissionDeniedError(AuthError):
 
 class ConfigurationError(ColdchainError):
     """Settings that cannot work; raised at start-up, never mid-flight."""
+
+
+class BrokerUnavailableError(ColdchainError):
+    """The MQTT broker could not be told about an account change (down, or no control account)."""

@@ -17,10 +17,12 @@ class Channel(StrEnum):
 
 
 class NotificationKind(StrEnum):
-    """An escalation tier's message for one alert, or a digest folding several held ones."""
+    """An escalation tier's message for one alert, a digest folding several held ones, or the
+    notice that an alert was withdrawn (sent to everyone its escalation reached)."""
 
     ESCALATION = "escalation"
     DIGEST = "digest"
+    WITHDRAWAL = "withdrawal"
 
 
 class NotificationState(StrEnum):

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     # auto: TimescaleDB when the server can run it, plain otherwise; see storage/migrate.py
     database_engine: Literal["auto", "timescale", "plain"] = "auto"
     mqtt_url: str | None = None
+    # the broker's account-changing login (Mosquitto dynamic security), for device credentials;
+    # `coldchain up` fills it in for its own broker
+    mqtt_control_url: SecretStr | None = None
     topic_prefix: str = ""
     organization: str = "default"
 

@@ -465,7 +465,11 @@ def decode_binary(payload: bytes) -> ReadingBatch:
 
 @dataclass(frozen=True, slots=True)
 class DeviceStatus:
-    """The retained status a device publishes (and its last will: state offline)."""
+    """The retained status a device publishes (and its last will: state offline).
+
+    `started_ms` is when the logger started logging (its first reading of the trip): the
+    platform's start delay counts from it, not from the first reading it happens to receive.
+    """
 
     state: str
     battery: float | None = None
@@ -473,10 +477,15 @@ class DeviceStatus:
     fw: str | None = None
     signal_dbm: float | None = None
     applied_config: int | None = None
+    started_ms: int | None = None
 
     def __post_init__(self) -> None:
         if self.state not in ("online", "offline"):
             raise ValidationError("state must be 'online' or 'offline'", field="state")
+        if self.started_ms is not None and (
+            isinstance(self.started_ms, bool) or not isinstance(self.started_ms, int) or self.started_ms < 0
+        ):
+            raise ValidationError("started_ms must be epoch milliseconds", field="started_ms")
 
     def encode(self) -> bytes:
         doc = {k: getattr(self, k) for k in self.__slots__ if getattr(self, k) is not None}

@@ -88,6 +88,21 @@ class ClusterCredentials:
         return f"postgresql://{ROLE_NAMES[role]}:{self.passwords[role]}@{self.host}:{self.port}/{db}"
 
 
+def broker_passwords(data_dir: Path, accounts: tuple[str, ...]) -> dict[str, str]:
+    """The private broker's service-account passwords (`<data>/secrets/mqtt-<account>.password`,
+    0600), made on first use like the database's."""
+    folder = ClusterCredentials.secrets_dir(data_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    passwords: dict[str, str] = {}
+    for account in accounts:
+        path = folder / f"mqtt-{account}.password"
+        if not path.exists():
+            _write_secret(path, secrets.token_urlsafe(32))
+        passwords[account] = path.read_text().strip()
+    return passwords
+
+
 def database_url(data_dir: Path, role: str) -> str:
     """The URL of one role of the embedded install in `data_dir` (for `coldchain db url --role`)."""
     return ClusterCredentials.load(data_dir).url(role)

@@ -107,15 +107,27 @@ class Installation:
         return url if not port_is_free(port) else None
 
     def broker(
-        self, *, port: int | None = None, announce: Callable[[str], None] | None = None
+        self,
+        *,
+        port: int | None = None,
+        announce: Callable[[str], None] | None = None,
+        accounts: Callable[[], dict[str, object]] | None = None,
+        allow_anonymous: bool = False,
     ) -> RunningServer:
-        """The broker's URL, starting it (on `port`, 1883 or a free one) if it is not running."""
+        """The broker's URL, starting it (on `port`, 1883 or a free one) if it is not running.
+        `accounts` makes the dynamic-security document a broker started here begins with; a broker
+        already running keeps the accounts it has."""
         url = self.running_broker_url()
         if url is not None:
             return RunningServer(url=url, port=int(url.rsplit(":", 1)[1]))
         self.data_dir.mkdir(parents=True, exist_ok=True)
         port = port or (MQTT_PORT if port_is_free(MQTT_PORT) else free_port())
-        broker = MosquittoServer(self.data_dir / "mosquitto", port=port)
+        broker = MosquittoServer(
+            self.data_dir / "mosquitto",
+            port=port,
+            accounts=None if accounts is None else accounts(),
+            allow_anonymous=allow_anonymous,
+        )
         if announce is not None:
             announce(f"starting Mosquitto on port {port} ...")
         broker.start()

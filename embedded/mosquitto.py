@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -10,6 +11,20 @@ import tempfile
 from pathlib import Path
 
 from embedded.process import ServerError, chown_tree, free_port, reachable_by, service_user, wait_for_port
+
+DYNSEC_PLUGIN_PATHS = (
+    "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
+    "/usr/lib/aarch64-linux-gnu/mosquitto_dynamic_security.so",
+    "/usr/lib/mosquitto_dynamic_security.so",
+    "/usr/local/lib/mosquitto_dynamic_security.so",
+)
+
+
+def find_dynsec_plugin() -> Path:
+    for candidate in DYNSEC_PLUGIN_PATHS:
+        if Path(candidate).exists():
+            return Path(candidate)
+    raise ServerError("Mosquitto's dynamic security plugin (mosquitto_dynamic_security.so) not found")
 
 
 def find_mosquitto() -> Path:
@@ -26,6 +41,11 @@ class MosquittoServer:
     `password_file` and `acl_file`, when given, switch anonymous access off and enforce per-device
     credentials and topic ACLs. `tls` (CA, certificate and key files) makes the listener TLS-only
     and requires a client certificate whose common name becomes the username the ACL sees.
+
+    `accounts`, when given, is the dynamic-security plugin's account document (clients, roles and
+    their ACLs, see coldchain/broker_accounts.py): written to `dynamic-security.json` (0600) at
+    every start, and changed on the running broker through its `$CONTROL` topic. Anonymous clients
+    are refused unless `allow_anonymous`.
     """
 
     def __init__(
@@ -36,6 +56,8 @@ class MosquittoServer:
         password_file: Path | None = None,
         acl_file: Path | None = None,
         tls: tuple[Path, Path, Path] | None = None,
+        accounts: dict[str, object] | None = None,
+        allow_anonymous: bool = False,
     ) -> None:
         self._owned_tmp = data_dir is None
         self.data_dir = (data_dir or Path(tempfile.mkdtemp(prefix="coldchain-mqtt-"))).resolve()
@@ -43,6 +65,8 @@ class MosquittoServer:
         self.password_file = password_file
         self.acl_file = acl_file
         self.tls = tls
+        self.accounts = accounts
+        self.allow_anonymous = allow_anonymous
         self.binary = find_mosquitto()
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -53,6 +77,12 @@ class MosquittoServer:
     def _write_config(self) -> Path:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "persistence").mkdir(exist_ok=True)
+        if self.accounts is not None:
+            path = self.dynsec_file
+            path.unlink(missing_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                json.dump(self.accounts, handle, indent=1)
         run_as = "root"
         user = service_user("mosquitto") if os.geteuid() == 0 else None
         if user is not None and reachable_by(user, self.data_dir):
@@ -84,7 +114,13 @@ class MosquittoServer:
             ]
         if os.geteuid() == 0:
             lines.append(f"user {run_as}")
-        if self.password_file is not None:
+        if self.accounts is not None:
+            lines += [
+                f"plugin {find_dynsec_plugin()}",
+                f"plugin_opt_config_file {self.dynsec_file}",
+                f"allow_anonymous {'true' if self.allow_anonymous else 'false'}",
+            ]
+        elif self.password_file is not None:
             lines += ["allow_anonymous false", f"password_file {self.password_file}"]
         else:
             lines.append(f"allow_anonymous {'false' if self.tls is not None else 'true'}")
@@ -93,6 +129,10 @@ class MosquittoServer:
         conf = self.data_dir / "mosquitto.conf"
         conf.write_text("\n".join(lines) + "\n")
         return conf
+
+    @property
+    def dynsec_file(self) -> Path:
+        return self.data_dir / "dynamic-security.json"
 
     def start(self) -> MosquittoServer:
         conf = self._write_config()

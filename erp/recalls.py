@@ -170,6 +170,7 @@ def impact_document(impact: store.Impact) -> dict[str, Any]:
             "stability_budget_spent_s": lot.spent_s,
             "stability_budget_credited_s": lot.credited_s,
             "stability_budget_remaining_s": lot.remaining_s,
+            "disposition": lot.disposition,
             "shipments": sorted(
                 {line.shipment_id for line in impact.lines if (line.gtin, line.lot) == (lot.gtin, lot.lot)}
             ),

@@ -2,7 +2,9 @@
 
 A bundle holds `evidence.json` (the record), `readings.csv`, `epcis.jsonld`, `report.pdf`,
 `public-key.pem` (a copy, for convenience only: trust comes from the key you already hold),
-`manifest.json` (the SHA-256 and size of each file, the subject, the generation time, the platform
+`calibration.csv` (each logger's certificates in force over its readings, when any logger has
+one or an override) and `disposition.csv` (a lot's signed disposition decisions, once QA made
+one), `manifest.json` (the SHA-256 and size of each file, the subject, the generation time, the platform
 version, the signing key's id) and `manifest.sig` (hex Ed25519 signature of `manifest.json`).
 The zip's archive comment is a seal over the whole file (`evidence.signing`), so a change to any
 byte, even one no extracted file would show, is caught.
@@ -42,7 +44,7 @@ from evidence.signing import (
     seal,
     verify_signature,
 )
-from evidence.tabular import csv_chunks, iso_ms, json_chunks
+from evidence.tabular import calibration_csv, csv_chunks, disposition_csv, iso_ms, json_chunks
 
 BUNDLE_FORMAT = "coldchain-bundle/1"
 MANIFEST, SIGNATURE = "manifest.json", "manifest.sig"
@@ -140,6 +142,10 @@ def write_bundle(ev: Evidence, out: IO[bytes], *, key: SigningKey, verify_url: s
         files["evidence.json"] = _write_member(zf, "evidence.json", json_chunks(ev))
         record = files["evidence.json"]["sha256"]
         files["readings.csv"] = _write_member(zf, "readings.csv", csv_chunks(ev))
+        extras = (("calibration.csv", calibration_csv(ev)), ("disposition.csv", disposition_csv(ev)))
+        for name, extra in extras:
+            if extra is not None:
+                files[name] = _write_member(zf, name, [extra])
         files["epcis.jsonld"] = _write_member(zf, "epcis.jsonld", [epcis_bytes(ev)])
         pdf = pdf_bytes(ev, record_sha256=record, verify_url=verify_url, key=key)
         files["report.pdf"] = _write_member(zf, "report.pdf", [pdf])

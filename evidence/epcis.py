@@ -3,7 +3,10 @@
 Each event observes the lot(s) at class level (the GS1 Digital Link of GTIN + lot in
 `quantityList`) with bizStep `sensor_reporting`; its `sensorElementList` holds one element per
 hour of readings (min, max and mean temperature, and humidity when measured) and one element per
-excursion with the `ALARM_CONDITION` exception and the peak. It validates against GS1's schema
+excursion with the `ALARM_CONDITION` exception and the peak, and `cc:calibration` (namespace
+`urn:coldchain:epcis:`) the certificates in force over the readings. A lot's disposition
+decisions are ObjectEvents of their own (bizStep `inspecting`, CBV disposition `conformant`,
+`non_sellable_other` or `non_conformant`, details in `cc:disposition`). It validates against GS1's schema
 (evidence/standards/EPCIS-JSON-Schema.json) with date-time formats checked.
 """
 
@@ -23,6 +26,8 @@ from evidence.model import Evidence, LegEvidence, LoggerEvidence
 from evidence.tabular import iso_ms
 
 EPCIS_CONTEXT = "https://ref.gs1.org/standards/epcis/2.0.0/epcis-context.jsonld"
+# Our extension fields (each logger's calibration, a lot's disposition details) are namespaced.
+NS, NS_URI = "cc", "urn:coldchain:epcis:"
 INTERVAL_MS = 3_600_000
 _HUMIDITY_KINDS = {"humidity"}
 _EXCURSION_KINDS = {"single", "cumulative", "rate", "humidity", "mkt", "stability_budget"}
@@ -90,6 +95,8 @@ def _logger_event(ev: Evidence, leg: LegEvidence, lg: LoggerEvidence) -> dict[st
     for x in leg.excursions:
         if x["device"] != lg.device.device_id or x["kind"] not in _EXCURSION_KINDS:
             continue
+        if x["state"] == "withdrawn":  # late data took it back: the readings show no alarm there
+            continue
         meta: dict[str, Any] = {"deviceID": device}
         if x["started_at"]:
             meta["startTime"] = x["started_at"]
@@ -127,17 +134,87 @@ def _logger_event(ev: Evidence, leg: LegEvidence, lg: LoggerEvidence) -> dict[st
     }
     if not quantities:
         del event["quantityList"]
+    if lg.calibration is not None:
+        event[f"{NS}:calibration"] = _calibration_extension(lg.calibration)
+    return _with_id(event)
+
+
+def _with_id(event: dict[str, Any]) -> dict[str, Any]:
     body = orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
     event["eventID"] = f"ni:///sha-256;{hashlib.sha256(body).hexdigest()}?ver=CBV2.0"
     return event
+
+
+def _ns(doc: dict[str, Any]) -> dict[str, Any]:
+    """An extension object with every key in our namespace (JSON-LD drops unmapped keys)."""
+    return {f"{NS}:{k}": _ns(v) if isinstance(v, dict) else v for k, v in doc.items()}
+
+
+def _calibration_extension(cal: dict[str, Any]) -> dict[str, Any]:
+    override = cal.get("override")
+    return _ns({
+        "status": cal["status"],
+        "readingsOutOfCalibration": cal["readings_out_of_calibration"],
+        "periods": [
+            _ns({
+                "from": p["from"], "to": p["to"], "readings": p["readings"], "status": p["status"],
+                **({} if p["certificate"] is None else {
+                    "certificateNumber": p["certificate"]["certificate_number"],
+                    "laboratory": p["certificate"]["laboratory"],
+                    "performedOn": p["certificate"]["performed_on"],
+                    "dueOn": p["certificate"]["due_on"],
+                }),
+            })
+            for p in cal["periods"]
+        ],
+        **({} if override is None else {"override": {
+            "reason": override["reason"], "overriddenBy": override["overridden_by"],
+            "overriddenAt": override["overridden_at"],
+            "signatureHashes": [x["record_hash"] for x in override["signatures"]],
+        }}),
+    })
+
+
+def _disposition_events(ev: Evidence) -> list[dict[str, Any]]:
+    """A lot's disposition decisions as ObjectEvents (bizStep `inspecting`, the CBV disposition),
+    with the decision, comment and signatures in our namespace."""
+    if ev.kind != "lot" or ev.disposition is None:
+        return []
+    out = []
+    for d in ev.disposition["history"]:
+        event: dict[str, Any] = {
+            "type": "ObjectEvent",
+            "eventTime": d["decided_at"],
+            "eventTimeZoneOffset": "+00:00",
+            "epcList": [],
+            "quantityList": [{"epcClass": digital_link(ev.subject["gtin"], ev.subject["lot"])}],
+            "action": "OBSERVE",
+            "bizStep": "inspecting",
+            "disposition": d["cbv_disposition"],
+            f"{NS}:disposition": _ns({
+                "decision": d["state"],
+                "previous": d["previous"] or "pending",
+                "comment": d["comment"],
+                "decidedBy": d["decided_by"],
+                "signatures": [
+                    _ns({"signer": x["signer"], "user": x["user"], "meaning": x["meaning"],
+                         "signedAt": x["signed_at"], "recordHash": x["record_hash"],
+                         "status": x.get("status")})
+                    for x in d["signatures"]
+                ],
+            }),
+        }
+        out.append(_with_id(event))
+    return out
 
 
 def epcis_document(ev: Evidence) -> dict[str, Any]:
     events = [
         e for leg in ev.legs for lg in leg.loggers if (e := _logger_event(ev, leg, lg)) is not None
     ]
+    events += _disposition_events(ev)
     return {
-        "@context": [EPCIS_CONTEXT],
+        "@context": [EPCIS_CONTEXT, {NS: NS_URI}],
         "type": "EPCISDocument",
         "schemaVersion": "2.0",
         "creationDate": iso_ms(int(ev.generated_at.timestamp() * 1000)),

@@ -12,7 +12,7 @@ once, and every format streams its text from them chunk by chunk.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
 import numpy as np
@@ -20,6 +20,8 @@ import psycopg
 
 from coldchain import __version__
 from coldchain.alarm_profile import AlarmProfile
+from coldchain.calibration import CalibrationStatus, periods_over, worst
+from coldchain.disposition import CBV_DISPOSITION, LotState
 from coldchain.domain import Alert
 from coldchain.errors import NotFoundError
 from coldchain.gs1 import digital_link, normalize_gtin
@@ -31,7 +33,7 @@ from rules.lot_figures import (
     labelled_range,
     lot_figures,
 )
-from storage import alerts, lot_budget, profiles, registry
+from storage import alerts, calibrations, lot_budget, lot_dispositions, profiles, registry, signatures
 from storage import evidence as store
 from storage.readings import FLAG_DOOR_OPEN
 
@@ -47,6 +49,7 @@ class LoggerEvidence:
     series: store.SeriesArrays
     figures: LoggerFigures | None  # None when the logger sent nothing on this leg
     listed: slice  # the readings the report lists (all, or an excursion's window)
+    calibration: dict[str, Any] | None = None  # the certificates in force during the listed readings
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +140,8 @@ def _logger_series(series: store.SeriesArrays, device_id: str) -> LoggerSeries:
         series.c.astype(np.float64),
         rh if bool(np.isfinite(rh).any()) else None,
         (series.flags & FLAG_DOOR_OPEN) != 0,
+        series.judged,
+        series.logger_started_ms,
     )
 
 
@@ -180,6 +185,93 @@ def lot_figures_of(conn: psycopg.Connection, *, org: int, rec: registry.LotRecor
     return lot_figures(rule_legs, stability_budget_s=rec.stability_budget_s)
 
 
+_DAY_MS = 86_400_000
+_EPOCH = date(1970, 1, 1)
+
+
+def _signed(
+    conn: psycopg.Connection, org: int, entity: str, key: str, rec: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """A signed record's signatures as evidence prints them, each checked against the record now."""
+    return [
+        {k: _iso(v) for k, v in sig.public().items()}
+        for sig in signatures.for_record(conn, org=org, entity=entity, key=key, current_record=rec)
+    ]
+
+
+def _calibration_doc(
+    conn: psycopg.Connection,
+    org: int,
+    records: list[calibrations.CalibrationRecord],
+    t_ms: np.ndarray,
+    rode_from: datetime,
+    override: calibrations.OverrideRow | None,
+) -> dict[str, Any]:
+    """Per logger: each certificate in force over the listed readings' days, the status it gave
+    on those days (calibrated, due soon, overdue, never), and QA's override of the assignment."""
+    if t_ms.size:
+        day_numbers, counts = np.unique(t_ms // _DAY_MS, return_counts=True)
+        days = [(_EPOCH + timedelta(days=int(d)), int(n)) for d, n in zip(day_numbers, counts, strict=True)]
+    else:
+        days = [(rode_from.astimezone(UTC).date(), 0)]
+    by_cert = {id(r.certificate): r for r in records}
+    periods = periods_over([r.certificate for r in records], days)
+    status = worst([p.status for p in periods])
+    doc_periods = []
+    for p in periods:
+        rec = None if p.certificate is None else by_cert[id(p.certificate)]
+        doc_periods.append({
+            "from": p.first_day.isoformat(),
+            "to": p.last_day.isoformat(),
+            "readings": p.readings,
+            "status": p.status.value,
+            "certificate": None if rec is None else {
+                "id": rec.id,
+                "certificate_number": rec.certificate.certificate_number,
+                "laboratory": rec.certificate.laboratory,
+                "performed_on": rec.certificate.performed_on.isoformat(),
+                "due_on": rec.certificate.due_on.isoformat(),
+            },
+        })
+    return {
+        "status": None if status is None else status.value,
+        "readings_out_of_calibration": sum(
+            p.readings for p in periods if p.status is CalibrationStatus.OVERDUE
+        ),
+        "periods": doc_periods,
+        "override": None if override is None else {
+            **{k: _iso(v) for k, v in override.public().items()},
+            "signatures": _signed(
+                conn, org, "calibration_override", str(override.id), override.signed_record()
+            ),
+        },
+    }
+
+
+def disposition_doc(conn: psycopg.Connection, *, org: int, gtin: str, lot: str) -> dict[str, Any]:
+    """A lot's disposition as evidence shows it: the state (and its CBV 2.0 disposition) and every
+    decision with its signatures, checked against the stored decision."""
+    decisions = lot_dispositions.history(conn, org=org, gtin=gtin, lot=lot)
+    state = LotState(decisions[-1].state) if decisions else LotState.PENDING
+    return {
+        "state": state.value,
+        "cbv_disposition": CBV_DISPOSITION.get(state),
+        "history": [
+            {
+                "id": d.id,
+                "state": d.state,
+                "previous": d.previous,
+                "cbv_disposition": CBV_DISPOSITION[LotState(d.state)],
+                "comment": d.comment,
+                "decided_by": d.decided_by,
+                "decided_at": _iso(d.decided_at),
+                "signatures": _signed(conn, org, "lot_disposition", str(d.id), d.signed_record()),
+            }
+            for d in decisions
+        ],
+    }
+
+
 def _build(
     conn: psycopg.Connection,
     *,
@@ -209,6 +301,11 @@ def _build(
                 except NotFoundError:
                     in_force[key] = {"id": a.profile_id, "version": a.profile_version, "missing": True}
 
+    overrides = {
+        (o.shipment_key, o.device_key, o.rode_from): o
+        for o in calibrations.overrides_for(conn, org=org, shipment_keys=shipment_keys)
+    }
+    certificates: dict[int, list[calibrations.CalibrationRecord]] = {}
     legs: list[LegEvidence] = []
     for row, profile, series in loaded:
         loggers = []
@@ -217,8 +314,16 @@ def _build(
             if window is not None:
                 lo, hi = np.searchsorted(s.t_ms, [window[0], window[1]], side="left")
                 listed = slice(int(lo), int(hi))
+            if dev.device_key not in certificates:
+                certificates[dev.device_key] = calibrations.records_of(conn, dev.device_key)
+            calibration = _calibration_doc(
+                conn, org, certificates[dev.device_key], s.t_ms[listed], dev.rode_from,
+                overrides.get((row.shipment_key, dev.device_key, dev.rode_from)),
+            )
             loggers.append(
-                LoggerEvidence(dev, s, figures.loggers.get((row.shipment_id, dev.device_id)), listed)
+                LoggerEvidence(
+                    dev, s, figures.loggers.get((row.shipment_id, dev.device_id)), listed, calibration
+                )
             )
         leg_alerts = sorted(
             (a for a in alert_rows if a.shipment_id == row.shipment_id),
@@ -273,13 +378,16 @@ def lot_evidence(conn: psycopg.Connection, *, org: int, gtin: str, lot: str) -> 
         kind="lot", subject=subject, legs=tuple(legs), figures=_lot_figures_doc(figures, credits),
         profiles=in_force, generated_at=datetime.now(UTC), org_id=org,
         shipment_keys=rec.shipment_keys,
+        disposition=disposition_doc(conn, org=org, gtin=rec.lot.gtin, lot=rec.lot.lot),
     )
 
 
 def _lots_on(conn: psycopg.Connection, org: int, legs: list[LegEvidence]) -> list[dict[str, Any]]:
     """Each lot carried, with its stability budget as the rules keep it for the whole journey."""
     out = []
-    for gtin, lot, quantity in sorted({x for leg in legs for x in leg.leg.lots}):
+    carried = sorted({x for leg in legs for x in leg.leg.lots})
+    decided = lot_dispositions.states(conn, org=org, lots=[(g, n) for g, n, _ in carried])
+    for gtin, lot, quantity in carried:
         rec = registry.get_lot(conn, org=org, gtin=gtin, lot=lot)
         credits = lot_budget.credits(conn, org=org, gtin=gtin, lot=lot)
         credited = float(sum(c["seconds"] for c in credits))
@@ -295,6 +403,7 @@ def _lots_on(conn: psycopg.Connection, org: int, legs: list[LegEvidence]) -> lis
             "stability_budget_spent_s": spent,
             "stability_budget_credited_s": credited,
             "stability_budget_remaining_s": None if budget is None else budget + credited - (spent or 0.0),
+            "disposition": decided.get((gtin, lot), LotState.PENDING.value),
         })
     return out
 

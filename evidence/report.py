@@ -1,5 +1,6 @@
 """The QA report as PDF (reportlab): header, a chart per leg with the profile's limits drawn and
-excursions shaded, statistics, the alarm table, the signature block; page numbers, embedded
+excursions shaded, statistics, each logger's calibration over its readings, the alarm table, a
+lot's disposition, the signature block; page numbers, embedded
 fonts, a footer with the record hash and where to verify it, and an Ed25519 seal in the
 document's metadata (`evidence.signing`).
 
@@ -232,8 +233,13 @@ def pdf_bytes(ev: Evidence, *, record_sha256: str, verify_url: str, key: Signing
         story.append(LegChart(leg, width))
         story.append(Spacer(1, 2 * mm))
         story.append(_stats_table(leg, width))
+        story.append(Spacer(1, 2 * mm))
+        story.append(_calibration_table(leg, width, styles["small"]))
     story.append(Paragraph("Alarms", styles["h2"]))
     story.append(_alarm_table(ev, width, styles["small"]))
+    if ev.disposition is not None:
+        story.append(Paragraph("Disposition", styles["h2"]))
+        story.append(_disposition_table(ev.disposition, width, styles["small"]))
     story.append(Paragraph("Signatures", styles["h2"]))
     story.append(_signature_block(ev, width, styles["body"]))
 
@@ -324,6 +330,59 @@ def _stats_table(leg: LegEvidence, width: float) -> Table:
     return table
 
 
+def _calibration_table(leg: LegEvidence, width: float, style: ParagraphStyle) -> Table:
+    """Each logger's certificates in force over its readings, the status they gave, and QA's
+    override when the logger rode out of calibration."""
+    rows: list[list[Any]] = [["Logger", "Certificate (laboratory)", "Performed", "Due", "Readings on",
+                              "Readings", "Status then", "Override"]]
+    for lg in leg.loggers:
+        cal = lg.calibration or {}
+        override = cal.get("override")
+        note = "–" if override is None else Paragraph(_esc(
+            f"{override['reason']} — by {override['overridden_by']} {str(override['overridden_at'])[:16]}"
+        ), style)
+        for p in cal.get("periods", []):
+            cert = p["certificate"]
+            rows.append([
+                lg.device.device_id,
+                "none recorded" if cert is None else Paragraph(
+                    _esc(f"{cert['certificate_number']} ({cert['laboratory']})"), style),
+                "–" if cert is None else cert["performed_on"], "–" if cert is None else cert["due_on"],
+                p["from"] if p["from"] == p["to"] else f"{p['from']} – {p['to']}",
+                str(p["readings"]), p["status"].replace("_", " "), note,
+            ])
+    if len(rows) == 1:
+        rows.append(["–", "no loggers", "", "", "", "", "", ""])
+    table = Table(rows, colWidths=[width * w for w in (0.12, 0.18, 0.1, 0.1, 0.17, 0.08, 0.1, 0.15)],
+                  repeatRows=1)
+    table.setStyle(_GRID)
+    return table
+
+
+def _disposition_table(disposition: dict[str, Any], width: float, style: ParagraphStyle) -> Table:
+    """QA's decisions on the lot, the current state first."""
+    rows: list[list[Any]] = [
+        ["State", f"{disposition['state']} (CBV: {disposition.get('cbv_disposition') or '–'})", "", ""],
+        ["Decision", "Decided by, at (UTC)", "Comment", "Signature"],
+    ]
+    for d in disposition.get("history", []):
+        signed = "; ".join(
+            f"{s.get('signer')} <{s.get('user')}>, {s.get('meaning')}, {s.get('status', 'unchecked')}"
+            for s in d.get("signatures", [])
+        ) or "not signed"
+        rows.append([
+            f"{d['previous'] or 'pending'} -> {d['state']}",  # the embedded font has no arrow
+            Paragraph(_esc(f"{d['decided_by']} {str(d['decided_at'])[:19]}"), style),
+            Paragraph(_esc(d["comment"]), style),
+            Paragraph(_esc(signed), style),
+        ])
+    if not disposition.get("history"):
+        rows.append(["–", "no QA decision yet", "", ""])
+    table = Table(rows, colWidths=[width * w for w in (0.2, 0.25, 0.3, 0.25)])
+    table.setStyle(_GRID)
+    return table
+
+
 def _alarm_table(ev: Evidence, width: float, style: ParagraphStyle) -> Flowable:
     rows: list[list[Any]] = [["Id", "Kind / limit", "Logger", "Start – end (UTC)", "Peak", "State",
                               "Lifecycle"]]
@@ -351,10 +410,18 @@ def _alarm_table(ev: Evidence, width: float, style: ParagraphStyle) -> Flowable:
 def _signature_block(ev: Evidence, width: float, style: ParagraphStyle) -> Flowable:
     """Electronic signatures when the record has them; otherwise lines for signing."""
     sigs = list(ev.signatures) + [s for leg in ev.legs for x in leg.excursions for s in x["signatures"]]
+    if ev.disposition is not None:  # the lot's disposition decisions
+        sigs += [s for d in ev.disposition.get("history", []) for s in d.get("signatures", [])]
+    sigs += [  # QA's overrides of a logger's calibration
+        s for leg in ev.legs for lg in leg.loggers
+        if lg.calibration is not None and lg.calibration.get("override") is not None
+        for s in lg.calibration["override"]["signatures"]
+    ]
     rows: list[list[str]] = [["Signer", "Meaning", "Signed at (UTC)", "Record hash"]]
     for s in sigs:
-        rows.append([f"{s.get('signer')} <{s.get('user')}>", str(s.get("meaning")), str(s.get("signed_at")),
-                     str(s.get("record_hash"))[:24] + "…"])
+        broken = " (BROKEN)" if s.get("status") == "broken" else ""  # the record changed after signing
+        rows.append([f"{s.get('signer')} <{s.get('user')}>", str(s.get("meaning")) + broken,
+                     str(s.get("signed_at")), str(s.get("record_hash"))[:24] + "…"])
     if not sigs:
         rows.append(["No electronic signature recorded for this record.", "", "", ""])
         for meaning in ("Reviewed by (QA)", "Approved / released by"):

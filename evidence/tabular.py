@@ -104,6 +104,7 @@ def head_document(ev: Evidence, readings_marker: str) -> dict[str, Any]:
                 "from": _when(dev.rode_from),
                 "to": _when(dev.rode_to),
                 "calibration": dev.last_calibration,
+                "calibration_in_force": lg.calibration,
                 "stats": None if lg.figures is None else logger_stats(lg.figures),
                 "readings_listed": listed,
                 "readings": f"{readings_marker}{i}.{j}",
@@ -255,3 +256,61 @@ def csv_chunks(ev: Evidence) -> Iterator[bytes]:
                     if present[name]:
                         layout.slot(name, n)[:] = text.flag((f & bit) != 0, b"1", b"0")
                 yield layout.render(n)
+
+
+def _csv_line(values: list[Any]) -> bytes:
+    return b",".join(_csv_field("" if v is None else str(v)) for v in values) + b"\r\n"
+
+
+CALIBRATION_HEADER = (
+    "shipment,device,from,to,readings,status,certificate_number,laboratory,performed_on,due_on,"
+    "override_reason,override_by,override_at,override_signature_hash"
+)
+
+
+def calibration_csv(ev: Evidence) -> bytes | None:
+    """One row per logger and calibration period (the bundle's `calibration.csv`); None when no
+    logger of the record has a certificate or an override, since every row would say `never`."""
+    rows: list[bytes] = []
+    known = False
+    for leg in ev.legs:
+        for lg in leg.loggers:
+            cal = lg.calibration
+            if cal is None:
+                continue
+            o = cal.get("override") or {}
+            known = known or bool(o) or any(p["certificate"] is not None for p in cal["periods"])
+            for p in cal["periods"]:
+                c = p["certificate"] or {}
+                rows.append(_csv_line([
+                    leg.leg.shipment_id, lg.device.device_id, p["from"], p["to"], p["readings"], p["status"],
+                    c.get("certificate_number"), c.get("laboratory"), c.get("performed_on"), c.get("due_on"),
+                    o.get("reason"), o.get("overridden_by"), o.get("overridden_at"),
+                    ";".join(s["record_hash"] for s in o.get("signatures", [])),
+                ]))
+    if not known:
+        return None
+    return CALIBRATION_HEADER.encode() + b"\r\n" + b"".join(rows)
+
+
+DISPOSITION_HEADER = (
+    "decision,previous,cbv_disposition,comment,decided_by,decided_at,signer,user,meaning,signed_at,"
+    "record_hash,signature_status"
+)
+
+
+def disposition_csv(ev: Evidence) -> bytes | None:
+    """A lot's disposition decisions, one row per signature (the bundle's `disposition.csv`);
+    None when QA has not decided yet."""
+    history = [] if ev.disposition is None else ev.disposition.get("history", [])
+    if not history:
+        return None
+    rows = []
+    for d in history:
+        for s in d["signatures"] or [{}]:
+            rows.append(_csv_line([
+                d["state"], d["previous"] or "pending", d["cbv_disposition"], d["comment"], d["decided_by"],
+                d["decided_at"], s.get("signer"), s.get("user"), s.get("meaning"), s.get("signed_at"),
+                s.get("record_hash"), s.get("status"),
+            ]))
+    return DISPOSITION_HEADER.encode() + b"\r\n" + b"".join(rows)

@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 _BIG_ENDIAN_HOST = sys.byteorder == "big"
 
 SCHEMA_VERSION = 1
+_STARTED = "logger_started_ms:"  # meta key prefixes, per device
+_TRIP = "trip_shipment:"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS reading (
@@ -192,11 +194,37 @@ class Outbox:
             )
             for s in samples
         ]
+        first: dict[str, int] = {}
+        for s in samples:
+            first[s.device_id] = min(first.get(s.device_id, s.t_ms), s.t_ms)
         with self._transaction():
             self._db.executemany(
                 "INSERT INTO reading (device, t_ms, c, rh, extras) VALUES (?, ?, ?, ?, ?)", rows
             )
+            # When this logger started logging: kept across restarts of the agent, so that the
+            # platform's start delay counts from the start, not from a restart mid-trip.
+            self._db.executemany(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                [(_STARTED + device, str(t)) for device, t in first.items()],
+            )
         self._held += len(rows)
+
+    def logger_started_ms(self, device: str) -> int | None:
+        """When the device's logging started (its first reading since `restart_logging`)."""
+        value = self.meta(_STARTED + device)
+        return None if value is None else int(value)
+
+    def note_trip(self, device: str, shipment: str) -> bool:
+        """Record the shipment the platform says the device rides with; a different one than
+        before is a new trip, and its next reading starts the logging again (True)."""
+        with self._transaction():
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (_TRIP + device,)).fetchone()
+            if row is not None and row[0] == shipment:
+                return False
+            self._set_meta(_TRIP + device, shipment)
+            if row is not None:
+                self._db.execute("DELETE FROM meta WHERE key = ?", (_STARTED + device,))
+            return row is not None
 
     def seal(
         self,

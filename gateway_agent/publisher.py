@@ -258,6 +258,7 @@ class DevicePublisher:
             fw=self.settings.fw,
             signal_dbm=extra.get("signal_dbm"),
             applied_config=self.link.applied_config,
+            started_ms=self.outbox.logger_started_ms(self.device.id),
         ).encode()
 
     async def _heartbeat(self, client: AckingClient) -> None:
@@ -279,6 +280,8 @@ class DevicePublisher:
                 config = DeviceConfig.decode(bytes(message.payload))
                 if self.on_config is not None:
                     self.on_config(self.device.id, config)
+                if config.shipment is not None:
+                    self.outbox.note_trip(self.device.id, config.shipment)
             except Exception as exc:  # a bad config must never take the link down
                 log.warning("device %s: config refused: %s", self.device.id, exc)
                 continue

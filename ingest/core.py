@@ -3,6 +3,7 @@ vectorised reading checks, clock-offset estimate and sequence-gap arithmetic. No
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -293,6 +294,50 @@ def extras_json(batch: ReadingBatch) -> str | None:
     if batch.extras is None:
         return None
     return orjson.dumps(list(batch.extras)).decode()
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryExtremes:
+    """The edge's summary readings in one batch (an outbox that overflowed folds each bucket into
+    one reading with the bucket's mean): where they are, and each one's extremes and span."""
+
+    mask: npt.NDArray[np.bool_]
+    min_c: npt.NDArray[np.float64]
+    max_c: npt.NDArray[np.float64]
+    n: npt.NDArray[np.int32]
+    t_last_ms: npt.NDArray[np.int64]
+
+
+def summary_extremes(batch: ReadingBatch) -> SummaryExtremes | None:
+    """The batch's summary readings (extras `summary`, `min_c`, `max_c`), or None when it has none.
+
+    A summary without both extremes, or with extremes that do not enclose its mean, is judged by
+    its mean alone rather than by numbers that contradict each other.
+    """
+    if batch.extras is None:
+        return None
+    n = len(batch.extras)
+    mask = np.zeros(n, bool)
+    lo = np.full(n, np.nan)
+    hi = np.full(n, np.nan)
+    count = np.ones(n, np.int32)
+    last = np.asarray(batch.t_ms, dtype=np.int64).copy()
+    for i, extra in enumerate(batch.extras):
+        if not extra or not extra.get("summary"):
+            continue
+        low, high = extra.get("min_c"), extra.get("max_c")
+        if not isinstance(low, int | float) or not isinstance(high, int | float):
+            continue
+        c = float(batch.celsius[i])
+        if not (math.isfinite(low) and math.isfinite(high) and low <= c <= high):
+            continue
+        mask[i], lo[i], hi[i] = True, float(low), float(high)
+        if isinstance(extra.get("n"), int) and extra["n"] > 0:
+            count[i] = min(int(extra["n"]), 2**31 - 1)
+        t_last = extra.get("t_last")
+        if isinstance(t_last, int) and t_last >= last[i]:
+            last[i] = t_last
+    return SummaryExtremes(mask, lo, hi, count, last) if bool(mask.any()) else None
 
 
 def door_open(batch: ReadingBatch) -> npt.NDArray[np.bool_] | None:

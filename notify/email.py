@@ -161,6 +161,33 @@ def build_alert_email(
     return message
 
 
+def build_withdrawal_email(
+    *, alert: Alert, to: str, from_address: str, idempotency_key: str, now: datetime | None = None
+) -> EmailMessage:
+    """The e-mail that takes an alert back: late readings no longer show the excursion. It threads
+    under nothing and asks for nothing; it says which alert, and why it is withdrawn."""
+    if "@" not in parseaddr(to)[1]:
+        raise ValidationError(f"not an e-mail address: {to!r}", field="email")
+    where = alert.shipment_id or alert.device_id or "unassigned logger"
+    text = (
+        f"Alert {alert.id} ({where}) is withdrawn.\n\n"
+        "Readings the logger delivered late were evaluated with the rest of its series, and they no"
+        " longer show this excursion. No action is needed; the alert's history keeps what happened.\n\n"
+        f"Was: {alert.message}\n"
+    )
+    message = EmailMessage()
+    message["Subject"] = f"[WITHDRAWN] Alert {alert.id}: {where}"
+    message["From"] = from_address
+    message["To"] = to
+    message["Date"] = format_datetime(now or datetime.now(UTC))
+    message["Message-ID"] = message_id_for(idempotency_key, from_address)
+    message["X-Coldchain-Notification"] = idempotency_key
+    message["X-Coldchain-Alert"] = str(alert.id)
+    message["Auto-Submitted"] = "auto-generated"
+    message.set_content(text)
+    return message
+
+
 class SmtpEmail:
     """Sends messages over SMTP with STARTTLS, implicit TLS, or (loopback only) no TLS.
 

@@ -27,9 +27,9 @@ from coldchain.notification import Channel
 from coldchain.settings import Settings
 from notify.chart import render_excursion_png
 from notify.delivery import DeliveryError, DeliveryReceipt
-from notify.email import SmtpEmail, build_alert_email
+from notify.email import SmtpEmail, build_alert_email, build_withdrawal_email
 from notify.links import issue_ack_token
-from notify.sms import TwilioSms, TwilioVoice, alert_sms_text
+from notify.sms import TwilioSms, TwilioVoice, alert_sms_text, alert_withdrawal_text
 from notify.webhook import WebhookEndpoint, WebhookSender
 from storage import alerts as alert_store
 from storage import notify_directory, notify_outbox, readings
@@ -44,6 +44,11 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+_WEBHOOK_EVENTS = {
+    "escalation": "alert.notification",
+    "digest": "alert.digest",
+    "withdrawal": "alert.withdrawn",
+}
 
 STATUS_PATH = "/api/v1/notify/twilio/status"
 ACK_PATH = "/ack"
@@ -266,7 +271,7 @@ class OutboxWorker:
                 conn, org=row.org_id, contact_id=row.contact_id
             ).webhook_secret
         chart = None
-        if row.channel == Channel.EMAIL.value and row.kind != "digest" and row.alert_id is not None:
+        if row.channel == Channel.EMAIL.value and row.kind == "escalation" and row.alert_id is not None:
             chart = readings.alert_readings(conn, alert_id=row.alert_id)
         return _Job(row=row, alerts=found, webhook_secret=secret, chart=chart)
 
@@ -316,6 +321,8 @@ class OutboxWorker:
         )
 
     def _short_text(self, job: _Job) -> str:
+        if job.row.kind == "withdrawal":
+            return alert_withdrawal_text(job.alerts[0])
         if job.row.kind != "digest":
             return alert_sms_text(job.alerts[0], escalated_tier=job.row.tier)
         lines = [f"Coldchain digest: {len(job.alerts)} alert(s)."]
@@ -330,9 +337,14 @@ class OutboxWorker:
     def _email(self, job: _Job, from_address: str) -> Any:
         row = job.row
         alert = job.alerts[0]
+        if row.kind == "withdrawal":
+            return build_withdrawal_email(
+                alert=alert, to=row.recipient, from_address=from_address,
+                idempotency_key=row.idempotency_key, now=self.now(),
+            )
         link = None
         base = ack_link_base(self._settings)
-        if base and row.contact_id and row.kind != "digest":
+        if base and row.contact_id and row.kind == "escalation":
             token = issue_ack_token(
                 self._settings.secret_key.get_secret_value(),
                 alert_id=alert.id,
@@ -359,7 +371,7 @@ class OutboxWorker:
 
     def _webhook_body(self, job: _Job) -> dict[str, Any]:
         return {
-            "event": "alert.digest" if job.row.kind == "digest" else "alert.notification",
+            "event": _WEBHOOK_EVENTS[job.row.kind],
             "notification": job.row.idempotency_key,
             "tier": job.row.tier,
             "alerts": [

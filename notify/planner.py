@@ -22,9 +22,9 @@ from typing import Any
 
 import psycopg
 
-from coldchain.domain import Severity
+from coldchain.domain import AlertState, Severity
 from coldchain.errors import ColdchainError, ValidationError
-from coldchain.notification import Channel, NotificationState
+from coldchain.notification import Channel, NotificationKind, NotificationState
 from notify.escalation import (
     EscalationPolicy,
     EscalationTier,
@@ -303,7 +303,9 @@ class Planner:
             escalation_plans.save_plan(
                 conn, alert_id=alert_id, next_check_at=None, stopped_at=min(facts.stopped_at, now), now=now
             )
-            return PlanOutcome(alert_id, stopped=True, cancelled=cancelled)
+            withdrawn = facts.state is AlertState.WITHDRAWN
+            enqueued = self._withdrawal_notices(conn, facts, now) if withdrawn else 0
+            return PlanOutcome(alert_id, enqueued=enqueued, stopped=True, cancelled=cancelled)
         policy = policy_from_body(plan.policy_key, plan.policy)
         contacts = self._contacts(notify_directory.list_contacts(conn, org=facts.org_id))
         rules = [
@@ -386,6 +388,37 @@ class Planner:
         if enqueued:
             log.info("alert %d: %d notification(s) enqueued", alert_id, enqueued, extra={"alert": alert_id})
         return PlanOutcome(alert_id, enqueued=enqueued, next_check_at=next_check)
+
+    @staticmethod
+    def _withdrawal_notices(
+        conn: psycopg.Connection, facts: escalation_plans.AlertFacts, now: datetime
+    ) -> int:
+        """Tell everyone the alert reached that late data withdrew it, once each, on the channel
+        that reached them (a voice call is answered by a text: no one is woken to hear "never mind")."""
+        items = []
+        for told in notify_outbox.told_recipients(conn, facts.id):
+            channel = Channel.SMS if told.channel == Channel.VOICE.value else Channel(told.channel)
+            items.append(
+                OutboxItem(
+                    org_id=facts.org_id,
+                    idempotency_key=f"withdrawn:{facts.id}:{told.contact_id}:{channel.value}",
+                    alert_id=facts.id,
+                    channel=channel,
+                    recipient=told.recipient,
+                    state=NotificationState.PENDING,
+                    due_at=now,
+                    next_attempt_at=now,
+                    kind=NotificationKind.WITHDRAWAL,
+                    contact_id=told.contact_id,
+                    severity=facts.severity,
+                )
+            )
+        enqueued = notify_outbox.enqueue(conn, items, now=now)
+        if enqueued:
+            log.info(
+                "alert %d withdrawn: %d notice(s) enqueued", facts.id, enqueued, extra={"alert": facts.id}
+            )
+        return enqueued
 
     @staticmethod
     def _contacts(rows: Sequence[ContactRow]) -> list[Contact]:

@@ -94,6 +94,15 @@ def alert_sms_text(alert: Alert, *, escalated_tier: int | None = None) -> str:
     return f"{head}: {message}.{peak} Reply ACK {alert.id}"
 
 
+def alert_withdrawal_text(alert: Alert) -> str:
+    """The SMS that takes an alert back: late readings show no excursion, nothing to do."""
+    where = alert.shipment_id or alert.device_id or "logger"
+    return (
+        f"WITHDRAWN alert {alert.id} {where}: late readings from the logger show no excursion."
+        " No action needed."
+    )
+
+
 def rebase_url(url: str, base_url: str) -> str:
     """`url` with its scheme and host replaced by `base_url`'s (whose path becomes a prefix)."""
     target = urlsplit(url)

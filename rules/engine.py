@@ -80,12 +80,20 @@ _STATE_FORMAT = 1
 
 @dataclass(frozen=True, slots=True, eq=False)
 class SensorSeries:
-    """Readings of one logger: strictly increasing epoch-ms times and °C (optional %RH, door)."""
+    """Readings of one logger: strictly increasing epoch-ms times and °C (optional %RH, door).
+
+    `low_c`/`high_c` are what the low and the high limits judge where they differ from `temps_c`:
+    an edge summary reading stands for a bucket by its mean, and is judged by its minimum and
+    maximum over that bucket (when in the bucket they occurred is unknown, so the whole bucket
+    counts at them: the conservative reading). MKT and the rate of change take `temps_c`.
+    """
 
     times_ms: TimeArray
     temps_c: FloatArray
     rh_pct: FloatArray | None = None
     door_open: BoolArray | None = None
+    low_c: FloatArray | None = None
+    high_c: FloatArray | None = None
 
     def __post_init__(self) -> None:
         t = np.asarray(self.times_ms)
@@ -114,6 +122,13 @@ class SensorSeries:
             if door.shape != t.shape or door.dtype != np.bool_:
                 raise ValidationError("door_open must be a boolean array with one value per time")
             object.__setattr__(self, "door_open", door)
+        for name in ("low_c", "high_c"):
+            judged = getattr(self, name)
+            if judged is not None:
+                judged = np.asarray(judged, dtype=np.float64)
+                if judged.shape != t.shape or not bool(np.isfinite(judged).all()):
+                    raise ValidationError(f"{name} must be finite with one value per time")
+                object.__setattr__(self, name, judged)
 
     def __len__(self) -> int:
         return int(self.times_ms.size)
@@ -145,10 +160,15 @@ def merge_batches(batches: Iterable[SensorSeries]) -> SensorSeries:
         if any_door
         else None
     )
+    judged = any(p.low_c is not None or p.high_c is not None for p in parts)
+    low = np.concatenate([p.temps_c if p.low_c is None else p.low_c for p in parts]) if judged else None
+    high = np.concatenate([p.temps_c if p.high_c is None else p.high_c for p in parts]) if judged else None
     order = np.argsort(t, kind="stable")
     t, v = t[order], v[order]
     rh = rh[order] if rh is not None else None
     door = door[order] if door is not None else None
+    low = low[order] if low is not None else None
+    high = high[order] if high is not None else None
     same = t[1:] == t[:-1]
     if same.any():
         agree = v[1:] == v[:-1]
@@ -164,7 +184,9 @@ def merge_batches(batches: Iterable[SensorSeries]) -> SensorSeries:
         t, v = t[keep], v[keep]
         rh = rh[keep] if rh is not None else None
         door = door[keep] if door is not None else None
-    return SensorSeries(t, v, rh, door)
+        low = low[keep] if low is not None else None
+        high = high[keep] if high is not None else None
+    return SensorSeries(t, v, rh, door, low, high)
 
 
 # --- carried state ------------------------------------------------------------------------------
@@ -566,6 +588,8 @@ class _Evaluation:
     rh: FloatArray | None
     delay_cut: int  # readings before this index are inside the start delay
     door_excused: BoolArray | None
+    temps_low: FloatArray  # what low limits judge: `temps`, or a summary's minimum
+    temps_high: FloatArray  # what high limits judge: `temps`, or a summary's maximum
     excursions: list[Excursion] = field(default_factory=list)
     signals: dict[str, SignalCarry] = field(default_factory=dict)
     counters: dict[str, CounterCarry] = field(default_factory=dict)
@@ -692,7 +716,8 @@ def _temperature_limits(batch: _Evaluation) -> None:
     hold_ms = profile.resolve_hold_s * 1000
     beyond_masks: dict[str, tuple[ClassArray, Limit]] = {}
     for limit in profile.limits:
-        cls, _ = _classify(batch.temps, limit.side, limit.threshold_c, limit.inclusive, hyst)
+        values = batch.temps_high if limit.side == "high" else batch.temps_low
+        cls, _ = _classify(values, limit.side, limit.threshold_c, limit.inclusive, hyst)
         if batch.delay_cut:
             _neutralise(cls, slice(0, batch.delay_cut))
         if batch.door_excused is not None:
@@ -700,11 +725,11 @@ def _temperature_limits(batch: _Evaluation) -> None:
         key = _signal_key(ExcursionKind.SINGLE, limit.id)
         carry = batch.state.signals.get(key)
         runs = _runs(batch.times, cls, carry)
-        peaks = _run_peaks(batch.temps, runs, limit.side, carry)
+        peaks = _run_peaks(values, runs, limit.side, carry)
         if limit.single_event_delay_s is not None:
             batch.signal(
                 kind=ExcursionKind.SINGLE, limit_id=limit.id, tier=limit.tier, cls=cls,
-                values=batch.temps, side=limit.side, delay_ms=limit.single_event_delay_s * 1000,
+                values=values, side=limit.side, delay_ms=limit.single_event_delay_s * 1000,
                 hold_ms=hold_ms, carry=carry, times=batch.times, runs=runs, peaks=peaks,
             )
         else:
@@ -917,7 +942,9 @@ def evaluate(
         state, profile_id=profile.id, profile_version=profile.version,
         series_start_ms=series_start,
     )
-    anchor = state.logger_started_ms if state.logger_started_ms is not None else series_start
+    # A start reported after the first reading belongs to another trip: count from the series.
+    started = state.logger_started_ms
+    anchor = series_start if started is None else min(started, series_start)
     delay_cut = int(np.searchsorted(t, anchor + profile.start_delay_s * 1000, side="left"))
     excused, last_door, door_since = _door_excused(
         series, state, profile.door_open_tolerance_s * 1000
@@ -925,6 +952,8 @@ def evaluate(
     batch = _Evaluation(
         profile=profile, state=state, times=t, temps=series.temps_c, rh=series.rh_pct,
         delay_cut=delay_cut, door_excused=excused,
+        temps_low=series.temps_c if series.low_c is None else series.low_c,
+        temps_high=series.temps_c if series.high_c is None else series.high_c,
     )
     _temperature_limits(batch)
     _rate_of_change(batch)

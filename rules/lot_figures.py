@@ -36,6 +36,9 @@ class LoggerSeries:
     temps_c: npt.NDArray[np.float64]
     rh_pct: npt.NDArray[np.float64] | None = None
     door_open: npt.NDArray[np.bool_] | None = None
+    # (low, high) the limits judge where edge summaries are among the readings (SensorSeries)
+    judged: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None = None
+    logger_started_ms: int | None = None  # anchors the start delay, as the rules anchored it
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +167,12 @@ def logger_figures(logger: LoggerSeries, profile: AlarmProfile) -> LoggerFigures
     """Evaluate one logger's readings on one leg (door data included) once, and take every
     per-logger figure from that evaluation. The logger must have at least one reading."""
     t, c = logger.times_ms, np.asarray(logger.temps_c, dtype=np.float64)
-    result = evaluate(SensorSeries(t, c, logger.rh_pct, logger.door_open), profile)
+    judged_low, judged_high = logger.judged if logger.judged is not None else (c, c)
+    result = evaluate(
+        SensorSeries(t, c, logger.rh_pct, logger.door_open, judged_low, judged_high),
+        profile,
+        EngineState(logger_started_ms=logger.logger_started_ms),
+    )
     state = result.state
     beyond = {lim.id: state.time_beyond_s(lim.id) for lim in profile.limits}
     high, low = labelled_range(profile)
@@ -175,8 +183,8 @@ def logger_figures(logger: LoggerSeries, profile: AlarmProfile) -> LoggerFigures
         readings=int(t.size),
         first_ms=int(t[0]),
         last_ms=int(t[-1]),
-        min_c=float(c.min()),
-        max_c=float(c.max()),
+        min_c=float(judged_low.min()),  # a summary's extremes, not only its mean
+        max_c=float(judged_high.max()),
         mean_c=float(c.mean()),
         mkt_c=mkt,
         delta_h_over_r_k=dhr,

@@ -36,6 +36,7 @@ class RunStats:
     reevaluated: int = 0
     alerts_opened: int = 0
     alerts_resolved: int = 0
+    alerts_withdrawn: int = 0
     lots_refreshed: int = 0
 
     def merge(self, other: RunStats) -> None:
@@ -48,9 +49,14 @@ def _utc(ms: int | None) -> datetime | None:
     return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
+def series_prefix(shipment_key: int, device_key: int) -> str:
+    """The start every excursion episode key of one series shares."""
+    return f"x:{shipment_key}:{device_key}:"
+
+
 def episode_key(shipment_key: int, device_key: int, excursion: Excursion) -> str:
     kind, limit, start = excursion.key
-    return f"x:{shipment_key}:{device_key}:{kind}:{limit}:{start}"
+    return f"{series_prefix(shipment_key, device_key)}{kind}:{limit}:{start}"
 
 
 def describe(excursion: Excursion, profile: AlarmProfile, device_id: str | None) -> str:
@@ -111,19 +117,18 @@ def _apply(
             stats.alerts_opened += 1
             log.info("alert %d opened: %s", alert_id, key, extra={"device": device_id, "alert": alert_id})
         else:
-            resolved_by = alerts.update_episode(
+            state = alerts.update_episode(
                 conn, alert_id, ended_at=_utc(excursion.end_ms), peak_c=excursion.peak_value
             )
-            if resolved_by == RULES_ACTOR and excursion.resolved_ms is None:
-                # resolved when its readings left the series, and back with them: open again
+            # A withdrawn episode the readings show again: after a pass over the whole series, or
+            # an ordinary pass over readings that came back (a corrected assignment undone joins
+            # them after the series' last reading, so the series is not evaluated from its start).
+            if state is AlertState.WITHDRAWN:
                 alerts.transition(
-                    conn,
-                    org=work.org_id,
-                    alert_id=alert_id,
-                    action="reopen",
-                    actor=RULES_ACTOR,
-                    comment="an excursion again: the series was evaluated again after its readings changed",
+                    conn, org=work.org_id, alert_id=alert_id, action="reinstate", actor=RULES_ACTOR,
+                    comment="supported again by the readings after a re-evaluation",
                 )
+                stats.alerts_opened += 1
         if excursion.resolved_ms is not None:
             current = alerts.get_alert(conn, org=work.org_id, alert_id=alert_id)
             if current.state in (AlertState.OPEN, AlertState.ACKNOWLEDGED):
@@ -141,25 +146,36 @@ def _apply(
                 stats.alerts_resolved += 1
 
 
-def _resolve_vanished(
-    conn: psycopg.Connection, work: SeriesWork, produced: set[str], stats: RunStats
+def withdraw_unsupported(
+    conn: psycopg.Connection, work: SeriesWork, excursions: list[Excursion], stats: RunStats
 ) -> None:
-    """Resolve the series' unresolved alerts whose episode the new evaluation no longer finds:
-    the readings behind them changed (moved to another shipment when an assignment was
-    corrected). The alert stays, with its history, for QA to close."""
-    prefix = f"x:{work.shipment_key}:{work.device_key}:"
-    for key, (alert_id, _) in alerts.open_episode_alerts(conn, org_id=work.org_id, prefix=prefix).items():
-        if key in produced:
+    """After a pass over the whole series (late data landed inside what was evaluated, or a
+    corrected assignment moved readings in or out), withdraw the alerts of episodes the readings
+    no longer show.
+
+    Back-filled readings can fill a gap that looked like a warm hour, or move an episode's start
+    (a new key: the new episode is raised, the old one withdrawn). A series whose readings all
+    left is called with no excursions: every alert it had is withdrawn. A closed alert carries
+    QA's signature and stays closed; its history records that the readings no longer support it.
+    """
+    supported = {episode_key(work.shipment_key, work.device_key, x) for x in excursions}
+    prefix = series_prefix(work.shipment_key, work.device_key)
+    for key, (alert_id, state) in alerts.series_alerts(conn, org_id=work.org_id, prefix=prefix).items():
+        if key in supported or state is AlertState.WITHDRAWN:
+            continue
+        reason = (
+            "superseded by late data or corrected readings:"
+            " a re-evaluation of the series no longer finds this excursion"
+        )
+        if state is AlertState.CLOSED:
+            alerts.note(conn, org=work.org_id, alert_id=alert_id, actor=RULES_ACTOR, action="unsupported",
+                        comment=reason)
             continue
         alerts.transition(
-            conn,
-            org=work.org_id,
-            alert_id=alert_id,
-            action="resolve",
-            actor=RULES_ACTOR,
-            comment="no longer an excursion: the series was evaluated again after its readings changed",
+            conn, org=work.org_id, alert_id=alert_id, action="withdraw", actor=RULES_ACTOR, comment=reason
         )
-        stats.alerts_resolved += 1
+        stats.alerts_withdrawn += 1
+        log.info("alert %d withdrawn: %s", alert_id, key, extra={"alert": alert_id})
 
 
 def at_rest(profile: AlarmProfile, state: EngineState) -> bool:
@@ -197,7 +213,7 @@ def evaluate_many(conn: psycopg.Connection, work: list[SeriesWork], stats: RunSt
     after: dict[tuple[int, int], int | None] = {}
     until: dict[tuple[int, int], int] = {}
     states: dict[tuple[int, int], EngineState | None] = {}
-    restarted: set[tuple[int, int]] = set()  # judged before, now judged again from the start
+    restarted: set[tuple[int, int]] = set()  # series evaluated again from their first reading
     for key, item in by_key.items():
         ctx = contexts[key]
         state = EngineState.from_dict(ctx.state) if ctx.state is not None else None
@@ -205,7 +221,7 @@ def evaluate_many(conn: psycopg.Connection, work: list[SeriesWork], stats: RunSt
         if restart and state is not None:
             stats.reevaluated += 1
             restarted.add(key)
-        states[key] = None if restart else state
+        states[key] = fresh_state(state, ctx.logger_started_ms) if restart else state
         after[key] = None if restart or state is None else state.last_ms
         # Up to the claimed work's end, and over everything evaluated before when starting over.
         done = state.last_ms if state is not None and state.last_ms is not None else item.to_ms
@@ -223,13 +239,14 @@ def evaluate_many(conn: psycopg.Connection, work: list[SeriesWork], stats: RunSt
             temps_c=fetched.temps_c[a:b],
             rh_pct=fetched.rh_pct[a:b],
             door_open=fetched.door_open[a:b],
+            low_c=None if fetched.judged is None else fetched.judged[0][a:b],
+            high_c=None if fetched.judged is None else fetched.judged[1][a:b],
         )
         result = evaluate(series, profile, states[key])
         stats.readings += b - a
         _apply(conn, item, profile, result.excursions, stats)
         if key in restarted:
-            produced = {episode_key(item.shipment_key, item.device_key, x) for x in result.excursions}
-            _resolve_vanished(conn, item, produced, stats)
+            withdraw_unsupported(conn, item, result.excursions, stats)
         high_c, low_c, high_rh, low_rh = hot_thresholds(profile)
         outside = outside_labelled_range_s(profile, result.state)
         if outside != ctx.outside_s:
@@ -255,13 +272,21 @@ def evaluate_many(conn: psycopg.Connection, work: list[SeriesWork], stats: RunSt
     # alerts are no longer backed by any reading, and its state goes, so it starts afresh.
     emptied = sorted(restarted - set(fetched.ranges()))
     for key in emptied:
-        _resolve_vanished(conn, by_key[key], set(), stats)
+        withdraw_unsupported(conn, by_key[key], [], stats)
         spending.add(key[0])
     series_state.forget(conn, emptied)
     stats.series += len(saved)
     series_state.save_states(conn, saved)
     if spending:
         check_lot_budgets(conn, sorted(spending), stats)
+
+
+def fresh_state(previous: EngineState | None, reported_start_ms: int | None) -> EngineState:
+    """The state a pass from a series' first reading starts from: empty, but anchored where the
+    logger started, so the profile's start delay counts from the logger's start (kept from the
+    first pass when the series is evaluated again, whatever the logger reports by then)."""
+    started = previous.logger_started_ms if previous is not None else None
+    return EngineState(logger_started_ms=started if started is not None else reported_start_ms)
 
 
 def outside_labelled_range_s(profile: AlarmProfile, state: EngineState) -> float:

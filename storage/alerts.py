@@ -129,15 +129,15 @@ def profile_body(conn: psycopg.Connection, *, org: int, alert_id: int) -> dict[s
 
 def update_episode(
     conn: psycopg.Connection, alert_id: int, *, ended_at: datetime | None, peak_c: float | None
-) -> str | None:
-    """Keep the episode's end and peak current while it runs (not a lifecycle transition); returns
-    who resolved the alert when it is resolved now (None otherwise)."""
+) -> AlertState | None:
+    """Keep the episode's end and peak current while it runs (not a lifecycle transition);
+    returns the alert's state, so that a withdrawn one the readings show again is reinstated."""
     row = conn.execute(
         "UPDATE alerts SET ended_at = %s, peak_c = CASE WHEN %s::real IS NULL THEN peak_c"
-        " ELSE %s::real END WHERE id = %s RETURNING CASE WHEN state = 'resolved' THEN resolved_by END",
+        " ELSE %s::real END WHERE id = %s RETURNING state",
         (ended_at, peak_c, peak_c, alert_id),
     ).fetchone()
-    return None if row is None else row[0]
+    return None if row is None else AlertState(row[0])
 
 
 def get_alert(conn: psycopg.Connection, *, org: int, alert_id: int) -> Alert:
@@ -202,7 +202,8 @@ def transition(
             AlertState.ACKNOWLEDGED: "acknowledged_at = now(), acknowledged_by = %(actor)s,",
             AlertState.RESOLVED: "resolved_at = now(), resolved_by = %(actor)s,",
             AlertState.CLOSED: "closed_at = now(), closed_by = %(actor)s, disposition = %(disp)s,",
-            AlertState.OPEN: "resolved_at = NULL, resolved_by = NULL,",
+            AlertState.OPEN: "resolved_at = NULL, resolved_by = NULL, withdrawn_at = NULL,",
+            AlertState.WITHDRAWN: "withdrawn_at = now(),",
         }[target]
         conn.execute(
             f"UPDATE alerts SET {stamp} state = %(state)s WHERE id = %(id)s",
@@ -234,6 +235,15 @@ def transition(
         )
         wake(conn, Wakeup.ALERTS, str(alert_id))
     return get_alert(conn, org=org, alert_id=alert_id)
+
+
+def note(conn: psycopg.Connection, *, org: int, alert_id: int, actor: str, action: str, comment: str) -> None:
+    """Record a fact about an alert that changes no state (its event and audit rows)."""
+    conn.execute(
+        "INSERT INTO alert_events (alert_id, actor, action, comment) VALUES (%s, %s, %s, %s)",
+        (alert_id, actor, action, comment),
+    )
+    record(conn, org_id=org, actor=actor, action=action, entity="alert", key=str(alert_id), reason=comment)
 
 
 def assign(conn: psycopg.Connection, *, org: int, alert_id: int, assignee: str | None, actor: str) -> Alert:
@@ -270,6 +280,21 @@ def alert_history(conn: psycopg.Connection, *, org: int, alert_id: int) -> list[
     return [
         {"at": r[0], "actor": r[1], "action": r[2], "from": r[3], "to": r[4], "comment": r[5]} for r in rows
     ]
+
+
+def series_alerts(
+    conn: psycopg.Connection, *, org_id: int, prefix: str
+) -> dict[str, tuple[int, AlertState]]:
+    """Every excursion alert of a series (episode keys starting with `prefix`): key -> (id, state)."""
+    rows = conn.execute(
+        "SELECT episode_key, id, state FROM alerts WHERE org_id = %s AND episode_key LIKE %s",
+        (org_id, _like_prefix(prefix)),
+    ).fetchall()
+    return {r[0]: (int(r[1]), AlertState(r[2])) for r in rows}
+
+
+def _like_prefix(prefix: str) -> str:
+    return prefix.replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_") + "%"
 
 
 def open_episode_alerts(

@@ -21,7 +21,14 @@ from psycopg.types.range import Range
 from coldchain.errors import ConflictError, NotFoundError, ValidationError
 from coldchain.master_data import Versions, check_version, check_window
 from storage.audit import record
-from storage.calibrations import refuse_out_of_calibration
+from storage.calibrations import (
+    OverrideRow,
+    add_override,
+    check_assignable,
+    has_override,
+    lapsed_certificate,
+    refusal,
+)
 from storage.listen import Wakeup, wake
 from storage.rows import fetch_all, fetch_one
 
@@ -97,7 +104,9 @@ def _overlap_reason(conn: psycopg.Connection, device_key: int, during: Range[dat
     return f"the device rides with shipment {row[0]} from {row[1].isoformat()}{until}"
 
 
-def _keys(conn: psycopg.Connection, *, org: int, device_id: str, shipment_id: str) -> tuple[int, int]:
+def _keys(
+    conn: psycopg.Connection, *, org: int, device_id: str, shipment_id: str, device_field: str = "device"
+) -> tuple[int, int]:
     shipment = conn.execute(
         "SELECT key FROM shipments WHERE org_id = %s AND id = %s", (org, shipment_id)
     ).fetchone()
@@ -107,7 +116,7 @@ def _keys(conn: psycopg.Connection, *, org: int, device_id: str, shipment_id: st
         "SELECT key FROM devices WHERE org_id = %s AND id = %s", (org, device_id)
     ).fetchone()
     if device is None:
-        raise ValidationError(f"device {device_id!r} is not registered", field="device")
+        raise ValidationError(f"device {device_id!r} is not registered", field=device_field)
     return int(device[0]), int(shipment[0])
 
 
@@ -120,14 +129,23 @@ def add_assignment(
     starts: datetime,
     ends: datetime | None,
     actor: str,
-) -> tuple[AssignmentRow, Relinked]:
+    override: str | None = None,
+    device_field: str = "device",
+) -> tuple[AssignmentRow, Relinked, OverrideRow | None]:
     """A new window (409 with the other shipment when it overlaps one); readings already stored
-    in it join the shipment and are queued for the rules."""
+    in it join the shipment and are queued for the rules.
+
+    A logger out of calibration on its first day is refused (409) unless `override` (QA's reason)
+    comes with it; then the override row is returned for the caller to sign. One implementation
+    for POST /shipments/{id}/assignments and POST /shipments/{id}/devices."""
     check_window(starts, ends)
     with conn.transaction():
-        device_key, shipment_key = _keys(conn, org=org, device_id=device_id, shipment_id=shipment_id)
-        refuse_out_of_calibration(
-            conn, device_key=device_key, device_id=device_id, day=starts.astimezone(UTC).date()
+        device_key, shipment_key = _keys(
+            conn, org=org, device_id=device_id, shipment_id=shipment_id, device_field=device_field
+        )
+        lapsed = check_assignable(
+            conn, device_key=device_key, device_id=device_id, day=starts.astimezone(UTC).date(),
+            override=override,
         )
         during = Range(starts, ends, "[)")
         try:
@@ -154,7 +172,26 @@ def add_assignment(
             key=str(created.id),
             new={**created.document(), "readings_relinked": moved.readings},
         )
-    return created, moved
+        # the shipment's own trail says a logger joined it, as when it is added with the shipment
+        record(
+            conn,
+            org_id=org,
+            actor=actor,
+            action="assign_device",
+            entity="shipment",
+            key=shipment_id,
+            new={"device": device_id, "from": starts.isoformat(), "to": _iso(ends), "assignment": created.id},
+        )
+        made = None
+        if lapsed is not None and override is not None:
+            made = add_override(
+                conn, org=org, assignment_id=created.id, lapsed=lapsed, reason=override, actor=actor
+            )
+    return created, moved, made
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
 
 
 def correct_assignment(
@@ -185,13 +222,21 @@ def correct_assignment(
         check_window(starts, ends, field="to" if "to" in changes else "from")
         if (starts, ends, shipment_id) == (current.starts, current.ends, current.shipment):
             return current, Relinked(0, 0)
+        if has_override(conn, assignment_id=assignment_id):
+            raise ConflictError(
+                f"assignment {assignment_id} rides under QA's signed calibration override, which covers"
+                " its window and shipment: it cannot be corrected (QA adds a corrected assignment"
+                " with a new override)"
+            )
         _, shipment_key = _keys(conn, org=org, device_id=current.device, shipment_id=shipment_id)
-        if starts != current.starts:
-            refuse_out_of_calibration(
-                conn,
-                device_key=current.device_key,
-                device_id=current.device,
-                day=starts.astimezone(UTC).date(),
+        day = starts.astimezone(UTC).date()
+        if starts != current.starts and (
+            lapsed := lapsed_certificate(conn, device_key=current.device_key, day=day)
+        ) is not None:
+            raise ConflictError(
+                refusal(current.device, day, lapsed)
+                + " (QA may add the logger with a signed `calibration_override`:"
+                " POST /shipments/{id}/assignments)"
             )
         during = Range(starts, ends, "[)")
         try:

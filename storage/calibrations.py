@@ -1,6 +1,6 @@
 """Calibration certificates of loggers: recorded (audited), listed, their PDFs, the status on a
-day, the loggers coming due, and the refusal to assign an out-of-calibration logger. Every
-function runs in the caller's transaction."""
+day, the loggers coming due, the refusal to assign an out-of-calibration logger and QA's
+signed overrides of it. Every function runs in the caller's transaction."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
 from coldchain.calibration import (
@@ -19,7 +20,7 @@ from coldchain.calibration import (
     ReferencePoint,
     status_on,
 )
-from coldchain.errors import ConflictError, NotFoundError
+from coldchain.errors import ConflictError, NotFoundError, ValidationError
 from storage.audit import record
 
 
@@ -120,22 +121,162 @@ def status_of(
     return status, next((r for r in records if r.certificate is cert), None)
 
 
-def refuse_out_of_calibration(
-    conn: psycopg.Connection, *, device_key: int, device_id: str, day: date
-) -> None:
-    """ConflictError (409) when a logger that has calibration records is not calibrated on `day`.
+def records_of(conn: psycopg.Connection, device_key: int) -> list[CalibrationRecord]:
+    """Every certificate of a logger, oldest first (for evidence)."""
+    return [_record(r) for r in _certs(conn, device_key)]
+
+
+def lapsed_certificate(conn: psycopg.Connection, *, device_key: int, day: date) -> CalibrationRecord | None:
+    """The certificate that lapsed when a logger that has calibration records is not calibrated
+    on `day`; None when it is calibrated (or has no certificate at all).
 
     A logger with no certificate recorded at all is not refused: the platform cannot know a
     fleet's calibration before its certificates are entered, and refusing every logger would
     stop every shipment on the day the feature arrives.
     """
     status, rec = status_of(conn, device_key, day)
-    if status is CalibrationStatus.OVERDUE and rec is not None:
+    return rec if status is CalibrationStatus.OVERDUE else None
+
+
+def refusal(device_id: str, day: date, rec: CalibrationRecord) -> str:
+    return (
+        f"device {device_id!r} is out of calibration on {day.isoformat()}: certificate "
+        f"{rec.certificate.certificate_number} ({rec.certificate.laboratory}) was due on "
+        f"{rec.certificate.due_on.isoformat()}"
+    )
+
+
+def check_assignable(
+    conn: psycopg.Connection,
+    *,
+    device_key: int,
+    device_id: str,
+    day: date,
+    override: str | None,
+    field: str = "calibration_override",
+) -> CalibrationRecord | None:
+    """May this logger start riding on `day`? Out of calibration is refused (409) unless QA's
+    `override` reason comes with it, and an override that is not needed is refused (422) so that
+    no signed deviation is recorded for nothing. Returns the lapsed certificate an override
+    covers (None when none is needed)."""
+    lapsed = lapsed_certificate(conn, device_key=device_key, day=day)
+    if lapsed is not None and override is None:
         raise ConflictError(
-            f"device {device_id!r} is out of calibration on {day.isoformat()}: certificate "
-            f"{rec.certificate.certificate_number} ({rec.certificate.laboratory}) was due on "
-            f"{rec.certificate.due_on.isoformat()}"
+            refusal(device_id, day, lapsed) + " (QA may override with a signed `calibration_override`)"
         )
+    if lapsed is None and override is not None:
+        raise ValidationError(
+            f"device {device_id!r} is not out of calibration on {day.isoformat()}: no override is needed",
+            field=field,
+        )
+    return lapsed
+
+
+def has_override(conn: psycopg.Connection, *, assignment_id: int) -> bool:
+    """Whether QA's signed override covers this assignment (its signature covers the window)."""
+    row = conn.execute("SELECT 1 FROM calibration_overrides WHERE assignment_id = %s", (assignment_id,))
+    return row.fetchone() is not None
+
+
+@dataclass(frozen=True, slots=True)
+class OverrideRow:
+    """QA's signed override of the calibration refusal for one assignment."""
+
+    id: int
+    assignment_id: int
+    device_key: int
+    shipment_key: int
+    device_id: str
+    shipment_id: str
+    rode_from: datetime
+    rode_to: datetime | None
+    calibration_id: int | None
+    certificate_number: str | None
+    laboratory: str | None
+    due_on: date | None
+    status: str
+    reason: str
+    overridden_by: str
+    overridden_at: datetime
+
+    def signed_record(self) -> dict[str, Any]:
+        """The override as its signature covers it (rebuilt the same way on every read)."""
+        return {
+            "entity": "calibration_override",
+            "id": self.id,
+            "assignment": self.assignment_id,
+            "device": self.device_id,
+            "shipment": self.shipment_id,
+            "from": self.rode_from,
+            "to": self.rode_to,
+            "calibration": self.calibration_id,
+            "certificate_number": self.certificate_number,
+            "due_on": self.due_on,
+            "status": self.status,
+            "reason": self.reason,
+            "overridden_by": self.overridden_by,
+            "overridden_at": self.overridden_at,
+        }
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "certificate_number": self.certificate_number,
+            "laboratory": self.laboratory,
+            "due_on": None if self.due_on is None else self.due_on.isoformat(),
+            "status": self.status,
+            "reason": self.reason,
+            "overridden_by": self.overridden_by,
+            "overridden_at": self.overridden_at,
+        }
+
+
+_OVERRIDE_SELECT = (
+    "SELECT o.id, o.assignment_id, o.device_key, o.shipment_key, d.id AS device_id, s.id AS shipment_id,"
+    " lower(a.during) AS rode_from, upper(a.during) AS rode_to, o.calibration_id, c.certificate_number,"
+    " c.laboratory, c.due_on, o.status, o.reason, o.overridden_by, o.overridden_at"
+    " FROM calibration_overrides o JOIN device_assignments a ON a.id = o.assignment_id"
+    " JOIN devices d ON d.key = o.device_key JOIN shipments s ON s.key = o.shipment_key"
+    " LEFT JOIN device_calibrations c ON c.id = o.calibration_id"
+)
+
+
+def add_override(
+    conn: psycopg.Connection, *, org: int, assignment_id: int, lapsed: CalibrationRecord, reason: str,
+    actor: str,
+) -> OverrideRow:
+    """Record QA's override of one assignment's calibration refusal, with its audit row."""
+    row = conn.execute(
+        "INSERT INTO calibration_overrides (org_id, assignment_id, device_key, shipment_key,"
+        " calibration_id, status, reason, overridden_by)"
+        " SELECT a.org_id, a.id, a.device_key, a.shipment_key, %s, 'overdue', %s, %s"
+        " FROM device_assignments a WHERE a.id = %s AND a.org_id = %s RETURNING id",
+        (lapsed.id, reason, actor, assignment_id, org),
+    ).fetchone()
+    assert row is not None
+    with conn.cursor(row_factory=class_row(OverrideRow)) as cur:
+        found = cur.execute(_OVERRIDE_SELECT + " WHERE o.id = %s", (row[0],)).fetchone()
+    assert found is not None
+    record(
+        conn, org_id=org, actor=actor, action="calibration_override", entity="device", key=found.device_id,
+        new={
+            "override": found.id, "shipment": found.shipment_id, "from": found.rode_from.isoformat(),
+            "to": None if found.rode_to is None else found.rode_to.isoformat(),
+            "certificate_number": found.certificate_number,
+            "due_on": None if found.due_on is None else found.due_on.isoformat(),
+        },
+        reason=reason,
+    )
+    return found
+
+
+def overrides_for(conn: psycopg.Connection, *, org: int, shipment_keys: list[int]) -> list[OverrideRow]:
+    """The overrides of these shipments' assignments, oldest first."""
+    with conn.cursor(row_factory=class_row(OverrideRow)) as cur:
+        return cur.execute(
+            _OVERRIDE_SELECT + " WHERE o.org_id = %s AND o.shipment_key = ANY(%s) ORDER BY o.id",
+            (org, shipment_keys),
+        ).fetchall()
 
 
 @dataclass(frozen=True, slots=True)

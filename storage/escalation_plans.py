@@ -43,7 +43,7 @@ def alert_facts(conn: psycopg.Connection, alert_id: int, *, org: int | None = No
         AlertFacts,
         "SELECT a.id, a.org_id, a.severity, a.state, a.opened_at,"
         " CASE WHEN a.state = 'open' THEN NULL"
-        "      ELSE least(a.acknowledged_at, a.resolved_at, a.closed_at) END AS stopped_at,"
+        "      ELSE least(a.acknowledged_at, a.resolved_at, a.closed_at, a.withdrawn_at) END AS stopped_at,"
         " s.id AS shipment_id, s.origin, s.destination, d.id AS device_id"
         " FROM alerts a LEFT JOIN shipments s ON s.key = a.shipment_key"
         " LEFT JOIN devices d ON d.key = a.device_key"

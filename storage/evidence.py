@@ -12,6 +12,8 @@ import numpy.typing as npt
 import psycopg
 
 from coldchain.errors import NotFoundError
+from storage.readings import judged_extremes
+from storage.series_state import logger_started_ms
 
 _EXCURSION_KINDS = ("single", "cumulative", "rate", "humidity", "mkt", "stability_budget")
 
@@ -58,6 +60,9 @@ class SeriesArrays:
     c: npt.NDArray[np.float32]
     rh: npt.NDArray[np.float32]  # NaN where not measured
     flags: npt.NDArray[np.int16]
+    # (low, high) the limits judge where edge summaries are among the readings; None otherwise
+    judged: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None = None
+    logger_started_ms: int | None = None  # the start the rules anchored the start delay at
 
     def __len__(self) -> int:
         return int(self.t_ms.size)
@@ -130,13 +135,21 @@ def series(conn: psycopg.Connection, *, shipment_key: int, device_key: int) -> S
         {"d": device_key, "s": shipment_key},
     ).fetchone()
     packed = np.frombuffer(row[0] if row and row[0] else b"", dtype=_PACKED)
+    t_ms = packed["t"].astype(np.int64)
+    c = packed["c"].astype(np.float32)
+    flags = packed["flags"].astype(np.int16)
     return SeriesArrays(
-        t_ms=packed["t"].astype(np.int64),
+        t_ms=t_ms,
         device_t_ms=packed["dt"].astype(np.int64),
-        c=packed["c"].astype(np.float32),
+        c=c,
         rh=packed["rh"].astype(np.float32),
-        flags=packed["flags"].astype(np.int16),
+        flags=flags,
+        judged=judged_extremes(
+            conn, np.full(t_ms.size, device_key, np.int32), t_ms, c.astype(np.float64), flags
+        ),
+        logger_started_ms=logger_started_ms(conn, shipment_key=shipment_key, device_key=device_key),
     )
+
 
 
 def alert_shipment(conn: psycopg.Connection, *, org: int, alert_id: int) -> int | None:

@@ -5,6 +5,7 @@ A channel is named once here and used by both sides, the NOTIFY and the LISTEN:
     rules           ingest, when it queues rule work          -> the rules runner
     alerts          an alert raised or moved (payload: id)    -> the notification planner
     notify_outbox   notifications due (planner, digests)      -> the outbox worker
+    erp_outbox      ERP deliveries due (triggers, retries)    -> the ERP outbox worker
 
 A NOTIFY is sent in the transaction of the change it announces, so it is delivered on commit and
 never before the change is visible; the tables stay the truth, so a worker also polls.
@@ -34,6 +35,7 @@ class Wakeup(StrEnum):
     RULES = "rules"
     ALERTS = "alerts"
     NOTIFY_OUTBOX = "notify_outbox"
+    ERP_OUTBOX = "erp_outbox"
 
 
 def wake(conn: psycopg.Connection, channel: Wakeup, payload: str = "") -> None:

@@ -25,6 +25,7 @@ from typing import Literal
 import psycopg
 
 from coldchain.errors import ConfigurationError
+from storage import preset_versions
 from storage.roles import apply_app_grants
 
 log = logging.getLogger(__name__)
@@ -166,6 +167,7 @@ def migrate(dsn: str, *, engine: Engine = "auto") -> list[str]:
                 log.info("applied migration %s", version)
                 applied_now.append(version)
             with conn.transaction():
+                preset_versions.freeze(conn)
                 apply_app_grants(conn)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_ID,))

@@ -113,6 +113,30 @@ def recent_sends(
     return [(r[0], int(r[1]), r[2]) for r in rows]
 
 
+@dataclass(frozen=True, slots=True)
+class ToldRecipient:
+    """Someone an alert's escalation reached: directly, or inside a digest that went out."""
+
+    contact_id: str
+    channel: str
+    recipient: str
+
+
+def told_recipients(conn: psycopg.Connection, alert_id: int) -> list[ToldRecipient]:
+    """Who was told of the alert (a message left: queued, sent or delivered), once each."""
+    return fetch_all(
+        conn,
+        ToldRecipient,
+        "SELECT DISTINCT o.contact_id, o.channel, o.recipient FROM notify_outbox o"
+        " LEFT JOIN notify_outbox d ON d.id = o.digest_id"
+        " WHERE o.alert_id = %s AND o.kind = 'escalation' AND o.contact_id IS NOT NULL"
+        " AND (o.state IN ('queued', 'sent', 'delivered')"
+        "      OR (o.state = 'digested' AND d.state IN ('queued', 'sent', 'delivered')))"
+        " ORDER BY o.contact_id, o.channel",
+        (alert_id,),
+    )
+
+
 def cancel_unsent(conn: psycopg.Connection, *, now: datetime, alert_id: int | None = None) -> int:
     """Cancel escalation rows not yet sent for alerts that left `open` (all, or one alert).
 

@@ -1,4 +1,5 @@
-"""Alarm profiles: built-in presets from code, custom ones versioned in the database."""
+"""Alarm profiles: built-in presets as released (frozen) versions, custom ones versioned in the
+database with change control."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from psycopg.types.json import Jsonb
 from coldchain.alarm_profile import AlarmProfile
 from coldchain.errors import ConflictError, NotFoundError, ValidationError
 from coldchain.presets import get_preset, list_presets
+from storage import preset_versions
 from storage.audit import record
 
 
@@ -37,9 +39,9 @@ def resolve(
         ).fetchone()
     if row is not None:
         return AlarmProfile.from_dict(row[0])
-    preset = _preset(profile_id)
-    if preset is not None and (version is None or version == preset.version):
-        return preset
+    frozen = preset_versions.released(conn, profile_id, version)  # a preset as released
+    if frozen is not None:
+        return frozen
     raise NotFoundError("alarm profile", profile_id if version is None else f"{profile_id} v{version}")
 
 
@@ -66,7 +68,9 @@ def list_profiles(conn: psycopg.Connection, *, org: int) -> list[AlarmProfile]:
         (org,),
     ).fetchall()
     custom = [AlarmProfile.from_dict(r[0]) for r in rows]
-    return [*list_presets(), *custom]
+    order = {p.id: i for i, p in enumerate(list_presets())}
+    presets = sorted(preset_versions.latest_released(conn), key=lambda p: order.get(p.id, len(order)))
+    return [*presets, *custom]
 
 
 def save(conn: psycopg.Connection, *, org: int, profile: AlarmProfile, actor: str) -> AlarmProfile:

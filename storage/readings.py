@@ -19,6 +19,9 @@ READING_COLUMNS = "org_id, device_key, shipment_key, seq, t, c, rh, flags"
 FLAG_LATE = 1
 FLAG_CLOCK_CORRECTED = 2
 FLAG_DOOR_OPEN = 4
+# An edge summary (an overflowing outbox folded a bucket into its mean); its extremes are in
+# `reading_extremes`. A high bit, so that flags for new sensor kinds can take the low ones.
+FLAG_SUMMARY = 64
 
 
 @dataclass(slots=True)
@@ -197,6 +200,61 @@ def last_reading_ms(conn: psycopg.Connection, *, device_id_prefix: str) -> int |
         (device_id_prefix.replace("%", r"\%").replace("_", r"\_") + "%",),
     ).fetchone()
     return None if row is None or row[0] is None else int(row[0])
+
+
+def store_extremes(
+    conn: psycopg.Connection,
+    device_key: npt.NDArray[np.int32],
+    t_ms: npt.NDArray[np.int64],
+    t_last_ms: npt.NDArray[np.int64],
+    n: npt.NDArray[np.int32],
+    min_c: npt.NDArray[np.float64],
+    max_c: npt.NDArray[np.float64],
+) -> None:
+    """Record summary readings' extremes (a redelivered batch is deduplicated before this)."""
+    conn.execute(
+        "INSERT INTO reading_extremes (device_key, t, t_last, n, min_c, max_c)"
+        " SELECT d, to_timestamp(t / 1000.0), to_timestamp(tl / 1000.0), n, lo, hi"
+        " FROM unnest(%s::int4[], %s::int8[], %s::int8[], %s::int4[], %s::float8[], %s::float8[])"
+        " AS x(d, t, tl, n, lo, hi) ON CONFLICT (device_key, t) DO NOTHING",
+        (device_key.tolist(), t_ms.tolist(), t_last_ms.tolist(), n.tolist(), min_c.tolist(), max_c.tolist()),
+    )
+
+
+def extremes_at(
+    conn: psycopg.Connection, device_key: npt.NDArray[np.int32], t_ms: npt.NDArray[np.int64]
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """(min °C, max °C) of the summary readings at these (device, time) pairs; NaN where none."""
+    rows = conn.execute(
+        "SELECT x.i, e.min_c, e.max_c FROM unnest(%s::int4[], %s::int8[]) WITH ORDINALITY AS x(d, t, i)"
+        " JOIN reading_extremes e ON e.device_key = x.d AND e.t = to_timestamp(x.t / 1000.0)",
+        (device_key.tolist(), t_ms.tolist()),
+    ).fetchall()
+    low = np.full(t_ms.size, np.nan)
+    high = np.full(t_ms.size, np.nan)
+    for i, lo, hi in rows:
+        low[int(i) - 1], high[int(i) - 1] = float(lo), float(hi)
+    return low, high
+
+
+def judged_extremes(
+    conn: psycopg.Connection,
+    device_key: npt.NDArray[np.int32],
+    t_ms: npt.NDArray[np.int64],
+    temps_c: npt.NDArray[np.float64],
+    flags: npt.NDArray[np.int16],
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None:
+    """The values the low and the high limits judge: each reading's own, and a summary's minimum
+    and maximum; None (no query) when no reading is a summary, the usual case."""
+    summary = (flags & FLAG_SUMMARY) != 0
+    if not summary.any():
+        return None
+    lo, hi = extremes_at(conn, device_key[summary], t_ms[summary])
+    low = np.asarray(temps_c, np.float64).copy()
+    high = low.copy()
+    low[summary] = np.where(np.isnan(lo), low[summary], np.minimum(lo, low[summary]))
+    high[summary] = np.where(np.isnan(hi), high[summary], np.maximum(hi, high[summary]))
+    return low, high
 
 
 def alert_readings(

@@ -25,6 +25,7 @@ class LotImpact:
     stability_budget_s: int | None
     spent_s: float
     credited_s: float
+    disposition: str = "pending"  # QA's latest decision on the lot when the impact was worked out
 
     @property
     def remaining_s(self) -> float | None:
@@ -106,7 +107,9 @@ def impact(conn: psycopg.Connection, *, org: int, lots: list[LotKey]) -> Impact:
     lot_rows = conn.execute(
         f"SELECT l.gtin, l.lot, l.expiry, l.quantity, l.stability_budget_s, coalesce(b.spent_s, 0),"
         " coalesce((SELECT sum(c.seconds) FROM lot_budget_credits c WHERE c.org_id = l.org_id"
-        "  AND c.gtin = l.gtin AND c.lot = l.lot), 0)"
+        "  AND c.gtin = l.gtin AND c.lot = l.lot), 0),"
+        " coalesce((SELECT d.state FROM lot_dispositions d WHERE d.org_id = l.org_id"
+        "  AND d.gtin = l.gtin AND d.lot = l.lot ORDER BY d.id DESC LIMIT 1), 'pending')"
         f" FROM {wanted} JOIN lots l ON l.org_id = %(org)s AND l.gtin = w.gtin AND l.lot = w.lot"
         " LEFT JOIN lot_budget_state b ON b.org_id = l.org_id AND b.gtin = l.gtin AND b.lot = l.lot"
         " ORDER BY l.gtin, l.lot",
@@ -141,6 +144,7 @@ def impact(conn: psycopg.Connection, *, org: int, lots: list[LotKey]) -> Impact:
                 stability_budget_s=None if r[4] is None else int(r[4]),
                 spent_s=float(r[5]),
                 credited_s=float(r[6]),
+                disposition=str(r[7]),
             )
             for r in lot_rows
         ],

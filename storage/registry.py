@@ -14,8 +14,9 @@ from psycopg.types.range import Range
 from coldchain.domain import Device, DeviceAssignment, Lot, Shipment, ShipmentLot
 from coldchain.errors import ConflictError, NotFoundError, ValidationError
 from coldchain.master_data import Versions, check_state_change, check_version
+from storage import assignments
 from storage.audit import record
-from storage.calibrations import refuse_out_of_calibration
+from storage.calibrations import OverrideRow, add_override, check_assignable
 from storage.rows import fetch_all, fetch_one
 
 
@@ -115,9 +116,19 @@ def upsert_lot(conn: psycopg.Connection, *, org: int, lot: Lot, actor: str) -> N
 
 
 def create_shipment(
-    conn: psycopg.Connection, *, org: int, shipment: Shipment, profile_version: int, actor: str
-) -> None:
-    """Register a shipment with its lots and device assignments in the caller's transaction."""
+    conn: psycopg.Connection,
+    *,
+    org: int,
+    shipment: Shipment,
+    profile_version: int,
+    actor: str,
+    overrides: dict[int, str] | None = None,
+) -> list[OverrideRow]:
+    """Register a shipment with its lots and device assignments in the caller's transaction.
+
+    `overrides` maps an assignment's index to QA's reason for assigning that logger although it
+    is out of calibration (the caller signs each override row returned)."""
+    done: list[OverrideRow] = []
     try:
         with conn.transaction():
             row = conn.execute(
@@ -134,8 +145,14 @@ def create_shipment(
                     " VALUES (%s, %s, %s, %s, %s)",
                     (key, org, item.lot.gtin, item.lot.lot, item.quantity),
                 )
-            for assignment in shipment.devices:
-                _assign(conn, org=org, shipment_key=key, assignment=assignment)
+            for i, assignment in enumerate(shipment.devices):
+                reason = (overrides or {}).get(i)
+                made = _assign(
+                    conn, org=org, shipment_key=key, assignment=assignment, override=reason, actor=actor,
+                    field=f"devices.{i}.calibration_override",
+                )
+                if made is not None:
+                    done.append(made)
     except pg_errors.UniqueViolation:
         raise ConflictError(f"shipment {shipment.id!r} already exists") from None
     record(
@@ -147,54 +164,68 @@ def create_shipment(
         key=shipment.id,
         new=shipment_document(shipment),
     )
+    return done
 
 
 def assign_device(
-    conn: psycopg.Connection, *, org: int, shipment_id: str, assignment: DeviceAssignment, actor: str
-) -> None:
-    key = _shipment_key(conn, org=org, shipment_id=shipment_id)
-    with conn.transaction():
-        _assign(conn, org=org, shipment_key=key, assignment=assignment)
-    record(
-        conn,
-        org_id=org,
-        actor=actor,
-        action="assign_device",
-        entity="shipment",
-        key=shipment_id,
-        new={"device": assignment.device_id, "from": _iso(assignment.start), "to": _iso(assignment.end)},
+    conn: psycopg.Connection,
+    *,
+    org: int,
+    shipment_id: str,
+    assignment: DeviceAssignment,
+    actor: str,
+    override: str | None = None,
+) -> OverrideRow | None:
+    """Add a logger to a registered shipment; `override` is QA's reason for one out of
+    calibration (the caller signs the override row returned). The same act as
+    POST /shipments/{id}/assignments: readings the logger already stored in the window join the
+    shipment and are queued for the rules (storage.assignments.add_assignment)."""
+    _, _, made = assignments.add_assignment(
+        conn, org=org, shipment_id=shipment_id, device_id=assignment.device_id, starts=assignment.start,
+        ends=assignment.end, actor=actor, override=override, device_field="id",
     )
+    return made
 
 
-def _assign(conn: psycopg.Connection, *, org: int, shipment_key: int, assignment: DeviceAssignment) -> None:
+def _assign(
+    conn: psycopg.Connection,
+    *,
+    org: int,
+    shipment_key: int,
+    assignment: DeviceAssignment,
+    override: str | None = None,
+    actor: str = "",
+    field: str = "devices",
+) -> OverrideRow | None:
+    """Insert one assignment; a logger out of calibration on its first day is refused (409)
+    unless QA's `override` reason comes with it, and an override it does not need is refused
+    (422) so that no signed deviation is recorded for nothing."""
     row = conn.execute(
         "SELECT key FROM devices WHERE org_id = %s AND id = %s", (org, assignment.device_id)
     ).fetchone()
     if row is None:
         raise ValidationError(f"device {assignment.device_id!r} is not registered", field="devices")
-    refuse_out_of_calibration(
-        conn, device_key=row[0], device_id=assignment.device_id, day=assignment.start.astimezone(UTC).date()
+    day = assignment.start.astimezone(UTC).date()
+    lapsed = check_assignable(
+        conn, device_key=row[0], device_id=assignment.device_id, day=day, override=override, field=field
     )
     try:
         with conn.transaction():
-            conn.execute(
+            made = conn.execute(
                 "INSERT INTO device_assignments (org_id, device_key, shipment_key, during)"
-                " VALUES (%s, %s, %s, %s)",
+                " VALUES (%s, %s, %s, %s) RETURNING id",
                 (org, row[0], shipment_key, Range(assignment.start, assignment.end, "[)")),
-            )
+            ).fetchone()
     except pg_errors.ExclusionViolation:
         raise ConflictError(
             f"device {assignment.device_id!r} is already assigned to a shipment in that window"
         ) from None
-
-
-def _shipment_key(conn: psycopg.Connection, *, org: int, shipment_id: str) -> int:
-    row = conn.execute(
-        "SELECT key FROM shipments WHERE org_id = %s AND id = %s", (org, shipment_id)
-    ).fetchone()
-    if row is None:
-        raise NotFoundError("shipment", shipment_id)
-    return int(row[0])
+    if lapsed is None or override is None:
+        return None
+    assert made is not None
+    return add_override(
+        conn, org=org, assignment_id=int(made[0]), lapsed=lapsed, reason=override, actor=actor
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +262,7 @@ class ShipmentRecord:
     version: int = 1
     updated_at: datetime | None = None
     legs: tuple[LegRow, ...] = ()
+    erp_ref: str | None = None  # set by the ERP (PUT /erp/shipments/{id}/reference), not an edit
 
     def document(self) -> dict[str, Any]:
         """The editable values, as the audit trail records them."""
@@ -251,7 +283,7 @@ _SHIPMENT_SELECT = (
     "SELECT s.key, s.id, s.origin, s.destination, s.profile_id, s.profile_version, s.created_at,"
     " o.slug AS organization, s.origin_gln, s.destination_gln, s.carrier, s.mode, s.planned_departure,"
     " s.planned_arrival, s.actual_departure, s.actual_arrival, s.state, s.version,"
-    " coalesce(s.updated_at, s.created_at) AS updated_at"
+    " coalesce(s.updated_at, s.created_at) AS updated_at, s.erp_ref"
     " FROM shipments s JOIN organizations o ON o.id = s.org_id"
 )
 
@@ -337,6 +369,7 @@ def _shipment_record(conn: psycopg.Connection, row: dict[str, Any]) -> ShipmentR
         version=int(row["version"]),
         updated_at=row["updated_at"],
         legs=tuple(legs),
+        erp_ref=row["erp_ref"],
     )
 
 

@@ -17,7 +17,12 @@ PROTECTED: dict[str, tuple[str, ...]] = {
     "alert_events": ("UPDATE", "DELETE", "TRUNCATE"),
     "signatures": ("UPDATE", "DELETE", "TRUNCATE"),
     "audit_checkpoints": ("UPDATE", "DELETE", "TRUNCATE"),
+    "epcis_captures": ("UPDATE", "DELETE", "TRUNCATE"),  # captured documents are records
+    "epcis_events": ("UPDATE", "DELETE", "TRUNCATE"),
+    "lot_dispositions": ("UPDATE", "DELETE", "TRUNCATE"),  # QA decisions: signed, never rewritten
+    "calibration_overrides": ("UPDATE", "DELETE", "TRUNCATE"),
     "schema_migrations": ("INSERT", "UPDATE", "DELETE", "TRUNCATE"),
+    "preset_versions": ("INSERT", "UPDATE", "DELETE", "TRUNCATE"),  # released at migration only
 }
 
 

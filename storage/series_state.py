@@ -12,7 +12,7 @@ import orjson
 import psycopg
 from psycopg.rows import dict_row
 
-from storage.readings import FLAG_DOOR_OPEN
+from storage.readings import FLAG_DOOR_OPEN, judged_extremes
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +24,7 @@ class SeriesContext:
     state: dict[str, Any] | None
     last_ms: int | None
     outside_s: float = 0.0
+    logger_started_ms: int | None = None  # when the logger says it started logging (its status)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +37,9 @@ class SeriesBatch:
     temps_c: npt.NDArray[np.float64]
     rh_pct: npt.NDArray[np.float64]
     door_open: npt.NDArray[np.bool_]
+    # What the low and the high limits judge where edge summaries are among the readings (their
+    # minimum and maximum); None when none is, and then both are `temps_c`.
+    judged: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None = None
 
     def ranges(self) -> dict[tuple[int, int], tuple[int, int]]:
         """(shipment, device) -> (first row, end row); rows are sorted by series, then time."""
@@ -65,12 +69,26 @@ def lock_and_load(
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
             "SELECT w.s, w.d, sh.profile_id, sh.profile_version, r.state, r.last_ms,"
-            " coalesce(r.outside_s, 0)::float8 AS outside_s"
+            " coalesce(r.outside_s, 0)::float8 AS outside_s,"
+            " CASE WHEN jsonb_typeof(dv.status -> 'started_ms') = 'number'"
+            "      THEN (dv.status ->> 'started_ms')::float8::int8 END AS logger_started_ms"
             " FROM unnest(%s::int[], %s::int[]) AS w(s, d) JOIN shipments sh ON sh.key = w.s"
+            " JOIN devices dv ON dv.key = w.d"
             " LEFT JOIN rule_series_state r ON r.shipment_key = w.s AND r.device_key = w.d",
             (shipments, devices),
         ).fetchall()
     return {(r.pop("s"), r.pop("d")): SeriesContext(**r) for r in rows}
+
+
+def logger_started_ms(conn: psycopg.Connection, *, shipment_key: int, device_key: int) -> int | None:
+    """Where the rules anchored the series' start delay (the logger's start), if it says."""
+    row = conn.execute(
+        "SELECT (state ->> 'logger_started_ms')::int8 FROM rule_series_state"
+        " WHERE shipment_key = %s AND device_key = %s"
+        " AND jsonb_typeof(state -> 'logger_started_ms') = 'number'",
+        (shipment_key, device_key),
+    ).fetchone()
+    return None if row is None else int(row[0])
 
 
 _PACKED = np.dtype([("t", ">i8"), ("c", ">f8"), ("rh", ">f8"), ("f", ">i2")])
@@ -124,13 +142,16 @@ def readings_of_many(
     # A repeated instant (a duplicated send under another seq) keeps one reading.
     keep = np.ones(times.size, dtype=bool)
     keep[1:] = (np.diff(times) != 0) | (np.diff(shipment) != 0) | (np.diff(device) != 0)
+    flags = packed["f"][keep].astype(np.int16)
+    temps = packed["c"].astype(np.float64)[keep]
     return SeriesBatch(
         shipment_key=shipment[keep],
         device_key=device[keep],
         times_ms=times[keep],
-        temps_c=packed["c"].astype(np.float64)[keep],
+        temps_c=temps,
         rh_pct=packed["rh"].astype(np.float64)[keep],
-        door_open=(packed["f"][keep] & FLAG_DOOR_OPEN) != 0,
+        door_open=(flags & FLAG_DOOR_OPEN) != 0,
+        judged=judged_extremes(conn, device[keep], times[keep], temps, flags),
     )
 
 

@@ -17,12 +17,15 @@ import psycopg
 import pytest
 import schemathesis
 from hypothesis import settings
+from pydantic import SecretStr
 from schemathesis.config import SchemathesisConfig
 
 from api.app import create_app
+from coldchain import broker_accounts
 from coldchain.access import Role
 from coldchain.settings import Settings
-from embedded import PostgresServer
+from coldchain.wire import Topics
+from embedded import MosquittoServer, PostgresServer
 from storage import auth
 from storage.db import open_pool
 from tests import contract_hooks  # noqa: F401  (registers the `gtin` format)
@@ -83,8 +86,16 @@ def admin_token(contract_dsn: str) -> str:
 
 @pytest.fixture(scope="module", autouse=True)
 def contract_app(contract_dsn: str) -> Iterator[None]:
-    with open_pool(contract_dsn, min_size=1, max_size=4) as pool:
-        _APP.target = create_app(Settings(database_url=contract_dsn), pool=pool)
+    """The app on the contract database, with a real broker (dynamic security) behind its device
+    credential routes, so issuing and revoking answer as in production rather than 503."""
+    password = broker_accounts.new_secret()
+    doc = broker_accounts.dynsec_document(
+        Topics(""), services={broker_accounts.CONTROL: broker_accounts.hash_password(password)}, devices=[]
+    )
+    with MosquittoServer(accounts=doc) as broker, open_pool(contract_dsn, min_size=1, max_size=4) as pool:
+        control = f"mqtt://{broker_accounts.CONTROL}:{password}@127.0.0.1:{broker.port}"
+        settings = Settings(database_url=contract_dsn, mqtt_control_url=SecretStr(control))
+        _APP.target = create_app(settings, pool=pool)
         yield
         _APP.target = None
 

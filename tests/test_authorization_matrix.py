@@ -25,13 +25,18 @@ from coldchain.domain import Device, Lot, Severity, Shipment, ShipmentLot
 from coldchain.gs1 import gtin_check_digit
 from coldchain.presets import get_preset
 from coldchain.settings import Settings
+from erp import credentials
+from erp.epcis_capture import capture_document
 from erp.recalls import RecallRequest, open_recall
+from ingest.core import AcceptanceBounds
 from ingest.files.generic_csv import ColumnMapping
+from ingest.files.importer import file_writer
 from storage import (
     alerts,
     assignments,
     auth,
     calibrations,
+    erp_outbox,
     logger_files,
     products,
     profile_changes,
@@ -45,6 +50,7 @@ from tests.support.identity import PASSWORD, login, make_user, signature
 GTIN = "09506000134352"
 GLN = "9520123000011"  # not the one the import row of the walk brings
 LOGGERS = Path(__file__).parent / "data" / "loggers"
+EPCIS = Path(__file__).parent / "data" / "epcis"
 HOME_FILE = "QTag_CLm_doc_LR__RCPJ00010_02_202211090128.txt"  # kept in _home for device D1
 WALK_FILE = "FridgeTag_2__130400191544_202304201514.txt"  # uploaded by the walk
 PDF = b"%PDF-1.4\n% calibration certificate\n%%EOF\n"
@@ -58,6 +64,7 @@ ACK = frozenset({"admin", "qa", "logistics", "driver"})
 RESOLVE = frozenset({"admin", "qa", "logistics"})
 QA = frozenset({"qa"})
 ADMIN = frozenset({"admin"})
+PROVISION = frozenset({"admin", "logistics"})
 AUDIT = frozenset({"admin", "qa"})
 PUBLIC = "public"  # no token needed
 
@@ -70,9 +77,15 @@ MATRIX: dict[tuple[str, str], Expectation] = {
     ("GET", "/api/v1/devices"): (READ, False),
     ("POST", "/api/v1/devices"): (REGISTER, False),
     ("GET", "/api/v1/devices/{device_id}"): (READ, True),
+    # A device's broker password: those who install loggers (admin, logistics); not the ERP's
+    # machine account, not drivers. No broker in this test: allowed callers get 503.
+    ("POST", "/api/v1/devices/{device_id}/credentials"): (PROVISION, True),
+    ("DELETE", "/api/v1/devices/{device_id}/credentials"): (PROVISION, True),
     ("GET", "/api/v1/shipments"): (READ, False),
     ("POST", "/api/v1/shipments"): (REGISTER, False),
     ("GET", "/api/v1/shipments/{shipment_id}"): (READ, True),
+    # Adding a logger registers (an override of its calibration would be QA's: tested on its own).
+    ("POST", "/api/v1/shipments/{shipment_id}/devices"): (REGISTER, True),
     ("POST", "/api/v1/shipments/{shipment_id}/shares"): (REGISTER, True),
     ("GET", "/api/v1/shipments/{shipment_id}/shares"): (REGISTER, True),
     ("DELETE", "/api/v1/shipments/{shipment_id}/shares/{organization}"): (REGISTER, True),
@@ -85,6 +98,7 @@ MATRIX: dict[tuple[str, str], Expectation] = {
     ("PUT", "/api/v1/products/{gtin}/profile"): (REGISTER, False),
     ("GET", "/api/v1/lots/{gtin}/{lot}"): (READ, True),
     ("POST", "/api/v1/lots/{gtin}/{lot}/credits"): (QA, True),
+    ("POST", "/api/v1/lots/{gtin}/{lot}/disposition"): (QA, True),  # admin alone may not
     ("GET", "/api/v1/lots/{gtin}/{lot}/readings"): (READ, True),
     ("GET", "/api/v1/alerts"): (READ, False),
     ("GET", "/api/v1/alerts/{alert_id}"): (READ, True),
@@ -160,13 +174,26 @@ MATRIX: dict[tuple[str, str], Expectation] = {
     ("POST", "/api/v1/shipments/{shipment_id}/assignments"): (REGISTER, True),
     ("GET", "/api/v1/assignments/{assignment_id}"): (READ, True),
     ("PATCH", "/api/v1/assignments/{assignment_id}"): (REGISTER, True),
+    # ERP connections hold credentials: administrators only; what was pushed is everyone's to read.
+    ("GET", "/api/v1/erp/connections"): (ADMIN, False),
+    ("GET", "/api/v1/erp/connections/{connection_id}"): (ADMIN, True),
+    ("PUT", "/api/v1/erp/connections/{connection_id}"): (ADMIN, False),
+    ("DELETE", "/api/v1/erp/connections/{connection_id}"): (ADMIN, True),
+    ("GET", "/api/v1/erp/deliveries"): (READ, False),
+    ("POST", "/api/v1/erp/deliveries/{delivery_id}/retry"): (ADMIN, True),
+    ("PUT", "/api/v1/erp/shipments/{shipment_id}/reference"): (REGISTER, True),
+    ("POST", "/api/v1/epcis/capture"): (REGISTER, False),
+    ("GET", "/api/v1/epcis/captures"): (READ, False),
+    ("GET", "/api/v1/epcis/captures/{capture_id}"): (READ, True),
+    ("GET", "/api/v1/epcis/captures/{capture_id}/document"): (READ, True),
+    ("GET", "/api/v1/shipments/{shipment_id}/movements"): (READ, True),
 }
 
 
 def _home(db: psycopg.Connection, settings: Settings) -> dict[str, Any]:
     """The records the routes name: a device, a shipment with a lot (with a budget), an alert, a
     logger file of the device, a saved CSV mapping, a calibration certificate of the device, and a
-    recall of the lot with one consignee (the shipment)."""
+    recall of the lot with one consignee (the shipment), and an EPCIS capture."""
     registry.create_device(db, org=1, device=Device(id="D1"), actor="t")
     lot = Lot(GTIN, "A1", None, 3600)
     shipment = Shipment(id="S1", lots=(ShipmentLot(lot, 10),), profile="2-8C")
@@ -174,7 +201,7 @@ def _home(db: psycopg.Connection, settings: Settings) -> dict[str, Any]:
     ship_key = registry.get_shipment(db, org=1, shipment_id="S1").key
     products.create_product(db, org=1, gtin=GTIN, values={"name": "Home product"}, actor="t")
     sites.create_site(db, org=1, gln=GLN, name="Home site", address=None, actor="t")
-    ride, _ = assignments.add_assignment(
+    ride, _, _ = assignments.add_assignment(
         db, org=1, shipment_id="S1", device_id="D1", starts=datetime(2026, 11, 1, tzinfo=UTC),
         ends=datetime(2026, 11, 2, tzinfo=UTC), actor="t",
     )
@@ -220,7 +247,13 @@ def _home(db: psycopg.Connection, settings: Settings) -> dict[str, Any]:
     recall = open_recall(
         db, org=1, request=RecallRequest(reason="seal defect", gtin=GTIN, lots=("A1",)), actor="qa@home.org"
     )
+    with db.transaction():
+        captured = capture_document(
+            db, (EPCIS / "SensorDataExample13.jsonld").read_bytes(), org=1, actor="t",
+            writer=file_writer(AcceptanceBounds.from_settings(settings)),
+        )
     return {
+        "capture": captured.capture_id,
         "alert": alert_id,
         "file": kept["id"],
         "calibration": calibration.id,
@@ -228,6 +261,29 @@ def _home(db: psycopg.Connection, settings: Settings) -> dict[str, Any]:
         "consignee": recall.consignees[0].id,
         "assignment": ride.id,
     }
+
+
+def _erp_home(db: psycopg.Connection, settings: Settings) -> int:
+    """An ERP connection of the home organization and a failed delivery to it (for the retry)."""
+    sealed = credentials.seal(
+        settings.require_secret_key(), org_id=1, connection_id="erp-home", secret="whsec-0123456789abcdef"
+    )
+    erp_outbox.put_connection(
+        db, org=1, connection_id="erp-home", kind="webhook", url="https://93.184.215.14/hook", options={},
+        sealed_secret=sealed, events=["alert.opened"], enabled=True, actor="t",
+    )
+    ship_key = registry.get_shipment(db, org=1, shipment_id="S1").key
+    with db.transaction():
+        alerts.raise_alert(
+            db,
+            alerts.NewAlert(
+                org_id=1, episode_key="erp1", kind="single", severity=Severity.ALARM, message="above 8 °C",
+                started_at=datetime.now(UTC), shipment_key=ship_key,
+            ),
+        )
+    row = db.execute("UPDATE erp_deliveries SET state = 'failed' RETURNING id").fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 def _request(method: str, path: str, who: str, ids: dict[str, Any], tokens: dict[str, Any]) -> dict[str, Any]:
@@ -249,9 +305,12 @@ def _request(method: str, path: str, who: str, ids: dict[str, Any], tokens: dict
         "calibration_id": ids["calibration"],
         "recall_id": ids["recall"],
         "consignee_id": ids["consignee"],
+        "capture_id": ids["capture"],
         "name": "home-csv",
         "gln": GLN,
         "assignment_id": ids["assignment"],
+        "connection_id": "erp-home",
+        "delivery_id": ids["erp_delivery"],
     }
     if "/versions" in path:  # a custom profile of the home organization: v1 approved, v2 a draft
         values.update(profile_id="custom-home", version=2 if path.endswith("/approve") else 1)
@@ -268,6 +327,9 @@ def _request(method: str, path: str, who: str, ids: dict[str, Any], tokens: dict
         files = {"file": ("report.pdf", b"%PDF-1.4\n%%EOF\n", "application/pdf")}
     elif (method, path) == ("POST", "/api/v1/gs1/parse"):
         body = {"data": f"(01){GTIN}(10)A1"}
+    elif (method, path) == ("POST", "/api/v1/epcis/capture"):  # no loggers in it: any organization's
+        content = (EPCIS / "SensorDataExample14.jsonld").read_bytes()
+        headers = {"Content-Type": "application/ld+json"}
     elif (method, path) == ("POST", "/api/v1/imports"):
         params = {"kind": "sites"}
         content = b"gln,name\n9520123456788,DC North\n"
@@ -306,6 +368,13 @@ def _request(method: str, path: str, who: str, ids: dict[str, Any], tokens: dict
         body = {"reason": f"restore v1 ({who})"}
     elif path.endswith("/profile"):
         body = {"profile": "15-25C"}
+    elif (method, path) == ("POST", "/api/v1/shipments/{shipment_id}/devices"):
+        hour = PRINCIPALS.index(who)
+        body = {"id": "D1", "from": f"2026-06-01T{hour:02d}:00:00Z", "to": f"2026-06-01T{hour:02d}:30:00Z"}
+    elif path.endswith("/disposition"):
+        body = {
+            "disposition": "quarantine", "comment": f"hold ({who})", "signature": signature("responsibility")
+        }
     elif path.endswith("/credits"):
         body = {"seconds": 60, "reason": "study SR-1", "signature": signature("approval")}
     elif path.endswith(("/ack", "/resolve", "/reopen")):
@@ -321,6 +390,11 @@ def _request(method: str, path: str, who: str, ids: dict[str, Any], tokens: dict
         body = {"tiers": [{"delay_s": 0, "channels": ["email"], "roles": ["logistics"]}]}
     elif (method, path) == ("PUT", "/api/v1/notify/routing-rules"):
         body = {"rules": []}
+    elif (method, path) == ("PUT", "/api/v1/erp/connections/{connection_id}"):
+        url = path.format(connection_id=f"erp-{who}")
+        body = {"kind": "webhook", "url": "https://93.184.215.14/hook", "secret": "whsec-0123456789abcdef"}
+    elif path.endswith("/reference"):
+        body = {"erp_ref": f"WH/OUT/{who}"}
     elif path.endswith("/auth/token"):
         data = {"username": "tenant@acme.org" if who == "tenant" else f"{who}@home.org", "password": PASSWORD}
     elif path.endswith(("/auth/refresh", "/auth/logout")):
@@ -389,6 +463,7 @@ def world(
     db.execute(
         "INSERT INTO notify_contacts (org_id, id, name, email) VALUES (1, 'c-home', 'Desk', 'd@example.com')"
     )
+    ids["erp_delivery"] = _erp_home(db, settings)
     tenant = auth.create_organization(db, "acme", "Acme")
     for who in PRINCIPALS:  # a partner organization per caller, for sharing and unsharing
         auth.create_organization(db, f"p-{who}", f"Partner of {who}")

@@ -25,6 +25,7 @@ from coldchain.access import Role
 from coldchain.settings import Settings
 from evidence import bundle, model, signing
 from evidence.epcis import epcis_document
+from evidence.epcis_schema import document_problems
 from evidence.tabular import csv_chunks, json_chunks
 from rules.lot_figures import Leg, LoggerSeries, lot_figures
 from rules.runner import drain
@@ -131,6 +132,8 @@ def test_lot_evidence_every_format_agrees_with_the_rules(
 
     epcis = epcis_document(ev)
     errors = list(_validator().iter_errors(epcis))
+    # The capture's validator (GS1's schema, context, CBV terms, namespaced extensions) accepts it.
+    assert document_problems(epcis) == []
     assert errors == [], errors[0].message
     events = epcis["epcisBody"]["eventList"]
     assert len(events) == 3  # one per leg and logger

@@ -419,6 +419,26 @@ def _alerts(db: psycopg.Connection) -> list[tuple[str, str, str]]:
     ]
 
 
+def test_the_shipment_shows_the_erp_reference_and_a_new_one_is_a_new_etag(
+    client: TestClient, tokens: dict[str, dict[str, str]]
+) -> None:
+    erp = tokens["erp"]
+    assert client.post("/api/v1/shipments", json={"id": "SO-R"}, headers=erp).status_code == 201
+    before = client.get("/api/v1/shipments/SO-R", headers=erp)
+    assert before.json()["erp_ref"] is None
+    put = client.put("/api/v1/erp/shipments/SO-R/reference", json={"erp_ref": "WH/OUT/00042"}, headers=erp)
+    assert put.status_code == 200, put.text
+    after = client.get("/api/v1/shipments/SO-R", headers=erp)
+    assert after.json()["erp_ref"] == "WH/OUT/00042"
+    assert after.headers["ETag"] != before.headers["ETag"]  # the answer changed, so does its tag
+    stale = client.patch(
+        "/api/v1/shipments/SO-R", json={"carrier": "DHL"}, headers={**erp, "If-Match": before.headers["ETag"]}
+    )
+    assert stale.status_code == 412
+    listed = client.get("/api/v1/shipments", headers=erp).json()
+    assert [x["erp_ref"] for x in listed if x["id"] == "SO-R"] == ["WH/OUT/00042"]
+
+
 @pytest.mark.both_engines
 def test_a_corrected_window_moves_readings_and_the_rules_follow(
     client: TestClient, tokens: dict[str, dict[str, str]], db: psycopg.Connection, db_engine: str
@@ -482,13 +502,14 @@ def test_a_corrected_window_moves_readings_and_the_rules_follow(
     )
     assert added.status_code == 201 and added.json()["readings_relinked"] == 120
     assert _linked(db) == {"SO-A": 120, "SO-B": 120}
-    drain(db)  # the real runner: SO-A's excursion is gone, SO-B's appears
-    assert _alerts(db) == [("SO-A", "single", "resolved"), ("SO-B", "single", "open")]
+    drain(db)  # the real runner: SO-A's excursion is gone (withdrawn, superseded), SO-B's appears
+    assert _alerts(db) == [("SO-A", "single", "withdrawn"), ("SO-B", "single", "open")]
     events = db.execute(
-        "SELECT e.comment FROM alert_events e JOIN alerts a ON a.id = e.alert_id"
-        " JOIN shipments s ON s.key = a.shipment_key WHERE s.id = 'SO-A' AND e.action = 'resolve'"
+        "SELECT e.comment, e.actor FROM alert_events e JOIN alerts a ON a.id = e.alert_id"
+        " JOIN shipments s ON s.key = a.shipment_key WHERE s.id = 'SO-A' AND e.action = 'withdraw'"
     ).fetchall()
-    assert "evaluated again" in events[0][0]
+    assert len(events) == 1 and events[0][1] == "rules"
+    assert "superseded by late data or corrected readings" in events[0][0]
 
     # and back: the window was right after all; SO-B's window is moved out of the way first
     b_url = f"/api/v1/assignments/{added.json()['id']}"
@@ -503,8 +524,14 @@ def test_a_corrected_window_moves_readings_and_the_rules_follow(
     assert back.status_code == 200 and back.json()["readings_relinked"] == 120
     drain(db)
     assert _linked(db) == {"SO-A": 240}
-    # SO-B has no reading left; SO-A's excursion is back, and so is its alert (the same episode)
-    assert _alerts(db) == [("SO-A", "single", "open"), ("SO-B", "single", "resolved")]
+    # SO-B has no reading left (its alert withdrawn); SO-A's excursion is back, and so is its
+    # alert: the same episode, reinstated
+    assert _alerts(db) == [("SO-A", "single", "open"), ("SO-B", "single", "withdrawn")]
+    actions = db.execute(
+        "SELECT e.action FROM alert_events e JOIN alerts a ON a.id = e.alert_id"
+        " JOIN shipments s ON s.key = a.shipment_key WHERE s.id = 'SO-A' ORDER BY e.id"
+    ).fetchall()
+    assert [a[0] for a in actions][-2:] == ["withdraw", "reinstate"]
     trail = _audit(db, "assignment", str(assignment["id"]))
     assert [t[0] for t in trail] == ["assign_device", "correct_assignment", "correct_assignment"]
     assert trail[1][1] == {"to": (T0 + timedelta(hours=4)).isoformat()}
@@ -515,6 +542,45 @@ def test_a_corrected_window_moves_readings_and_the_rules_follow(
     assert [(x["device"], x["version"]) for x in listed] == [("TRK-1", 3)]
     bad = client.patch(url, json={"to": T0.isoformat()}, headers={**h, "If-Match": "*"})
     assert bad.status_code == 422 and bad.json()["field"] == "to"
+
+
+def test_a_ride_moved_to_another_shipment_and_back_withdraws_and_reinstates_its_alert(
+    client: TestClient, tokens: dict[str, dict[str, str]], db: psycopg.Connection
+) -> None:
+    """Every reading leaves SO-A (its state is forgotten, its alert withdrawn) and joins SO-B; the
+    correction undone, SO-A's first pass over its readings again reinstates the same alert."""
+    h = tokens["logistics"]
+    registry.create_device(db, org=1, device=Device(id="TRK-3"), actor="t")
+    for sid in ("SO-A", "SO-B"):
+        made = client.post("/api/v1/shipments", json={"id": sid, "profile": "2-8C"}, headers=h)
+        assert made.status_code == 201
+    key = db.execute("SELECT key FROM devices WHERE id = 'TRK-3'").fetchone()
+    assert key is not None
+    temps = np.full(240, 5.0)
+    temps[150:] = 11.0
+    _readings(db, int(key[0]), temps)
+    res = client.post(
+        "/api/v1/shipments/SO-A/assignments",
+        json={"device": "TRK-3", "from": T0.isoformat(), "to": (T0 + timedelta(hours=4)).isoformat()},
+        headers=h,
+    )
+    assert res.status_code == 201, res.text
+    drain(db)
+    [(first_id,)] = db.execute("SELECT id FROM alerts WHERE kind <> 'stability_budget'").fetchall()
+    url = f"/api/v1/assignments/{res.json()['id']}"
+    moved = client.patch(url, json={"shipment": "SO-B"}, headers={**h, "If-Match": '"v1"'})
+    assert moved.status_code == 200 and moved.json()["readings_relinked"] == 240
+    drain(db)
+    assert _linked(db) == {"SO-B": 240}
+    assert _alerts(db) == [("SO-A", "single", "withdrawn"), ("SO-B", "single", "open")]
+    back = client.patch(url, json={"shipment": "SO-A"}, headers={**h, "If-Match": '"v2"'})
+    assert back.status_code == 200 and back.json()["readings_relinked"] == 240
+    drain(db)
+    assert _alerts(db) == [("SO-A", "single", "open"), ("SO-B", "single", "withdrawn")]
+    reinstated = db.execute(
+        "SELECT action FROM alert_events WHERE alert_id = %s ORDER BY id", (first_id,)
+    ).fetchall()
+    assert [r[0] for r in reinstated][-2:] == ["withdraw", "reinstate"]
 
 
 def test_the_bulk_import_keeps_the_same_segregation_of_duties(

@@ -123,6 +123,7 @@ def test_partners_see_exactly_what_is_shared(
     lot = client.get(f"/api/v1/lots/{GTIN}/A1", headers=h["nurse"]).json()
     assert (lot["shipments"], lot["devices"]) == (["S1"], ["D1"])
     assert [a["id"] for a in lot["excursions"]] == [ids["a1"]] and lot["stability_budget_credits"] == []
+    assert lot["disposition"] is None  # QA's decisions stay the owner's, as its credits do
     readings = client.get(f"/api/v1/lots/{GTIN}/A1/readings", headers=h["nurse"]).json()["readings"]
     assert len(readings) == 10 and {r["c"] for r in readings} == {5.0}  # none of S2's 6.0 °C
     assert [a["id"] for a in client.get("/api/v1/alerts", headers=h["nurse"]).json()] == [ids["a1"]]

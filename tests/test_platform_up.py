@@ -73,6 +73,34 @@ def _interrupt(proc: subprocess.Popen[str]) -> str:
     return out
 
 
+def _first_demo(http: int, token: str) -> str:
+    ids = sorted(d["id"] for d in _get(f"http://127.0.0.1:{http}/api/v1/devices", token))
+    return ids[0].removeprefix("DEMO-")
+
+
+def _pub(mqtt: int, device: str, *login: str) -> int:
+    topic = f"coldchain/v1/{device}/status"
+    cmd = ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(mqtt), "-q", "1", "-t", topic, "-m", "{}", *login]
+    return subprocess.run(cmd, capture_output=True, timeout=30).returncode
+
+
+def _outside_client_needs_credentials(data: Path, mqtt: int, device: str) -> None:
+    """The broker of `coldchain up` refuses anonymous clients; `coldchain devices provision`
+    gives mosquitto_pub a login that works at once, and `revoke` takes it away."""
+    assert _pub(mqtt, device) != 0
+    cli = [sys.executable, "-m", "coldchain.cli", "devices"]
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "MQTT_URL")}
+    out = subprocess.run(
+        [*cli, "provision", device, "--data-dir", str(data), "--json"],
+        capture_output=True, text=True, timeout=60, env=env, check=True,
+    ).stdout
+    login = json.loads(out.strip().splitlines()[-1])
+    assert _pub(mqtt, device, "-u", login["username"], "-P", login["password"]) == 0
+    assert _pub(mqtt, device, "-u", login["username"], "-P", login["password"] + "x") != 0
+    subprocess.run([*cli, "revoke", device, "--data-dir", str(data)], timeout=60, env=env, check=True)
+    assert _pub(mqtt, device, "-u", login["username"], "-P", login["password"]) != 0
+
+
 def test_up_demo_shows_alerts_stops_cleanly_and_restarts(tmp_path: Path) -> None:
     data = tmp_path / "data"
     http, mqtt = free_port(), free_port()
@@ -91,6 +119,7 @@ def test_up_demo_shows_alerts_stops_cleanly_and_restarts(tmp_path: Path) -> None
         assert all(a["device"].startswith("DEMO-") for a in alerts)
         assert len(_get(f"http://127.0.0.1:{http}/api/v1/devices", token)) == 20
         assert len(_get(f"http://127.0.0.1:{http}/api/v1/shipments", token)) == 5
+        _outside_client_needs_credentials(data, mqtt, "DEMO-" + _first_demo(http, token))
     finally:
         out = _interrupt(proc) if proc.poll() is None else ""
     assert token in out  # printed once, on the first start

@@ -21,6 +21,9 @@ from api.schemas import (
     CreditBody,
     CreditOut,
     CreditResult,
+    DispositionBody,
+    DispositionOut,
+    LotDispositionOut,
     LotOut,
     LotReadings,
     Moment,
@@ -30,11 +33,13 @@ from api.schemas import (
     signature_out,
 )
 from coldchain.access import Permission
-from coldchain.errors import ValidationError
+from coldchain.disposition import MEANING, LotState, transition_refusal
+from coldchain.domain import Disposition
+from coldchain.errors import ConflictError, ValidationError
 from coldchain.gs1 import GS1Error, digital_link, identify_lot, normalize_gtin
 from evidence.model import lot_figures_of
 from rules.lot_figures import LotFigures
-from storage import alerts, lot_budget, readings, registry
+from storage import alerts, lot_budget, lot_dispositions, readings, registry
 
 router = APIRouter()
 
@@ -122,6 +127,7 @@ def _lot_out(conn: Conn, caller: Caller, org: int, rec: registry.LotRecord) -> L
             )
         ]
     remaining = figures.stability_budget_remaining_s
+    disposition = None if org != caller.org_id else lot_disposition_out(conn, org, rec.lot.gtin, rec.lot.lot)
     return LotOut(
         gtin=rec.lot.gtin,
         lot=rec.lot.lot,
@@ -139,7 +145,85 @@ def _lot_out(conn: Conn, caller: Caller, org: int, rec: registry.LotRecord) -> L
         stability_budget_credits=[CreditOut.model_validate(c) for c in credits],
         worst_logger_per_shipment=figures.worst_logger,
         freeze_thaw_cycles=figures.freeze_thaw_cycles,
+        disposition=disposition,
     )
+
+
+def lot_disposition_out(conn: Conn, org: int, gtin: str, lot: str) -> LotDispositionOut:
+    """The lot's state and every decision with its signatures, each checked against the row now."""
+    decisions = lot_dispositions.history(conn, org=org, gtin=gtin, lot=lot)
+    history = [
+        DispositionOut(
+            id=d.id, state=Disposition(d.state),
+            previous=None if d.previous is None else Disposition(d.previous),
+            comment=d.comment, decided_by=d.decided_by, decided_at=d.decided_at,
+            signatures=[
+                signature_out(s)
+                for s in esign.shown(
+                    conn, org=org, entity="lot_disposition", key=str(d.id), record=d.signed_record()
+                )
+            ],
+        )
+        for d in decisions
+    ]
+    state = LotState(decisions[-1].state) if decisions else LotState.PENDING
+    return LotDispositionOut(state=state.value, history=history)
+
+
+@router.post(
+    "/lots/{gtin}/{lot}/disposition",
+    tags=["lots"],
+    status_code=status.HTTP_201_CREATED,
+    response_model=LotDispositionOut,
+    responses=responses(*WITH_BODY, 404, 409),
+)
+def dispose_lot(
+    gtin: GtinPath, lot: LotPath, body: DispositionBody, conn: Conn, caller: Caller, settings: AppSettings
+) -> LotDispositionOut:
+    """QA's disposition of the lot (release, quarantine or reject), with a comment, under the
+    signer's e-signature: meaning `release` for a release, `rejection` for a rejection,
+    `responsibility` for a quarantine (422 otherwise or without a signature; 403 for an API key or
+    a caller without `qa`). 409 for a step out of order (a rejection is final; a released lot is
+    quarantined before it is rejected; the same state twice) and for a release while an
+    excursion of the lot is not closed with QA's disposition, or was closed as `reject`."""
+    caller.require(Permission.DISPOSITION)
+    signature = esign.require(body.signature)
+    wanted = MEANING[body.disposition]
+    if signature.meaning is not wanted:
+        raise ValidationError(
+            f"a {body.disposition.value} is signed with the meaning {wanted.value!r}",
+            field="signature.meaning",
+        )
+    rec = registry.get_lot(conn, org=caller.org_id, gtin=normalize_gtin(check_gtin(gtin)), lot=lot)
+    signer = esign.reauthenticate(conn, settings, caller, signature)
+    with conn.transaction():
+        current = lot_dispositions.current_state(
+            conn, org=caller.org_id, gtin=rec.lot.gtin, lot=rec.lot.lot, lock=True
+        )
+        refusal = transition_refusal(current, body.disposition)
+        if refusal is not None:
+            raise ConflictError(refusal)
+        if body.disposition is Disposition.RELEASE:
+            blocking = lot_dispositions.blocking_excursions(
+                conn, org=caller.org_id, shipment_keys=list(rec.shipment_keys)
+            )
+            if blocking:
+                listed = ", ".join(
+                    f"{i} ({'closed as reject' if st == 'closed' else st})" for i, st, _ in blocking
+                )
+                raise ConflictError(
+                    "the lot cannot be released while excursions are not closed with QA's"
+                    f" disposition or were rejected: {listed}"
+                )
+        decision = lot_dispositions.decide(
+            conn, org=caller.org_id, gtin=rec.lot.gtin, lot=rec.lot.lot, decision=body.disposition,
+            previous=current, comment=body.comment, actor=caller.name,
+        )
+        esign.sign(
+            conn, caller, signer, signature, entity="lot_disposition", key=str(decision.id),
+            action=f"lot_{body.disposition.value}", record=decision.signed_record(),
+        )
+    return lot_disposition_out(conn, caller.org_id, rec.lot.gtin, rec.lot.lot)
 
 
 @router.post(

@@ -16,9 +16,10 @@ from pydantic import BaseModel
 
 from api import pagination
 from api.concurrency import IfMatch, accepted_versions, set_etag, with_etag
-from api.deps import Caller, Conn
+from api.deps import AppSettings, Caller, Conn
 from api.errors import AUTHED, EDIT, WITH_BODY, responses
 from api.pagination import Cursor, Limit
+from api.routes.registry import add_logger
 from api.schemas import (
     GTIN_PATTERN,
     LOT_SEGMENT_PATTERN,
@@ -408,19 +409,17 @@ def add_assignment(
     response: Response,
     conn: Conn,
     caller: Caller,
+    settings: AppSettings,
 ) -> AssignmentRecordOut:
     """A logger rides with the shipment from `from` (to `to`). Readings it already stored in the
     window join the shipment and the rules judge them. An unregistered device or `to` not after
-    `from` is 422; a window overlapping another of the logger is 409, naming it."""
-    caller.require(Permission.REGISTER)
-    row, moved = assignments.add_assignment(
-        conn,
-        org=caller.org_id,
-        shipment_id=shipment_id,
-        device_id=body.device,
-        starts=body.from_,
-        ends=body.to,
-        actor=caller.name,
+    `from` is 422; a window overlapping another of the logger is 409, naming it; a logger out of
+    calibration on `from` is 409 unless QA's signed `calibration_override` comes with it (then a
+    person holding `qa` adds it alone, as with POST /shipments/{shipment_id}/devices: one
+    implementation for both)."""
+    row, moved = add_logger(
+        conn, settings, caller, shipment_id=shipment_id, device_id=body.device, starts=body.from_,
+        ends=body.to, override=body.calibration_override,
     )
     return _assignment(row, response, moved.readings)
 

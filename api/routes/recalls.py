@@ -119,6 +119,11 @@ class ImpactLot(_Out):
     stability_budget_spent_s: float | None
     stability_budget_credited_s: float | None
     stability_budget_remaining_s: float | None
+    disposition: Literal["pending", "quarantine", "release", "reject"] | None = Field(
+        default=None,
+        description="QA's disposition of the lot when the recall was opened (absent in recalls"
+        " opened before lots had one)",
+    )
     shipments: list[str]
     digital_link: str
     evidence: str

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response, status
 
-from api import pagination, partner_view
+from api import esign, pagination, partner_view
 from api.concurrency import IfMatch, accepted_versions, set_etag, with_etag
-from api.deps import Caller, Conn
+from api.deps import AppSettings, Caller, Conn
 from api.errors import AUTHED, EDIT, WITH_BODY, responses
 from api.pagination import Cursor, OptionalLimit
 from api.schemas import (
@@ -19,6 +20,9 @@ from api.schemas import (
     SHIPMENT_SEGMENT_PATTERN,
     AlarmProfileBody,
     AlarmProfileOut,
+    AssignmentIn,
+    CalibrationOverrideIn,
+    CalibrationOverrideOut,
     DeviceCreate,
     DeviceOut,
     DeviceStatusOut,
@@ -34,12 +38,16 @@ from api.schemas import (
     check_gtin,
     profile_out,
     shipment_out,
+    signature_out,
 )
 from coldchain.access import Permission
 from coldchain.alarm_profile import AlarmProfile
+from coldchain.errors import PermissionDeniedError, ValidationError
+from coldchain.esignature import Meaning
 from coldchain.gs1 import normalize_gtin
 from coldchain.master_data import check_times
-from storage import profile_changes, profiles, registry
+from storage import assignments, calibrations, profile_changes, profiles, registry, users
+from storage.assignments import AssignmentRow, Relinked
 from storage.registry import DeviceRecord, ShipmentRecord
 from storage.shares import Share
 
@@ -67,10 +75,26 @@ def _device(rec: DeviceRecord) -> DeviceOut:
     )
 
 
-def _shipment(rec: ShipmentRecord, response: Response | None = None) -> ShipmentOut:
+def _shipment(
+    conn: Conn, rec: ShipmentRecord, org: int | None = None, response: Response | None = None
+) -> ShipmentOut:
+    """A shipment as its owner sees it: header, legs and version (the `ETag` set on `response`),
+    QA's calibration overrides with their signatures and the ERP's reference (`org` None: a
+    partner's view, without overrides or ERP reference)."""
     if response is not None:
         set_etag(response, rec.version)
-    doc = shipment_out(rec.shipment, profile_version=rec.profile_version, created_at=rec.created_at)
+    overrides: dict[tuple[str, datetime], CalibrationOverrideOut] = {}
+    if org is not None:
+        for o in calibrations.overrides_for(conn, org=org, shipment_keys=[rec.key]):
+            signed = esign.shown(
+                conn, org=org, entity="calibration_override", key=str(o.id), record=o.signed_record()
+            )
+            overrides[(o.device_id, o.rode_from)] = CalibrationOverrideOut.model_validate(
+                {**o.public(), "signatures": [signature_out(x) for x in signed]}
+            )
+    doc = shipment_out(
+        rec.shipment, profile_version=rec.profile_version, created_at=rec.created_at, overrides=overrides
+    )
     return doc.model_copy(
         update={
             "origin_gln": rec.origin_gln,
@@ -85,6 +109,7 @@ def _shipment(rec: ShipmentRecord, response: Response | None = None) -> Shipment
             "legs": [LegOut.model_validate(leg, from_attributes=True) for leg in rec.legs],
             "version": rec.version,
             "updated_at": rec.updated_at,
+            "erp_ref": rec.erp_ref if org is not None else None,
         }
     )
 
@@ -127,23 +152,117 @@ def get_device(device_id: DevicePath, conn: Conn, caller: Caller) -> DeviceOut:
     response_model=ShipmentOut,
     responses=with_etag(201, responses(*WITH_BODY, 404, 409)),
 )
-def create_shipment(body: ShipmentCreate, response: Response, conn: Conn, caller: Caller) -> ShipmentOut:
+def create_shipment(
+    body: ShipmentCreate, response: Response, conn: Conn, caller: Caller, settings: AppSettings
+) -> ShipmentOut:
     """A shipment with its lots and loggers. The devices must be registered (422 otherwise), the
-    profile must exist (404), a logger cannot ride two shipments at once (409)."""
+    profile must exist (404), a logger cannot ride two shipments at once (409), nor one out of
+    calibration on its first day (409) unless its assignment carries QA's signed
+    `calibration_override` (the caller holds `qa` besides a registering role, and is a person:
+    403 otherwise; the signature's meaning is `approval`)."""
     caller.require(Permission.REGISTER)
+    overrides = {i: d.calibration_override for i, d in enumerate(body.devices) if d.calibration_override}
+    signers: dict[int, users.UserRow] = {}
+    if overrides:
+        if not caller.can(Permission.DISPOSITION):
+            raise PermissionDeniedError("overriding a logger's calibration is QA's decision (role qa)")
+        for i, o in overrides.items():
+            if o.signature.meaning is not Meaning.APPROVAL:
+                raise ValidationError(
+                    "a calibration override is signed with the meaning 'approval'",
+                    field=f"devices.{i}.calibration_override.signature.meaning",
+                )
+            signers[i] = esign.reauthenticate(conn, settings, caller, o.signature)
     gtins = [normalize_gtin(x.gtin) for x in body.lots]
     chosen = body.profile or profiles.default_for(conn, org=caller.org_id, gtins=gtins)
     shipment = body.to_domain(caller.organization, profile=chosen)
     with conn.transaction():
         profile = profiles.resolve(conn, org=caller.org_id, profile_id=shipment.profile)
-        registry.create_shipment(
+        made = registry.create_shipment(
             conn,
             org=caller.org_id,
             shipment=shipment,
             profile_version=profile.version,
             actor=caller.name,
+            overrides={i: o.reason for i, o in overrides.items()},
         )
-    return _shipment(registry.get_shipment(conn, org=caller.org_id, shipment_id=shipment.id), response)
+        by_assignment = {
+            (a.device_id, a.start): i for i, a in enumerate(shipment.devices) if i in overrides
+        }
+        for row in made:
+            i = by_assignment[(row.device_id, row.rode_from)]
+            esign.sign(
+                conn, caller, signers[i], overrides[i].signature, entity="calibration_override",
+                key=str(row.id), action="override_calibration", record=row.signed_record(),
+            )
+    created = registry.get_shipment(conn, org=caller.org_id, shipment_id=shipment.id)
+    return _shipment(conn, created, caller.org_id, response)
+
+
+@router.post(
+    "/shipments/{shipment_id}/devices",
+    tags=["shipments"],
+    status_code=status.HTTP_201_CREATED,
+    response_model=ShipmentOut,
+    responses=responses(*WITH_BODY, 404, 409),
+)
+def assign_logger(
+    shipment_id: ShipmentPath, body: AssignmentIn, conn: Conn, caller: Caller, settings: AppSettings
+) -> ShipmentOut:
+    """Add a logger to a registered shipment (a role that registers; 422 for an unregistered
+    device, 409 for a logger riding another shipment then, or out of calibration on `from`).
+    With QA's signed `calibration_override` it is QA's act alone (a person holding `qa`; meaning
+    `approval`): logistics registers the shipment, QA adds the logger it decided may ride.
+    The same act as POST /shipments/{shipment_id}/assignments, answered with the shipment."""
+    add_logger(
+        conn, settings, caller, shipment_id=shipment_id, device_id=body.id, starts=body.from_, ends=body.to,
+        override=body.calibration_override, device_field="id",
+    )
+    updated = registry.get_shipment(conn, org=caller.org_id, shipment_id=shipment_id)
+    return _shipment(conn, updated, caller.org_id)
+
+
+def add_logger(
+    conn: Conn,
+    settings: AppSettings,
+    caller: Caller,
+    *,
+    shipment_id: str,
+    device_id: str,
+    starts: datetime,
+    ends: datetime | None,
+    override: CalibrationOverrideIn | None,
+    device_field: str = "device",
+) -> tuple[AssignmentRow, Relinked]:
+    """A logger joins a registered shipment: one path for POST /shipments/{id}/devices and
+    POST /shipments/{id}/assignments. Without an override a registering role; with QA's signed
+    `calibration_override` a person holding `qa` (meaning `approval`, password checked), and the
+    override is signed in the same transaction as the assignment."""
+    signer: users.UserRow | None = None
+    if override is None:
+        caller.require(Permission.REGISTER)
+    else:
+        if not caller.can(Permission.DISPOSITION):
+            raise PermissionDeniedError("overriding a logger's calibration is QA's decision (role qa)")
+        if override.signature.meaning is not Meaning.APPROVAL:
+            raise ValidationError(
+                "a calibration override is signed with the meaning 'approval'",
+                field="calibration_override.signature.meaning",
+            )
+        registry.get_shipment(conn, org=caller.org_id, shipment_id=shipment_id)  # 404 before the password
+        signer = esign.reauthenticate(conn, settings, caller, override.signature)
+    with conn.transaction():
+        row, moved, made = assignments.add_assignment(
+            conn, org=caller.org_id, shipment_id=shipment_id, device_id=device_id, starts=starts, ends=ends,
+            actor=caller.name, override=None if override is None else override.reason,
+            device_field=device_field,
+        )
+        if made is not None and override is not None and signer is not None:
+            esign.sign(
+                conn, caller, signer, override.signature, entity="calibration_override",
+                key=str(made.id), action="override_calibration", record=made.signed_record(),
+            )
+    return row, moved
 
 
 Filter = Annotated[str | None, Query(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
@@ -186,11 +305,11 @@ def list_shipments(
         conn, org=caller.org_id, after=after, limit=None if size is None else size + 1, **filters
     )
     page = pagination.next_page(request, response, "shipments", rows, size, lambda r: r.shipment.id)
-    own = [_shipment(r) for r in page]
+    own = [_shipment(conn, r, caller.org_id) for r in page]
     if paged:
         return own
     shared = [
-        _shared(_shipment(r), s)
+        _shared(_shipment(conn, r), s)
         for r, s in partner_view.shared_shipments(conn, caller)
         if _matches(r, **filters)
     ]
@@ -220,8 +339,10 @@ def _matches(rec: ShipmentRecord, **filters: Any) -> bool:
 )
 def get_shipment(shipment_id: ShipmentPath, response: Response, conn: Conn, caller: Caller) -> ShipmentOut:
     """A shipment with its lots, loggers and legs, and its `ETag` (for PATCH)."""
-    _, rec, share = partner_view.shipment(conn, caller, shipment_id)
-    return _shipment(rec, response) if share is None else _shared(_shipment(rec, response), share)
+    org, rec, share = partner_view.shipment(conn, caller, shipment_id)
+    if share is None:
+        return _shipment(conn, rec, org, response)
+    return _shared(_shipment(conn, rec, None, response), share)
 
 
 @router.patch(
@@ -265,7 +386,7 @@ def update_shipment(
         accepted=accepted,
         actor=caller.name,
     )
-    return _shipment(rec, response)
+    return _shipment(conn, rec, caller.org_id, response)
 
 
 def _shared(doc: ShipmentOut, share: Share) -> ShipmentOut:
