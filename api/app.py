@@ -13,6 +13,7 @@ from fastapi.routing import APIRoute
 from psycopg_pool import ConnectionPool
 
 from api import errors
+from api.config_publisher import ConfigPublisher
 from api.deps import Conn, refuse_unknown_query
 from api.limits import RequestGuard
 from api.routes import (
@@ -21,6 +22,7 @@ from api.routes import (
     audit,
     auth,
     calibrations,
+    device_config,
     erp,
     evidence,
     logger_files,
@@ -42,6 +44,7 @@ from api.schemas import Health
 from api.security_headers import SecurityHeaders
 from coldchain import __version__
 from coldchain.settings import Settings
+from coldchain.wire import Topics
 from storage.db import open_pool
 
 API_PREFIX = "/api/v1"
@@ -52,6 +55,18 @@ def _operation_id(route: APIRoute) -> str:
     return route.name
 
 
+def _config_publisher(settings: Settings) -> ConfigPublisher | None:
+    """The publisher of desired device configs, when the API has a broker (MQTT_URL) to send to."""
+    if settings.mqtt_url is None or settings.database_url is None:
+        return None
+    return ConfigPublisher(
+        dsn=settings.database_url,
+        mqtt_url=settings.mqtt_url,
+        topics=Topics(settings.topic_prefix),
+        poll_s=settings.config_publish_poll_s,
+    ).start()
+
+
 def create_app(settings: Settings, *, pool: ConnectionPool | None = None) -> FastAPI:
     """An app for these settings; given a pool it uses it (and leaves closing it to the caller)."""
     if settings.database_url is None and pool is None:
@@ -60,15 +75,20 @@ def create_app(settings: Settings, *, pool: ConnectionPool | None = None) -> Fas
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        if pool is not None:
-            yield {"pool": pool, "settings": settings}
-            return
-        assert settings.database_url is not None
-        own = open_pool(settings.database_url, min_size=1, max_size=10, name="api")
+        publisher = _config_publisher(settings)
         try:
-            yield {"pool": own, "settings": settings}
+            if pool is not None:
+                yield {"pool": pool, "settings": settings}
+                return
+            assert settings.database_url is not None
+            own = open_pool(settings.database_url, min_size=1, max_size=10, name="api")
+            try:
+                yield {"pool": own, "settings": settings}
+            finally:
+                own.close()
         finally:
-            own.close()
+            if publisher is not None:
+                publisher.stop()
 
     app = FastAPI(
         title="coldchain",
@@ -108,6 +128,7 @@ def create_app(settings: Settings, *, pool: ConnectionPool | None = None) -> Fas
     v1.include_router(logger_files.router)
     v1.include_router(calibrations.router)
     v1.include_router(device_credential_routes.router)
+    v1.include_router(device_config.router)
     v1.include_router(gs1_routes.router)
     v1.include_router(import_routes.router)
     v1.include_router(recall_routes.router)
@@ -115,6 +136,7 @@ def create_app(settings: Settings, *, pool: ConnectionPool | None = None) -> Fas
     v1.include_router(epcis_routes.router)
     app.include_router(v1)
     app.include_router(notify.ack_router)  # /ack/{token}: the signed link is the credential
+    app.include_router(recall_routes.ack_router)  # /recall-ack/{token}: likewise, for consignees
 
     @app.get("/health", include_in_schema=False)
     def health_root() -> JSONResponse:

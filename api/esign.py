@@ -23,7 +23,7 @@ from coldchain.domain import Alert
 from coldchain.errors import PermissionDeniedError, ValidationError
 from coldchain.esignature import Signature
 from coldchain.settings import Settings
-from storage import alerts, lot_budget, signatures, users
+from storage import alerts, audit, lot_budget, recalls, signatures, users
 
 
 def require(signature: SignatureIn | None) -> SignatureIn:
@@ -133,4 +133,42 @@ def credit_record(gtin: str, lot: str, credit: dict[str, Any]) -> dict[str, Any]
 def credit_records(conn: psycopg.Connection, *, org: int, gtin: str, lot: str) -> dict[int, dict[str, Any]]:
     return {
         c["id"]: credit_record(gtin, lot, c) for c in lot_budget.credits(conn, org=org, gtin=gtin, lot=lot)
+    }
+
+
+def recall_record(conn: psycopg.Connection, *, org: int, recall_id: int) -> dict[str, Any]:
+    """A closed recall as its closing signature covers it: what was recalled and why, its impact
+    as recorded at opening, every consignee's answer, the response time, and who closed it."""
+    rec = recalls.get_recall(conn, org=org, recall_id=recall_id)
+    closing = [e for e in audit.trail(conn, org, "recall", str(recall_id)) if e["action"] == "close"]
+    return {
+        "entity": "recall",
+        "id": rec.id,
+        "state": rec.state,
+        "reason": rec.reason,
+        "classification": rec.classification,
+        "criteria": rec.criteria,
+        "impact": rec.impact,
+        "opened_at": rec.opened_at,
+        "opened_by": rec.opened_by,
+        "consignees": [
+            {
+                "id": c.id,
+                "shipment": c.shipment_id,
+                "consignee": c.consignee,
+                "consignee_gln": c.consignee_gln,
+                "quantity": c.quantity,
+                "notified_at": c.notified_at,
+                "acknowledged_at": c.acknowledged_at,
+                "acknowledged_by": c.acknowledged_by,
+                "quarantined": c.quarantined,
+                "returned": c.returned,
+            }
+            for c in rec.consignees
+        ],
+        "all_acknowledged_at": rec.all_acknowledged_at,
+        "response_time_s": rec.response_time_s,
+        "closed_at": rec.closed_at,
+        "closed_by": rec.closed_by,
+        "close_comment": closing[-1]["reason"] if closing else None,
     }

@@ -7,9 +7,9 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from coldchain.errors import ColdchainError
 from coldchain.settings import Settings
 
 COMMANDS = frozenset({"users", "orgs", "api-keys", "audit"})
@@ -62,10 +62,16 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> 
 
     audit = sub.add_parser("audit", help="the audit trail")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
-    leaf(
+    verify = leaf(
         audit_sub,
         "verify",
         "check every link, the recorded head and the signed checkpoints (exit 0 when intact)",
+    )
+    verify.add_argument(
+        "--public-key",
+        type=Path,
+        help="the platform's public key (PEM, from GET /evidence/public-key) to check the signed"
+        " checkpoints with; default: the key in the data folder, when there is one",
     )
     leaf(audit_sub, "checkpoint", "sign the current head of every organization's trail with the platform key")
 
@@ -89,11 +95,12 @@ def dispatch(args: argparse.Namespace, settings: Settings, dsn: str) -> int:
             return 0
         if args.command == "api-keys":
             return _keys(conn, args)
-        return _audit(conn, args, checkpoint_key(args, settings))
+        return _audit(conn, args, settings)
 
 
 def checkpoint_key(args: argparse.Namespace | None, settings: Settings) -> bytes | None:
-    """The platform key that signs audit checkpoints: from SECRET_KEY, or the embedded install's."""
+    """The HMAC key of checkpoints made before the platform's Ed25519 key signed them (from
+    SECRET_KEY, or the embedded install's): only to verify those older checkpoints."""
     from coldchain.access_tokens import derive_key
 
     secret = "" if settings.secret_key_generated else settings.secret_key.get_secret_value()
@@ -103,13 +110,37 @@ def checkpoint_key(args: argparse.Namespace | None, settings: Settings) -> bytes
     return derive_key(secret, "audit-checkpoint") if secret else None
 
 
+def platform_signer(settings: Settings) -> tuple[Callable[[bytes], bytes], str]:
+    """The platform's Ed25519 key (the evidence signing key in the data folder, made on first
+    use) as the audit checkpoints' signing function, and its key id."""
+    from evidence.signing import signing_key
+
+    key = signing_key(settings.data_dir)
+    return key.sign, key.key_id
+
+
+def platform_verifier(
+    settings: Settings, public_key: Path | None = None
+) -> tuple[Callable[[bytes, bytes], bool], str] | None:
+    """What checks the signed checkpoints: the public key given (an auditor's copy), else the
+    data folder's key if there is one (verifying never makes a key); None without either."""
+    from evidence.signing import existing_public_key, key_id, load_public_key, verify_signature
+
+    public = existing_public_key(settings.data_dir) if public_key is None else None
+    if public_key is not None:
+        public = load_public_key(public_key.read_bytes())
+    if public is None:
+        return None
+    return (lambda signature, message: verify_signature(public, signature, message)), key_id(public)
+
+
 class Checkpoints:
     """Signs the audit heads every `interval_s` in a thread of its own (and once more at stop)."""
 
-    def __init__(self, dsn: str, key: bytes, interval_s: float) -> None:
+    def __init__(self, dsn: str, sign: Callable[[bytes], bytes], key_id: str, interval_s: float) -> None:
         import threading
 
-        self._dsn, self._key, self._interval = dsn, key, interval_s
+        self._dsn, self._sign, self._key_id, self._interval = dsn, sign, key_id, interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="audit-checkpoints", daemon=True)
 
@@ -119,7 +150,7 @@ class Checkpoints:
 
         try:
             with connect(self._dsn, autocommit=True) as conn:
-                audit.checkpoint(conn, self._key)
+                audit.checkpoint(conn, sign=self._sign, key_id=self._key_id)
         except Exception:  # a failed checkpoint is retried at the next interval
             import logging
 
@@ -190,20 +221,30 @@ def _keys(conn: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def _audit(conn: Any, args: argparse.Namespace, key: bytes | None) -> int:
+def _audit(conn: Any, args: argparse.Namespace, settings: Settings) -> int:
     from storage import audit
 
     if args.audit_command == "checkpoint":
-        if key is None:
-            raise ColdchainError("SECRET_KEY is not set (or give --data-dir of an embedded install)")
-        print(f"signed {audit.checkpoint(conn, key)} checkpoint(s)")
+        sign, signer_id = platform_signer(settings)
+        print(f"signed {audit.checkpoint(conn, sign=sign, key_id=signer_id)} checkpoint(s) with {signer_id}")
         return 0
-    verdict = audit.verify_trail(conn, checkpoint_key=key)
+    verifier = platform_verifier(settings, args.public_key)
+    verify = None if verifier is None else verifier[0]
+    key_id = None if verifier is None else verifier[1]
+    verdict = audit.verify_trail(
+        conn, checkpoint_key=checkpoint_key(args, settings), verify=verify, key_id=key_id
+    )
     if verdict.intact:
-        checked = "with" if key is not None else "without (no SECRET_KEY)"
+        checked = f"{verdict.signed_checkpoints} signed checkpoints checked"
+        if key_id is not None:
+            checked += f" with {key_id}"
+        if verdict.unchecked_checkpoints:
+            checked += (
+                f", {verdict.unchecked_checkpoints} not checked (no public key, or no SECRET_KEY"
+                " for checkpoints older than the platform key's)"
+            )
         print(
-            f"audit trail intact: {verdict.rows} rows in {verdict.organizations} organization(s),"
-            f" {checked} signed checkpoints"
+            f"audit trail intact: {verdict.rows} rows in {verdict.organizations} organization(s), {checked}"
         )
         return 0
     print(

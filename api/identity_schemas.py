@@ -294,3 +294,9 @@ class TrailVerification(_Out):
     org_id: int | None = Field(description="the organization whose chain broke, if one did")
     row_id: int | None = Field(description="the first row that does not verify, if one does not")
     reason: str | None
+    signed_checkpoints: int = Field(
+        default=0, description="checkpoints verified with the platform's public key"
+    )
+    unchecked_checkpoints: int = Field(
+        default=0, description="checkpoints older than the platform key's (HMAC), not checked here"
+    )

@@ -11,7 +11,8 @@ import psycopg
 from coldchain.access import Principal
 from coldchain.domain import Alert, AlertState
 from coldchain.errors import NotFoundError
-from storage import alerts, registry, shares
+from storage import alerts, logger_files, registry, shares
+from storage.logger_files import StoredFile
 from storage.registry import LotRecord, ShipmentRecord
 from storage.shares import Share
 
@@ -116,3 +117,61 @@ def shared_alerts(
 def shared_ids(conn: psycopg.Connection, caller: Principal, owner: int, need: str) -> set[str]:
     """Ids of the owner's shipments shared with the caller with `need` in scope."""
     return {s.shipment_id for s in _shares(conn, caller, need) if s.owner_org_id == owner}
+
+
+def evidence_shipment_org(conn: psycopg.Connection, caller: Principal, shipment_id: str) -> int:
+    """The organization owning the shipment whose evidence the caller may have: its own, or one
+    shared with it with "evidence" in scope."""
+    org, _, share = shipment(conn, caller, shipment_id)
+    if share is not None and "evidence" not in share.scope:
+        raise NotFoundError("shipment", shipment_id)
+    return org
+
+
+def evidence_alert_org(conn: psycopg.Connection, caller: Principal, alert_id: int) -> int:
+    """The organization owning the alert whose evidence the caller may have: its own, or one on a
+    shipment shared with it with both "alerts" and "evidence" in scope."""
+    try:
+        alerts.get_alert(conn, org=caller.org_id, alert_id=alert_id)
+        return caller.org_id
+    except NotFoundError:
+        for s in _shares(conn, caller, "alerts"):
+            if "evidence" not in s.scope:
+                continue
+            try:
+                found = alerts.get_alert(conn, org=s.owner_org_id, alert_id=alert_id)
+            except NotFoundError:
+                continue
+            if found.shipment_id == s.shipment_id:
+                return s.owner_org_id
+        raise
+
+
+def logger_file(conn: psycopg.Connection, caller: Principal, file_id: int) -> tuple[int, StoredFile]:
+    """A kept logger file the caller may see: its own organization's, or one recorded on a
+    shipment shared with it with "readings" in scope (the file is that shipment's readings)."""
+    try:
+        return caller.org_id, logger_files.get_file(conn, org=caller.org_id, file_id=file_id)
+    except NotFoundError:
+        for s in _shares(conn, caller, "readings"):
+            try:
+                found = logger_files.get_file(conn, org=s.owner_org_id, file_id=file_id)
+            except NotFoundError:
+                continue
+            if found.shipment_id == s.shipment_id:
+                return s.owner_org_id, found
+        raise
+
+
+def shared_logger_files(
+    conn: psycopg.Connection, caller: Principal, device_id: str | None
+) -> list[StoredFile]:
+    """The logger files of the shipments shared with the caller with "readings" (of one logger)."""
+    out: list[StoredFile] = []
+    for s in _shares(conn, caller, "readings"):
+        out += [
+            f
+            for f in logger_files.list_files(conn, org=s.owner_org_id, shipment_key=s.shipment_key)
+            if device_id is None or f.device_id == device_id
+        ]
+    return out

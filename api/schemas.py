@@ -192,6 +192,7 @@ class DeviceStatusOut(_Out):
     battery: float | None = None
     queue: int | None = None
     fw: str | None = None
+    applied_config: int | None = Field(default=None, description="the config version it applied")
 
 
 class DeviceOut(_Out):
@@ -435,6 +436,14 @@ class FreezeThawModel(_In):
     min_thawed_s: Seconds = 3600
 
 
+class LightWindowModel(_In):
+    """A daily UTC window in which light in the box is allowed; an end before the start runs past
+    midnight, and start and end may not be equal."""
+
+    start_utc: str = Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", examples=["06:00"])
+    end_utc: str = Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", examples=["18:00"])
+
+
 class AlarmProfileBody(_In):
     """A custom alarm profile; the server assigns the version (a POST makes the next one)."""
 
@@ -456,6 +465,20 @@ class AlarmProfileBody(_In):
     hysteresis_c: StrictFloat = Field(default=0.0, ge=0, le=100)
     resolve_hold_s: Seconds = 0
     freeze_thaw: FreezeThawModel | None = Field(default=None, description="counted in the lot figures")
+    door_open_max_min: Annotated[int, Interval(ge=1, le=10_080), BeforeValidator(whole_number)] | None = (
+        Field(default=None, description="alert when the door stays open longer (minutes)")
+    )
+    light_windows: list[LightWindowModel] | None = Field(
+        default=None, max_length=24,
+        description="daily UTC windows in which light (the box opened) is allowed;"
+        " [] = never; null = not judged",
+    )
+    shock_max_g: StrictFloat | None = Field(
+        default=None, gt=0, le=1000, description="alert on a shock above (g)"
+    )
+    handling_tier: Severity = Field(
+        default=Severity.ALARM, description="severity of door, light and shock alerts"
+    )
 
     def to_domain(self) -> AlarmProfile:
         """The domain profile; its own checks (unique ids, budget groups, ...) still apply."""
@@ -501,6 +524,11 @@ class FreezeThawOut(_Out):
     min_thawed_s: int
 
 
+class LightWindowOut(_Out):
+    start_utc: str
+    end_utc: str
+
+
 class AlarmProfileOut(_Out):
     id: str
     version: int
@@ -520,6 +548,10 @@ class AlarmProfileOut(_Out):
     hysteresis_c: float
     resolve_hold_s: int
     freeze_thaw: FreezeThawOut | None = None
+    door_open_max_min: int | None = None
+    light_windows: list[LightWindowOut] | None = None
+    shock_max_g: float | None = None
+    handling_tier: Severity = Severity.ALARM
 
 
 ProfileState = Literal["draft", "approved", "rejected"]
@@ -564,6 +596,12 @@ def profile_out(p: AlarmProfile) -> AlarmProfileOut:
         hysteresis_c=p.hysteresis_c,
         resolve_hold_s=p.resolve_hold_s,
         freeze_thaw=None if p.freeze_thaw is None else FreezeThawOut.model_validate(p.freeze_thaw.to_dict()),
+        door_open_max_min=p.door_open_max_min,
+        light_windows=None
+        if p.light_windows is None
+        else [LightWindowOut.model_validate(x.to_dict()) for x in p.light_windows],
+        shock_max_g=p.shock_max_g,
+        handling_tier=p.handling_tier,
     )
 
 
@@ -809,6 +847,11 @@ class RawReading(_Out):
     c: float
     rh: float | None
     late: bool
+    door: bool = Field(default=False, description="the door was open")
+    light: bool = Field(default=False, description="light inside the box: it was open")
+    lat: float | None = Field(default=None, description="WGS 84 latitude, degrees (a gateway with GPS)")
+    lon: float | None = Field(default=None, description="WGS 84 longitude, degrees")
+    shock_g: float | None = Field(default=None, description="peak shock since the reading before, g")
 
 
 class BucketReading(_Out):

@@ -2,11 +2,14 @@
 
 Starts a private PostgreSQL and builds, through the bulk import where it can: 1,000 products,
 10,000 lots, 5,000 shipments (two to four lots each), 5,000 loggers with one window each, 20 M
-readings (binary COPY, 4,000 per logger by default), 1,000 excursion alerts and a stability spend
-per lot. Then opens recalls, half by GTIN and one to three lots, half by a logger and a two-day
-window, and times (a) the impact alone (lots resolved, every shipment, consignee, logger,
-excursion and budget read and assembled) and (b) the whole POST /recalls work (impact plus the
-recall record, its lots and consignees, committed). Prints one JSON line last:
+readings (binary COPY, 4,000 per logger by default), 1,000 excursion alerts, a stability spend
+per lot, each logger's series state with its running MKT (what the rules keep: the impact's MKT
+per lot is joined from it) and 700 consignee contacts (opening a recall queues their
+notifications in the same transaction). Then opens recalls, half by GTIN and one to three lots,
+half by a logger and a two-day window, and times (a) the impact alone (lots resolved, every
+shipment, consignee, logger, excursion, budget and MKT read and assembled) and (b) the whole
+POST /recalls work (impact plus the recall record, its lots, consignees and their queued
+notifications, committed). Prints one JSON line last:
 {"recall_impact_p95_s": ..., "recall_open_p95_s": ..., "readings": ..., ...}.
 Run: python bench/recall.py [--quick] [--readings N] [--recalls N]
 """
@@ -125,6 +128,20 @@ def build(conn: psycopg.Connection, *, readings: int, rng: random.Random) -> Non
             "INSERT INTO lot_budget_state (org_id, gtin, lot, spent_s)"
             " SELECT org_id, gtin, lot, random() * 3600 FROM lots"
         )
+        # The series state as the rules leave it: time outside the range and the running MKT
+        # (ln weighted mean of exp(-ΔH/RT) near 5 °C, over the logger's readings).
+        conn.execute(
+            "INSERT INTO rule_series_state (shipment_key, device_key, org_id, profile_id, profile_version,"
+            " state, last_ms, outside_s, mkt_log_mean, mkt_w_ms, mkt_dhr_k)"
+            " SELECT a.shipment_key, a.device_key, 1, '2-8C', 1, '{}', 0, random() * 600,"
+            " -10000.0 / (278.15 + random()), %s * 60000.0, 10000.0 FROM device_assignments a",
+            (per_device,),
+        )
+        conn.execute(
+            "INSERT INTO notify_contacts (org_id, id, name, email, customers)"
+            " SELECT 1, 'consignee-' || n, 'Consignee ' || n, 'qa' || n || '@consignee.example',"
+            " ARRAY['Consignee ' || n] FROM generate_series(0, 699) AS n"
+        )
     conn.execute("VACUUM ANALYZE")
 
 
@@ -168,7 +185,7 @@ def main() -> None:
                             reason="bench", device=device, start=begin, end=begin + timedelta(days=2)
                         )
                     )
-            impact_s, open_s, shipments_hit = [], [], []
+            impact_s, open_s, shipments_hit, mkt_known, lots_seen = [], [], [], 0, 0
             for request in requests:
                 t0 = time.perf_counter()
                 try:
@@ -182,10 +199,14 @@ def main() -> None:
                 )
                 impact_s.append(time.perf_counter() - t0)
                 shipments_hit.append(document["totals"]["shipments"])
+                for lot in document.get("lots", []):
+                    lots_seen += 1
+                    mkt_known += lot["mkt_c"] is not None
                 if lots:
                     t1 = time.perf_counter()
                     open_recall(conn, org=1, request=request, actor="bench")
                     open_s.append(time.perf_counter() - t1)
+            queued = conn.execute("SELECT count(*) FROM notify_outbox WHERE kind = 'recall'").fetchone()
 
     def p95(values: list[float]) -> float:
         return statistics.quantiles(values, n=20)[-1] if len(values) >= 2 else values[0]
@@ -202,6 +223,8 @@ def main() -> None:
                 "recall_open_p95_s": round(p95(open_s), 4),
                 "recalls": recalls,
                 "shipments_per_recall_mean": round(statistics.mean(shipments_hit), 2),
+                "lots_with_mkt": f"{mkt_known}/{lots_seen}",
+                "recall_notifications_queued": int(queued[0]) if queued else 0,
                 "readings": int(stored[0]) if stored else 0,
                 "shipments": 5000,
                 "lots": 10_000,

@@ -28,6 +28,7 @@ __all__ = [
     "AlarmProfile",
     "FreezeThaw",
     "HumidityLimit",
+    "LightWindow",
     "Limit",
     "MktLimit",
     "MktWindow",
@@ -270,6 +271,51 @@ class FreezeThaw:
             {"freeze_below_c", "thaw_above_c", "min_frozen_s", "min_thawed_s"})))
 
 
+# --- handling: door, light, shock ---------------------------------------------------------------
+
+
+def _minute_of_day(where: str, value: object) -> int:
+    if isinstance(value, str) and len(value) == 5 and value[2] == ":":
+        hh, mm = value[:2], value[3:]
+        if hh.isdigit() and mm.isdigit() and int(hh) < 24 and int(mm) < 60:
+            return int(hh) * 60 + int(mm)
+    raise fail(where, f"must be a time of day 'HH:MM' (UTC), got {value!r}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LightWindow:
+    """A daily UTC window in which light inside the box (opening it) is allowed: from `start_utc`
+    up to, not including, `end_utc`; a window whose end is before its start runs past midnight."""
+
+    start_utc: str
+    end_utc: str
+
+    def __post_init__(self) -> None:
+        where = "profile.light_windows"
+        if _minute_of_day(f"{where}.start_utc", self.start_utc) == _minute_of_day(
+            f"{where}.end_utc", self.end_utc
+        ):
+            raise fail(where, "a window must not start and end at the same time")
+
+    @property
+    def minutes(self) -> tuple[int, int]:
+        """(start, end) in minutes after midnight UTC."""
+        return _minute_of_day("start_utc", self.start_utc), _minute_of_day("end_utc", self.end_utc)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"start_utc": self.start_utc, "end_utc": self.end_utc}
+
+    @classmethod
+    def from_dict(cls, raw: object, *, where: str = "profile.light_windows") -> LightWindow:
+        keys = frozenset({"start_utc", "end_utc"})
+        return cls(**fields_of(where, raw, required=keys, optional=frozenset()))
+
+
+DOOR_LIMIT_ID = "DOOR"
+LIGHT_LIMIT_ID = "LIGHT"
+SHOCK_LIMIT_ID = "SHOCK"
+
+
 # --- the profile --------------------------------------------------------------------------------
 
 _PROFILE_REQUIRED = frozenset({"id", "version", "name", "limits"})
@@ -290,6 +336,10 @@ _PROFILE_OPTIONAL = frozenset(
         "low_battery_pct",
         "hysteresis_c",
         "resolve_hold_s",
+        "door_open_max_min",
+        "light_windows",
+        "shock_max_g",
+        "handling_tier",
     }
 )
 
@@ -322,6 +372,11 @@ class AlarmProfile:
     hysteresis_c: float = 0.0
     resolve_hold_s: int = 0
     freeze_thaw: FreezeThaw | None = None  # counted in the figures, never an alarm by itself
+    # handling rules (docs/alarm-rules.md): None = not judged
+    door_open_max_min: int | None = None
+    light_windows: tuple[LightWindow, ...] | None = None  # () = light is never allowed
+    shock_max_g: float | None = None
+    handling_tier: Severity = Severity.ALARM
 
     def __post_init__(self) -> None:
         check_id("profile.id", self.id)
@@ -366,7 +421,26 @@ class AlarmProfile:
             pct = check_float(f"{where}.low_battery_pct", self.low_battery_pct)
             if not 0.0 <= pct <= 100.0:
                 raise fail(f"{where}.low_battery_pct", "must be within 0..100")
+        self._check_handling(where)
         self._check_ids_and_groups(where)
+
+    def _check_handling(self, where: str) -> None:
+        if self.door_open_max_min is not None and (
+            isinstance(self.door_open_max_min, bool)
+            or not isinstance(self.door_open_max_min, int)
+            or not 1 <= self.door_open_max_min <= 10_080
+        ):
+            raise fail(f"{where}.door_open_max_min", "must be a whole number of minutes 1..10080 or null")
+        if self.light_windows is not None:
+            if not isinstance(self.light_windows, tuple | list) or not all(
+                isinstance(x, LightWindow) for x in self.light_windows
+            ):
+                raise fail(f"{where}.light_windows", "must be a list of windows or null")
+            object.__setattr__(self, "light_windows", tuple(self.light_windows))
+        shock = self.shock_max_g
+        if shock is not None and not 0 < check_float(f"{where}.shock_max_g", shock) <= 1000:
+            raise fail(f"{where}.shock_max_g", "must be within 0..1000 g (exclusive of 0)")
+        object.__setattr__(self, "handling_tier", check_tier(f"{where}.handling_tier", self.handling_tier))
 
     def _check_ids_and_groups(self, where: str) -> None:
         ids: list[str] = [x.id for x in self.limits]
@@ -374,6 +448,15 @@ class AlarmProfile:
         ids += [x.id for x in self.mkt_limits]
         if self.rate_of_change_c_per_min is not None:
             ids.append(RATE_LIMIT_ID)
+        ids += [
+            rule_id
+            for rule_id, on in (
+                (DOOR_LIMIT_ID, self.door_open_max_min is not None),
+                (LIGHT_LIMIT_ID, self.light_windows is not None),
+                (SHOCK_LIMIT_ID, self.shock_max_g is not None),
+            )
+            if on
+        ]
         groups: dict[str, list[Limit]] = {}
         for limit in self.limits:
             if limit.budget_group is not None:
@@ -418,6 +501,45 @@ class AlarmProfile:
             "resolve_hold_s": self.resolve_hold_s,
             # only when set, so the stored bodies of existing profiles keep their exact form
             **({"freeze_thaw": self.freeze_thaw.to_dict()} if self.freeze_thaw is not None else {}),
+            **self._handling_dict(),
+        }
+
+    def _handling_dict(self) -> dict[str, Any]:
+        """The handling rules, only those set (stored bodies of older profiles keep their form)."""
+        out: dict[str, Any] = {}
+        if self.door_open_max_min is not None:
+            out["door_open_max_min"] = self.door_open_max_min
+        if self.light_windows is not None:
+            out["light_windows"] = [x.to_dict() for x in self.light_windows]
+        if self.shock_max_g is not None:
+            out["shock_max_g"] = self.shock_max_g
+        if out or self.handling_tier is not Severity.ALARM:
+            out["handling_tier"] = self.handling_tier.value
+        return out
+
+    def edge_alarm(self) -> dict[str, Any]:
+        """The part a logger evaluates itself (its local alarm), as DeviceConfig.profile carries it.
+
+        Only single-event limits: a cumulative budget needs the whole series, which only the
+        platform has. The profile's id and version say which rules the local alarm follows.
+        """
+        return {
+            "id": self.id,
+            "version": self.version,
+            "limits": [
+                {
+                    "id": x.id,
+                    "side": x.side,
+                    "threshold_c": x.threshold_c,
+                    "inclusive": x.inclusive,
+                    "single_event_delay_s": x.single_event_delay_s,
+                }
+                for x in self.limits
+                if x.single_event_delay_s is not None
+            ],
+            "hysteresis_c": self.hysteresis_c,
+            "start_delay_s": self.start_delay_s,
+            **{k: v for k, v in self._handling_dict().items() if k != "handling_tier"},
         }
 
     @classmethod
@@ -436,6 +558,13 @@ class AlarmProfile:
                 d[key] = tuple(parse(x, where=f"profile.{key}[{i}]") for i, x in enumerate(items))
         if d.get("freeze_thaw") is not None:
             d["freeze_thaw"] = FreezeThaw.from_dict(d["freeze_thaw"])
+        if d.get("light_windows") is not None:
+            items = d["light_windows"]
+            if not isinstance(items, list | tuple):
+                raise fail("profile.light_windows", "must be a list")
+            d["light_windows"] = tuple(
+                LightWindow.from_dict(x, where=f"profile.light_windows[{i}]") for i, x in enumerate(items)
+            )
         return cls(**d)
 
 

@@ -497,11 +497,10 @@ def run_platform(
         control = _control_setting(servers.mqtt_control_url())
         settings = settings.model_copy(update={"database_url": dsn, "mqtt_url": mqtt_url} | control)
         token, fresh = _bootstrap_token(settings, dsn, data_dir)
-        from api.identity_cli import Checkpoints, checkpoint_key
+        from api.identity_cli import Checkpoints, platform_signer
 
-        key = checkpoint_key(None, settings)
-        if key is not None:  # the audit heads, signed with the platform key now and then
-            stack.callback(Checkpoints(dsn, key, settings.audit_checkpoint_interval_s).start().stop)
+        sign, key_id = platform_signer(settings)  # the audit heads, signed with the platform key now and then
+        stack.callback(Checkpoints(dsn, sign, key_id, settings.audit_checkpoint_interval_s).start().stop)
         topics = Topics(settings.topic_prefix)
 
         ingest = IngestService(dsn=dsn, mqtt_url=mqtt_url, topics=topics, settings=settings)

@@ -20,6 +20,9 @@ class ExcursionKind(StrEnum):
     RATE = "rate"
     HUMIDITY = "humidity"
     MKT = "mkt"
+    DOOR = "door"  # door open longer than the profile allows
+    LIGHT = "light"  # light inside the box outside its allowed windows (the box was opened)
+    SHOCK = "shock"  # a shock above the profile's limit
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -29,9 +32,10 @@ class Excursion:
     Times are epoch milliseconds. `end_ms` is None while the excursion is still open.
     `raised_ms` is when the rule was met (alarm time); `resolved_ms` when the episode ended
     (hysteresis band held for the hold time). `peak_value` is in °C (single, cumulative, mkt),
-    %RH (humidity) or °C per minute, as a magnitude (rate). `duration_s` is the episode's span for
-    single, rate, humidity and mkt excursions, and the total time beyond the limit (or budget
-    group) over the series for cumulative ones.
+    %RH (humidity) or °C per minute, as a magnitude (rate); for door and light excursions it is
+    the warmest reading while open (°C), for shock the largest shock (g). `duration_s` is the
+    episode's span for every kind but cumulative, and for cumulative ones the total time beyond
+    the limit (or budget group) over the series.
     """
 
     profile_id: str

@@ -17,12 +17,14 @@ class Channel(StrEnum):
 
 
 class NotificationKind(StrEnum):
-    """An escalation tier's message for one alert, a digest folding several held ones, or the
-    notice that an alert was withdrawn (sent to everyone its escalation reached)."""
+    """An escalation tier's message for one alert, a digest folding several held ones, the notice
+    that an alert was withdrawn (sent to everyone its escalation reached), or a recall's message to
+    one consignee."""
 
     ESCALATION = "escalation"
     DIGEST = "digest"
     WITHDRAWAL = "withdrawal"
+    RECALL = "recall"
 
 
 class NotificationState(StrEnum):

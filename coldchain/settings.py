@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     ingest_max_past_days: int = 400
     ingest_metrics_port: int | None = None
 
+    # the API's config publisher: how often it looks for configs the broker does not hold yet
+    # (a NOTIFY wakes it at once; the poll is the safety net)
+    config_publish_poll_s: float = Field(default=5.0, gt=0, le=3600)
+
     # rules and notifications
     rules_no_data_check_s: int = 60
     twilio_account_sid: str | None = None

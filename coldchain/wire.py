@@ -16,6 +16,10 @@ Binary batch, version 1, little-endian (docs/wire-format.md has a worked example
     ...     4n     relative humidity, float32 % (only with flag bit 0; NaN = not measured)
     ...     4+E    extras: uint32 E then E bytes of a JSON array, one object or null per reading
 
+Extras carry the per-reading fields beyond temperature and humidity, in both forms the same keys:
+`door` and `light` (true when open / lit), `lat` and `lon` (WGS 84 degrees, together), `shock_g`
+(peak shock since the last reading, g). Older agents that send none of them are unaffected.
+
 Two encoders write each form from one definition of it: `encode_binary`/`encode_json` take a
 ReadingBatch (numpy columns, the server side), `encode_binary_columns`/`encode_json_columns` take
 plain sequences (the edge agent, which never imports numpy). numpy is imported only inside the
@@ -286,6 +290,8 @@ def decode_json(payload: bytes) -> ReadingBatch:
             if extra:
                 extras[i] = extra
                 any_extra = True
+    if any_extra:
+        check_sensor_fields(extras)
     return ReadingBatch(
         device=device,
         seq=seq,
@@ -296,6 +302,31 @@ def decode_json(payload: bytes) -> ReadingBatch:
         extras=tuple(extras) if any_extra else None,
         version=version,
     )
+
+
+# Per-reading fields the platform reads (beyond these, extras are kept as they come):
+# door / light open (true), position in WGS 84 degrees (lat and lon together), shock in g.
+SENSOR_RANGES: Final = {"lat": (-90.0, 90.0), "lon": (-180.0, 180.0), "shock_g": (0.0, 1000.0)}
+
+
+def check_sensor_fields(extras: Extras) -> None:
+    """Refuse a reading whose position or shock is not a number in range, or half a position."""
+    for i, extra in enumerate(extras):
+        if not extra:
+            continue
+        for name, (lo, hi) in SENSOR_RANGES.items():
+            value = extra.get(name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+                raise DecodeError(
+                    f"reading {i} field {name!r} must be a number within {lo:g}..{hi:g}",
+                    reason="bad_value", field=name,
+                )
+        if (extra.get("lat") is None) != (extra.get("lon") is None):
+            raise DecodeError(
+                f"reading {i} has lat or lon without the other", reason="bad_value", field="lat"
+            )
 
 
 def _reading_time(value: object, i: int) -> int:
@@ -454,6 +485,7 @@ def decode_binary(payload: bytes) -> ReadingBatch:
             raise DecodeError("extras block does not match readings", reason="bad_format")
         if not all(item is None or isinstance(item, dict) for item in items):
             raise DecodeError("extras must be objects or null", reason="bad_format")
+        check_sensor_fields(items)
         extras = tuple(items)
     if pos != len(payload):
         raise DecodeError(f"{len(payload) - pos} trailing bytes", reason="trailing_bytes")

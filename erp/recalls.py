@@ -16,6 +16,7 @@ import psycopg
 from coldchain.errors import ValidationError
 from coldchain.gs1 import GS1Error, digital_link, normalize_gtin, validate_lot
 from coldchain.gs1 import parse as parse_gs1
+from rules.mkt import mkt_of_log_means
 from storage import recalls as store
 
 CLASSIFICATIONS = ("I", "II", "III")
@@ -119,6 +120,22 @@ def _iso(value: date | datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
 
+def lot_mkt(legs: list[store.LegMkt]) -> float | None:
+    """A lot's MKT over its legs (each by its worst logger), joined from the series' running MKT
+    as lot_figures joins the readings. None when a leg's MKT is not known yet, or the legs were
+    judged with different ΔH/R (their sums cannot be joined without the readings)."""
+    parts: list[tuple[float, float]] = []
+    dhrs: set[float] = set()
+    for leg in legs:
+        if leg.log_mean is None or leg.weight_ms is None or leg.delta_h_over_r_k is None:
+            return None
+        parts.append((leg.log_mean, leg.weight_ms))
+        dhrs.add(leg.delta_h_over_r_k)
+    if len(dhrs) != 1:
+        return None
+    return round(mkt_of_log_means(parts, dhrs.pop()), 3)
+
+
 def impact_document(impact: store.Impact) -> dict[str, Any]:
     """The impact as the API shows it and the recall record keeps it."""
     rides: dict[int, list[dict[str, Any]]] = defaultdict(list)
@@ -160,6 +177,9 @@ def impact_document(impact: store.Impact) -> dict[str, Any]:
             }
         shipment["lots"].append({"gtin": line.gtin, "lot": line.lot, "quantity": line.quantity})
         shipment["quantity"] += line.quantity or 0
+    legs: dict[store.LotKey, list[store.LegMkt]] = defaultdict(list)
+    for leg in impact.legs:
+        legs[(leg.gtin, leg.lot)].append(leg)
     lots = [
         {
             "gtin": lot.gtin,
@@ -170,6 +190,7 @@ def impact_document(impact: store.Impact) -> dict[str, Any]:
             "stability_budget_spent_s": lot.spent_s,
             "stability_budget_credited_s": lot.credited_s,
             "stability_budget_remaining_s": lot.remaining_s,
+            "mkt_c": lot_mkt(legs.get((lot.gtin, lot.lot), [])),
             "disposition": lot.disposition,
             "shipments": sorted(
                 {line.shipment_id for line in impact.lines if (line.gtin, line.lot) == (lot.gtin, lot.lot)}
@@ -219,7 +240,21 @@ def open_recall(
             consignees=list(consignees.values()),
             actor=actor,
         )
+        notify_consignees(conn, org=org, recall_id=recall_id)
     return store.get_recall(conn, org=org, recall_id=recall_id)
+
+
+def notify_consignees(conn: psycopg.Connection, *, org: int, recall_id: int) -> int:
+    """One outbox row per contact of each consignee and per channel the contact has (SMS, e-mail,
+    webhook), in the caller's transaction: the notification worker delivers them with retries,
+    and the recall becomes `notifying`. A consignee with no contact is left to be told by hand
+    (its `notifications` stay empty)."""
+    messages: list[tuple[int, str, str, str]] = []
+    for c in store.consignee_contacts(conn, org=org, recall_id=recall_id):
+        for channel, recipient in (("sms", c.phone), ("email", c.email), ("webhook", c.webhook_url)):
+            if recipient:
+                messages.append((c.consignee_id, c.contact_id, channel, recipient))
+    return store.queue_notifications(conn, org=org, recall_id=recall_id, messages=messages)
 
 
 def acknowledge(
@@ -243,3 +278,10 @@ def acknowledge(
             actor=actor,
         )
     return store.get_recall(conn, org=org, recall_id=recall_id)
+
+
+def close_recall(conn: psycopg.Connection, *, org: int, recall_id: int, actor: str, comment: str) -> None:
+    """Close the recall in the caller's transaction (which signs it): only once every consignee
+    has acknowledged, and only once."""
+    store.lock_for_close(conn, org=org, recall_id=recall_id)
+    store.close(conn, org=org, recall_id=recall_id, actor=actor, comment=comment)

@@ -30,7 +30,13 @@ EPCIS_CONTEXT = "https://ref.gs1.org/standards/epcis/2.0.0/epcis-context.jsonld"
 NS, NS_URI = "cc", "urn:coldchain:epcis:"
 INTERVAL_MS = 3_600_000
 _HUMIDITY_KINDS = {"humidity"}
-_EXCURSION_KINDS = {"single", "cumulative", "rate", "humidity", "mkt", "stability_budget"}
+_EXCURSION_KINDS = {
+    "single", "cumulative", "rate", "humidity", "mkt", "stability_budget", "door", "light", "shock",
+}
+# CBV sensor types of the handling kinds: light as Illuminance, a shock as Acceleration (reported
+# in m/s², UN/CEFACT MSK; the profile counts g); a door open too long has no CBV type of its own
+# and is reported as the Temperature alarm it causes (its peak is the warmest reading meanwhile).
+_STANDARD_GRAVITY = 9.80665
 
 
 def _urn(kind: str, value: str) -> str:
@@ -107,7 +113,13 @@ def _logger_event(ev: Evidence, leg: LegEvidence, lg: LoggerEvidence) -> dict[st
             "exception": "ALARM_CONDITION",
             "uom": "P1" if x["kind"] in _HUMIDITY_KINDS else "CEL",
         }
-        if x["peak_c"] is not None:
+        if x["kind"] == "light":
+            report = {"type": "Illuminance", "exception": "ALARM_CONDITION"}
+        elif x["kind"] == "shock":
+            report = {"type": "Acceleration", "exception": "ALARM_CONDITION", "uom": "MSK"}
+            if x["peak_c"] is not None:
+                report["maxValue"] = _round(float(x["peak_c"]) * _STANDARD_GRAVITY)
+        elif x["peak_c"] is not None:
             limit = limits.get(x["limit"] or "")
             side = "minValue" if limit is not None and limit.side == "low" else "maxValue"
             report[side] = _round(float(x["peak_c"]))

@@ -280,6 +280,7 @@ def _build(
     stability_budget_s: float | None,
     window: tuple[int, int] | None = None,
     only_alert: int | None = None,
+    partner: bool = False,
 ) -> tuple[list[LegEvidence], LotFigures, dict[str, dict[str, Any]]]:
     loaded, rule_legs = _load_legs(conn, org=org, shipment_keys=shipment_keys)
     in_force = {f"{p.id} v{p.version}": _profile_doc(p) for _, p, _ in loaded}
@@ -290,7 +291,8 @@ def _build(
         alert_rows = [a for a in alert_rows if a.id == only_alert]
     ids = [a.id for a in alert_rows]
     events = store.alert_events(conn, alert_ids=ids)
-    sent = store.notifications_sent(conn, alert_ids=ids)
+    # Who of the owner's staff was told, and at which number, is the owner's: not a partner's.
+    sent = {} if partner else store.notifications_sent(conn, alert_ids=ids)
     for a in alert_rows:  # the profile as frozen with each excursion
         if a.profile_id is not None and a.profile_version is not None:
             key = f"{a.profile_id} v{a.profile_version}"
@@ -358,9 +360,13 @@ def _lot_figures_doc(figures: LotFigures, credits: list[dict[str, Any]]) -> dict
     }
 
 
-def lot_evidence(conn: psycopg.Connection, *, org: int, gtin: str, lot: str) -> Evidence:
-    """A lot across every leg it travelled."""
-    rec = registry.get_lot(conn, org=org, gtin=normalize_gtin(gtin), lot=lot)
+def lot_evidence(
+    conn: psycopg.Connection, *, org: int, gtin: str, lot: str, shared: registry.LotRecord | None = None
+) -> Evidence:
+    """A lot across every leg it travelled; for a partner (`shared`: the lot restricted to the
+    legs shared with it) across those legs only, without QA's credits or the owner's
+    notifications, and with the figures over those legs (as the partner's lot page shows them)."""
+    rec = shared or registry.get_lot(conn, org=org, gtin=normalize_gtin(gtin), lot=lot)
     subject = {
         "kind": "lot",
         "gtin": rec.lot.gtin,
@@ -371,9 +377,9 @@ def lot_evidence(conn: psycopg.Connection, *, org: int, gtin: str, lot: str) -> 
     }
     legs, figures, in_force = _build(
         conn, org=org, shipment_keys=list(rec.shipment_keys),
-        stability_budget_s=rec.stability_budget_s,
+        stability_budget_s=rec.stability_budget_s, partner=shared is not None,
     )
-    credits = lot_budget.credits(conn, org=org, gtin=rec.lot.gtin, lot=rec.lot.lot)
+    credits = [] if shared else lot_budget.credits(conn, org=org, gtin=rec.lot.gtin, lot=rec.lot.lot)
     return Evidence(
         kind="lot", subject=subject, legs=tuple(legs), figures=_lot_figures_doc(figures, credits),
         profiles=in_force, generated_at=datetime.now(UTC), org_id=org,
@@ -382,13 +388,26 @@ def lot_evidence(conn: psycopg.Connection, *, org: int, gtin: str, lot: str) -> 
     )
 
 
-def _lots_on(conn: psycopg.Connection, org: int, legs: list[LegEvidence]) -> list[dict[str, Any]]:
-    """Each lot carried, with its stability budget as the rules keep it for the whole journey."""
-    out = []
+def _lots_on(
+    conn: psycopg.Connection, org: int, legs: list[LegEvidence], partner: bool = False
+) -> list[dict[str, Any]]:
+    """Each lot carried, with its stability budget as the rules keep it for the whole journey and
+    QA's disposition; for a partner without the journey's spend and credits (they add up other
+    customers' legs) and without the disposition (QA's decision is the owner's)."""
+    out: list[dict[str, Any]] = []
     carried = sorted({x for leg in legs for x in leg.leg.lots})
-    decided = lot_dispositions.states(conn, org=org, lots=[(g, n) for g, n, _ in carried])
+    decided = {} if partner else lot_dispositions.states(conn, org=org, lots=[(g, n) for g, n, _ in carried])
     for gtin, lot, quantity in carried:
         rec = registry.get_lot(conn, org=org, gtin=gtin, lot=lot)
+        if partner:
+            out.append({
+                "gtin": gtin, "lot": lot, "quantity": quantity,
+                "expiry": None if rec.lot.expiry is None else rec.lot.expiry.isoformat(),
+                "digital_link": digital_link(gtin, lot), "stability_budget_s": rec.stability_budget_s,
+                "stability_budget_spent_s": None, "stability_budget_credited_s": None,
+                "stability_budget_remaining_s": None,
+            })
+            continue
         credits = lot_budget.credits(conn, org=org, gtin=gtin, lot=lot)
         credited = float(sum(c["seconds"] for c in credits))
         spent = store.lot_spent_s(conn, org=org, gtin=gtin, lot=lot)
@@ -408,14 +427,17 @@ def _lots_on(conn: psycopg.Connection, org: int, legs: list[LegEvidence]) -> lis
     return out
 
 
-def shipment_evidence(conn: psycopg.Connection, *, org: int, shipment_id: str) -> Evidence:
-    """One shipment: its loggers, readings, excursions and the lots it carried."""
+def shipment_evidence(
+    conn: psycopg.Connection, *, org: int, shipment_id: str, partner: bool = False
+) -> Evidence:
+    """One shipment: its loggers, readings, excursions and the lots it carried (for a partner
+    it is shared with: without the owner's notifications and the lots' journey-wide budget)."""
     key = store.shipment_key(conn, org=org, shipment_id=shipment_id)
     subject: dict[str, Any] = {"kind": "shipment", "shipment": shipment_id}
     legs, figures, in_force = _build(
-        conn, org=org, shipment_keys=[key], stability_budget_s=None
+        conn, org=org, shipment_keys=[key], stability_budget_s=None, partner=partner
     )
-    subject["lots"] = _lots_on(conn, org, legs)
+    subject["lots"] = _lots_on(conn, org, legs, partner)
     doc = _lot_figures_doc(figures, [])
     return Evidence(
         kind="shipment", subject=subject, legs=tuple(legs), figures=doc, profiles=in_force,
@@ -423,9 +445,12 @@ def shipment_evidence(conn: psycopg.Connection, *, org: int, shipment_id: str) -
     )
 
 
-def excursion_evidence(conn: psycopg.Connection, *, org: int, alert_id: int) -> Evidence:
+def excursion_evidence(
+    conn: psycopg.Connection, *, org: int, alert_id: int, partner: bool = False
+) -> Evidence:
     """One excursion: its shipment's loggers judged over the whole leg (as the alert was), the
-    readings from two hours before it started to two hours after it ended, its lifecycle."""
+    readings from two hours before it started to two hours after it ended, its lifecycle (for a
+    partner: as `shipment_evidence` leaves out)."""
     key = store.alert_shipment(conn, org=org, alert_id=alert_id)
     alert = alerts.get_alert(conn, org=org, alert_id=alert_id)
     if key is None:
@@ -442,9 +467,9 @@ def excursion_evidence(conn: psycopg.Connection, *, org: int, alert_id: int) -> 
     }
     legs, figures, in_force = _build(
         conn, org=org, shipment_keys=[key],
-        stability_budget_s=None, window=(lo, hi), only_alert=alert_id,
+        stability_budget_s=None, window=(lo, hi), only_alert=alert_id, partner=partner,
     )
-    subject["lots"] = _lots_on(conn, org, legs)
+    subject["lots"] = _lots_on(conn, org, legs, partner)
     return Evidence(
         kind="excursion", subject=subject, legs=tuple(legs), figures=_lot_figures_doc(figures, []),
         profiles=in_force, generated_at=datetime.now(UTC), org_id=org, alert_id=alert_id,

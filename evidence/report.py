@@ -166,6 +166,10 @@ def _hours(seconds: float | None) -> str:
     return f"{minutes // 60}:{minutes % 60:02d} h"
 
 
+# the unit of an alert's peak by its kind (°C unless named here)
+_PEAK_UNITS = {"humidity": " %RH", "rate": " °C/min", "shock": " g"}
+
+
 def _num(value: float | None, unit: str = " °C") -> str:
     return "–" if value is None else f"{value:.2f}{unit}"
 
@@ -397,7 +401,8 @@ def _alarm_table(ev: Evidence, width: float, style: ParagraphStyle) -> Flowable:
             rows.append([
                 str(x["id"]), f"{x['kind']} {x['limit'] or ''}", x["device"] or "–",
                 Paragraph(_esc(f"{(x['started_at'] or '–')[:16]} – {(x['ended_at'] or 'open')[:16]}"), style),
-                _num(x["peak_c"]), x["state"] + (f" / {x['disposition']}" if x["disposition"] else ""),
+                _num(x["peak_c"], _PEAK_UNITS.get(x["kind"], " °C")),
+                x["state"] + (f" / {x['disposition']}" if x["disposition"] else ""),
                 Paragraph(_esc(life + (f"; {sent} notification(s) sent" if sent else "")), style),
             ])
     if len(rows) == 1:

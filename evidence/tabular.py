@@ -152,7 +152,19 @@ def _times_and_celsius(layout: text.RowLayout, s: SeriesArrays, a: int, b: int, 
     text.copy_rows(layout.slot("c", n), text.decimals(s.c[a:b], cw)[0])
 
 
-def _json_rows(lg: LoggerEvidence) -> Iterator[bytes]:
+Layouts = dict[tuple[tuple[bytes | tuple[str, int], ...], int], text.RowLayout]
+
+
+def _layout(layouts: Layouts, parts: list[bytes | tuple[str, int]], capacity: int) -> text.RowLayout:
+    """One buffer per row shape and size for a whole document: loggers with the same columns
+    reuse it (every slot is rewritten for each chunk), so only the first pays for its constants."""
+    key = (tuple(parts), capacity)
+    if key not in layouts:
+        layouts[key] = text.RowLayout(parts, capacity)
+    return layouts[key]
+
+
+def _json_rows(lg: LoggerEvidence, layouts: Layouts) -> Iterator[bytes]:
     s, sl = lg.series, lg.listed
     if sl.stop <= sl.start:
         return
@@ -175,7 +187,7 @@ def _json_rows(lg: LoggerEvidence) -> Iterator[bytes]:
         if wanted:
             parts.append((name, width))
     parts.append(b"}")
-    layout = text.RowLayout(parts, min(CHUNK, sl.stop - sl.start))
+    layout = _layout(layouts, parts, min(CHUNK, sl.stop - sl.start))
     first = True
     for a in range(sl.start, sl.stop, CHUNK):
         b = min(a + CHUNK, sl.stop)
@@ -201,12 +213,13 @@ def json_chunks(ev: Evidence) -> Iterator[bytes]:
     marker = f"@readings-{secrets.token_hex(8)}-"
     head = orjson.dumps(head_document(ev, marker), option=orjson.OPT_NON_STR_KEYS)
     pos = 0
+    layouts: Layouts = {}
     for i, leg in enumerate(ev.legs):
         for j, lg in enumerate(leg.loggers):
             token = f'"{marker}{i}.{j}"'.encode()
             at = head.index(token, pos)
             yield head[pos:at] + b"["
-            yield from _json_rows(lg)
+            yield from _json_rows(lg, layouts)
             yield b"]"
             pos = at + len(token)
     yield head[pos:]
@@ -227,6 +240,7 @@ def csv_chunks(ev: Evidence) -> Iterator[bytes]:
     """One row per reading (UTF-8, RFC 4180 line ends, RFC 3339 times, both clocks)."""
     yield CSV_HEADER
     flag_bits = (("door", FLAG_DOOR_OPEN), ("late", FLAG_LATE), ("fix", FLAG_CLOCK_CORRECTED))
+    layouts: Layouts = {}
     for leg in ev.legs:
         for lg in leg.loggers:
             s, sl = lg.series, lg.listed
@@ -244,7 +258,7 @@ def csv_chunks(ev: Evidence) -> Iterator[bytes]:
             for name, _ in flag_bits:
                 parts += [b",", (name, 1) if present[name] else b"0"]
             parts.append(b"\r\n")
-            layout = text.RowLayout([p for p in parts if p != b""], min(CHUNK, sl.stop - sl.start))
+            layout = _layout(layouts, [p for p in parts if p != b""], min(CHUNK, sl.stop - sl.start))
             for a in range(sl.start, sl.stop, CHUNK):
                 b = min(a + CHUNK, sl.stop)
                 n = b - a

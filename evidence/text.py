@@ -221,9 +221,12 @@ class RowLayout:
                 name, w = part
                 self.slots[name] = (width, width + w)
                 width += w
-        self.buffer = np.zeros((capacity, width), dtype=np.uint8)
+        template = np.zeros(width, dtype=np.uint8)
         for at, text in consts:
-            self.buffer[:, at : at + len(text)] = np.frombuffer(text, dtype=np.uint8)
+            template[at : at + len(text)] = np.frombuffer(text, dtype=np.uint8)
+        # one pass over the buffer (a column at a time would sweep it once per constant)
+        self.buffer = np.empty((capacity, width), dtype=np.uint8)
+        self.buffer.view(f"V{width}")[:, 0] = template.view(f"V{width}")[0]
 
     def slot(self, name: str, n: int) -> U8:
         a, b = self.slots[name]

@@ -349,3 +349,35 @@ def door_open(batch: ReadingBatch) -> npt.NDArray[np.bool_] | None:
         dtype=np.bool_, count=len(batch.extras),
     )
     return flags if bool(flags.any()) else None
+
+
+def light_on(batch: ReadingBatch) -> npt.NDArray[np.bool_] | None:
+    """Readings taken with light inside the box (extras field `light`), or None when none say so."""
+    if batch.extras is None:
+        return None
+    flags = np.fromiter(
+        (e is not None and e.get("light") in (True, "on") for e in batch.extras),
+        dtype=np.bool_, count=len(batch.extras),
+    )
+    return flags if bool(flags.any()) else None
+
+
+def sensor_columns(
+    batch: ReadingBatch,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]] | None:
+    """Position (lat, lon) and shock per reading, NaN where not reported; None when none are.
+
+    The decoder has checked their ranges (coldchain.wire.check_sensor_fields)."""
+    if batch.extras is None:
+        return None
+    n = len(batch.extras)
+    if not any(e and ("lat" in e or "shock_g" in e) for e in batch.extras):
+        return None
+
+    def column(name: str) -> npt.NDArray[np.float64]:
+        return np.fromiter(
+            (math.nan if not e or e.get(name) is None else float(e[name]) for e in batch.extras or ()),
+            dtype=np.float64, count=n,
+        )
+
+    return column("lat"), column("lon"), column("shock_g")

@@ -30,6 +30,8 @@ from ingest.core import (
     check_readings,
     door_open,
     extras_json,
+    light_on,
+    sensor_columns,
     summary_extremes,
 )
 from storage import batches, dead_letters, device_state, rule_queue
@@ -37,6 +39,7 @@ from storage.readings import (
     FLAG_CLOCK_CORRECTED,
     FLAG_DOOR_OPEN,
     FLAG_LATE,
+    FLAG_LIGHT,
     FLAG_SUMMARY,
     ReadingRows,
     copy_rows,
@@ -382,16 +385,26 @@ class GroupWriter:
             flags_b = np.where(late_b, FLAG_LATE, 0) | np.where(corrected_b, FLAG_CLOCK_CORRECTED, 0)
             flags = flags_b.astype(np.int16)[bidx]
             summaries: list[tuple[int, SummaryExtremes]] = []
+            sensors: tuple[npt.NDArray[np.float64], ...] | None = None
             for i, k in enumerate(known):
-                door = door_open(k.batch) if new_b[i] else None
+                if not new_b[i] or k.batch.extras is None:
+                    continue  # the common case: no per-reading extras, nothing to look at
+                span = slice(starts[i], starts[i] + counts[i])
+                door = door_open(k.batch)
                 if door is not None:
-                    flags[starts[i] : starts[i] + counts[i]] |= np.where(door, FLAG_DOOR_OPEN, 0).astype(
-                        np.int16
-                    )
-                summary = summary_extremes(k.batch) if new_b[i] else None
+                    flags[span] |= np.where(door, FLAG_DOOR_OPEN, 0).astype(np.int16)
+                light = light_on(k.batch)
+                if light is not None:
+                    flags[span] |= np.where(light, FLAG_LIGHT, 0).astype(np.int16)
+                found = sensor_columns(k.batch)
+                if found is not None:
+                    if sensors is None:
+                        sensors = tuple(np.full(t.size, np.nan) for _ in range(3))
+                    for column, values in zip(sensors, found, strict=True):
+                        column[span] = values
+                summary = summary_extremes(k.batch)
                 if summary is not None:
-                    mark = np.where(summary.mask, FLAG_SUMMARY, 0).astype(np.int16)
-                    flags[starts[i] : starts[i] + counts[i]] |= mark
+                    flags[span] |= np.where(summary.mask, FLAG_SUMMARY, 0).astype(np.int16)
                     summaries.append((i, summary))
             shipment = self._link(conn, known, t, bidx, starts, counts, rows_mask, new_b & (kept_b > 0))
             rows = ReadingRows(
@@ -404,6 +417,9 @@ class GroupWriter:
                 rh=rh[rows_mask].astype(np.float32),
                 flags=flags[rows_mask],
             )
+            if sensors is not None:
+                rows.lat, rows.lon = sensors[0][rows_mask], sensors[1][rows_mask]
+                rows.shock_g = sensors[2][rows_mask].astype(np.float32)
             copy_rows(conn, rows)
             if summaries:
                 self._store_extremes(conn, summaries, dev_b, t, starts, counts, rows_mask)

@@ -26,10 +26,13 @@ from notify.delivery import AckLinkExpired, AckLinkInvalid
 
 __all__ = [
     "AckLinkClaims",
+    "RecallAckClaims",
     "ack_url",
     "issue_ack_token",
+    "issue_recall_ack_token",
     "redact_ack_url",
     "verify_ack_token",
+    "verify_recall_ack_token",
 ]
 
 _CONTEXT: Final = b"coldchain-ack-v1."
@@ -73,8 +76,8 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def _mac(key: bytes, payload_b64: str) -> bytes:
-    return hmac.new(key, _CONTEXT + payload_b64.encode("ascii"), hashlib.sha256).digest()
+def _mac(key: bytes, payload_b64: str, context: bytes = _CONTEXT) -> bytes:
+    return hmac.new(key, context + payload_b64.encode("ascii"), hashlib.sha256).digest()
 
 
 def issue_ack_token(
@@ -149,3 +152,71 @@ def redact_ack_url(url: str) -> str:
         return url
     token = token.split("&", 1)[0]
     return f"{head}token={token[:8]}..."
+
+
+# -- recall acknowledge links -----------------------------------------------------------------
+# The same form under its own MAC context, so an alert link can never pass as a recall link.
+
+_RECALL_CONTEXT: Final = b"coldchain-recall-ack-v1."
+RECALL_TTL_S: Final = 14 * 24 * 3600  # a consignee may take days to count what it holds
+
+
+@dataclass(frozen=True, slots=True)
+class RecallAckClaims:
+    """Who may acknowledge a recall for one consignee, until when."""
+
+    consignee_id: int
+    contact_id: str
+    expires: int
+    nonce: str
+
+
+def issue_recall_ack_token(
+    secret: bytes | str,
+    *,
+    consignee_id: int,
+    contact_id: str,
+    ttl_s: int = RECALL_TTL_S,
+    now: float | None = None,
+) -> str:
+    """A signed token letting `contact_id` acknowledge the recall for consignee `consignee_id`."""
+    if ttl_s <= 0:
+        raise ValidationError("ttl_s must be positive", field="ttl_s")
+    issued = time.time() if now is None else now
+    payload = json.dumps(
+        {"r": consignee_id, "c": contact_id, "e": int(issued) + int(ttl_s), "n": secrets.token_urlsafe(16)},
+        separators=(",", ":"),
+        sort_keys=True,
+    ).encode()
+    payload_b64 = _b64(payload)
+    return f"{payload_b64}.{_b64(_mac(_key(secret), payload_b64, _RECALL_CONTEXT))}"
+
+
+def verify_recall_ack_token(secret: bytes | str, token: str, *, now: float | None = None) -> RecallAckClaims:
+    """The claims of a genuine, unexpired recall token; raises AckLinkInvalid or AckLinkExpired."""
+    key = _key(secret)
+    if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_CHARS:
+        raise AckLinkInvalid("acknowledge link is malformed")
+    payload_b64, dot, mac_b64 = token.partition(".")
+    if not dot or not payload_b64 or not mac_b64 or "." in mac_b64:
+        raise AckLinkInvalid("acknowledge link is malformed")
+    try:
+        given = _unb64(mac_b64)
+    except (binascii.Error, ValueError):
+        raise AckLinkInvalid("acknowledge link is malformed") from None
+    if not hmac.compare_digest(_mac(key, payload_b64, _RECALL_CONTEXT), given):
+        raise AckLinkInvalid("acknowledge link signature does not match")
+    try:
+        fields = json.loads(_unb64(payload_b64))
+        claims = RecallAckClaims(
+            consignee_id=int(fields["r"]),
+            contact_id=str(fields["c"]),
+            expires=int(fields["e"]),
+            nonce=str(fields["n"]),
+        )
+    except (binascii.Error, ValueError, KeyError, TypeError):
+        raise AckLinkInvalid("acknowledge link payload is unreadable") from None
+    current = time.time() if now is None else now
+    if current >= claims.expires:
+        raise AckLinkExpired("recall acknowledge link has expired")
+    return claims

@@ -28,11 +28,12 @@ from coldchain.settings import Settings
 from notify.chart import render_excursion_png
 from notify.delivery import DeliveryError, DeliveryReceipt
 from notify.email import SmtpEmail, build_alert_email, build_withdrawal_email
-from notify.links import issue_ack_token
+from notify.links import issue_ack_token, issue_recall_ack_token
+from notify.recall_messages import RECALL_ACK_PATH, recall_email, recall_sms_text, recall_webhook_body
 from notify.sms import TwilioSms, TwilioVoice, alert_sms_text, alert_withdrawal_text
 from notify.webhook import WebhookEndpoint, WebhookSender
 from storage import alerts as alert_store
-from storage import notify_directory, notify_outbox, readings
+from storage import notify_directory, notify_outbox, readings, recalls
 from storage.notify_outbox import NotificationRow
 
 __all__ = [
@@ -184,6 +185,7 @@ class _Job:
     alerts: tuple[Alert, ...]
     webhook_secret: str | None = None
     chart: tuple[list[float], list[float]] | None = None
+    recall: recalls.RecallMessage | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +259,14 @@ class OutboxWorker:
     # -- reading what a send needs ---------------------------------------------------------
 
     def _prepare(self, conn: psycopg.Connection, row: NotificationRow) -> _Job:
+        if row.kind == "recall" and row.recall_consignee_id is not None:
+            secret = None
+            if row.channel == Channel.WEBHOOK.value and row.contact_id is not None:
+                secret = notify_directory.get_contact(
+                    conn, org=row.org_id, contact_id=row.contact_id
+                ).webhook_secret
+            message = recalls.message(conn, consignee_id=row.recall_consignee_id)
+            return _Job(row=row, alerts=(), webhook_secret=secret, recall=message)
         if row.kind == "digest":
             members = notify_outbox.digest_members(conn, row.id)
             ids = sorted({m.alert_id for m in members if m.alert_id is not None})
@@ -292,9 +302,56 @@ class OutboxWorker:
                 ),
             )
 
+    def _recall_link(self, job: _Job) -> str | None:
+        public = self._settings.public_url
+        if not public or job.recall is None or job.row.contact_id is None:
+            return None
+        token = issue_recall_ack_token(
+            self._settings.secret_key.get_secret_value(),
+            consignee_id=job.recall.consignee_id,
+            contact_id=job.row.contact_id,
+            now=self._clock_ms() / 1000,
+        )
+        return f"{public.rstrip('/')}{RECALL_ACK_PATH}/{token}"
+
+    def _dispatch_recall(self, job: _Job) -> DeliveryReceipt:
+        row, message = job.row, job.recall
+        assert message is not None
+        channel = Channel(row.channel)
+        link = self._recall_link(job)
+        if channel is Channel.SMS:
+            sms = self._channels.sms()
+            if sms is None:
+                raise DeliveryError("SMS is not configured (TWILIO_*)", channel=channel, retryable=False)
+            return sms.send(
+                to=row.recipient, body=recall_sms_text(message, link), idempotency_key=row.idempotency_key
+            )
+        if channel is Channel.EMAIL:
+            email = self._channels.email()
+            if email is None:
+                raise DeliveryError("e-mail is not configured (SMTP_*)", channel=channel, retryable=False)
+            mail = recall_email(
+                message,
+                to=row.recipient,
+                from_address=email.from_address,
+                idempotency_key=row.idempotency_key,
+                ack_link=link,
+                now=self.now(),
+            )
+            return email.send(mail, idempotency_key=row.idempotency_key)
+        if channel is Channel.WEBHOOK:
+            if job.webhook_secret is None:
+                raise DeliveryError("the contact's webhook has no secret", channel=channel, retryable=False)
+            endpoint = WebhookEndpoint(url=row.recipient, secret=job.webhook_secret)
+            body = recall_webhook_body(message, idempotency_key=row.idempotency_key, ack_link=link)
+            return self._channels.webhook().send(endpoint, body, idempotency_key=row.idempotency_key)
+        raise DeliveryError("recalls are not announced by voice", channel=channel, retryable=False)
+
     def _dispatch(self, job: _Job) -> DeliveryReceipt:
         row = job.row
         channel = Channel(row.channel)
+        if job.recall is not None:
+            return self._dispatch_recall(job)
         if not job.alerts:
             raise DeliveryError("nothing to say: the alert is gone", channel=channel, retryable=False)
         if channel is Channel.SMS:
@@ -410,6 +467,8 @@ class OutboxWorker:
                 provider_id=receipt.provider_id,
                 provider_status=receipt.detail,
             )
+            if row.recall_consignee_id is not None:  # the consignee was told: its notified_at
+                recalls.mark_notified(conn, consignee_id=row.recall_consignee_id, at=now)
             self.stats.sent += 1
             return
         error = outcome.error

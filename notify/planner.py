@@ -338,8 +338,8 @@ class Planner:
                 continue
             contact = by_id[item.contact_id]
             recent = [
-                RecentSend(at=at, alert_id=aid, severity=Severity(sev))
-                for at, aid, sev in notify_outbox.recent_sends(
+                RecentSend(at=sent.created_at, alert_id=sent.alert_id, severity=Severity(sent.severity))
+                for sent in notify_outbox.recent_sends(
                     conn,
                     org=facts.org_id,
                     contact_id=contact.id,

@@ -25,6 +25,10 @@ against a plain loop):
 * Rate of change: a reading is beyond when |Δv/Δt| from the reading before exceeds the limit
   (°C per minute, strictly greater); episodes as for single events with delay 0.
 * Humidity: as temperature single events, with the humidity hysteresis; NaN = not measured.
+* Handling (door, light, shock), each raising episodes as single events with a hold of 0:
+  door open for a run lasting >= `door_open_max_min` minutes (delay = that time); light seen
+  outside every allowed daily UTC window (`light_windows`, delay 0); a shock reading above
+  `shock_max_g` (delay 0). Door and light readings inside the start delay are marginal.
 * MKT: judged at each whole-hour boundary (whole day for 30-day windows) over the window ending
   there, once the series covers the window (see `MktLimit`); exceeded when MKT > max_c; an
   excursion runs from the first boundary exceeding to the first boundary no longer exceeding.
@@ -48,7 +52,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from coldchain.alarm_profile import RATE_LIMIT_ID, AlarmProfile, Limit, Side
+from coldchain.alarm_profile import (
+    DOOR_LIMIT_ID,
+    LIGHT_LIMIT_ID,
+    RATE_LIMIT_ID,
+    SHOCK_LIMIT_ID,
+    AlarmProfile,
+    Limit,
+    Side,
+)
 from coldchain.domain import Severity
 from coldchain.errors import ValidationError
 from coldchain.excursion import Excursion, ExcursionKind
@@ -80,7 +92,8 @@ _STATE_FORMAT = 1
 
 @dataclass(frozen=True, slots=True, eq=False)
 class SensorSeries:
-    """Readings of one logger: strictly increasing epoch-ms times and °C (optional %RH, door).
+    """Readings of one logger: strictly increasing epoch-ms times and °C (optional %RH, door,
+    light, shock in g: NaN = not measured).
 
     `low_c`/`high_c` are what the low and the high limits judge where they differ from `temps_c`:
     an edge summary reading stands for a bucket by its mean, and is judged by its minimum and
@@ -92,6 +105,8 @@ class SensorSeries:
     temps_c: FloatArray
     rh_pct: FloatArray | None = None
     door_open: BoolArray | None = None
+    light: BoolArray | None = None
+    shock_g: FloatArray | None = None
     low_c: FloatArray | None = None
     high_c: FloatArray | None = None
 
@@ -122,6 +137,16 @@ class SensorSeries:
             if door.shape != t.shape or door.dtype != np.bool_:
                 raise ValidationError("door_open must be a boolean array with one value per time")
             object.__setattr__(self, "door_open", door)
+        if self.light is not None:
+            light = np.asarray(self.light)
+            if light.shape != t.shape or light.dtype != np.bool_:
+                raise ValidationError("light must be a boolean array with one value per time")
+            object.__setattr__(self, "light", light)
+        if self.shock_g is not None:
+            shock = np.asarray(self.shock_g, dtype=np.float64)
+            if shock.shape != t.shape:
+                raise ValidationError("shock_g must have one value per time (NaN = not measured)")
+            object.__setattr__(self, "shock_g", shock)
         for name in ("low_c", "high_c"):
             judged = getattr(self, name)
             if judged is not None:
@@ -160,6 +185,16 @@ def merge_batches(batches: Iterable[SensorSeries]) -> SensorSeries:
         if any_door
         else None
     )
+    light = (
+        np.concatenate([p.light if p.light is not None else np.zeros(len(p), bool) for p in parts])
+        if any(p.light is not None for p in parts)
+        else None
+    )
+    shock = (
+        np.concatenate([p.shock_g if p.shock_g is not None else np.full(len(p), np.nan) for p in parts])
+        if any(p.shock_g is not None for p in parts)
+        else None
+    )
     judged = any(p.low_c is not None or p.high_c is not None for p in parts)
     low = np.concatenate([p.temps_c if p.low_c is None else p.low_c for p in parts]) if judged else None
     high = np.concatenate([p.temps_c if p.high_c is None else p.high_c for p in parts]) if judged else None
@@ -167,15 +202,19 @@ def merge_batches(batches: Iterable[SensorSeries]) -> SensorSeries:
     t, v = t[order], v[order]
     rh = rh[order] if rh is not None else None
     door = door[order] if door is not None else None
+    light = light[order] if light is not None else None
+    shock = shock[order] if shock is not None else None
     low = low[order] if low is not None else None
     high = high[order] if high is not None else None
     same = t[1:] == t[:-1]
     if same.any():
         agree = v[1:] == v[:-1]
-        if rh is not None:
-            agree &= (rh[1:] == rh[:-1]) | (np.isnan(rh[1:]) & np.isnan(rh[:-1]))
-        if door is not None:
-            agree &= door[1:] == door[:-1]
+        for column in (rh, shock, low, high):
+            if column is not None:
+                agree &= (column[1:] == column[:-1]) | (np.isnan(column[1:]) & np.isnan(column[:-1]))
+        for flag in (door, light):
+            if flag is not None:
+                agree &= flag[1:] == flag[:-1]
         clash = same & ~agree
         if clash.any():
             when = int(t[1:][clash][0])
@@ -184,9 +223,11 @@ def merge_batches(batches: Iterable[SensorSeries]) -> SensorSeries:
         t, v = t[keep], v[keep]
         rh = rh[keep] if rh is not None else None
         door = door[keep] if door is not None else None
+        light = light[keep] if light is not None else None
+        shock = shock[keep] if shock is not None else None
         low = low[keep] if low is not None else None
         high = high[keep] if high is not None else None
-    return SensorSeries(t, v, rh, door, low, high)
+    return SensorSeries(t, v, rh, door, light, shock, low, high)
 
 
 # --- carried state ------------------------------------------------------------------------------
@@ -815,6 +856,49 @@ def _humidity(batch: _Evaluation) -> None:
         )
 
 
+_DAY_MS = 86_400_000
+
+
+def _handling(batch: _Evaluation, series: SensorSeries) -> None:
+    """Door open too long, light outside its windows, shock above its limit (see the header)."""
+    profile = batch.profile
+    n = batch.times.size
+    if profile.door_open_max_min is not None:
+        door = series.door_open if series.door_open is not None else np.zeros(n, dtype=bool)
+        cls = np.multiply(door, 2, dtype=np.int8)
+        if batch.delay_cut:
+            _neutralise(cls, slice(0, batch.delay_cut))
+        batch.signal(
+            kind=ExcursionKind.DOOR, limit_id=DOOR_LIMIT_ID, tier=profile.handling_tier, cls=cls,
+            values=batch.temps, side="high", delay_ms=profile.door_open_max_min * 60_000, hold_ms=0,
+        )
+    if profile.light_windows is not None:
+        lit = series.light if series.light is not None else np.zeros(n, dtype=bool)
+        minute = (batch.times % _DAY_MS) // 60_000
+        allowed = np.zeros(n, dtype=bool)
+        for window in profile.light_windows:
+            start, end = window.minutes
+            if start < end:
+                allowed |= (minute >= start) & (minute < end)
+            else:  # past midnight
+                allowed |= (minute >= start) | (minute < end)
+        cls = np.multiply(lit & ~allowed, 2, dtype=np.int8)
+        if batch.delay_cut:
+            _neutralise(cls, slice(0, batch.delay_cut))
+        batch.signal(
+            kind=ExcursionKind.LIGHT, limit_id=LIGHT_LIMIT_ID, tier=profile.handling_tier, cls=cls,
+            values=batch.temps, side="high", delay_ms=0, hold_ms=0,
+        )
+    if profile.shock_max_g is not None:
+        shock = series.shock_g if series.shock_g is not None else np.full(n, np.nan)
+        measured = np.nan_to_num(shock, nan=0.0)
+        cls = np.multiply(measured > profile.shock_max_g, 2, dtype=np.int8)
+        batch.signal(
+            kind=ExcursionKind.SHOCK, limit_id=SHOCK_LIMIT_ID, tier=profile.handling_tier, cls=cls,
+            values=measured, side="high", delay_ms=0, hold_ms=0,
+        )
+
+
 def _mkt(batch: _Evaluation) -> None:
     st = batch.state
     t, v = batch.times, batch.temps
@@ -958,6 +1042,7 @@ def evaluate(
     _temperature_limits(batch)
     _rate_of_change(batch)
     _humidity(batch)
+    _handling(batch, series)
     if profile.mkt_limits:
         _mkt(batch)
     new_state = replace(

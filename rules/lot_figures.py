@@ -169,7 +169,9 @@ def logger_figures(logger: LoggerSeries, profile: AlarmProfile) -> LoggerFigures
     t, c = logger.times_ms, np.asarray(logger.temps_c, dtype=np.float64)
     judged_low, judged_high = logger.judged if logger.judged is not None else (c, c)
     result = evaluate(
-        SensorSeries(t, c, logger.rh_pct, logger.door_open, judged_low, judged_high),
+        SensorSeries(
+            t, c, logger.rh_pct, logger.door_open, low_c=judged_low, high_c=judged_high
+        ),
         profile,
         EngineState(logger_started_ms=logger.logger_started_ms),
     )

@@ -30,6 +30,7 @@ __all__ = [
     "MktAccumulator",
     "duration_weights_ms",
     "mean_kinetic_temperature",
+    "mkt_of_log_means",
     "rolling_mkt",
 ]
 
@@ -259,8 +260,21 @@ class MktAccumulator:
         x_last = -self.delta_h_over_r_k / (self.last_c + KELVIN_OFFSET)
         ref = x_last if self.reference is None else max(self.reference, x_last)
         s = self._rescaled(ref) + tail * math.exp(x_last - ref)
-        return float(_mkt_from_log_mean(ref + math.log(s / (self.sum_w_ms + tail)),
-                                        self.delta_h_over_r_k))
+        return float(_mkt_from_log_mean(ref + math.log(s / (self.sum_w_ms + tail)), self.delta_h_over_r_k))
+
+    def log_mean(self) -> tuple[float, float]:
+        """(ln of the weighted mean of exp(−ΔH/RT), total weight in ms) with the pending last
+        reading weighted as `mkt_c()` does: what `mkt_of_log_means` joins across series."""
+        if self.last_ms is None or self.last_c is None:
+            raise ValidationError("MKT needs at least one reading")
+        tail = self.last_interval_ms if self.last_interval_ms is not None else 1
+        x_last = -self.delta_h_over_r_k / (self.last_c + KELVIN_OFFSET)
+        ref = x_last if self.reference is None else max(self.reference, x_last)
+        total = self.sum_w_ms + tail
+        if total == 0:
+            return x_last, 0.0
+        s = self._rescaled(ref) + tail * math.exp(x_last - ref)
+        return ref + math.log(s / total), float(total)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -281,3 +295,16 @@ class MktAccumulator:
         if unknown:
             raise ValidationError(f"MKT accumulator: unknown key(s) {unknown}")
         return cls(**raw)
+
+
+def mkt_of_log_means(parts: list[tuple[float, float]], delta_h_over_r_k: float) -> float:
+    """MKT (°C) of several series together from each one's (ln weighted mean, weight in ms), as
+    if their readings were one series: a lot's MKT over its legs, without reading them again."""
+    dhr = _check_dhr(delta_h_over_r_k)
+    used = [(m, w) for m, w in parts if w > 0]
+    if not used:
+        raise ValidationError("MKT needs at least one reading")
+    ref = max(m for m, _ in used)
+    total = sum(w for _, w in used)
+    s = sum(w * math.exp(m - ref) for m, w in used)
+    return float(_mkt_from_log_mean(ref + math.log(s / total), dhr))

@@ -18,7 +18,8 @@ from coldchain.alarm_profile import AlarmProfile
 from coldchain.domain import AlertState, Severity
 from coldchain.excursion import Excursion, ExcursionKind
 from rules.engine import RELEASE, EngineState, SensorSeries, evaluate
-from rules.lot_figures import labelled_range
+from rules.lot_figures import delta_h_over_r, labelled_range
+from rules.mkt import MktAccumulator
 from storage import alerts, device_state, lot_budget, profiles, rule_queue, series_state
 from storage.alerts import NewAlert
 from storage.rule_queue import SeriesWork
@@ -78,6 +79,12 @@ def describe(excursion: Excursion, profile: AlarmProfile, device_id: str | None)
         return f"{who}mean kinetic temperature {excursion.peak_value:.2f} °C over {excursion.limit_id}"
     if excursion.kind is ExcursionKind.RATE:
         return f"{who}temperature changing {excursion.peak_value:.2f} °C/min since {when}"
+    if excursion.kind is ExcursionKind.DOOR:
+        return f"{who}door open for {minutes} min since {when} (allowed {profile.door_open_max_min} min)"
+    if excursion.kind is ExcursionKind.LIGHT:
+        return f"{who}light inside the box outside its allowed hours since {when}: the box was opened"
+    if excursion.kind is ExcursionKind.SHOCK:
+        return f"{who}shock of {excursion.peak_value:.1f} g at {when} (limit {profile.shock_max_g:g} g)"
     if excursion.kind is ExcursionKind.HUMIDITY:
         return f"{who}humidity {excursion.peak_value:.0f} % beyond {excursion.limit_id} since {when}"
     return f"{who}{excursion.kind.value} excursion {excursion.limit_id} since {when}"
@@ -214,6 +221,8 @@ def evaluate_many(conn: psycopg.Connection, work: list[SeriesWork], stats: RunSt
     until: dict[tuple[int, int], int] = {}
     states: dict[tuple[int, int], EngineState | None] = {}
     restarted: set[tuple[int, int]] = set()  # series evaluated again from their first reading
+    fresh: set[tuple[int, int]] = set()  # series evaluated from their first reading (new or again)
+    mkts: dict[tuple[int, int], MktAccumulator | None] = {}
     for key, item in by_key.items():
         ctx = contexts[key]
         state = EngineState.from_dict(ctx.state) if ctx.state is not None else None
@@ -222,6 +231,10 @@ def evaluate_many(conn: psycopg.Connection, work: list[SeriesWork], stats: RunSt
             stats.reevaluated += 1
             restarted.add(key)
         states[key] = fresh_state(state, ctx.logger_started_ms) if restart else state
+        if restart:
+            fresh.add(key)
+        # The running MKT continues with the engine state, and starts over with it.
+        mkts[key] = None if restart or ctx.mkt_acc is None else MktAccumulator.from_dict(ctx.mkt_acc)
         after[key] = None if restart or state is None else state.last_ms
         # Up to the claimed work's end, and over everything evaluated before when starting over.
         done = state.last_ms if state is not None and state.last_ms is not None else item.to_ms
@@ -239,6 +252,8 @@ def evaluate_many(conn: psycopg.Connection, work: list[SeriesWork], stats: RunSt
             temps_c=fetched.temps_c[a:b],
             rh_pct=fetched.rh_pct[a:b],
             door_open=fetched.door_open[a:b],
+            light=fetched.light[a:b],
+            shock_g=fetched.shock_g[a:b],
             low_c=None if fetched.judged is None else fetched.judged[0][a:b],
             high_c=None if fetched.judged is None else fetched.judged[1][a:b],
         )
@@ -249,6 +264,7 @@ def evaluate_many(conn: psycopg.Connection, work: list[SeriesWork], stats: RunSt
             withdraw_unsupported(conn, item, result.excursions, stats)
         high_c, low_c, high_rh, low_rh = hot_thresholds(profile)
         outside = outside_labelled_range_s(profile, result.state)
+        mkt = running_mkt(mkts[key], key in fresh, profile, series)
         if outside != ctx.outside_s:
             spending.add(item.shipment_key)
         saved.append(
@@ -266,6 +282,10 @@ def evaluate_many(conn: psycopg.Connection, work: list[SeriesWork], stats: RunSt
                 hot_high_rh=high_rh,
                 hot_low_rh=low_rh,
                 outside_s=outside,
+                mkt_acc=None if mkt is None else mkt.to_dict(),
+                mkt_log_mean=None if mkt is None else mkt.log_mean()[0],
+                mkt_w_ms=None if mkt is None else mkt.log_mean()[1],
+                mkt_dhr_k=None if mkt is None else mkt.delta_h_over_r_k,
             )
         )
     # A series judged before whose readings are all gone (re-linked to another shipment): its
@@ -287,6 +307,20 @@ def fresh_state(previous: EngineState | None, reported_start_ms: int | None) -> 
     first pass when the series is evaluated again, whatever the logger reports by then)."""
     started = previous.logger_started_ms if previous is not None else None
     return EngineState(logger_started_ms=started if started is not None else reported_start_ms)
+
+
+def running_mkt(
+    carried: MktAccumulator | None, fresh: bool, profile: AlarmProfile, series: SensorSeries
+) -> MktAccumulator | None:
+    """The series' MKT so far under the profile's ΔH/R (as the lot figures take it). None when
+    it is unknown: a series evaluated before MKT was kept, or whose profile changed its ΔH/R,
+    until it is next evaluated from the start."""
+    dhr = delta_h_over_r(profile)
+    if fresh:
+        carried = MktAccumulator(delta_h_over_r_k=dhr)
+    if carried is None or carried.delta_h_over_r_k != dhr or series.times_ms.size == 0:
+        return None if carried is None or carried.delta_h_over_r_k != dhr else carried
+    return carried.extend(series.times_ms, series.temps_c)
 
 
 def outside_labelled_range_s(profile: AlarmProfile, state: EngineState) -> float:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 import psycopg
+from psycopg.rows import class_row
 
 from storage.readings import FLAG_LATE
 from storage.rows import fetch_all
@@ -128,14 +130,23 @@ def recover_gaps(conn: psycopg.Connection, device_keys: Sequence[int], seqs: Seq
     )
 
 
-def open_data_loss(conn: psycopg.Connection, device_key: int) -> list[tuple[int, int, int, int]]:
-    """Open gaps of a device: (from_seq, to_seq, missing, recovered)."""
-    rows = conn.execute(
-        "SELECT from_seq, to_seq, missing, recovered FROM data_loss_events"
-        " WHERE device_key = %s AND resolved_at IS NULL ORDER BY from_seq",
-        (device_key,),
-    ).fetchall()
-    return [(int(a), int(b), int(c), int(d)) for a, b, c, d in rows]
+class OpenGap(NamedTuple):
+    """An open gap of a device's batch sequence (a tuple, so it still compares as one)."""
+
+    from_seq: int
+    to_seq: int
+    missing: int
+    recovered: int
+
+
+def open_data_loss(conn: psycopg.Connection, device_key: int) -> list[OpenGap]:
+    """Open gaps of a device, oldest first."""
+    with conn.cursor(row_factory=class_row(OpenGap)) as cur:
+        return cur.execute(
+            "SELECT from_seq, to_seq, missing, recovered FROM data_loss_events"
+            " WHERE device_key = %s AND resolved_at IS NULL ORDER BY from_seq",
+            (device_key,),
+        ).fetchall()
 
 
 def ingest_counts(conn: psycopg.Connection) -> dict[str, int]:

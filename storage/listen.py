@@ -6,6 +6,7 @@ A channel is named once here and used by both sides, the NOTIFY and the LISTEN:
     alerts          an alert raised or moved (payload: id)    -> the notification planner
     notify_outbox   notifications due (planner, digests)      -> the outbox worker
     erp_outbox      ERP deliveries due (triggers, retries)    -> the ERP outbox worker
+    device_config   a device's desired config changed         -> the config publisher
 
 A NOTIFY is sent in the transaction of the change it announces, so it is delivered on commit and
 never before the change is visible; the tables stay the truth, so a worker also polls.
@@ -36,6 +37,7 @@ class Wakeup(StrEnum):
     ALERTS = "alerts"
     NOTIFY_OUTBOX = "notify_outbox"
     ERP_OUTBOX = "erp_outbox"
+    DEVICE_CONFIG = "device_config"
 
 
 def wake(conn: psycopg.Connection, channel: Wakeup, payload: str = "") -> None:

@@ -192,12 +192,18 @@ def file_content(conn: psycopg.Connection, *, org: int, file_id: int) -> tuple[b
 
 
 def list_files(
-    conn: psycopg.Connection, *, org: int, device_key: int | None = None, limit: int = 100
+    conn: psycopg.Connection,
+    *,
+    org: int,
+    device_key: int | None = None,
+    shipment_key: int | None = None,
+    limit: int = 100,
 ) -> list[StoredFile]:
     rows = conn.execute(
         f"SELECT {_STORED_COLUMNS}{_STORED_FROM} WHERE f.org_id = %s"
-        " AND (%s::int IS NULL OR f.device_key = %s) ORDER BY f.id DESC LIMIT %s",
-        (org, device_key, device_key, limit),
+        " AND (%s::int IS NULL OR f.device_key = %s) AND (%s::int IS NULL OR f.shipment_key = %s)"
+        " ORDER BY f.id DESC LIMIT %s",
+        (org, device_key, device_key, shipment_key, shipment_key, limit),
     ).fetchall()
     return [_stored(r) for r in rows]
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Final, NamedTuple
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.rows import class_row
 
 from coldchain.domain import Severity
 from coldchain.errors import ConflictError, NotFoundError, ValidationError
@@ -100,17 +101,26 @@ def enqueue(conn: psycopg.Connection, items: Iterable[OutboxItem], *, now: datet
     return inserted
 
 
+class RecentSendRow(NamedTuple):
+    """One message that went (or is going) to a recipient: when, for which alert (0: none), how severe."""
+
+    created_at: datetime
+    alert_id: int
+    severity: str
+
+
 def recent_sends(
     conn: psycopg.Connection, *, org: int, contact_id: str, channel: str, since: datetime
-) -> list[tuple[datetime, int, str]]:
-    """(created_at, alert id, severity) of what went (or is going) to the recipient since `since`."""
-    rows = conn.execute(
-        "SELECT created_at, coalesce(alert_id, 0), coalesce(severity, 'warning') FROM notify_outbox"
-        " WHERE org_id = %s AND contact_id = %s AND channel = %s AND created_at > %s"
-        " AND state = ANY(%s) ORDER BY created_at",
-        (org, contact_id, channel, since, list(_COUNTED)),
-    ).fetchall()
-    return [(r[0], int(r[1]), r[2]) for r in rows]
+) -> list[RecentSendRow]:
+    """What went (or is going) to the recipient since `since`, oldest first."""
+    with conn.cursor(row_factory=class_row(RecentSendRow)) as cur:
+        return cur.execute(
+            "SELECT created_at, coalesce(alert_id, 0) AS alert_id,"
+            " coalesce(severity, 'warning') AS severity FROM notify_outbox"
+            " WHERE org_id = %s AND contact_id = %s AND channel = %s AND created_at > %s"
+            " AND state = ANY(%s) ORDER BY created_at",
+            (org, contact_id, channel, since, list(_COUNTED)),
+        ).fetchall()
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,12 +204,13 @@ class NotificationRow:
     created_at: datetime
     sent_at: datetime | None
     final_at: datetime | None
+    recall_consignee_id: int | None = None
 
 
 _ROW_COLUMNS: Final = (
     "id, org_id, idempotency_key, kind, alert_id, tier, repeat_index, contact_id, channel, recipient,"
     " severity, state, gate_reason, attempts, due_at, next_attempt_at, provider_id, provider_status,"
-    " last_error, digest_id, created_at, sent_at, final_at"
+    " last_error, digest_id, created_at, sent_at, final_at, recall_consignee_id"
 )
 
 

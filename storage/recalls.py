@@ -3,7 +3,7 @@ the recall record with its consignees, their actions and the response time."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -12,6 +12,8 @@ from psycopg.types.json import Jsonb
 
 from coldchain.errors import ConflictError, NotFoundError
 from storage.audit import record
+from storage.notify_outbox import wake_workers
+from storage.rows import fetch_all, fetch_one
 
 LotKey = tuple[str, str]  # (gtin, lot)
 
@@ -72,11 +74,26 @@ class Excursion:
 
 
 @dataclass(frozen=True, slots=True)
+class LegMkt:
+    """A lot's leg judged by its worst logger (most time outside the labelled range, then the
+    higher MKT), with that series' running MKT as the rules keep it (None: not known yet)."""
+
+    gtin: str
+    lot: str
+    shipment_key: int
+    device_id: str
+    log_mean: float | None
+    weight_ms: float | None
+    delta_h_over_r_k: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class Impact:
     lots: list[LotImpact]
     lines: list[ShipmentLine]
     rides: list[Ride]
     excursions: list[Excursion]
+    legs: list[LegMkt] = field(default_factory=list)
 
 
 def lots_with_device(
@@ -134,7 +151,20 @@ def impact(conn: psycopg.Connection, *, org: int, lots: list[LotKey]) -> Impact:
         " FROM alerts WHERE org_id = %s AND shipment_key = ANY(%s) ORDER BY shipment_key, opened_at, id",
         (org, keys),
     ).fetchall()
+    # One row per lot and shipment: its worst series' MKT state, a few rows per lot, never readings.
+    legs = fetch_all(
+        conn,
+        LegMkt,
+        "SELECT DISTINCT ON (sl.gtin, sl.lot, sl.shipment_key) sl.gtin::text AS gtin, sl.lot,"
+        " sl.shipment_key, d.id AS device_id, r.mkt_log_mean AS log_mean, r.mkt_w_ms AS weight_ms,"
+        " r.mkt_dhr_k AS delta_h_over_r_k"
+        f" FROM {wanted} JOIN shipment_lots sl ON sl.org_id = %(org)s AND sl.gtin = w.gtin AND sl.lot = w.lot"
+        " JOIN rule_series_state r ON r.shipment_key = sl.shipment_key JOIN devices d ON d.key = r.device_key"
+        " ORDER BY sl.gtin, sl.lot, sl.shipment_key, r.outside_s DESC, r.mkt_log_mean DESC NULLS FIRST",
+        params,
+    )
     return Impact(
+        legs=legs,
         lots=[
             LotImpact(
                 gtin=r[0],
@@ -166,6 +196,7 @@ class Consignee:
     acknowledged_by: str | None
     quarantined: int | None
     returned: int | None
+    notifications: tuple[tuple[str, str], ...] = ()  # (channel, state) of each queued message
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +212,8 @@ class RecallRecord:
     all_acknowledged_at: datetime | None
     response_time_s: float | None
     consignees: list[Consignee]
+    closed_at: datetime | None = None
+    closed_by: str | None = None
 
 
 def create_recall(
@@ -241,14 +274,18 @@ def create_recall(
 def get_recall(conn: psycopg.Connection, *, org: int, recall_id: int) -> RecallRecord:
     row = conn.execute(
         "SELECT id, state, reason, classification, criteria, impact, opened_at, opened_by,"
-        " all_acknowledged_at, response_time_s FROM recalls WHERE org_id = %s AND id = %s",
+        " all_acknowledged_at, response_time_s, closed_at, closed_by FROM recalls"
+        " WHERE org_id = %s AND id = %s",
         (org, recall_id),
     ).fetchone()
     if row is None:
         raise NotFoundError("recall", str(recall_id))
     consignees = conn.execute(
         "SELECT c.id, s.id, c.consignee, c.consignee_gln, c.quantity, c.notified_at, c.acknowledged_at,"
-        " c.acknowledged_by, c.quarantined, c.returned FROM recall_consignees c"
+        " c.acknowledged_by, c.quarantined, c.returned,"
+        " coalesce((SELECT array_agg(array[o.channel, o.state] ORDER BY o.id) FROM notify_outbox o"
+        "  WHERE o.recall_consignee_id = c.id), '{}')"
+        " FROM recall_consignees c"
         " JOIN shipments s ON s.key = c.shipment_key WHERE c.recall_id = %s ORDER BY c.id",
         (recall_id,),
     ).fetchall()
@@ -263,7 +300,24 @@ def get_recall(conn: psycopg.Connection, *, org: int, recall_id: int) -> RecallR
         opened_by=row[7],
         all_acknowledged_at=row[8],
         response_time_s=None if row[9] is None else float(row[9]),
-        consignees=[Consignee(int(c[0]), *c[1:]) for c in consignees],
+        consignees=[
+            Consignee(
+                int(c[0]),
+                c[1],
+                c[2],
+                c[3],
+                c[4],
+                c[5],
+                c[6],
+                c[7],
+                c[8],
+                c[9],
+                notifications=tuple((n[0], n[1]) for n in c[10]),
+            )
+            for c in consignees
+        ],
+        closed_at=row[10],
+        closed_by=row[11],
     )
 
 
@@ -352,3 +406,241 @@ def lots_with_serials(conn: psycopg.Connection, *, org: int, gtin: str, serials:
         (serials, org, gtin),
     ).fetchall()
     return [(str(r[0]), str(r[1])) for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class RecallSummary:
+    """A recall as the list shows it."""
+
+    id: int
+    state: str
+    reason: str
+    classification: str | None
+    opened_at: datetime
+    opened_by: str
+    consignees: int
+    acknowledged: int
+    all_acknowledged_at: datetime | None
+    response_time_s: float | None
+    closed_at: datetime | None
+
+
+def list_recalls(
+    conn: psycopg.Connection, *, org: int, states: list[str] | None, limit: int, before: int | None
+) -> list[RecallSummary]:
+    """Newest first; `before` (an id) pages on."""
+    return fetch_all(
+        conn,
+        RecallSummary,
+        "SELECT r.id, r.state, r.reason, r.classification, r.opened_at, r.opened_by,"
+        " (SELECT count(*) FROM recall_consignees c WHERE c.recall_id = r.id) AS consignees,"
+        " (SELECT count(*) FROM recall_consignees c WHERE c.recall_id = r.id"
+        "  AND c.acknowledged_at IS NOT NULL) AS acknowledged,"
+        " r.all_acknowledged_at, r.response_time_s, r.closed_at"
+        " FROM recalls r WHERE r.org_id = %s AND (%s::text[] IS NULL OR r.state = ANY(%s::text[]))"
+        " AND (%s::bigint IS NULL OR r.id < %s::bigint) ORDER BY r.id DESC LIMIT %s",
+        (org, states, states, before, before, limit),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RecallKpis:
+    recalls: int
+    open: int
+    notifying: int
+    closed: int
+    answered: int  # every consignee acknowledged
+    median_response_time_s: float | None
+    p90_response_time_s: float | None
+    max_response_time_s: float | None
+
+
+def kpis(conn: psycopg.Connection, *, org: int, since: datetime | None) -> RecallKpis:
+    """Counts by state and the response time's median, 90th percentile and maximum over the
+    recalls whose consignees have all acknowledged, optionally of recalls opened since `since`."""
+    row = fetch_one(
+        conn,
+        RecallKpis,
+        "SELECT count(*) AS recalls, count(*) FILTER (WHERE state = 'open') AS open,"
+        " count(*) FILTER (WHERE state = 'notifying') AS notifying,"
+        " count(*) FILTER (WHERE state = 'closed') AS closed, count(response_time_s) AS answered,"
+        " percentile_cont(0.5) WITHIN GROUP (ORDER BY response_time_s) AS median_response_time_s,"
+        " percentile_cont(0.9) WITHIN GROUP (ORDER BY response_time_s) AS p90_response_time_s,"
+        " max(response_time_s) AS max_response_time_s"
+        " FROM recalls WHERE org_id = %s AND (%s::timestamptz IS NULL OR opened_at >= %s::timestamptz)",
+        (org, since, since),
+    )
+    assert row is not None  # an aggregate always answers one row
+    return row
+
+
+def lock_for_close(conn: psycopg.Connection, *, org: int, recall_id: int) -> None:
+    """Lock the recall and refuse to close it twice or before every consignee has answered."""
+    row = conn.execute(
+        "SELECT state, all_acknowledged_at,"
+        " (SELECT count(*) FROM recall_consignees c WHERE c.recall_id = r.id AND c.acknowledged_at IS NULL)"
+        " FROM recalls r WHERE org_id = %s AND id = %s FOR UPDATE",
+        (org, recall_id),
+    ).fetchone()
+    if row is None:
+        raise NotFoundError("recall", str(recall_id))
+    if row[0] == "closed":
+        raise ConflictError(f"recall {recall_id} is already closed")
+    if int(row[2]) > 0:
+        raise ConflictError(f"recall {recall_id} has {int(row[2])} consignee(s) yet to acknowledge")
+
+
+def close(conn: psycopg.Connection, *, org: int, recall_id: int, actor: str, comment: str) -> None:
+    """closed, with who and when, audited; the caller locked it (`lock_for_close`) and signs it
+    in the same transaction."""
+    conn.execute(
+        "UPDATE recalls SET state = 'closed', closed_at = now(), closed_by = %s"
+        " WHERE org_id = %s AND id = %s",
+        (actor, org, recall_id),
+    )
+    record(
+        conn,
+        org_id=org,
+        actor=actor,
+        action="close",
+        entity="recall",
+        key=str(recall_id),
+        new={"state": "closed"},
+        reason=comment,
+    )
+
+
+# -- notifying consignees -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConsigneeContact:
+    """A contact who speaks for a consignee: one of its `sites` is the consignee's GLN or name,
+    or one of its `customers` is the consignee's name."""
+
+    consignee_id: int
+    contact_id: str
+    phone: str | None
+    email: str | None
+    webhook_url: str | None
+
+
+def consignee_contacts(conn: psycopg.Connection, *, org: int, recall_id: int) -> list[ConsigneeContact]:
+    return fetch_all(
+        conn,
+        ConsigneeContact,
+        "SELECT c.id AS consignee_id, k.id AS contact_id, k.phone, k.email, k.webhook_url"
+        " FROM recall_consignees c JOIN notify_contacts k ON k.org_id = %s AND k.disabled_at IS NULL"
+        "  AND (btrim(c.consignee_gln) = ANY(k.sites) OR c.consignee = ANY(k.sites)"
+        "       OR c.consignee = ANY(k.customers))"
+        " WHERE c.recall_id = %s ORDER BY c.id, k.id",
+        (org, recall_id),
+    )
+
+
+def queue_notifications(
+    conn: psycopg.Connection, *, org: int, recall_id: int, messages: list[tuple[int, str, str, str]]
+) -> int:
+    """Outbox rows (consignee id, contact id, channel, recipient), each once by its idempotency
+    key, in the caller's transaction; a recall with any becomes `notifying`."""
+    made = 0
+    for consignee_id, contact_id, channel, recipient in messages:
+        row = conn.execute(
+            "INSERT INTO notify_outbox (org_id, idempotency_key, kind, recall_consignee_id, contact_id,"
+            " channel, recipient, state, due_at, next_attempt_at, created_at, updated_at)"
+            " VALUES (%s, %s, 'recall', %s, %s, %s, %s, 'pending', now(), now(), now(), now())"
+            " ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+            (
+                org,
+                f"recall:{recall_id}:{consignee_id}:{contact_id}:{channel}",
+                consignee_id,
+                contact_id,
+                channel,
+                recipient,
+            ),
+        ).fetchone()
+        made += row is not None
+    if made:
+        conn.execute(
+            "UPDATE recalls SET state = 'notifying' WHERE org_id = %s AND id = %s AND state = 'open'",
+            (org, recall_id),
+        )
+        wake_workers(conn)  # delivered on commit
+    return made
+
+
+@dataclass(frozen=True, slots=True)
+class RecallMessage:
+    """What a recall notification tells one consignee."""
+
+    org_id: int
+    recall_id: int
+    consignee_id: int
+    state: str
+    reason: str
+    classification: str | None
+    opened_at: datetime
+    shipment_id: str
+    consignee: str | None
+    lines: list[tuple[str, str, int | None]]  # (gtin, lot, quantity) the consignee received
+    acknowledged_at: datetime | None
+
+
+def message(conn: psycopg.Connection, *, consignee_id: int) -> RecallMessage:
+    row = conn.execute(
+        "SELECT r.org_id, r.id, c.id, r.state, r.reason, r.classification, r.opened_at, s.id, c.consignee,"
+        " c.acknowledged_at, c.shipment_key FROM recall_consignees c JOIN recalls r ON r.id = c.recall_id"
+        " JOIN shipments s ON s.key = c.shipment_key WHERE c.id = %s",
+        (consignee_id,),
+    ).fetchone()
+    if row is None:
+        raise NotFoundError("consignee", str(consignee_id))
+    lines = conn.execute(
+        "SELECT sl.gtin, sl.lot, sl.quantity FROM shipment_lots sl JOIN recall_lots rl"
+        " ON rl.recall_id = %s AND rl.gtin = sl.gtin AND rl.lot = sl.lot"
+        " WHERE sl.shipment_key = %s ORDER BY sl.gtin, sl.lot",
+        (row[1], row[10]),
+    ).fetchall()
+    return RecallMessage(
+        org_id=int(row[0]),
+        recall_id=int(row[1]),
+        consignee_id=int(row[2]),
+        state=row[3],
+        reason=row[4],
+        classification=row[5],
+        opened_at=row[6],
+        shipment_id=row[7],
+        consignee=row[8],
+        lines=[(str(r[0]), str(r[1]), None if r[2] is None else int(r[2])) for r in lines],
+        acknowledged_at=row[9],
+    )
+
+
+def mark_notified(conn: psycopg.Connection, *, consignee_id: int, at: datetime) -> None:
+    """The first message a provider accepted for the consignee stamps its `notified_at`."""
+    conn.execute(
+        "UPDATE recall_consignees SET notified_at = %s WHERE id = %s AND notified_at IS NULL",
+        (at, consignee_id),
+    )
+
+
+def use_ack_nonce(conn: psycopg.Connection, *, nonce: str, consignee_id: int, contact_id: str) -> None:
+    """A recall acknowledge link works once: its nonce is stored in the acknowledgement's
+    transaction; ConflictError when it was used before."""
+    row = conn.execute(
+        "INSERT INTO recall_ack_nonces (nonce, consignee_id, contact_id) VALUES (%s, %s, %s)"
+        " ON CONFLICT (nonce) DO NOTHING RETURNING nonce",
+        (nonce, consignee_id, contact_id),
+    ).fetchone()
+    if row is None:
+        raise ConflictError("this acknowledge link was already used")
+
+
+def contact_speaks_for(conn: psycopg.Connection, *, consignee_id: int, contact_id: str) -> bool:
+    """Whether the contact (still enabled) is one the consignee's notification went to."""
+    row = conn.execute(
+        "SELECT 1 FROM notify_outbox o JOIN notify_contacts k ON k.org_id = o.org_id AND k.id = o.contact_id"
+        " WHERE o.recall_consignee_id = %s AND o.contact_id = %s AND k.disabled_at IS NULL LIMIT 1",
+        (consignee_id, contact_id),
+    ).fetchone()
+    return row is not None

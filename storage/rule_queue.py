@@ -3,13 +3,14 @@ transaction and claimed by the rules runner."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
 import psycopg
 
 from storage.listen import Wakeup, wake
+from storage.rows import fetch_all
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +94,9 @@ def take_work(
     """
     # Every queued row of a picked series goes too: one evaluation covers all its new readings,
     # and a row left behind would later look like late data and force a full re-evaluation.
-    rows = conn.execute(
+    rows = fetch_all(
+        conn,
+        SeriesWork,
         "WITH picked AS (SELECT DISTINCT shipment_key, device_key FROM (SELECT q.shipment_key, q.device_key"
         " FROM rule_queue q LEFT JOIN rule_series_state r"
         " ON r.shipment_key = q.shipment_key AND r.device_key = q.device_key"
@@ -102,10 +105,11 @@ def take_work(
         + " ORDER BY q.id LIMIT %(limit)s FOR UPDATE OF q SKIP LOCKED) AS first)"
         " DELETE FROM rule_queue q USING picked p"
         " WHERE q.shipment_key = p.shipment_key AND q.device_key = p.device_key AND q.id <= %(head)s"
-        " RETURNING q.org_id, q.device_key, q.shipment_key, (extract(epoch FROM q.from_t) * 1000)::bigint,"
-        " (extract(epoch FROM q.to_t) * 1000)::bigint, q.late",
+        " RETURNING q.org_id, q.device_key, q.shipment_key,"
+        " (extract(epoch FROM q.from_t) * 1000)::bigint AS from_ms,"
+        " (extract(epoch FROM q.to_t) * 1000)::bigint AS to_ms, q.late",
         {"head": up_to if up_to is not None else (1 << 62), "limit": limit},
-    ).fetchall()
+    )
     if not fast_lane:
         conn.execute(
             "DELETE FROM rule_queue WHERE id IN (SELECT id FROM rule_queue WHERE shipment_key IS NULL"
@@ -113,18 +117,13 @@ def take_work(
             (limit,),
         )
     folded: dict[tuple[int, int], SeriesWork] = {}
-    for org, device, shipment, start, end, late in rows:
-        key = (shipment, device)
+    for row in rows:
+        key = (row.shipment_key, row.device_key)
         prev = folded.get(key)
-        if prev is None:
-            folded[key] = SeriesWork(org, device, shipment, int(start), int(end), bool(late))
-        else:
-            folded[key] = SeriesWork(
-                org,
-                device,
-                shipment,
-                min(prev.from_ms, int(start)),
-                max(prev.to_ms, int(end)),
-                prev.late or bool(late),
-            )
+        folded[key] = row if prev is None else replace(
+            prev,
+            from_ms=min(prev.from_ms, row.from_ms),
+            to_ms=max(prev.to_ms, row.to_ms),
+            late=prev.late or row.late,
+        )
     return list(folded.values())

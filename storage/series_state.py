@@ -12,7 +12,7 @@ import orjson
 import psycopg
 from psycopg.rows import dict_row
 
-from storage.readings import FLAG_DOOR_OPEN, judged_extremes
+from storage.readings import FLAG_DOOR_OPEN, FLAG_LIGHT, judged_extremes
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +25,7 @@ class SeriesContext:
     last_ms: int | None
     outside_s: float = 0.0
     logger_started_ms: int | None = None  # when the logger says it started logging (its status)
+    mkt_acc: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,8 @@ class SeriesBatch:
     temps_c: npt.NDArray[np.float64]
     rh_pct: npt.NDArray[np.float64]
     door_open: npt.NDArray[np.bool_]
+    light: npt.NDArray[np.bool_]
+    shock_g: npt.NDArray[np.float64]  # NaN = not measured
     # What the low and the high limits judge where edge summaries are among the readings (their
     # minimum and maximum); None when none is, and then both are `temps_c`.
     judged: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None = None
@@ -69,7 +72,7 @@ def lock_and_load(
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
             "SELECT w.s, w.d, sh.profile_id, sh.profile_version, r.state, r.last_ms,"
-            " coalesce(r.outside_s, 0)::float8 AS outside_s,"
+            " coalesce(r.outside_s, 0)::float8 AS outside_s, r.mkt_acc,"
             " CASE WHEN jsonb_typeof(dv.status -> 'started_ms') = 'number'"
             "      THEN (dv.status ->> 'started_ms')::float8::int8 END AS logger_started_ms"
             " FROM unnest(%s::int[], %s::int[]) AS w(s, d) JOIN shipments sh ON sh.key = w.s"
@@ -91,7 +94,7 @@ def logger_started_ms(conn: psycopg.Connection, *, shipment_key: int, device_key
     return None if row is None else int(row[0])
 
 
-_PACKED = np.dtype([("t", ">i8"), ("c", ">f8"), ("rh", ">f8"), ("f", ">i2")])
+_PACKED = np.dtype([("t", ">i8"), ("c", ">f8"), ("rh", ">f8"), ("f", ">i2"), ("g", ">f4")])
 
 
 def readings_of_many(
@@ -120,7 +123,8 @@ def readings_of_many(
         "SELECT w.s, w.d, x.packed"
         " FROM unnest(%s::int[], %s::int[], %s::int8[], %s::int8[]) AS w(s, d, after, until)"
         " CROSS JOIN LATERAL (SELECT string_agg(int8send((extract(epoch FROM r.t) * 1000)::int8)"
-        "  || float8send(r.c::float8) || float8send(coalesce(r.rh, 'NaN')::float8) || int2send(r.flags),"
+        "  || float8send(r.c::float8) || float8send(coalesce(r.rh, 'NaN')::float8) || int2send(r.flags)"
+        "  || float4send(coalesce(r.shock_g, 'NaN')::float4),"
         "  ''::bytea ORDER BY r.t) AS packed FROM readings r"
         "  WHERE r.device_key = w.d AND r.shipment_key IS NOT DISTINCT FROM w.s"
         "  AND r.t > to_timestamp(w.after / 1000.0) AND r.t <= to_timestamp(w.until / 1000.0)"
@@ -151,6 +155,8 @@ def readings_of_many(
         temps_c=temps,
         rh_pct=packed["rh"].astype(np.float64)[keep],
         door_open=(flags & FLAG_DOOR_OPEN) != 0,
+        light=(flags & FLAG_LIGHT) != 0,
+        shock_g=packed["g"].astype(np.float64)[keep],
         judged=judged_extremes(conn, device[keep], times[keep], temps, flags),
     )
 
@@ -170,6 +176,10 @@ class SeriesStateRow:
     hot_high_rh: float | None = None
     hot_low_rh: float | None = None
     outside_s: float = 0.0  # time outside the profile's labelled range, for the lot's budget
+    mkt_acc: dict[str, Any] | None = None  # the running MKT, and what a lot's MKT joins:
+    mkt_log_mean: float | None = None
+    mkt_w_ms: float | None = None
+    mkt_dhr_k: float | None = None
 
 
 def forget(conn: psycopg.Connection, keys: list[tuple[int, int]]) -> None:
@@ -202,21 +212,28 @@ def save_states(conn: psycopg.Connection, rows: list[SeriesStateRow]) -> None:
                 "rh": r.hot_high_rh,
                 "rl": r.hot_low_rh,
                 "out": r.outside_s,
+                "macc": r.mkt_acc,
+                "mlm": r.mkt_log_mean,
+                "mw": r.mkt_w_ms,
+                "mdhr": r.mkt_dhr_k,
             }
             for r in rows
         ]
     ).decode()
     conn.execute(
         "INSERT INTO rule_series_state (shipment_key, device_key, org_id, profile_id, profile_version,"
-        " state, last_ms, at_rest, hot_high_c, hot_low_c, hot_high_rh, hot_low_rh, outside_s)"
+        " state, last_ms, at_rest, hot_high_c, hot_low_c, hot_high_rh, hot_low_rh, outside_s,"
+        " mkt_acc, mkt_log_mean, mkt_w_ms, mkt_dhr_k)"
         " SELECT (x->>'s')::int, (x->>'d')::int, (x->>'o')::smallint, x->>'p', (x->>'v')::int, x->'state',"
         " (x->>'last')::bigint, (x->>'rest')::bool, (x->>'hh')::real, (x->>'hl')::real, (x->>'rh')::real,"
-        " (x->>'rl')::real, (x->>'out')::float8 FROM jsonb_array_elements(%s::jsonb) AS x"
+        " (x->>'rl')::real, (x->>'out')::float8, nullif(x->'macc', 'null'::jsonb), (x->>'mlm')::float8,"
+        " (x->>'mw')::float8, (x->>'mdhr')::float8 FROM jsonb_array_elements(%s::jsonb) AS x"
         " ON CONFLICT (shipment_key, device_key) DO UPDATE SET state = EXCLUDED.state,"
         " last_ms = EXCLUDED.last_ms, profile_id = EXCLUDED.profile_id, at_rest = EXCLUDED.at_rest,"
         " hot_high_c = EXCLUDED.hot_high_c, hot_low_c = EXCLUDED.hot_low_c,"
         " hot_high_rh = EXCLUDED.hot_high_rh, hot_low_rh = EXCLUDED.hot_low_rh,"
-        " outside_s = EXCLUDED.outside_s,"
+        " outside_s = EXCLUDED.outside_s, mkt_acc = EXCLUDED.mkt_acc,"
+        " mkt_log_mean = EXCLUDED.mkt_log_mean, mkt_w_ms = EXCLUDED.mkt_w_ms, mkt_dhr_k = EXCLUDED.mkt_dhr_k,"
         " profile_version = EXCLUDED.profile_version,"
         " evaluations = rule_series_state.evaluations + 1, updated_at = now()",
         (doc,),

@@ -5,14 +5,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
+import numpy as np
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
+from api.schemas import BucketReading, LotReadings, RawReading
 from coldchain.access import Role
-from coldchain.domain import Device, Severity
+from coldchain.domain import Device, DeviceAssignment, Lot, Severity, Shipment, ShipmentLot
 from storage import alerts, auth, registry
+from storage.readings import ReadingRows, copy_rows
 from tests.support.api import api_client
+from tests.support.devices import known_devices
 from tests.support.identity import bearer, make_user, signature
 
 GTIN = "09506000134352"
@@ -62,6 +66,44 @@ def test_register_device_and_shipment_then_read_lot(client: TestClient, admin_to
     assert lot["shipments"] == ["SO-1001"] and lot["devices"] == ["TRK-0042-L1"]
     assert lot["digital_link"] == f"https://id.gs1.org/01/{GTIN}/10/A123"
     assert client.get(f"/api/v1/lots/{GTIN}/A123/readings?bucket=5m", headers=h).json()["readings"] == []
+
+
+def test_lot_readings_are_the_models_own_json(
+    client: TestClient, db: psycopg.Connection, admin_token: str
+) -> None:
+    """The readings route writes its body in one orjson call: byte for byte what the response
+    model would serialise (times in UTC with Z, floats shortest, nulls), raw and bucketed."""
+    registry.create_device(db, org=1, device=Device(id="L-JSON"), actor="t")
+    start = datetime(2026, 11, 24, 8, 0, tzinfo=UTC)
+    registry.create_shipment(
+        db, org=1, profile_version=1, actor="t",
+        shipment=Shipment(id="SO-JSON", lots=(ShipmentLot(Lot(GTIN, "J1")),),
+                          devices=(DeviceAssignment("L-JSON", start),)),
+    )
+    dev = known_devices(db, ["L-JSON"])["L-JSON"]
+    t = int(start.timestamp() * 1000) + np.arange(130, dtype=np.int64) * 60_000 + 250
+    n = len(t)
+    with db.transaction():
+        copy_rows(db, ReadingRows(
+            org_id=np.ones(n, np.int16), device_key=np.full(n, dev.key, np.int32),
+            shipment_key=dev.shipments_at(t), seq=np.zeros(n, np.int64), t_ms=t,
+            celsius=np.round(4 + np.sin(np.arange(n) / 5.0) * 3, 2).astype(np.float32),
+            rh=np.where(np.arange(n) % 3 == 0, np.nan, 55.5).astype(np.float32),
+            flags=np.where(np.arange(n) % 7 == 0, 1, 0).astype(np.int16),
+        ))
+    h = _h(admin_token)
+    for query, model_rows in (("", RawReading), ("?bucket=1h", BucketReading), ("?bucket=7m", BucketReading)):
+        res = client.get(f"/api/v1/lots/{GTIN}/J1/readings{query}", headers=h)
+        assert res.status_code == 200 and res.headers["content-type"] == "application/json"
+        model = LotReadings.model_validate_json(res.content)
+        assert model.readings and all(isinstance(r, model_rows) for r in model.readings)
+        assert res.content == model.model_dump_json().encode(), query
+    raw = client.get(f"/api/v1/lots/{GTIN}/J1/readings?limit=3", headers=h).json()["readings"]
+    assert [r["t"] for r in raw] == ["2026-11-24T08:00:00.250000Z", "2026-11-24T08:01:00.250000Z",
+                                     "2026-11-24T08:02:00.250000Z"]
+    assert raw[0]["rh"] is None and raw[0]["late"] is True and raw[1]["rh"] == 55.5
+    hourly = client.get(f"/api/v1/lots/{GTIN}/J1/readings?bucket=1h", headers=h).json()["readings"]
+    assert [b["n"] for b in hourly] == [60, 60, 10] and hourly[0]["t"] == "2026-11-24T08:00:00Z"
 
 
 @pytest.mark.parametrize(

@@ -145,6 +145,8 @@ MATRIX: dict[tuple[str, str], Expectation] = {
     # Calibrations are recorded by those who register devices or by QA (REGISTER or DISPOSITION).
     ("POST", "/api/v1/devices/{device_id}/calibrations"): (REGISTER | QA, True),
     ("GET", "/api/v1/devices/{device_id}/calibrations"): (READ, True),
+    ("PUT", "/api/v1/devices/{device_id}/config"): (REGISTER, True),
+    ("GET", "/api/v1/devices/{device_id}/config"): (READ, True),
     ("GET", "/api/v1/devices/{device_id}/calibrations/{calibration_id}/certificate"): (READ, True),
     ("POST", "/api/v1/logger-files"): (REGISTER, False),
     ("GET", "/api/v1/logger-files"): (READ, False),
@@ -153,7 +155,10 @@ MATRIX: dict[tuple[str, str], Expectation] = {
     ("PUT", "/api/v1/logger-files/mappings/{name}"): (REGISTER, False),
     ("GET", "/api/v1/logger-files/mappings/{name}"): (READ, True),
     ("POST", "/api/v1/recalls"): (QA, False),  # DISPOSITION
+    ("GET", "/api/v1/recalls"): (READ, False),
+    ("GET", "/api/v1/recalls/kpis"): (READ, False),
     ("GET", "/api/v1/recalls/{recall_id}"): (READ, True),
+    ("POST", "/api/v1/recalls/{recall_id}/close"): (QA, True),  # DISPOSITION, signed
     ("POST", "/api/v1/recalls/{recall_id}/consignees/{consignee_id}/acknowledge"): (ACK, True),
     # Master data: registered and edited by REGISTER; the alarm-relevant fields are QA's
     # (tests/test_master_data.py checks those field by field).
@@ -340,6 +345,8 @@ def _request(method: str, path: str, who: str, ids: dict[str, Any], tokens: dict
             "certificate_number": f"C-{who}",
         }
         files = {"certificate": ("cert.pdf", PDF, "application/pdf")}
+    elif (method, path) == ("PUT", "/api/v1/devices/{device_id}/config"):
+        body = {"interval_s": 120}
     elif (method, path) == ("POST", "/api/v1/logger-files"):
         data = {"device": f"F-{who}"}
         files = {"file": (WALK_FILE, (LOGGERS / WALK_FILE).read_bytes(), "text/plain")}
@@ -350,6 +357,8 @@ def _request(method: str, path: str, who: str, ids: dict[str, Any], tokens: dict
         body = {"reason": f"seal defect ({who})", "classification": "II", "gtin": GTIN, "lots": ["A1"]}
     elif path.endswith("/acknowledge"):
         body = {"quarantined": 1}
+    elif (method, path) == ("POST", "/api/v1/recalls/{recall_id}/close"):
+        body = {"comment": "all units back", "signature": signature("approval")}
     elif (method, path) == ("POST", "/api/v1/devices"):
         body = {"id": f"M-{who}"}
     elif (method, path) == ("POST", "/api/v1/shipments"):

@@ -583,6 +583,33 @@ def test_a_ride_moved_to_another_shipment_and_back_withdraws_and_reinstates_its_
     assert [r[0] for r in reinstated][-2:] == ["withdraw", "reinstate"]
 
 
+def test_the_logger_s_config_follows_its_assignment_when_added_moved_and_ended(
+    client: TestClient, tokens: dict[str, dict[str, str]], db: psycopg.Connection
+) -> None:
+    h = tokens["logistics"]
+    registry.create_device(db, org=1, device=Device(id="TRK-C"), actor="t")
+    for sid in ("SO-C1", "SO-C2"):
+        assert client.post("/api/v1/shipments", json={"id": sid}, headers=h).status_code == 201
+    ride = {"device": "TRK-C", "from": T0.isoformat()}
+    added = client.post("/api/v1/shipments/SO-C1/assignments", json=ride, headers=h)
+    assert added.status_code == 201, added.text
+
+    def desired() -> tuple[int, str | None]:
+        got = client.get("/api/v1/devices/TRK-C/config", headers=h).json()
+        return got["version"], got["desired"]["shipment"]
+
+    assert desired() == (1, "SO-C1")
+    url = f"/api/v1/assignments/{added.json()['id']}"
+    assert client.patch(url, json={"shipment": "SO-C2"}, headers={**h, "If-Match": "*"}).status_code == 200
+    assert desired() == (2, "SO-C2")
+    assert client.patch(url, json={"reason": "checked"}, headers={**h, "If-Match": "*"}).status_code == 200
+    assert desired() == (2, "SO-C2")  # nothing changed: no new config
+    end = {"to": (T0 + timedelta(hours=1)).isoformat()}
+    ended = client.patch(url, json=end, headers={**h, "If-Match": "*"})
+    assert ended.status_code == 200
+    assert desired() == (3, None)  # the ride is over: the logger rides with no shipment
+
+
 def test_the_bulk_import_keeps_the_same_segregation_of_duties(
     client: TestClient, tokens: dict[str, dict[str, str]], db: psycopg.Connection
 ) -> None:

@@ -5,10 +5,13 @@ passwords, shown broken after an edit), the application role that cannot rewrite
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -16,10 +19,12 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from coldchain.access import Role
+from coldchain.access_tokens import derive_key
 from coldchain.domain import Device, Severity
 from coldchain.errors import ConflictError
 from coldchain.esignature import record_hash
 from coldchain.settings import Settings
+from evidence import signing
 from storage import alerts, audit, auth, registry
 from storage.db import open_pool
 from tests.support.identity import PASSWORD, bearer, make_user, signature
@@ -267,10 +272,16 @@ END $$;
 """
 
 
-def test_signed_checkpoints_catch_a_chain_rewritten_end_to_end(db_dsn: str, db: psycopg.Connection) -> None:
+def test_signed_checkpoints_catch_a_chain_rewritten_end_to_end(
+    db_dsn: str, db: psycopg.Connection, tmp_path: Path
+) -> None:
     for name in ("A", "B"):
         registry.create_device(db, org=1, device=Device(id=name), actor="alice")
-    key_env = {"SECRET_KEY": "checkpoint-test-secret-key-0123456789abcdef"}
+    # The platform key is the installation's (its data folder), as `coldchain up` has it.
+    key_env = {
+        "SECRET_KEY": "checkpoint-test-secret-key-0123456789abcdef",
+        "DATA_DIR": str(tmp_path / "data"),
+    }
     done = _verify(db_dsn, "checkpoint", **key_env)
     assert done.returncode == 0 and "signed 1 checkpoint" in done.stdout, done.stderr
     registry.create_device(db, org=1, device=Device(id="C"), actor="alice")  # after the checkpoint
@@ -280,7 +291,8 @@ def test_signed_checkpoints_catch_a_chain_rewritten_end_to_end(db_dsn: str, db: 
         db.execute("SET LOCAL session_replication_role = replica")
         db.execute(_REWRITE)
     assert db.execute("SELECT actor FROM audit_trail ORDER BY id LIMIT 1").fetchone() == ("mallory",)
-    assert _verify(db_dsn).returncode == 0  # links and head alone cannot see it ...
+    no_key = {"DATA_DIR": str(tmp_path / "elsewhere")}
+    assert _verify(db_dsn, **no_key).returncode == 0  # links and head alone cannot see it ...
     done = _verify(db_dsn, **key_env)  # ... the signed checkpoint can
     assert done.returncode != 0 and "rewritten" in done.stderr, done.stderr
     # A checkpoint forged without the platform key is caught too.
@@ -293,3 +305,98 @@ def test_signed_checkpoints_catch_a_chain_rewritten_end_to_end(db_dsn: str, db: 
         db.execute("DELETE FROM audit_checkpoints WHERE mac <> 'forged'")
     done = _verify(db_dsn, **key_env)
     assert done.returncode != 0 and "forged" in done.stderr, done.stderr
+
+
+def test_checkpoints_signed_with_the_platform_key_are_verified_offline_with_its_public_key(
+    db_dsn: str, db: psycopg.Connection, tmp_path: Path
+) -> None:
+    """The checkpoint is an Ed25519 signature by the platform's evidence key: an auditor holding
+    only the public key (no SECRET_KEY, no data folder) finds a chain a superuser rewrote, and a
+    checkpoint forged to match it. Checkpoints made with the older HMAC still verify with
+    SECRET_KEY; one made after the platform key took over is refused."""
+    secret = "checkpoint-test-secret-key-0123456789abcdef"
+    for name in ("A", "B"):
+        registry.create_device(db, org=1, device=Device(id=name), actor="alice")
+    # A checkpoint from before: HMAC with the key derived from SECRET_KEY.
+    legacy = derive_key(secret, "audit-checkpoint")
+    org, last_id, rows, digest = db.execute(
+        "SELECT org_id, last_id, rows, hash FROM audit_heads WHERE org_id = 1"
+    ).fetchone() or (0, 0, 0, b"")
+    mac = hmac.new(
+        legacy, f"audit-checkpoint|{org}|{last_id}|{rows}|{bytes(digest).hex()}".encode(), hashlib.sha256
+    ).hexdigest()
+    db.execute(
+        "INSERT INTO audit_checkpoints (org_id, last_id, rows, hash, mac) VALUES (%s, %s, %s, %s, %s)",
+        (org, last_id, rows, digest, mac),
+    )
+    registry.create_device(db, org=1, device=Device(id="C"), actor="alice")
+    data = tmp_path / "installation"
+    done = _verify(db_dsn, "checkpoint", DATA_DIR=str(data))
+    assert done.returncode == 0 and "signed 1 checkpoint(s) with ed25519:" in done.stdout, done.stderr
+    (row,) = db.execute("SELECT mac, signature, key_id FROM audit_checkpoints WHERE signature IS NOT NULL")
+    assert row[0] is None and len(row[1]) == 128 and row[2] == signing.signing_key(data).key_id
+    pem = tmp_path / "platform-public-key.pem"
+    pem.write_text(signing.public_pem(signing.signing_key(data).public))
+    auditor = {"DATA_DIR": str(tmp_path / "auditor")}  # nothing but the public key file
+
+    def verify(*extra: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "coldchain.cli", "audit", "verify", *extra],
+            env={"DATABASE_URL": db_dsn, "PATH": "/usr/bin:/bin", "ENVIRONMENT": "development", **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    done = verify("--public-key", str(pem), **auditor)
+    assert done.returncode == 0 and "1 signed checkpoints checked" in done.stdout, done.stderr
+    assert "1 not checked" in done.stdout  # the HMAC one, without SECRET_KEY
+    done = verify("--public-key", str(pem), **auditor, SECRET_KEY=secret)
+    assert done.returncode == 0 and "not checked" not in done.stdout, done.stdout
+
+    # The superuser rewrites the chain and the head consistently: the public key alone finds it.
+    with db.transaction():
+        db.execute("SET LOCAL session_replication_role = replica")
+        db.execute(_REWRITE)
+    assert verify(**auditor).returncode == 0  # no key: links and head cannot see it
+    done = verify("--public-key", str(pem), **auditor)
+    assert done.returncode == 3 and "rewritten" in done.stderr, done.stderr
+
+    # ... and re-signing the rewritten head needs the private key: a checkpoint signed with
+    # another key, or an HMAC one (the database role knows neither), is refused.
+    other = signing.signing_key(tmp_path / "mallory")
+    head = db.execute("SELECT org_id, last_id, rows, hash FROM audit_heads WHERE org_id = 1").fetchone()
+    assert head is not None
+    message = audit.checkpoint_message(int(head[0]), int(head[1]), int(head[2]), bytes(head[3]))
+    with db.transaction():
+        db.execute("SET LOCAL session_replication_role = replica")
+        db.execute("DELETE FROM audit_checkpoints")
+        db.execute(
+            "INSERT INTO audit_checkpoints (org_id, last_id, rows, hash, signature, key_id)"
+            " VALUES (%s, %s, %s, %s, %s, %s)",
+            (*head, other.sign(message).hex(), signing.signing_key(data).key_id),  # claims the platform's id
+        )
+    done = verify("--public-key", str(pem), **auditor)
+    assert done.returncode == 3 and "forged" in done.stderr, done.stderr
+    # An HMAC checkpoint, even a correct one, after the platform key signs: refused.
+    later_mac = hmac.new(
+        legacy,
+        f"audit-checkpoint|{head[0]}|{head[1]}|{head[2]}|{bytes(head[3]).hex()}".encode(),
+        hashlib.sha256,
+    ).hexdigest()
+    platform = signing.signing_key(data)
+    with db.transaction():
+        db.execute("SET LOCAL session_replication_role = replica")
+        db.execute("DELETE FROM audit_checkpoints")
+        db.execute(
+            "INSERT INTO audit_checkpoints (org_id, last_id, rows, hash, signature, key_id)"
+            " VALUES (%s, %s, %s, %s, %s, %s)",
+            (*head, platform.sign(message).hex(), platform.key_id),
+        )
+        db.execute(
+            "INSERT INTO audit_checkpoints (org_id, last_id, rows, hash, mac) VALUES (%s, %s, %s, %s, %s)",
+            (*head, later_mac),
+        )
+    done = verify("--public-key", str(pem), **auditor, SECRET_KEY=secret)
+    assert done.returncode == 3 and "after the platform key took over" in done.stderr, done.stderr

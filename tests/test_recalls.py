@@ -4,8 +4,9 @@ consignee acknowledgements and the response time."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
@@ -17,8 +18,18 @@ from coldchain.errors import ConflictError, ValidationError
 from coldchain.settings import Settings
 from erp.imports import run_import
 from erp.recalls import RecallRequest, acknowledge, open_recall
+from notify.outbox import OutboxOptions, OutboxWorker
+from rules.runner import drain
 from storage import alerts, auth, registry
 from storage.db import open_pool
+from storage.recalls import get_recall
+from tests.support.identity import bearer, make_user, signature
+from tests.support.lots import GTIN as LOT_GTIN
+from tests.support.lots import add_leg, write_readings
+from tests.support.notify import DRIVER, Clock, Mailbox, add_contact, notify_settings
+from tests.support.notify import mailbox as mailbox
+from tests.support.notify import stub as stub
+from tests.support.twilio_stub import TwilioStub
 
 GTIN = "09506000134352"
 GTIN2 = "04006381333931"
@@ -250,3 +261,196 @@ def test_recall_by_serials(db: psycopg.Connection) -> None:
             )
     with pytest.raises(ValidationError, match="need the gtin"):
         RecallRequest(reason="r", serials=("S1",))
+
+
+# -- notifying consignees, acknowledging by link, closing under a signature, list and KPIs ------
+
+
+def _worker(settings: Settings) -> OutboxWorker:
+    return OutboxWorker(settings=settings, clock_ms=Clock(), options=OutboxOptions(send_threads=2))
+
+
+def test_consignees_notified_through_the_outbox_acknowledge_by_link_and_qa_closes_with_a_signature(
+    db_dsn: str, db: psycopg.Connection, stub: TwilioStub, mailbox: tuple[Mailbox, int]
+) -> None:
+    world(db)
+    box, smtp_port = mailbox
+    settings = notify_settings(db_dsn, stub, public_url="https://cc.example", smtp_port=smtp_port)
+    # Hospital B's desk by its GLN (SMS and e-mail), Pharmacy C by name; a disabled and an
+    # unrelated contact are not told.
+    add_contact(db, "hosp-b", (), sites=("9520123456788",), phone=DRIVER, email="desk@hospital-b.example")
+    add_contact(db, "pharm-c", (), customers=("Pharmacy C",), email="qa@pharmacy-c.example")
+    add_contact(db, "clinic-d", (), sites=("Clinic D",), email="clinic@d.example")
+    add_contact(db, "old-b", (), sites=("9520123456788",), email="old@hospital-b.example")
+    db.execute("UPDATE notify_contacts SET disabled_at = now() WHERE id = 'old-b'")
+    make_user(db, "qa.lead@home.org", ["qa"], name="Quinn QA")
+    key = auth.create_token(db, org=1, name="qa-key", role=Role.QA, actor="t")
+    with open_pool(db_dsn, max_size=2) as pool, TestClient(create_app(settings, pool=pool)) as client:
+        qa = bearer(client, "qa.lead@home.org")
+        body = {"gtin": GTIN, "lots": ["A1"], "reason": "seal defect", "classification": "II"}
+        res = client.post("/api/v1/recalls", json=body, headers=qa)
+        assert res.status_code == 201, res.text
+        recall = res.json()
+        assert recall["state"] == "notifying"
+        by_shipment = {c["shipment"]: c for c in recall["consignees"]}
+        assert sorted((n["channel"], n["state"]) for n in by_shipment["SO-1"]["notifications"]) == [
+            ("email", "pending"),
+            ("sms", "pending"),
+        ]
+        assert by_shipment["SO-2"]["notifications"] == [{"channel": "email", "state": "pending"}]
+        assert all(c["notified_at"] is None for c in recall["consignees"])
+
+        with psycopg.connect(db_dsn, autocommit=True) as conn:
+            worker = _worker(settings)
+            try:
+                assert worker.deliver_due(conn) == 3
+            finally:
+                worker.close()
+        (sms,) = stub.requests
+        text = sms.field("Body") or ""
+        assert f"RECALL {recall['id']} class II" in text and f"{GTIN} lot A1: 400" in text
+        assert "https://cc.example/recall-ack/" in text
+        mails = {str(m["To"]): m for m in box.messages}
+        assert set(mails) == {"desk@hospital-b.example", "qa@pharmacy-c.example"}
+        pharmacy = mails["qa@pharmacy-c.example"].get_body(("plain",))
+        assert pharmacy is not None
+        content = pharmacy.get_content()
+        assert f"{GTIN} lot A1: 100" in content and "seal defect" in content
+        link = next(w for w in content.split() if w.startswith("https://cc.example/recall-ack/"))
+        path = link.removeprefix("https://cc.example")
+
+        got = client.get(f"/api/v1/recalls/{recall['id']}", headers=qa).json()
+        assert all(c["notified_at"] is not None for c in got["consignees"])
+        states = {c["shipment"]: sorted(n["state"] for n in c["notifications"]) for c in got["consignees"]}
+        assert states == {"SO-1": ["queued", "sent"], "SO-2": ["sent"]}
+
+        # The link: a page that changes nothing, then the consignee's answer, once.
+        page = client.get(path)
+        assert page.status_code == 200 and "Acknowledge the recall" in page.text
+        assert client.post(path, data={"quarantined": "lots"}).status_code == 422
+        tampered = path[:-3] + ("AAA" if not path.endswith("AAA") else "BBB")
+        assert client.post(tampered, data={"quarantined": "100"}).status_code == 403
+        # Not yet answered by everyone: QA cannot close.
+        closing = {"comment": "all units back", "signature": signature("approval")}
+        res = client.post(f"/api/v1/recalls/{recall['id']}/close", json=closing, headers=qa)
+        assert res.status_code == 409, res.text
+        answered = client.post(path, data={"quarantined": "100", "returned": ""})
+        assert answered.status_code == 200, answered.text
+        assert client.post(path, data={"quarantined": "100"}).status_code == 409  # single use
+        got = client.get(f"/api/v1/recalls/{recall['id']}", headers=qa).json()
+        so2 = next(c for c in got["consignees"] if c["shipment"] == "SO-2")
+        assert so2["quarantined"] == 100 and so2["acknowledged_by"] == "contact pharm-c (link)"
+        res = client.post(
+            f"/api/v1/recalls/{recall['id']}/consignees/{by_shipment['SO-1']['id']}/acknowledge",
+            json={"quarantined": 380, "returned": 20},
+            headers=qa,
+        )
+        assert res.status_code == 200 and res.json()["response_time_s"] is not None
+
+        # Closing: a signature is required, a machine cannot sign, a wrong password is refused.
+        url = f"/api/v1/recalls/{recall['id']}/close"
+        assert client.post(url, json={"comment": "x"}, headers=qa).status_code == 422
+        machine = {"Authorization": f"Bearer {key}"}
+        assert client.post(url, json=closing, headers=machine).status_code == 403
+        wrong = {"comment": "x", "signature": signature("approval", password="not the password")}
+        assert client.post(url, json=wrong, headers=qa).status_code == 401
+        res = client.post(url, json=closing, headers=qa)
+        assert res.status_code == 200, res.text
+        closed = res.json()
+        assert closed["state"] == "closed" and closed["closed_by"] == "qa.lead@home.org"
+        (sig,) = closed["signatures"]
+        assert (sig["signer"], sig["meaning"], sig["action"]) == ("Quinn QA", "approval", "close")
+        assert client.post(url, json=closing, headers=qa).status_code == 409
+        shown = client.get(f"/api/v1/recalls/{recall['id']}", headers=qa).json()
+        assert shown["signatures"][0]["status"] == "valid"
+        assert shown["signatures"][0]["record_hash"] == sig["record_hash"]
+        # A change behind the signature's back shows it broken.
+        db.execute(
+            "UPDATE recall_consignees SET returned = 0 WHERE recall_id = %s AND returned = 20",
+            (recall["id"],),
+        )
+        shown = client.get(f"/api/v1/recalls/{recall['id']}", headers=qa).json()
+        assert shown["signatures"][0]["status"] == "broken"
+
+        # The list by state and the KPI.
+        other = client.post("/api/v1/recalls", json={**body, "lots": ["A2"]}, headers=qa).json()
+        assert other["state"] == "notifying"  # Clinic D's contact names the site by its name
+        listed = client.get("/api/v1/recalls", params={"state": "closed"}, headers=qa).json()
+        assert [r["id"] for r in listed] == [recall["id"]]
+        assert listed[0]["acknowledged"] == listed[0]["consignees"] == 2
+        everything = client.get("/api/v1/recalls", headers=qa).json()
+        assert [r["id"] for r in everything] == [other["id"], recall["id"]]
+        kpis = client.get("/api/v1/recalls/kpis", headers=qa).json()
+        assert (kpis["recalls"], kpis["closed"], kpis["answered"]) == (2, 1, 1)
+        assert kpis["median_response_time_s"] == closed["response_time_s"]
+
+
+def test_the_impact_shows_each_lots_mkt_equal_to_the_lot_figures_from_the_readings(
+    db_dsn: str, db: psycopg.Connection
+) -> None:
+    """The recall's MKT per lot comes from the rules' running MKT per series (never the readings),
+    and equals the lot page's MKT worked out from every reading: over two legs, the second with
+    two loggers (the worse one counts), fed in several batches, one of them late."""
+    add_leg(db, "LEG-1", ["T1"], 0, 600)
+    add_leg(db, "LEG-2", ["T2", "T3"], 600, 1200)
+    rng = np.random.default_rng(7)
+    write_readings(db, "T1", np.arange(0, 200), 5 + rng.random(200), queue=True)
+    drain(db)
+    write_readings(db, "T1", np.arange(300, 500), 9 + rng.random(200), queue=True)
+    drain(db)
+    write_readings(db, "T1", np.arange(200, 300), 4 + rng.random(100), queue=True)  # late: starts over
+    write_readings(db, "T2", np.arange(600, 700), 6 + 4 * rng.random(100), queue=True)
+    write_readings(db, "T3", np.arange(600, 700), 3 + rng.random(100), queue=True)
+    drain(db)
+    write_readings(db, "T2", np.arange(700, 760), 12 + rng.random(60), queue=True)
+    drain(db)
+    rec = open_recall(db, org=1, request=RecallRequest(reason="r", gtin=LOT_GTIN, lots=("A1",)), actor="qa")
+    (lot,) = rec.impact["lots"]
+    token = auth.create_token(db, org=1, name="v", role=Role.VIEWER, actor="t")
+    with (
+        open_pool(db_dsn, max_size=2) as pool,
+        TestClient(create_app(Settings(database_url=db_dsn), pool=pool)) as c,
+    ):
+        page = c.get(f"/api/v1/lots/{LOT_GTIN}/A1", headers={"Authorization": f"Bearer {token}"}).json()
+    assert page["mkt_c"] is not None and lot["mkt_c"] == pytest.approx(page["mkt_c"], abs=0.002)
+    assert lot["disposition"] == "pending"  # no QA decision on the lot yet
+    # A series the rules have not evaluated since MKT was kept: the lot's MKT is unknown, not wrong.
+    db.execute("UPDATE rule_series_state SET mkt_acc = NULL, mkt_log_mean = NULL, mkt_w_ms = NULL")
+    rec = open_recall(db, org=1, request=RecallRequest(reason="r", gtin=LOT_GTIN, lots=("A1",)), actor="qa")
+    assert rec.impact["lots"][0]["mkt_c"] is None
+
+
+def test_a_refused_recall_message_is_retried_and_the_consignee_is_notified_only_once_accepted(
+    db_dsn: str, db: psycopg.Connection, stub: TwilioStub
+) -> None:
+    world(db)
+    settings = notify_settings(db_dsn, stub)  # no PUBLIC_URL: the message has no link
+    add_contact(db, "hosp-b", (), sites=("9520123456788",), phone=DRIVER)
+    rec = open_recall(
+        db, org=1, request=RecallRequest(reason="seal defect", gtin=GTIN2, lots=("B1",)), actor="qa"
+    )
+    assert rec.state == "notifying" and [c.shipment_id for c in rec.consignees] == ["SO-1"]
+    stub.fail_next(503, code=20503)
+    clock = Clock()
+    worker = OutboxWorker(
+        settings=settings, clock_ms=clock, options=OutboxOptions(send_threads=1, backoff_base_s=30.0)
+    )
+    try:
+        with psycopg.connect(db_dsn, autocommit=True) as conn:
+            assert worker.deliver_due(conn) == 1
+            (row,) = db.execute(
+                "SELECT state, attempts, last_error, next_attempt_at FROM notify_outbox WHERE kind = 'recall'"
+            ).fetchall()
+            assert (row[0], row[1]) == ("pending", 1) and "503" in (row[2] or "")
+            assert get_recall(db, org=1, recall_id=rec.id).consignees[0].notified_at is None
+            assert worker.deliver_due(conn) == 0  # not before its time
+            clock.set(row[3] + timedelta(seconds=1))
+            assert worker.deliver_due(conn) == 1
+    finally:
+        worker.close()
+    assert len(stub.requests) == 2
+    body = stub.requests[-1].field("Body") or ""
+    assert "lot B1: 20" in body and "recall-ack" not in body
+    (state,) = db.execute("SELECT state FROM notify_outbox WHERE kind = 'recall'").fetchone() or ("",)
+    assert state == "queued"
+    assert get_recall(db, org=1, recall_id=rec.id).consignees[0].notified_at is not None

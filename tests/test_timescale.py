@@ -228,6 +228,60 @@ def test_bucketed_lot_readings_equal_date_bin_on_plain(
         assert len(hourly) == 48 * 3 and sum(int(str(b["n"])) for b in hourly) == 48 * 60 * 3
 
 
+def test_a_logger_changing_shipment_within_a_bucket_is_one_bucket_on_both_engines(
+    db: psycopg.Connection, database_on: Callable[[str], str]
+) -> None:
+    """A logger handed from one of the lot's shipments to another in the middle of an hour has
+    two rollup rows for that hour (one per shipment): the hourly read of the hourly rollup must
+    still give one bucket with every reading counted, as date_bin does on plain PostgreSQL,
+    also when the limit falls between the two rows."""
+    start = _hour_floor(datetime.now(UTC)) - timedelta(days=1)
+    handover = start + timedelta(hours=1, minutes=32)
+    end = start + timedelta(hours=3)
+    with psycopg.connect(database_on("plain"), autocommit=True) as plain:
+        keys = {}
+        for conn in (db, plain):
+            registry.create_device(conn, org=1, device=Device(id="MOVER"), actor="t")
+            for shipment, begin, until in (("HAND-1", start, handover), ("HAND-2", handover, None)):
+                registry.create_shipment(
+                    conn, org=1, profile_version=1, actor="t",
+                    shipment=Shipment(
+                        id=shipment, lots=(ShipmentLot(Lot("09506000134352", "H1")),),
+                        devices=(DeviceAssignment("MOVER", begin, until),),
+                    ),
+                )
+            dev = known_devices(conn, ["MOVER"])["MOVER"]
+            t = _ms(start) + np.arange(3 * 60, dtype=np.int64) * MIN
+            n = len(t)
+            with conn.transaction():
+                copy_rows(conn, ReadingRows(
+                    org_id=np.ones(n, np.int16), device_key=np.full(n, dev.key, np.int32),
+                    shipment_key=dev.shipments_at(t), seq=np.zeros(n, np.int64), t_ms=t,
+                    celsius=np.round(5 + np.sin(np.arange(n) / 7.0), 2).astype(np.float32),
+                    rh=np.full(n, np.nan, np.float32), flags=np.zeros(n, np.int16),
+                ))
+            keys[conn] = [r[0] for r in conn.execute("SELECT key FROM shipments ORDER BY key")]
+        for refresh in (False, True):
+            if refresh:
+                for view in ("readings_5m", "readings_1h"):
+                    db.execute("CALL refresh_continuous_aggregate(%s, NULL, NULL)", (view,))
+            for bucket in (timedelta(hours=1), timedelta(minutes=5)):
+                ts_rows, plain_rows = (
+                    lot_readings(conn, shipment_keys=keys[conn], start=start, end=end, bucket=bucket)
+                    for conn in (db, plain)
+                )
+                assert bucket_source(db, bucket=bucket, start=start, end=end) is not None
+                assert ts_rows == plain_rows, (bucket, refresh)
+                assert len(ts_rows) == 3 * 3600 // int(bucket.total_seconds())
+                assert sum(int(str(r["n"])) for r in ts_rows) == 180
+            hourly = lot_readings(db, shipment_keys=keys[db], start=start, end=end,
+                                  bucket=timedelta(hours=1))
+            assert [r["n"] for r in hourly] == [60, 60, 60]
+            cut = lot_readings(db, shipment_keys=keys[db], start=start, end=end,
+                               bucket=timedelta(hours=1), limit=2)
+            assert cut == hourly[:2]
+
+
 def test_compression_and_retention_jobs_run(db: psycopg.Connection) -> None:
     """The policies, run as the scheduler runs them: chunks older than 7 days are compressed and
     queries still read them; chunks older than the retention interval (6 years) are dropped,

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from fastapi.responses import HTMLResponse
 
-from api.deps import Caller, Conn
+from api.deps import AppSettings, Caller, Conn
 from api.errors import AUTHED, responses
 from api.identity_schemas import AuditEntry, TrailVerification
 from api.schemas import LINE_PATTERN, MAX_SAFE_INT, Moment
@@ -18,6 +18,7 @@ from coldchain.errors import NotFoundError
 from storage import audit, signatures
 
 router = APIRouter(tags=["audit"])
+
 
 def _json_errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """The error responses of a route whose success is not JSON: still the JSON error shape."""
@@ -102,11 +103,19 @@ def printable_report(entity: Text, id: Text, conn: Conn, caller: Caller) -> HTML
 
 
 @router.get("/audit/verify", response_model=TrailVerification, responses=responses(*AUTHED, 404))
-def verify_audit_trail(conn: Conn, caller: Caller) -> TrailVerification:
-    """Every link and the recorded head of every organization's chain (platform admins only)."""
+def verify_audit_trail(conn: Conn, caller: Caller, settings: AppSettings) -> TrailVerification:
+    """Every link and the recorded head of every organization's chain, and every checkpoint
+    signed with the platform key (platform admins only)."""
+    from api.identity_cli import platform_verifier
+
     if not caller.platform_admin:
         raise NotFoundError("route", "/audit/verify")
-    verdict = audit.verify_trail(conn)
+    verifier = platform_verifier(settings)
+    verdict = audit.verify_trail(
+        conn,
+        verify=None if verifier is None else verifier[0],
+        key_id=None if verifier is None else verifier[1],
+    )
     return TrailVerification(
         intact=verdict.intact,
         rows=verdict.rows,
@@ -114,4 +123,6 @@ def verify_audit_trail(conn: Conn, caller: Caller) -> TrailVerification:
         org_id=verdict.org_id,
         row_id=verdict.row_id,
         reason=verdict.reason,
+        signed_checkpoints=verdict.signed_checkpoints,
+        unchecked_checkpoints=verdict.unchecked_checkpoints,
     )

@@ -14,12 +14,14 @@ from fastapi import APIRouter, File, HTTPException, Path, Query, UploadFile
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from api import partner_view
 from api.deps import AppSettings, Caller, Conn
 from api.errors import AUTHED, WITH_BODY, responses
 from api.routes.lots import GtinPath, LotPath
 from api.routes.registry import ShipmentPath
 from api.schemas import MAX_SAFE_INT, EvidenceRecord, PublicKeyOut, VerifyResult, check_gtin
 from coldchain.access import Permission
+from coldchain.gs1 import normalize_gtin
 from coldchain.settings import Settings
 from evidence import bundle, model, signing
 from evidence.attach import verify_url
@@ -116,7 +118,9 @@ def lot_evidence(gtin: GtinPath, lot: LotPath, conn: Conn, caller: Caller, setti
     """A lot across every leg: subject, legs, loggers, readings (both clocks), statistics,
     excursions with their lifecycle, notifications, profiles in force, stability budget."""
     caller.require(Permission.READ)
-    ev = model.lot_evidence(conn, org=caller.org_id, gtin=check_gtin(gtin), lot=lot)
+    org, rec = partner_view.lot(conn, caller, normalize_gtin(check_gtin(gtin)), lot, need="evidence")
+    shared = rec if org != caller.org_id else None  # a partner: the legs shared with "evidence" only
+    ev = model.lot_evidence(conn, org=org, gtin=rec.lot.gtin, lot=rec.lot.lot, shared=shared)
     return _respond(ev, format, settings)
 
 
@@ -126,7 +130,8 @@ def shipment_evidence(shipment_id: ShipmentPath, conn: Conn, caller: Caller, set
                       format: FormatQuery = EvidenceFormat.JSON) -> Response:
     """One shipment: its loggers, readings, excursions and the lots it carried."""
     caller.require(Permission.READ)
-    ev = model.shipment_evidence(conn, org=caller.org_id, shipment_id=shipment_id)
+    org = partner_view.evidence_shipment_org(conn, caller, shipment_id)
+    ev = model.shipment_evidence(conn, org=org, shipment_id=shipment_id, partner=org != caller.org_id)
     return _respond(ev, format, settings)
 
 
@@ -136,7 +141,8 @@ def excursion_evidence(alert_id: AlertPath, conn: Conn, caller: Caller, settings
     """One excursion: its shipment's loggers judged over the whole leg, the readings from two
     hours before it to two hours after, its lifecycle. 404 also for an alert with no shipment."""
     caller.require(Permission.READ)
-    ev = model.excursion_evidence(conn, org=caller.org_id, alert_id=alert_id)
+    org = partner_view.evidence_alert_org(conn, caller, alert_id)
+    ev = model.excursion_evidence(conn, org=org, alert_id=alert_id, partner=org != caller.org_id)
     return _respond(ev, format, settings)
 
 

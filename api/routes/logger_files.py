@@ -9,6 +9,7 @@ import orjson
 from fastapi import APIRouter, File, Form, Path, Query, UploadFile, status
 from fastapi.responses import Response
 
+from api import partner_view
 from api.deps import AppSettings, Caller, Conn
 from api.errors import AUTHED, WITH_BODY, error_response, responses
 from api.field_data import import_and_compare, mapping_for
@@ -135,24 +136,23 @@ def list_logger_files(
         str | None, Query(pattern=DEVICE_ID_PATTERN, description="only this logger's files")
     ] = None,
 ) -> list[LoggerFileReport]:
-    """The kept files of the organization, or of one logger."""
+    """The kept files of the organization, or of one logger; a partner also sees the files of
+    shipments shared with it with "readings"."""
     caller.require(Permission.READ)
-    key = None
-    if device is not None:
-        key = store.device_key_of(conn, org=caller.org_id, device_id=device)
-        if key is None:
-            return []
+    key = None if device is None else store.device_key_of(conn, org=caller.org_id, device_id=device)
+    unknown = device is not None and key is None  # not the caller's logger: none of its own files
+    own = [] if unknown else store.list_files(conn, org=caller.org_id, device_key=key)
     return [
         logger_file_out(f, stored=f.stored, duplicates=f.duplicates, repeated=False)
-        for f in store.list_files(conn, org=caller.org_id, device_key=key)
+        for f in own + partner_view.shared_logger_files(conn, caller, device)
     ]
 
 
 @router.get("/logger-files/{file_id}", response_model=LoggerFileReport, responses=responses(*AUTHED, 404))
 def get_logger_file(file_id: FileIdPath, conn: Conn, caller: Caller) -> LoggerFileReport:
-    """One kept file with its reports."""
+    """One kept file with its reports (a partner's: of a shipment shared with "readings")."""
     caller.require(Permission.READ)
-    f = store.get_file(conn, org=caller.org_id, file_id=file_id)
+    _, f = partner_view.logger_file(conn, caller, file_id)
     return logger_file_out(f, stored=f.stored, duplicates=f.duplicates, repeated=False)
 
 
@@ -160,7 +160,8 @@ def get_logger_file(file_id: FileIdPath, conn: Conn, caller: Caller) -> LoggerFi
 def get_logger_file_original(file_id: FileIdPath, conn: Conn, caller: Caller) -> Response:
     """The file exactly as uploaded (its signature fields untouched), with its SHA-256."""
     caller.require(Permission.READ)
-    content, sha, name = store.file_content(conn, org=caller.org_id, file_id=file_id)
+    org, _ = partner_view.logger_file(conn, caller, file_id)
+    content, sha, name = store.file_content(conn, org=org, file_id=file_id)
     safe = "".join(ch for ch in (name or "") if 0x20 <= ord(ch) < 0x7F and ch not in '"\\')
     disposition = f'attachment; filename="{safe or f"logger-file-{file_id}"}"'
     return Response(

@@ -19,6 +19,7 @@ from api.concurrency import IfMatch, accepted_versions, set_etag, with_etag
 from api.deps import AppSettings, Caller, Conn
 from api.errors import AUTHED, EDIT, WITH_BODY, responses
 from api.pagination import Cursor, Limit
+from api.routes.device_config import configure
 from api.routes.registry import add_logger
 from api.schemas import (
     GTIN_PATTERN,
@@ -464,13 +465,18 @@ def correct_assignment(
         key = "from" if name == "from_" else name
         if key != "reason":
             changes[key] = getattr(body, name)
-    row, moved = assignments.correct_assignment(
-        conn,
-        org=caller.org_id,
-        assignment_id=assignment_id,
-        changes=changes,
-        accepted=accepted,
-        actor=caller.name,
-        reason=body.reason,
-    )
+    with conn.transaction():
+        before = assignments.get_assignment(conn, org=caller.org_id, assignment_id=assignment_id)
+        row, moved = assignments.correct_assignment(
+            conn,
+            org=caller.org_id,
+            assignment_id=assignment_id,
+            changes=changes,
+            accepted=accepted,
+            actor=caller.name,
+            reason=body.reason,
+        )
+        if row.version != before.version:  # a change: the device's config follows its ride
+            configure(conn, org=caller.org_id, device_id=row.device, actor=caller.name,
+                      reason=f"assignment {assignment_id} corrected")
     return _assignment(row, response, moved.readings)

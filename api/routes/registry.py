@@ -12,6 +12,7 @@ from api.concurrency import IfMatch, accepted_versions, set_etag, with_etag
 from api.deps import AppSettings, Caller, Conn
 from api.errors import AUTHED, EDIT, WITH_BODY, responses
 from api.pagination import Cursor, OptionalLimit
+from api.routes.device_config import configure
 from api.schemas import (
     DEVICE_ID_PATTERN,
     GTIN_PATTERN,
@@ -195,6 +196,9 @@ def create_shipment(
                 conn, caller, signers[i], overrides[i].signature, entity="calibration_override",
                 key=str(row.id), action="override_calibration", record=row.signed_record(),
             )
+        for assignment in shipment.devices:  # each logger gets the shipment's local alarm
+            configure(conn, org=caller.org_id, device_id=assignment.device_id, actor=caller.name,
+                      reason=f"assigned to shipment {shipment.id}")
     created = registry.get_shipment(conn, org=caller.org_id, shipment_id=shipment.id)
     return _shipment(conn, created, caller.org_id, response)
 
@@ -262,6 +266,9 @@ def add_logger(
                 conn, caller, signer, override.signature, entity="calibration_override",
                 key=str(made.id), action="override_calibration", record=made.signed_record(),
             )
+        # the logger gets the shipment's local alarm (whichever route added it)
+        configure(conn, org=caller.org_id, device_id=device_id, actor=caller.name,
+                  reason=f"assigned to shipment {shipment_id}")
     return row, moved
 
 

@@ -8,4 +8,4 @@ ALTER TABLE alerts ADD COLUMN withdrawn_at timestamptz;
 
 ALTER TABLE notify_outbox DROP CONSTRAINT notify_outbox_kind_check;
 ALTER TABLE notify_outbox ADD CONSTRAINT notify_outbox_kind_check
-    CHECK (kind IN ('escalation', 'digest', 'withdrawal'));
+    CHECK (kind IN ('escalation', 'digest', 'recall', 'withdrawal'));

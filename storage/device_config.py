@@ -1,0 +1,172 @@
+"""The configuration the platform wants each logger to run, and its outbox to the broker.
+
+A change writes the new version, its audit row and a `device_config` NOTIFY in the caller's
+transaction; the config publisher (api/config_publisher.py) sends every version the broker does
+not hold yet (`published_version < version`) as the retained message, and marks it after the
+PUBACK. What the device applied is its own retained status (`devices.status->applied_config`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from coldchain.errors import NotFoundError
+from storage.audit import record
+from storage.listen import Wakeup, wake
+from storage.rows import fetch_all, fetch_one
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredConfig:
+    """A device's desired config (version and body), how far it got, and what the device applied."""
+
+    device_id: str
+    version: int
+    body: dict[str, Any]
+    published_version: int
+    published_at: datetime | None
+    publish_attempts: int
+    last_error: str | None
+    changed_by: str
+    changed_at: datetime
+    applied_version: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingConfig:
+    """A version the broker does not hold yet: what the publisher sends."""
+
+    device_key: int
+    device_id: str
+    version: int
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class CurrentAssignment:
+    """The shipment a device rides with now (or next): its id and the profile version it keeps."""
+
+    shipment_id: str
+    profile_id: str
+    profile_version: int
+
+
+def _device_key(conn: psycopg.Connection, *, org: int, device_id: str) -> int:
+    row = conn.execute(
+        "SELECT key FROM devices WHERE org_id = %s AND id = %s FOR NO KEY UPDATE", (org, device_id)
+    ).fetchone()
+    if row is None:
+        raise NotFoundError("device", device_id)
+    return int(row[0])
+
+
+def current_assignment(conn: psycopg.Connection, *, org: int, device_id: str) -> CurrentAssignment | None:
+    """The device's assignment that has not ended, earliest first (the one it rides now)."""
+    return fetch_one(
+        conn,
+        CurrentAssignment,
+        "SELECT s.id AS shipment_id, s.profile_id, s.profile_version"
+        " FROM device_assignments a JOIN devices d ON d.key = a.device_key"
+        " JOIN shipments s ON s.key = a.shipment_key"
+        " WHERE d.org_id = %s AND d.id = %s AND (upper_inf(a.during) OR upper(a.during) > now())"
+        " ORDER BY lower(a.during) LIMIT 1",
+        (org, device_id),
+    )
+
+
+def desire(
+    conn: psycopg.Connection, *, org: int, device_id: str, body: dict[str, Any], actor: str, reason: str
+) -> DesiredConfig:
+    """Store `body` as the device's next config version (audited), and wake the publisher.
+
+    Run inside the caller's transaction: the row, its audit entry and the NOTIFY commit together.
+    """
+    key = _device_key(conn, org=org, device_id=device_id)
+    old = conn.execute(
+        "SELECT version, body FROM device_configs WHERE device_key = %s FOR UPDATE", (key,)
+    ).fetchone()
+    version = 1 if old is None else int(old[0]) + 1
+    conn.execute(
+        "INSERT INTO device_configs (device_key, org_id, version, body, changed_by)"
+        " VALUES (%s, %s, %s, %s, %s)"
+        " ON CONFLICT (device_key) DO UPDATE SET version = EXCLUDED.version, body = EXCLUDED.body,"
+        " changed_by = EXCLUDED.changed_by, changed_at = now(), publish_attempts = 0, last_error = NULL",
+        (key, org, version, Jsonb(body), actor),
+    )
+    record(
+        conn,
+        org_id=org,
+        actor=actor,
+        action="configure",
+        entity="device_config",
+        key=device_id,
+        old=None if old is None else {"version": int(old[0]), **old[1]},
+        new={"version": version, **body},
+        reason=reason,
+    )
+    wake(conn, Wakeup.DEVICE_CONFIG, device_id)
+    found = get(conn, org=org, device_id=device_id)
+    assert found is not None
+    return found
+
+
+def get(conn: psycopg.Connection, *, org: int, device_id: str) -> DesiredConfig | None:
+    """The device's desired config with its delivery and the version it reports applied."""
+    return fetch_one(
+        conn,
+        DesiredConfig,
+        "SELECT d.id AS device_id, c.version, c.body, c.published_version, c.published_at,"
+        " c.publish_attempts, c.last_error, c.changed_by, c.changed_at,"
+        " CASE WHEN jsonb_typeof(d.status->'applied_config') = 'number'"
+        "  THEN (d.status->>'applied_config')::integer END AS applied_version"
+        " FROM device_configs c JOIN devices d ON d.key = c.device_key"
+        " WHERE d.org_id = %s AND d.id = %s",
+        (org, device_id),
+    )
+
+
+def applied_version(conn: psycopg.Connection, *, org: int, device_id: str) -> int | None:
+    """The config version the device last reported applied (None: never reported one)."""
+    row = conn.execute(
+        "SELECT CASE WHEN jsonb_typeof(status->'applied_config') = 'number'"
+        " THEN (status->>'applied_config')::integer END FROM devices WHERE org_id = %s AND id = %s",
+        (org, device_id),
+    ).fetchone()
+    if row is None:
+        raise NotFoundError("device", device_id)
+    return None if row[0] is None else int(row[0])
+
+
+def pending(conn: psycopg.Connection, *, limit: int = 500) -> list[PendingConfig]:
+    """Versions the broker does not hold yet, of every organization (the publisher is a service)."""
+    return fetch_all(
+        conn,
+        PendingConfig,
+        "SELECT c.device_key, d.id AS device_id, c.version, c.body"
+        " FROM device_configs c JOIN devices d ON d.key = c.device_key"
+        " WHERE c.published_version < c.version ORDER BY c.changed_at, c.device_key LIMIT %s",
+        (limit,),
+    )
+
+
+def mark_published(conn: psycopg.Connection, *, device_key: int, version: int) -> None:
+    """The broker acknowledged `version` (a newer one written meanwhile stays pending)."""
+    conn.execute(
+        "UPDATE device_configs SET published_version = GREATEST(published_version, %s),"
+        " published_at = now(), last_error = NULL WHERE device_key = %s AND version >= %s",
+        (version, device_key, version),
+    )
+
+
+def mark_failed(conn: psycopg.Connection, *, device_key: int, error: str) -> None:
+    """A publish that did not get its PUBACK: counted, and retried on the next wake-up or poll."""
+    conn.execute(
+        "UPDATE device_configs SET publish_attempts = publish_attempts + 1, last_error = %s"
+        " WHERE device_key = %s",
+        (error[:500], device_key),
+    )
