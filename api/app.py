@@ -27,6 +27,7 @@ from api.routes import (
     evidence,
     logger_files,
     lots,
+    master_data,
     notify,
     organizations,
     profile_changes,
@@ -121,7 +122,7 @@ def create_app(settings: Settings, *, pool: ConnectionPool | None = None) -> Fas
         conn.execute("SELECT 1")
         return Health(status="ok", database="ok", version=__version__)
 
-    routers = (registry, shares, profile_changes, lots, alerts, notify, evidence)
+    routers = (registry, master_data, shares, profile_changes, lots, alerts, notify, evidence)
     for module in (*routers, auth, users, api_keys, audit, organizations):
         v1.include_router(module.router)
     v1.include_router(logger_files.router)

@@ -26,6 +26,8 @@ from coldchain.errors import (
     ConflictError,
     NotFoundError,
     PermissionDeniedError,
+    PreconditionFailedError,
+    PreconditionRequiredError,
     ValidationError,
 )
 
@@ -36,6 +38,8 @@ _STATUS: list[tuple[type[ColdchainError], int]] = [
     (AuthError, 401),
     (NotFoundError, 404),
     (ConflictError, 409),
+    (PreconditionFailedError, 412),
+    (PreconditionRequiredError, 428),
     (ValidationError, 422),
     (BrokerUnavailableError, 503),
 ]
@@ -46,8 +50,10 @@ _DESCRIPTIONS = {
     403: "The caller's role does not allow this",
     404: "Not found, or belongs to another organization",
     409: "Conflicts with the current state (duplicate, lifecycle order, overlapping assignment)",
+    412: "`If-Match` names a version that is no longer current: the record changed since it was read",
     413: "The request body is larger than the server accepts",
     422: "The request breaks a rule; `field` names the culprit",
+    428: "An edit without `If-Match`: send the ETag of the version it was made against",
     429: "Too many requests",
     503: "A server the request needs (the MQTT broker) cannot be reached; nothing was changed",
 }
@@ -60,9 +66,11 @@ _NAMES = {
     405: "MethodNotAllowed",
     406: "NotAcceptable",
     409: "ConflictError",
+    412: "PreconditionFailedError",
     413: "PayloadTooLarge",
     415: "UnsupportedMediaType",
     422: "ValidationError",
+    428: "PreconditionRequiredError",
     429: "TooManyRequests",
     503: "ServiceUnavailable",
 }
@@ -77,6 +85,8 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 PUBLIC = (400, 422)
 AUTHED = (400, 401, 403, 422)
 WITH_BODY = (400, 401, 403, 413, 422)
+# An edit under optimistic concurrency (If-Match): also 404, 412 (stale) and 428 (no If-Match).
+EDIT = (*WITH_BODY, 404, 412, 428)
 
 
 def error_response(

@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from coldchain import master_data
 from coldchain.alarm_profile import AlarmProfile, HumidityLimit, Limit, MktLimit
 from coldchain.domain import (
     Alert,
@@ -290,6 +291,19 @@ class AssignmentOut(_Out):
     )
 
 
+class LegOut(_Out):
+    seq: int
+    origin_gln: str | None
+    destination_gln: str | None
+    carrier: str | None
+    mode: str | None
+    planned_departure: datetime | None
+    planned_arrival: datetime | None
+    actual_departure: datetime | None
+    actual_arrival: datetime | None
+    state: str
+
+
 class ShipmentOut(_Out):
     id: str
     origin: str | None
@@ -301,6 +315,23 @@ class ShipmentOut(_Out):
     devices: list[AssignmentOut]
     shared_by: str | None = Field(default=None, description="a partner's view: the owning organization")
     scope: list[str] | None = Field(default=None, description="a partner's view: what was shared")
+    origin_gln: str | None = None
+    destination_gln: str | None = None
+    carrier: str | None = None
+    mode: str | None = None
+    planned_departure: datetime | None = None
+    planned_arrival: datetime | None = None
+    actual_departure: datetime | None = None
+    actual_arrival: datetime | None = None
+    state: str = "planned"
+    legs: list[LegOut] = []
+    version: int = Field(default=1, description="the row version; the ETag is `\"v<version>\"`")
+    updated_at: datetime | None = None
+    erp_ref: str | None = Field(
+        default=None,
+        description="the ERP's own reference of the shipment (PUT /erp/shipments/{id}/reference); not in"
+        " a partner's view",
+    )
 
 
 def shipment_out(
@@ -1069,3 +1100,239 @@ class VerifyResult(_Out):
     subject: dict[str, Any] | None = Field(description="the record's subject, when it could be read")
     record_sha256: str | None
     key_id: str | None
+
+
+# -- master data: products, sites, lots, shipment edits, assignments ---------------------------
+# The rules are coldchain.master_data's, the same the bulk import applies (docs/imports.md).
+
+
+def _kernel(check: Any, *args: Any) -> Any:
+    """A master-data rule of the kernel as a pydantic check (a ValueError names the field)."""
+    try:
+        return check(*args)
+    except ValidationError as exc:
+        raise ValueError(str(exc)) from None
+
+
+Gln = Annotated[
+    str,
+    Field(
+        pattern=r"^[0-9]{13}$",
+        examples=["9520123456788"],
+        description="a GS1 GLN: 13 digits with a valid mod-10 check digit (format `gln`)",
+        json_schema_extra={"format": "gln"},
+    ),
+    AfterValidator(lambda v: _kernel(master_data.check_gln, v)),
+]
+NAME_PATTERN = r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$"  # a line, not blank
+Name = Annotated[str, Field(min_length=1, max_length=master_data.NAME_MAX, pattern=NAME_PATTERN)]
+Address = Annotated[str, Field(max_length=master_data.ADDRESS_MAX, pattern=TEXT_PATTERN)]
+Mode = Literal["road", "air", "sea", "rail", "courier", "multimodal"]
+ShipmentState = Literal["planned", "in_transit", "delivered", "cancelled"]
+ActivationEnergy = Annotated[float, Field(gt=0, lt=master_data.ACTIVATION_ENERGY_MAX)]
+Serial = Annotated[
+    str,
+    Field(pattern=master_data.SERIAL_ITEM_PATTERN, description="a serial (AI (21)) or a range `A..B`"),
+    AfterValidator(lambda v: _kernel(master_data.check_serial, v)),
+]
+
+
+class ProductCreate(_In):
+    """A product. Its labelled range, default profile, stability budget and activation energy
+    decide alarms and budgets: set here when it is registered, changed afterwards by QA only."""
+
+    gtin: Gtin
+    name: Name
+    range_min_c: Celsius | None = None
+    range_max_c: Celsius | None = Field(default=None, description="above `range_min_c`")
+    stability_budget_s: BigCount | None = None
+    activation_energy_kj_mol: ActivationEnergy | None = None
+    default_profile: ProfileId | None = None
+
+    @model_validator(mode="after")
+    def _range(self) -> Self:
+        _kernel(master_data.check_labelled_range, self.range_min_c, self.range_max_c)
+        return self
+
+
+class ProductUpdate(_In):
+    """The fields to change (absent: unchanged; null: cleared). Changing the labelled range,
+    default profile, stability budget or activation energy is QA's (change_profile)."""
+
+    name: Name | None = None
+    range_min_c: Celsius | None = None
+    range_max_c: Celsius | None = None
+    stability_budget_s: BigCount | None = None
+    activation_energy_kj_mol: ActivationEnergy | None = None
+    default_profile: ProfileId | None = None
+
+    @model_validator(mode="after")
+    def _name(self) -> Self:
+        if "name" in self.model_fields_set and self.name is None:
+            raise ValueError("name cannot be cleared")
+        return self
+
+
+class ProductOut(_Out):
+    gtin: str
+    name: str
+    range_min_c: float | None
+    range_max_c: float | None
+    stability_budget_s: int | None
+    activation_energy_kj_mol: float | None
+    default_profile: str | None
+    version: int = Field(description="the row version; the ETag is `\"v<version>\"`")
+    created_at: datetime
+    updated_at: datetime
+
+
+class SiteCreate(_In):
+    gln: Gln
+    name: Name
+    address: Address | None = None
+
+
+class SiteUpdate(_In):
+    name: Name | None = None
+    address: Address | None = None
+
+    @model_validator(mode="after")
+    def _name(self) -> Self:
+        if "name" in self.model_fields_set and self.name is None:
+            raise ValueError("name cannot be cleared")
+        return self
+
+
+class SiteOut(_Out):
+    gln: str
+    name: str
+    address: str | None
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class LotCreate(_In):
+    lot: LotCode
+    expiry: Day | None = None
+    quantity: Count | None = None
+    serials: list[Serial] | None = Field(default=None, max_length=1000)
+    stability_budget_s: BigCount | None = Field(default=None, description="default: the product's")
+
+
+class LotUpdate(_In):
+    """The fields to change (absent: unchanged; null: cleared); the stability budget is QA's."""
+
+    expiry: Day | None = None
+    quantity: Count | None = None
+    serials: list[Serial] | None = Field(default=None, max_length=1000)
+    stability_budget_s: BigCount | None = None
+
+
+class LotRecordOut(_Out):
+    gtin: str
+    lot: str
+    expiry: date | None
+    quantity: int | None
+    serials: list[str] | None
+    stability_budget_s: int | None
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class LegIn(_In):
+    seq: Annotated[int, Interval(ge=1, le=100), BeforeValidator(whole_number)]
+    origin_gln: Gln | None = None
+    destination_gln: Gln | None = None
+    carrier: Line | None = None
+    mode: Mode | None = None
+    planned_departure: Moment | None = None
+    planned_arrival: Moment | None = Field(default=None, description="not before `planned_departure`")
+    actual_departure: Moment | None = None
+    actual_arrival: Moment | None = Field(default=None, description="not before `actual_departure`")
+    state: ShipmentState = "planned"
+
+    @model_validator(mode="after")
+    def _times(self) -> Self:
+        _kernel(master_data.check_times, self.planned_departure, self.planned_arrival)
+        _kernel(master_data.check_times, self.actual_departure, self.actual_arrival)
+        return self
+
+
+class ShipmentUpdate(_In):
+    """The header fields to change (absent: unchanged; null: cleared) and, when given, the whole
+    list of legs (replacing the stored one). The profile is not changed here (a new shipment is).
+    A state moves forward only: planned, in_transit, delivered; or cancelled before delivery."""
+
+    origin: Line | None = None
+    destination: Line | None = None
+    origin_gln: Gln | None = None
+    destination_gln: Gln | None = None
+    carrier: Line | None = None
+    mode: Mode | None = None
+    planned_departure: Moment | None = None
+    planned_arrival: Moment | None = None
+    actual_departure: Moment | None = None
+    actual_arrival: Moment | None = None
+    state: ShipmentState | None = None
+    legs: list[LegIn] | None = Field(
+        default=None, max_length=100, description="legs in order, `seq` 1, 2, ..."
+    )
+
+    @model_validator(mode="after")
+    def _rules(self) -> Self:
+        if "state" in self.model_fields_set and self.state is None:
+            raise ValueError("state cannot be cleared")
+        if "legs" in self.model_fields_set and self.legs is None:
+            raise ValueError("legs cannot be null; send [] for none")
+        if self.legs is not None and [x.seq for x in self.legs] != list(range(1, len(self.legs) + 1)):
+            raise ValueError("legs are numbered 1, 2, ... in order")
+        return self
+
+
+class AssignmentCreate(_In):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, populate_by_name=True)
+    device: DeviceId
+    from_: Moment = Field(alias="from", description="RFC 3339 with an offset")
+    to: Moment | None = Field(default=None, description="open-ended when null; after `from`")
+    calibration_override: CalibrationOverrideIn | None = Field(
+        default=None,
+        description="QA's signed override, only for a logger out of calibration on `from` (409 without"
+        " it, 422 with it for a logger that is not); as in POST /shipments/{id}/devices",
+    )
+
+
+class AssignmentUpdate(_In):
+    """A correction: a new start, a new end (`to`: ending the ride; null: open-ended again) or
+    another shipment; readings in the old and new window follow, and the rules judge again."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, populate_by_name=True)
+    from_: Moment | None = Field(default=None, alias="from")
+    to: Moment | None = None
+    shipment: ShipmentId | None = None
+    reason: Annotated[str, Field(max_length=2000, pattern=REASON_PATTERN)] | None = Field(
+        default=None, description="why, for the audit trail"
+    )
+
+    @model_validator(mode="after")
+    def _rules(self) -> Self:
+        if "from_" in self.model_fields_set and self.from_ is None:
+            raise ValueError("from cannot be cleared")
+        if "shipment" in self.model_fields_set and self.shipment is None:
+            raise ValueError("shipment cannot be cleared")
+        return self
+
+
+class AssignmentRecordOut(_Out):
+    id: int
+    device: str
+    shipment: str
+    from_: datetime = Field(alias="from", serialization_alias="from")
+    to: datetime | None
+    version: int
+    created_at: datetime
+    updated_at: datetime
+    readings_relinked: int | None = Field(
+        default=None, description="on an add or a correction: readings linked anew to a shipment or to none"
+    )

@@ -5,6 +5,8 @@ ColdchainError
 │   └── DecodeError          a wire payload that cannot be decoded (dead letter)
 ├── NotFoundError            a record that does not exist for this organization (HTTP 404)
 ├── ConflictError            a record that already exists or a state change not allowed (409)
+├── PreconditionFailedError  an edit based on a version that is no longer current (412)
+├── PreconditionRequiredError  an edit that does not say which version it is based on (428)
 ├── AuthError                missing or wrong credentials (401)
 │   └── PermissionDeniedError  a valid identity without the role for the act (403)
 └── ConfigurationError       settings that cannot work (refused at start-up)
@@ -44,6 +46,19 @@ class NotFoundError(ColdchainError):
 
 class ConflictError(ColdchainError):
     """A record that already exists, or a state transition the lifecycle does not allow."""
+
+
+class PreconditionFailedError(ColdchainError):
+    """An edit made against a version of the record that is no longer the current one: someone
+    else changed it in between (optimistic concurrency, `If-Match`)."""
+
+    def __init__(self, message: str, *, current: str | None = None) -> None:
+        super().__init__(message)
+        self.current = current
+
+
+class PreconditionRequiredError(ColdchainError):
+    """An edit that does not name the version it was based on, so it could overwrite another."""
 
 
 class AuthError(ColdchainError):

@@ -44,8 +44,17 @@ import psycopg
 
 from coldchain.domain import SHIPMENT_ID_RE, validate_device_id
 from coldchain.errors import ValidationError
-from coldchain.gs1 import GS1Error, gtin_check_digit, normalize_gtin, validate_lot
+from coldchain.gs1 import GS1Error, normalize_gtin, validate_lot
 from coldchain.gs1 import parse as parse_gs1
+from coldchain.master_data import (
+    check_activation_energy,
+    check_gln,
+    check_labelled_range,
+    check_mode,
+    check_serial,
+    check_times,
+    check_window,
+)
 from coldchain.presets import list_presets
 from storage import imports as store
 
@@ -122,6 +131,14 @@ class _Bad(Exception):
         super().__init__(reason)
         self.field = field_name
         self.reason = reason
+
+
+def _shared(check: Callable[..., Any], *args: Any, field: str) -> Any:
+    """Apply one of the master-data rules the single-record API applies too (coldchain.master_data)."""
+    try:
+        return check(*args, field=field)
+    except ValidationError as exc:
+        raise _Bad(exc.field or field, str(exc)) from None
 
 
 # --- reading the file --------------------------------------------------------------------------
@@ -310,11 +327,7 @@ def _gln(rec: dict[str, Any], name: str, *, required: bool = False) -> str | Non
     value = _text(rec, name, required=required, max_length=13)
     if value is None:
         return None
-    if len(value) != 13 or not value.isdigit():
-        raise _Bad(name, f"a GLN has 13 digits: {value}")
-    if gtin_check_digit(value[:-1]) != int(value[-1]):
-        raise _Bad(name, f"bad GLN check digit: {value}")
-    return value
+    return str(_shared(check_gln, value, field=name))
 
 
 def _lot(rec: dict[str, Any]) -> str:
@@ -386,7 +399,6 @@ def _budget(rec: dict[str, Any]) -> int | None:
 
 
 _SERIAL_SPLIT = re.compile(r"[|\s]+")
-_SERIAL_RE = re.compile(r"[!\"%&'()*+,\-./0-9:;<=>?A-Z_a-z]{1,20}")
 
 
 def _serials(rec: dict[str, Any]) -> list[str] | None:
@@ -402,10 +414,7 @@ def _serials(rec: dict[str, Any]) -> list[str] | None:
     for item in items:
         if not item:
             continue
-        ends = item.split("..")
-        if len(ends) > 2 or not all(_SERIAL_RE.fullmatch(e) for e in ends):
-            raise _Bad("serials", f"serial {item!r} is not 1-20 characters of GS1 AI (21) (or A..B)")
-        out.append(item)
+        out.append(_shared(check_serial, item, field="serials"))
     return out or None
 
 
@@ -417,14 +426,12 @@ def _product(rec: dict[str, Any], profiles: set[str]) -> tuple[Any, ...]:
     name = _text(rec, "name", required=True)
     low = _number(rec, "range_min_c", integer=False)
     high = _number(rec, "range_max_c", integer=False)
-    if low is not None and high is not None and low >= high:
-        raise _Bad("range_max_c", "the labelled range's maximum must be above its minimum")
+    _shared(check_labelled_range, low, high, field="range_max_c")
     profile = _text(rec, "default_profile", max_length=64)
     if profile is not None and profile not in profiles:
         raise _Bad("default_profile", f"unknown alarm profile {profile!r}")
     energy = _number(rec, "activation_energy_kj_mol", integer=False)
-    if energy is not None and not 0 < energy < 1000:
-        raise _Bad("activation_energy_kj_mol", "activation energy must be between 0 and 1000 kJ/mol")
+    _shared(check_activation_energy, energy, field="activation_energy_kj_mol")
     return (gtin, name, low, high, _budget(rec), energy, profile)
 
 
@@ -469,9 +476,6 @@ def _site(rec: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
-_MODES = frozenset({"road", "air", "sea", "rail", "courier", "multimodal"})
-
-
 def _shipment(
     rec: dict[str, Any], profiles: dict[str, int]
 ) -> tuple[tuple[Any, ...], tuple[Any, ...] | None]:
@@ -483,15 +487,10 @@ def _shipment(
     assert profile is not None
     if profile not in profiles:
         raise _Bad("profile", f"unknown alarm profile {profile!r}")
-    mode = _text(rec, "mode", max_length=20)
-    if mode is not None:
-        mode = mode.lower()
-        if mode not in _MODES:
-            raise _Bad("mode", f"mode must be one of {', '.join(sorted(_MODES))}")
+    mode = _shared(check_mode, _text(rec, "mode", max_length=20), field="mode")
     departure = _time(rec, "planned_departure")
     arrival = _time(rec, "planned_arrival")
-    if departure is not None and arrival is not None and arrival < departure:
-        raise _Bad("planned_arrival", "planned arrival is before the planned departure")
+    _shared(check_times, departure, arrival, field="planned_arrival")
     header = (
         shipment_id,
         _text(rec, "origin"),
@@ -524,8 +523,7 @@ def _assignment(rec: dict[str, Any]) -> tuple[Any, ...]:
     start = _time(rec, "from", required=True)
     end = _time(rec, "to")
     assert start is not None
-    if end is not None and end <= start:
-        raise _Bad("to", "the window must end after it starts")
+    _shared(check_window, start, end, field="to")
     return (device, shipment, start, end)
 
 
@@ -541,8 +539,13 @@ def run_import(
     actor: str,
     dry_run: bool = False,
     progress: Progress = _no_progress,
+    may_change_limits: bool = True,
 ) -> ImportReport:
-    """Check and (unless a dry run or any row fails) commit the whole file in one transaction."""
+    """Check and (unless a dry run or any row fails) commit the whole file in one transaction.
+
+    `may_change_limits` false (a caller without QA's change_profile): a row changing a registered
+    product's labelled range, stability budget, activation energy or default profile, or a
+    registered lot's stability budget, fails (segregation of duties, as the single-record API)."""
     report = ImportReport(kind=Kind(kind), dry_run=dry_run, sha256=hashlib.sha256(data).hexdigest())
     progress("reading", 0, len(data))
     records = read_records(data, report)
@@ -550,7 +553,7 @@ def run_import(
     if any(e.row == 0 for e in report.errors) or not records:
         return report  # the file itself is unusable: its rows are not checked one by one
     with conn.transaction():
-        counts = _stage_and_apply(conn, org, report, records, progress)
+        counts = _stage_and_apply(conn, org, report, records, progress, may_change_limits)
         if report.error_count or dry_run:
             raise psycopg.Rollback()  # leaves the block; nothing of this import is kept
         _tally(report, counts)
@@ -596,6 +599,7 @@ def _stage_and_apply(
     report: ImportReport,
     records: list[tuple[int, dict[str, Any]]],
     progress: Progress,
+    may_change_limits: bool = True,
 ) -> store.Counts:
     kind = report.kind
     total = len(records)
@@ -665,6 +669,10 @@ def _stage_and_apply(
     }.get(kind)
     for number, field_name, reason in problems(conn, org=org) if problems else []:
         report.add(number, field_name, reason)
+    qa_only = {Kind.PRODUCTS: store.check_product_limits, Kind.LOTS: store.check_lot_budgets}.get(kind)
+    if qa_only is not None and not may_change_limits:
+        for number, field_name, reason in qa_only(conn, org=org):
+            report.add(number, field_name, reason)
     if report.error_count:
         return {}
     apply = {

@@ -96,8 +96,6 @@ def _apply(
     profile: AlarmProfile,
     excursions: list[Excursion],
     stats: RunStats,
-    *,
-    restarted: bool = False,
 ) -> None:
     if not excursions:
         return
@@ -125,18 +123,19 @@ def _apply(
         if opened:
             stats.alerts_opened += 1
             log.info("alert %d opened: %s", alert_id, key, extra={"device": device_id, "alert": alert_id})
-        elif restarted:  # only a pass over the whole series can bring a withdrawn episode back
-            current = alerts.get_alert(conn, org=work.org_id, alert_id=alert_id)
-            if current.state is AlertState.WITHDRAWN:
+        else:
+            state = alerts.update_episode(
+                conn, alert_id, ended_at=_utc(excursion.end_ms), peak_c=excursion.peak_value
+            )
+            # A withdrawn episode the readings show again: after a pass over the whole series, or
+            # an ordinary pass over readings that came back (a corrected assignment undone joins
+            # them after the series' last reading, so the series is not evaluated from its start).
+            if state is AlertState.WITHDRAWN:
                 alerts.transition(
                     conn, org=work.org_id, alert_id=alert_id, action="reinstate", actor=RULES_ACTOR,
                     comment="supported again by the readings after a re-evaluation",
                 )
                 stats.alerts_opened += 1
-        if not opened:
-            alerts.update_episode(
-                conn, alert_id, ended_at=_utc(excursion.end_ms), peak_c=excursion.peak_value
-            )
         if excursion.resolved_ms is not None:
             current = alerts.get_alert(conn, org=work.org_id, alert_id=alert_id)
             if current.state in (AlertState.OPEN, AlertState.ACKNOWLEDGED):
@@ -157,19 +156,24 @@ def _apply(
 def withdraw_unsupported(
     conn: psycopg.Connection, work: SeriesWork, excursions: list[Excursion], stats: RunStats
 ) -> None:
-    """After a pass over the whole series (late data landed inside what was evaluated), withdraw
-    the alerts of episodes the readings no longer show.
+    """After a pass over the whole series (late data landed inside what was evaluated, or a
+    corrected assignment moved readings in or out), withdraw the alerts of episodes the readings
+    no longer show.
 
     Back-filled readings can fill a gap that looked like a warm hour, or move an episode's start
-    (a new key: the new episode is raised, the old one withdrawn). A closed alert carries QA's
-    signature and stays closed; its history records that late data no longer supports it.
+    (a new key: the new episode is raised, the old one withdrawn). A series whose readings all
+    left is called with no excursions: every alert it had is withdrawn. A closed alert carries
+    QA's signature and stays closed; its history records that the readings no longer support it.
     """
     supported = {episode_key(work.shipment_key, work.device_key, x) for x in excursions}
     prefix = series_prefix(work.shipment_key, work.device_key)
     for key, (alert_id, state) in alerts.series_alerts(conn, org_id=work.org_id, prefix=prefix).items():
         if key in supported or state is AlertState.WITHDRAWN:
             continue
-        reason = "superseded by late data: a re-evaluation of the series no longer finds this excursion"
+        reason = (
+            "superseded by late data or corrected readings:"
+            " a re-evaluation of the series no longer finds this excursion"
+        )
         if state is AlertState.CLOSED:
             alerts.note(conn, org=work.org_id, alert_id=alert_id, actor=RULES_ACTOR, action="unsupported",
                         comment=reason)
@@ -255,7 +259,7 @@ def evaluate_many(conn: psycopg.Connection, work: list[SeriesWork], stats: RunSt
         )
         result = evaluate(series, profile, states[key])
         stats.readings += b - a
-        _apply(conn, item, profile, result.excursions, stats, restarted=key in restarted)
+        _apply(conn, item, profile, result.excursions, stats)
         if key in restarted:
             withdraw_unsupported(conn, item, result.excursions, stats)
         high_c, low_c, high_rh, low_rh = hot_thresholds(profile)
@@ -284,6 +288,13 @@ def evaluate_many(conn: psycopg.Connection, work: list[SeriesWork], stats: RunSt
                 mkt_dhr_k=None if mkt is None else mkt.delta_h_over_r_k,
             )
         )
+    # A series judged before whose readings are all gone (re-linked to another shipment): its
+    # alerts are no longer backed by any reading, and its state goes, so it starts afresh.
+    emptied = sorted(restarted - set(fetched.ranges()))
+    for key in emptied:
+        withdraw_unsupported(conn, by_key[key], [], stats)
+        spending.add(key[0])
+    series_state.forget(conn, emptied)
     stats.series += len(saved)
     series_state.save_states(conn, saved)
     if spending:

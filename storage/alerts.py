@@ -129,13 +129,15 @@ def profile_body(conn: psycopg.Connection, *, org: int, alert_id: int) -> dict[s
 
 def update_episode(
     conn: psycopg.Connection, alert_id: int, *, ended_at: datetime | None, peak_c: float | None
-) -> None:
-    """Keep the episode's end and peak current while it runs (not a lifecycle transition)."""
-    conn.execute(
+) -> AlertState | None:
+    """Keep the episode's end and peak current while it runs (not a lifecycle transition);
+    returns the alert's state, so that a withdrawn one the readings show again is reinstated."""
+    row = conn.execute(
         "UPDATE alerts SET ended_at = %s, peak_c = CASE WHEN %s::real IS NULL THEN peak_c"
-        " ELSE %s::real END WHERE id = %s",
+        " ELSE %s::real END WHERE id = %s RETURNING state",
         (ended_at, peak_c, peak_c, alert_id),
-    )
+    ).fetchone()
+    return None if row is None else AlertState(row[0])
 
 
 def get_alert(conn: psycopg.Connection, *, org: int, alert_id: int) -> Alert:

@@ -20,7 +20,7 @@ from coldchain.calibration import (
     ReferencePoint,
     status_on,
 )
-from coldchain.errors import ConflictError, NotFoundError
+from coldchain.errors import ConflictError, NotFoundError, ValidationError
 from storage.audit import record
 
 
@@ -144,6 +144,38 @@ def refusal(device_id: str, day: date, rec: CalibrationRecord) -> str:
         f"{rec.certificate.certificate_number} ({rec.certificate.laboratory}) was due on "
         f"{rec.certificate.due_on.isoformat()}"
     )
+
+
+def check_assignable(
+    conn: psycopg.Connection,
+    *,
+    device_key: int,
+    device_id: str,
+    day: date,
+    override: str | None,
+    field: str = "calibration_override",
+) -> CalibrationRecord | None:
+    """May this logger start riding on `day`? Out of calibration is refused (409) unless QA's
+    `override` reason comes with it, and an override that is not needed is refused (422) so that
+    no signed deviation is recorded for nothing. Returns the lapsed certificate an override
+    covers (None when none is needed)."""
+    lapsed = lapsed_certificate(conn, device_key=device_key, day=day)
+    if lapsed is not None and override is None:
+        raise ConflictError(
+            refusal(device_id, day, lapsed) + " (QA may override with a signed `calibration_override`)"
+        )
+    if lapsed is None and override is not None:
+        raise ValidationError(
+            f"device {device_id!r} is not out of calibration on {day.isoformat()}: no override is needed",
+            field=field,
+        )
+    return lapsed
+
+
+def has_override(conn: psycopg.Connection, *, assignment_id: int) -> bool:
+    """Whether QA's signed override covers this assignment (its signature covers the window)."""
+    row = conn.execute("SELECT 1 FROM calibration_overrides WHERE assignment_id = %s", (assignment_id,))
+    return row.fetchone() is not None
 
 
 @dataclass(frozen=True, slots=True)

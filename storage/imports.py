@@ -131,6 +131,43 @@ def custom_profile_ids(conn: psycopg.Connection, *, org: int) -> dict[str, int]:
     return {str(r[0]): int(r[1]) for r in rows}
 
 
+def check_product_limits(conn: psycopg.Connection, *, org: int) -> list[Problem]:
+    """Rows that would change what alarms and budgets of a registered product are judged by
+    (labelled range, stability budget, activation energy, default profile): QA's to change."""
+    return _problems(
+        conn,
+        "SELECT s.row, CASE"
+        "  WHEN (p.range_min_c, p.range_max_c) IS DISTINCT FROM (s.range_min_c, s.range_max_c)"
+        "  THEN 'range_min_c'"
+        "  WHEN p.stability_budget_s IS DISTINCT FROM s.stability_budget_s THEN 'stability_budget_s'"
+        "  WHEN p.activation_energy_kj_mol IS DISTINCT FROM s.activation_energy_kj_mol"
+        "  THEN 'activation_energy_kj_mol' ELSE 'default_profile' END,"
+        " 'product ' || s.gtin || ' is registered: changing its labelled range, stability budget,"
+        " activation energy or default profile is QA''s (change_profile)'"
+        " FROM import_products s JOIN products p ON p.org_id = %s AND p.gtin = s.gtin"
+        " LEFT JOIN product_profiles pp ON pp.org_id = p.org_id AND pp.gtin = p.gtin"
+        " WHERE (p.range_min_c, p.range_max_c, p.stability_budget_s, p.activation_energy_kj_mol)"
+        "  IS DISTINCT FROM (s.range_min_c, s.range_max_c, s.stability_budget_s, s.activation_energy_kj_mol)"
+        "  OR (s.default_profile IS NOT NULL AND pp.profile_id IS DISTINCT FROM s.default_profile)"
+        " ORDER BY 1",
+        (org,),
+    )
+
+
+def check_lot_budgets(conn: psycopg.Connection, *, org: int) -> list[Problem]:
+    """Rows naming another stability budget for a registered lot: QA's to change."""
+    return _problems(
+        conn,
+        "SELECT s.row, 'stability_budget_s', 'lot ' || s.gtin || '/' || s.lot || ' is registered:"
+        " changing its stability budget is QA''s (change_profile)' FROM import_lots s"
+        " JOIN lots l ON l.org_id = %s AND l.gtin = s.gtin AND l.lot = s.lot"
+        " WHERE s.stability_budget_s IS NOT NULL"
+        " AND l.stability_budget_s IS DISTINCT FROM s.stability_budget_s"
+        " ORDER BY 1",
+        (org,),
+    )
+
+
 def apply_products(conn: psycopg.Connection, *, org: int) -> Counts:
     """Upsert products and their default profiles; "products" counts a product once, whichever
     of the two changed ("product_profiles" counts the profile rows themselves)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -13,8 +13,11 @@ from psycopg.types.range import Range
 
 from coldchain.domain import Device, DeviceAssignment, Lot, Shipment, ShipmentLot
 from coldchain.errors import ConflictError, NotFoundError, ValidationError
+from coldchain.master_data import Versions, check_state_change, check_version
+from storage import assignments
 from storage.audit import record
-from storage.calibrations import OverrideRow, add_override, lapsed_certificate, refusal
+from storage.calibrations import OverrideRow, add_override, check_assignable
+from storage.rows import fetch_all, fetch_one
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,21 +177,12 @@ def assign_device(
     override: str | None = None,
 ) -> OverrideRow | None:
     """Add a logger to a registered shipment; `override` is QA's reason for one out of
-    calibration (the caller signs the override row returned)."""
-    key = _shipment_key(conn, org=org, shipment_id=shipment_id)
-    with conn.transaction():
-        made = _assign(
-            conn, org=org, shipment_key=key, assignment=assignment, override=override, actor=actor,
-            field="calibration_override",
-        )
-    record(
-        conn,
-        org_id=org,
-        actor=actor,
-        action="assign_device",
-        entity="shipment",
-        key=shipment_id,
-        new={"device": assignment.device_id, "from": _iso(assignment.start), "to": _iso(assignment.end)},
+    calibration (the caller signs the override row returned). The same act as
+    POST /shipments/{id}/assignments: readings the logger already stored in the window join the
+    shipment and are queued for the rules (storage.assignments.add_assignment)."""
+    _, _, made = assignments.add_assignment(
+        conn, org=org, shipment_id=shipment_id, device_id=assignment.device_id, starts=assignment.start,
+        ends=assignment.end, actor=actor, override=override, device_field="id",
     )
     return made
 
@@ -212,18 +206,9 @@ def _assign(
     if row is None:
         raise ValidationError(f"device {assignment.device_id!r} is not registered", field="devices")
     day = assignment.start.astimezone(UTC).date()
-    lapsed = lapsed_certificate(conn, device_key=row[0], day=day)
-    if lapsed is not None and override is None:
-        raise ConflictError(
-            refusal(assignment.device_id, day, lapsed)
-            + " (QA may override with a signed `calibration_override`)"
-        )
-    if lapsed is None and override is not None:
-        raise ValidationError(
-            f"device {assignment.device_id!r} is not out of calibration on {day.isoformat()}:"
-            " no override is needed",
-            field=field,
-        )
+    lapsed = check_assignable(
+        conn, device_key=row[0], device_id=assignment.device_id, day=day, override=override, field=field
+    )
     try:
         with conn.transaction():
             made = conn.execute(
@@ -243,13 +228,20 @@ def _assign(
     )
 
 
-def _shipment_key(conn: psycopg.Connection, *, org: int, shipment_id: str) -> int:
-    row = conn.execute(
-        "SELECT key FROM shipments WHERE org_id = %s AND id = %s", (org, shipment_id)
-    ).fetchone()
-    if row is None:
-        raise NotFoundError("shipment", shipment_id)
-    return int(row[0])
+@dataclass(frozen=True, slots=True)
+class LegRow:
+    """One leg of a shipment, in order (`seq` from 1)."""
+
+    seq: int
+    origin_gln: str | None
+    destination_gln: str | None
+    carrier: str | None
+    mode: str | None
+    planned_departure: datetime | None
+    planned_arrival: datetime | None
+    actual_departure: datetime | None
+    actual_arrival: datetime | None
+    state: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,30 +250,90 @@ class ShipmentRecord:
     key: int
     profile_version: int
     created_at: datetime
+    origin_gln: str | None = None
+    destination_gln: str | None = None
+    carrier: str | None = None
+    mode: str | None = None
+    planned_departure: datetime | None = None
+    planned_arrival: datetime | None = None
+    actual_departure: datetime | None = None
+    actual_arrival: datetime | None = None
+    state: str = "planned"
+    version: int = 1
+    updated_at: datetime | None = None
+    legs: tuple[LegRow, ...] = ()
+    erp_ref: str | None = None  # set by the ERP (PUT /erp/shipments/{id}/reference), not an edit
+
+    def document(self) -> dict[str, Any]:
+        """The editable values, as the audit trail records them."""
+        return {
+            "origin": self.shipment.origin,
+            "destination": self.shipment.destination,
+            **{name: _json_value(getattr(self, name)) for name in _HEADER_COLUMNS},
+            "legs": [{k: _json_value(v) for k, v in asdict(leg).items()} for leg in self.legs],
+        }
 
 
-def get_shipment(conn: psycopg.Connection, *, org: int, shipment_id: str) -> ShipmentRecord:
-    row = conn.execute(
-        "SELECT s.key, s.origin, s.destination, s.profile_id, s.profile_version, s.created_at, o.slug"
-        " FROM shipments s JOIN organizations o ON o.id = s.org_id WHERE s.org_id = %s AND s.id = %s",
-        (org, shipment_id),
-    ).fetchone()
+SHIPMENT_EDITABLE = (
+    "origin", "destination", "origin_gln", "destination_gln", "carrier", "mode", "planned_departure",
+    "planned_arrival", "actual_departure", "actual_arrival", "state",
+)
+_HEADER_COLUMNS = SHIPMENT_EDITABLE[2:]  # what the domain Shipment does not carry
+_SHIPMENT_SELECT = (
+    "SELECT s.key, s.id, s.origin, s.destination, s.profile_id, s.profile_version, s.created_at,"
+    " o.slug AS organization, s.origin_gln, s.destination_gln, s.carrier, s.mode, s.planned_departure,"
+    " s.planned_arrival, s.actual_departure, s.actual_arrival, s.state, s.version,"
+    " coalesce(s.updated_at, s.created_at) AS updated_at, s.erp_ref"
+    " FROM shipments s JOIN organizations o ON o.id = s.org_id"
+)
+
+
+def get_shipment(
+    conn: psycopg.Connection, *, org: int, shipment_id: str, lock: bool = False
+) -> ShipmentRecord:
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(
+            _SHIPMENT_SELECT + " WHERE s.org_id = %s AND s.id = %s" + (" FOR UPDATE OF s" if lock else ""),
+            (org, shipment_id),
+        ).fetchone()
     if row is None:
         raise NotFoundError("shipment", shipment_id)
-    return _shipment_record(conn, shipment_id, row)
+    return _shipment_record(conn, row)
 
 
-def list_shipments(conn: psycopg.Connection, *, org: int) -> list[ShipmentRecord]:
-    rows = conn.execute(
-        "SELECT s.key, s.origin, s.destination, s.profile_id, s.profile_version, s.created_at, o.slug, s.id"
-        " FROM shipments s JOIN organizations o ON o.id = s.org_id WHERE s.org_id = %s ORDER BY s.id",
-        (org,),
-    ).fetchall()
-    return [_shipment_record(conn, r[7], r) for r in rows]
+def list_shipments(
+    conn: psycopg.Connection,
+    *,
+    org: int,
+    state: str | None = None,
+    origin: str | None = None,
+    destination: str | None = None,
+    carrier: str | None = None,
+    updated_since: datetime | None = None,
+    after: str | None = None,
+    limit: int | None = None,
+) -> list[ShipmentRecord]:
+    """Shipments in id order after `after`; `origin`/`destination` match the name or the GLN."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            _SHIPMENT_SELECT + " WHERE s.org_id = %(org)s AND (%(after)s::text IS NULL OR s.id > %(after)s)"
+            " AND (%(state)s::text IS NULL OR s.state = %(state)s)"
+            " AND (%(origin)s::text IS NULL OR s.origin = %(origin)s OR s.origin_gln = %(origin)s)"
+            " AND (%(destination)s::text IS NULL OR s.destination = %(destination)s"
+            "  OR s.destination_gln = %(destination)s)"
+            " AND (%(carrier)s::text IS NULL OR s.carrier = %(carrier)s)"
+            " AND (%(since)s::timestamptz IS NULL OR coalesce(s.updated_at, s.created_at) >= %(since)s)"
+            " ORDER BY s.id LIMIT %(limit)s",
+            {
+                "org": org, "after": after, "state": state, "origin": origin, "destination": destination,
+                "carrier": carrier, "since": updated_since, "limit": limit,
+            },
+        ).fetchall()
+    return [_shipment_record(conn, r) for r in rows]
 
 
-def _shipment_record(conn: psycopg.Connection, shipment_id: str, row: tuple[Any, ...]) -> ShipmentRecord:
-    key = int(row[0])
+def _shipment_record(conn: psycopg.Connection, row: dict[str, Any]) -> ShipmentRecord:
+    key = int(row["key"])
     lots = conn.execute(
         "SELECT sl.gtin, sl.lot, l.expiry, sl.quantity FROM shipment_lots sl"
         " JOIN lots l USING (org_id, gtin, lot) WHERE sl.shipment_key = %s ORDER BY sl.gtin, sl.lot",
@@ -292,16 +344,97 @@ def _shipment_record(conn: psycopg.Connection, shipment_id: str, row: tuple[Any,
         " JOIN devices d ON d.key = a.device_key WHERE a.shipment_key = %s ORDER BY lower(a.during), d.id",
         (key,),
     ).fetchall()
+    legs = fetch_all(
+        conn,
+        LegRow,
+        "SELECT seq, origin_gln, destination_gln, carrier, mode, planned_departure, planned_arrival,"
+        " actual_departure, actual_arrival, state FROM shipment_legs WHERE shipment_key = %s ORDER BY seq",
+        (key,),
+    )
     shipment = Shipment(
-        id=shipment_id,
-        profile=row[3],
-        origin=row[1],
-        destination=row[2],
-        organization=row[6],
+        id=row["id"],
+        profile=row["profile_id"],
+        origin=row["origin"],
+        destination=row["destination"],
+        organization=row["organization"],
         lots=tuple(ShipmentLot(Lot(g, lt, e), q) for g, lt, e, q in lots),
         devices=tuple(DeviceAssignment(d, s, e) for d, s, e in devices),
     )
-    return ShipmentRecord(shipment=shipment, key=key, profile_version=int(row[4]), created_at=row[5])
+    return ShipmentRecord(
+        shipment=shipment,
+        key=key,
+        profile_version=int(row["profile_version"]),
+        created_at=row["created_at"],
+        **{name: row[name] for name in _HEADER_COLUMNS},
+        version=int(row["version"]),
+        updated_at=row["updated_at"],
+        legs=tuple(legs),
+        erp_ref=row["erp_ref"],
+    )
+
+
+def update_shipment(
+    conn: psycopg.Connection,
+    *,
+    org: int,
+    shipment_id: str,
+    changes: dict[str, Any],
+    legs: list[dict[str, Any]] | None,
+    accepted: Versions,
+    actor: str,
+) -> ShipmentRecord:
+    """Change a shipment's header fields and (when `legs` is given) replace its legs, if it is
+    still at an accepted version; a state may only move forward (409)."""
+    with conn.transaction():
+        current = get_shipment(conn, org=org, shipment_id=shipment_id, lock=True)
+        check_version(f"shipment {shipment_id}", current.version, accepted)
+        before = current.document()
+        wanted = {k: _json_value(v) for k, v in changes.items()}
+        diff = [k for k, v in wanted.items() if before.get(k) != v]
+        new_legs = [{k: _json_value(v) for k, v in leg.items()} for leg in legs] if legs is not None else None
+        legs_changed = new_legs is not None and new_legs != before["legs"]
+        if not diff and not legs_changed:
+            return current
+        if "state" in diff:
+            check_state_change(current.state, changes["state"])
+        for old_leg, leg in zip(current.legs, legs or [], strict=False):
+            if old_leg.seq == leg["seq"]:
+                check_state_change(old_leg.state, leg["state"], what=f"leg {leg['seq']}")
+        merged = {name: getattr(current, name) for name in _HEADER_COLUMNS}
+        merged |= {"origin": current.shipment.origin, "destination": current.shipment.destination}
+        merged |= {k: changes[k] for k in diff}
+        conn.execute(
+            "UPDATE shipments SET origin = %(origin)s, destination = %(destination)s,"
+            " origin_gln = %(origin_gln)s, destination_gln = %(destination_gln)s, carrier = %(carrier)s,"
+            " mode = %(mode)s, planned_departure = %(planned_departure)s,"
+            " planned_arrival = %(planned_arrival)s, actual_departure = %(actual_departure)s,"
+            " actual_arrival = %(actual_arrival)s, state = %(state)s,"
+            " updated_at = clock_timestamp() WHERE key = %(key)s",
+            {**merged, "key": current.key},
+        )
+        if legs is not None and legs_changed:
+            conn.execute("DELETE FROM shipment_legs WHERE shipment_key = %s", (current.key,))
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO shipment_legs (shipment_key, seq, origin_gln, destination_gln, carrier,"
+                    " mode, planned_departure, planned_arrival, actual_departure, actual_arrival, state)"
+                    " VALUES (%(key)s, %(seq)s, %(origin_gln)s, %(destination_gln)s, %(carrier)s, %(mode)s,"
+                    " %(planned_departure)s, %(planned_arrival)s, %(actual_departure)s, %(actual_arrival)s,"
+                    " %(state)s)",
+                    [{**leg, "key": current.key} for leg in legs],
+                )
+        after = get_shipment(conn, org=org, shipment_id=shipment_id)
+        changed = [*diff, *(["legs"] if legs_changed else [])]
+        now = after.document()
+        record(
+            conn, org_id=org, actor=actor, action="update", entity="shipment", key=shipment_id,
+            old={k: before[k] for k in changed}, new={k: now[k] for k in changed},
+        )
+    return after
+
+
+def _json_value(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, date | datetime) else value
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,3 +490,148 @@ def shipment_document(shipment: Shipment) -> dict[str, Any]:
 
 def _iso(value: date | datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
+
+
+# --- lots as master data: one lot's own values, edited against the version read ---------------
+
+
+@dataclass(frozen=True, slots=True)
+class LotMasterRow:
+    gtin: str
+    lot: str
+    expiry: date | None
+    quantity: int | None
+    serials: tuple[str, ...] | None
+    stability_budget_s: int | None
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "gtin": self.gtin,
+            "lot": self.lot,
+            "expiry": _iso(self.expiry),
+            "quantity": self.quantity,
+            "serials": list(self.serials) if self.serials is not None else None,
+            "stability_budget_s": self.stability_budget_s,
+        }
+
+
+LOT_EDITABLE = ("expiry", "quantity", "serials", "stability_budget_s")
+_LOT_SELECT = (
+    "SELECT gtin, lot, expiry, quantity, serials, stability_budget_s, version, created_at,"
+    " coalesce(updated_at, created_at) AS updated_at FROM lots"
+)
+
+
+def get_lot_master(conn: psycopg.Connection, *, org: int, gtin: str, lot: str) -> LotMasterRow:
+    row = fetch_one(
+        conn, LotMasterRow, _LOT_SELECT + " WHERE org_id = %s AND gtin = %s AND lot = %s", (org, gtin, lot)
+    )
+    if row is None:
+        raise NotFoundError("lot", f"{gtin}/{lot}")
+    return row
+
+
+def list_lots(
+    conn: psycopg.Connection,
+    *,
+    org: int,
+    gtin: str,
+    expires_from: date | None,
+    expires_before: date | None,
+    after: str | None,
+    limit: int,
+) -> list[LotMasterRow]:
+    """A product's lots in lot order after `after`, optionally by expiry (from, inclusive; before,
+    exclusive; a lot without an expiry matches neither bound)."""
+    return fetch_all(
+        conn,
+        LotMasterRow,
+        _LOT_SELECT + " WHERE org_id = %(org)s AND gtin = %(gtin)s"
+        " AND (%(after)s::text IS NULL OR lot > %(after)s)"
+        " AND (%(from)s::date IS NULL OR expiry >= %(from)s)"
+        " AND (%(before)s::date IS NULL OR expiry < %(before)s)"
+        " ORDER BY lot LIMIT %(limit)s",
+        {
+            "org": org, "gtin": gtin, "after": after, "from": expires_from, "before": expires_before,
+            "limit": limit,
+        },
+    )
+
+
+def create_lot(conn: psycopg.Connection, *, org: int, values: dict[str, Any], actor: str) -> LotMasterRow:
+    """A new lot of a registered product (404 otherwise, 409 if the lot exists); a lot that names
+    no stability budget takes its product's, as an import does."""
+    gtin, lot = values["gtin"], values["lot"]
+    with conn.transaction():
+        product = conn.execute(
+            "SELECT stability_budget_s FROM products WHERE org_id = %s AND gtin = %s", (org, gtin)
+        ).fetchone()
+        if product is None:
+            raise NotFoundError("product", gtin)
+        budget = values.get("stability_budget_s")
+        try:
+            with conn.transaction():
+                conn.execute(
+                    "INSERT INTO lots (org_id, gtin, lot, expiry, quantity, serials, stability_budget_s)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                    (
+                        org, gtin, lot, values.get("expiry"), values.get("quantity"), values.get("serials"),
+                        budget if budget is not None else product[0],
+                    ),
+                )
+        except pg_errors.UniqueViolation:
+            raise ConflictError(f"lot {gtin}/{lot} is already registered") from None
+        created = get_lot_master(conn, org=org, gtin=gtin, lot=lot)
+        record(
+            conn, org_id=org, actor=actor, action="create", entity="lot", key=f"{gtin}/{lot}",
+            new=created.document(),
+        )
+    return created
+
+
+def update_lot(
+    conn: psycopg.Connection,
+    *,
+    org: int,
+    gtin: str,
+    lot: str,
+    changes: dict[str, Any],
+    accepted: Versions,
+    actor: str,
+) -> LotMasterRow:
+    with conn.transaction():
+        current = fetch_one(
+            conn,
+            LotMasterRow,
+            _LOT_SELECT + " WHERE org_id = %s AND gtin = %s AND lot = %s FOR UPDATE",
+            (org, gtin, lot),
+        )
+        if current is None:
+            raise NotFoundError("lot", f"{gtin}/{lot}")
+        check_version(f"lot {gtin}/{lot}", current.version, accepted)
+        before = current.document()
+        wanted = {k: _iso(v) if isinstance(v, date) else v for k, v in changes.items()}
+        diff = [k for k, v in wanted.items() if before.get(k) != v]
+        if not diff:
+            return current
+        merged = {
+            "expiry": current.expiry,
+            "quantity": current.quantity,
+            "serials": list(current.serials) if current.serials is not None else None,
+            "stability_budget_s": current.stability_budget_s,
+            **{k: changes[k] for k in diff},
+        }
+        conn.execute(
+            "UPDATE lots SET expiry = %s, quantity = %s, serials = %s, stability_budget_s = %s"
+            " WHERE org_id = %s AND gtin = %s AND lot = %s",
+            (*(merged[c] for c in LOT_EDITABLE), org, gtin, lot),
+        )
+        after = get_lot_master(conn, org=org, gtin=gtin, lot=lot)
+        record(
+            conn, org_id=org, actor=actor, action="update", entity="lot", key=f"{gtin}/{lot}",
+            old={k: before[k] for k in diff}, new={k: after.document()[k] for k in diff},
+        )
+    return after

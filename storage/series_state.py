@@ -182,6 +182,16 @@ class SeriesStateRow:
     mkt_dhr_k: float | None = None
 
 
+def forget(conn: psycopg.Connection, keys: list[tuple[int, int]]) -> None:
+    """Drop the engine state of series (shipment, device) that no longer have any reading."""
+    if keys:
+        conn.execute(
+            "DELETE FROM rule_series_state r USING unnest(%s::int[], %s::int[]) AS w(s, d)"
+            " WHERE r.shipment_key = w.s AND r.device_key = w.d",
+            ([k[0] for k in keys], [k[1] for k in keys]),
+        )
+
+
 def save_states(conn: psycopg.Connection, rows: list[SeriesStateRow]) -> None:
     """Store many series' engine states in one statement (one JSON document, parsed by the server)."""
     if not rows:

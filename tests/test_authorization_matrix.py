@@ -22,6 +22,7 @@ from api.field_data import import_and_compare
 from coldchain.alarm_profile import AlarmProfile
 from coldchain.calibration import CalibrationCertificate
 from coldchain.domain import Device, Lot, Severity, Shipment, ShipmentLot
+from coldchain.gs1 import gtin_check_digit
 from coldchain.presets import get_preset
 from coldchain.settings import Settings
 from erp import credentials
@@ -30,11 +31,24 @@ from erp.recalls import RecallRequest, open_recall
 from ingest.core import AcceptanceBounds
 from ingest.files.generic_csv import ColumnMapping
 from ingest.files.importer import file_writer
-from storage import alerts, auth, calibrations, erp_outbox, logger_files, profile_changes, profiles, registry
+from storage import (
+    alerts,
+    assignments,
+    auth,
+    calibrations,
+    erp_outbox,
+    logger_files,
+    products,
+    profile_changes,
+    profiles,
+    registry,
+    sites,
+)
 from storage.db import open_pool
 from tests.support.identity import PASSWORD, login, make_user, signature
 
 GTIN = "09506000134352"
+GLN = "9520123000011"  # not the one the import row of the walk brings
 LOGGERS = Path(__file__).parent / "data" / "loggers"
 EPCIS = Path(__file__).parent / "data" / "epcis"
 HOME_FILE = "QTag_CLm_doc_LR__RCPJ00010_02_202211090128.txt"  # kept in _home for device D1
@@ -146,6 +160,25 @@ MATRIX: dict[tuple[str, str], Expectation] = {
     ("GET", "/api/v1/recalls/{recall_id}"): (READ, True),
     ("POST", "/api/v1/recalls/{recall_id}/close"): (QA, True),  # DISPOSITION, signed
     ("POST", "/api/v1/recalls/{recall_id}/consignees/{consignee_id}/acknowledge"): (ACK, True),
+    # Master data: registered and edited by REGISTER; the alarm-relevant fields are QA's
+    # (tests/test_master_data.py checks those field by field).
+    ("GET", "/api/v1/products"): (READ, False),
+    ("POST", "/api/v1/products"): (REGISTER, False),
+    ("GET", "/api/v1/products/{gtin}"): (READ, True),
+    ("PATCH", "/api/v1/products/{gtin}"): (REGISTER, True),
+    ("GET", "/api/v1/products/{gtin}/lots"): (READ, True),
+    ("POST", "/api/v1/products/{gtin}/lots"): (REGISTER, True),
+    ("GET", "/api/v1/products/{gtin}/lots/{lot}"): (READ, True),
+    ("PATCH", "/api/v1/products/{gtin}/lots/{lot}"): (REGISTER, True),
+    ("GET", "/api/v1/sites"): (READ, False),
+    ("POST", "/api/v1/sites"): (REGISTER, False),
+    ("GET", "/api/v1/sites/{gln}"): (READ, True),
+    ("PATCH", "/api/v1/sites/{gln}"): (REGISTER, True),
+    ("PATCH", "/api/v1/shipments/{shipment_id}"): (REGISTER, True),
+    ("GET", "/api/v1/shipments/{shipment_id}/assignments"): (READ, True),
+    ("POST", "/api/v1/shipments/{shipment_id}/assignments"): (REGISTER, True),
+    ("GET", "/api/v1/assignments/{assignment_id}"): (READ, True),
+    ("PATCH", "/api/v1/assignments/{assignment_id}"): (REGISTER, True),
     # ERP connections hold credentials: administrators only; what was pushed is everyone's to read.
     ("GET", "/api/v1/erp/connections"): (ADMIN, False),
     ("GET", "/api/v1/erp/connections/{connection_id}"): (ADMIN, True),
@@ -171,6 +204,12 @@ def _home(db: psycopg.Connection, settings: Settings) -> dict[str, Any]:
     shipment = Shipment(id="S1", lots=(ShipmentLot(lot, 10),), profile="2-8C")
     registry.create_shipment(db, org=1, shipment=shipment, profile_version=1, actor="t")
     ship_key = registry.get_shipment(db, org=1, shipment_id="S1").key
+    products.create_product(db, org=1, gtin=GTIN, values={"name": "Home product"}, actor="t")
+    sites.create_site(db, org=1, gln=GLN, name="Home site", address=None, actor="t")
+    ride, _, _ = assignments.add_assignment(
+        db, org=1, shipment_id="S1", device_id="D1", starts=datetime(2026, 11, 1, tzinfo=UTC),
+        ends=datetime(2026, 11, 2, tzinfo=UTC), actor="t",
+    )
     device_key = db.execute("SELECT key FROM devices WHERE id = 'D1'").fetchone()
     assert device_key is not None
     with db.transaction():
@@ -225,6 +264,7 @@ def _home(db: psycopg.Connection, settings: Settings) -> dict[str, Any]:
         "calibration": calibration.id,
         "recall": recall.id,
         "consignee": recall.consignees[0].id,
+        "assignment": ride.id,
     }
 
 
@@ -272,6 +312,8 @@ def _request(method: str, path: str, who: str, ids: dict[str, Any], tokens: dict
         "consignee_id": ids["consignee"],
         "capture_id": ids["capture"],
         "name": "home-csv",
+        "gln": GLN,
+        "assignment_id": ids["assignment"],
         "connection_id": "erp-home",
         "delivery_id": ids["erp_delivery"],
     }
@@ -368,8 +410,22 @@ def _request(method: str, path: str, who: str, ids: dict[str, Any], tokens: dict
         body = {"refresh_token": tokens[who]["refresh_token"] if who in tokens else "ccr_unknown"}
     elif (method, path) == ("POST", "/api/v1/users"):
         body = {"email": f"new-{who}@home.org", "name": "New", "roles": ["viewer"], "password": PASSWORD}
+    elif (method, path) == ("POST", "/api/v1/products"):
+        body = {"gtin": _numbered(f"0950601{PRINCIPALS.index(who):05d}"), "name": f"Product of {who}"}
+    elif (method, path) == ("POST", "/api/v1/sites"):
+        body = {"gln": _numbered(f"95201200{PRINCIPALS.index(who):04d}"), "name": f"Site of {who}"}
+    elif (method, path) == ("POST", "/api/v1/products/{gtin}/lots"):
+        body = {"lot": f"L2-{who}"}
+    elif (method, path) == ("POST", "/api/v1/shipments/{shipment_id}/assignments"):
+        day = PRINCIPALS.index(who) + 3
+        body = {"device": "D1", "from": f"2026-11-{day:02d}T00:00:00Z", "to": f"2026-11-{day:02d}T12:00:00Z"}
     elif method == "PATCH":
-        body = {"name": f"Renamed by {who}"}
+        headers = {"If-Match": "*"}  # master-data edits need it; the others ignore it
+        body = {
+            "/api/v1/products/{gtin}/lots/{lot}": {"quantity": 11},
+            "/api/v1/shipments/{shipment_id}": {"carrier": f"Carrier of {who}"},
+            "/api/v1/assignments/{assignment_id}": {"reason": f"checked by {who}"},
+        }.get(path, {"name": f"Renamed by {who}"})
     elif path.endswith("/me/password"):  # the same password again: refused by policy (422), not by role
         body = {"current_password": PASSWORD, "new_password": PASSWORD}
     elif path.endswith("/totp"):
@@ -386,6 +442,11 @@ def _request(method: str, path: str, who: str, ids: dict[str, Any], tokens: dict
         "method": method, "url": url, "json": body, "data": data, "params": params,
         "files": files, "content": content, "headers": headers,
     }
+
+
+def _numbered(body: str) -> str:
+    """A GTIN-14 or GLN: the digits and their check digit."""
+    return body + str(gtin_check_digit(body))
 
 
 def _send(client: TestClient, call: dict[str, Any], auth_headers: dict[str, str]) -> Any:

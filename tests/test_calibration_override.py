@@ -217,3 +217,51 @@ def test_qa_alone_adds_an_overridden_logger_to_a_registered_shipment(
     assert assignment["id"] == "OLD-1"
     assert assignment["calibration_override"]["signatures"][0]["signer"] == "Ann Example"
     assert [e["action"] for e in audit.trail(db, 1, "shipment", "SO-7")] == ["create", "assign_device"]
+
+
+def test_the_assignments_route_takes_the_same_override_and_an_overridden_ride_is_not_corrected(
+    client: TestClient, db: psycopg.Connection, lapsed: str
+) -> None:
+    """POST /shipments/{id}/assignments is the same act as POST /shipments/{id}/devices: refused
+    without QA's override, QA's alone with it, signed and shown; the window an override's
+    signature covers cannot be corrected afterwards (409), nor moved to a lapsed day."""
+    make_user(db, "lee@x.org", ["logistics"])
+    make_user(db, "ann@x.org", ["qa"], name="Ann Example")
+    logistics, qa = bearer(client, "lee@x.org"), bearer(client, "ann@x.org")
+    assert client.post("/api/v1/shipments", headers=logistics,
+                       json={"id": "SO-8", "lots": [{"gtin": GTIN, "lot": "A1"}]}).status_code == 201
+    url = "/api/v1/shipments/SO-8/assignments"
+    plain = {"device": lapsed, "from": START, "to": "2026-11-03T00:00:00Z"}
+    refused = client.post(url, headers=logistics, json=plain)
+    assert refused.status_code == 409 and "K-2025-7" in refused.json()["message"]
+    assert "calibration_override" in refused.json()["message"]
+    overridden = {**plain, "calibration_override": _override()}
+    assert client.post(url, headers=logistics, json=overridden).status_code == 403
+    assert client.post(url, headers=qa, json=plain).status_code == 403
+    wrong = client.post(url, headers=qa, json={**plain, "calibration_override": _override(password="wrong")})
+    assert wrong.status_code == 401
+    assert db.execute("SELECT count(*) FROM calibration_overrides").fetchone() == (0,)
+    done = client.post(url, headers=qa, json={**plain, "calibration_override": _override()})
+    assert done.status_code == 201, done.text
+    assert done.headers["ETag"] == '"v1"'
+    shown = client.get("/api/v1/shipments/SO-8", headers=logistics).json()
+    [assignment] = shown["devices"]
+    assert assignment["calibration_override"]["signatures"][0]["signer"] == "Ann Example"
+    trail = [e["action"] for e in audit.trail(db, 1, "assignment", str(done.json()["id"]))]
+    assert trail == ["assign_device"]
+    assert [e["action"] for e in audit.trail(db, 1, "shipment", "SO-8")] == ["create", "assign_device"]
+    fixed = client.patch(f"/api/v1/assignments/{done.json()['id']}", headers={**logistics, "If-Match": "*"},
+                         json={"to": "2026-11-02T00:00:00Z"})
+    assert fixed.status_code == 409 and "override" in fixed.json()["message"]
+
+    # a calibrated logger's window moved onto a day it is out of calibration: 409, naming the
+    # certificate (a correction carries no override; QA adds such a ride with one)
+    registry.create_device(db, org=1, device=Device(id="NEW-1"), actor="t")
+    _cert(db, "NEW-1", date(2025, 11, 5), date(2026, 11, 5), "K-2025-9")
+    ride = client.post(url, headers=logistics,
+                       json={"device": "NEW-1", "from": "2026-11-02T00:00:00Z", "to": "2026-11-03T00:00:00Z"})
+    assert ride.status_code == 201, ride.text
+    late = client.patch(f"/api/v1/assignments/{ride.json()['id']}", headers={**logistics, "If-Match": "*"},
+                        json={"from": "2026-11-06T00:00:00Z", "to": "2026-11-07T00:00:00Z"})
+    assert late.status_code == 409 and "K-2025-9" in late.json()["message"]
+    assert client.get(f"/api/v1/assignments/{ride.json()['id']}", headers=logistics).json()["version"] == 1
