@@ -183,9 +183,15 @@ def test_dashboard_is_served(client: TestClient) -> None:
     assert res.status_code == 200 and "Alerts needing attention" in res.text
 
 
-def test_products_default_the_shipment_profile(client: TestClient, admin_token: str) -> None:
+def test_products_default_the_shipment_profile(
+    client: TestClient, admin_token: str, db: psycopg.Connection
+) -> None:
     h = _h(admin_token)
-    res = client.put(f"/api/v1/products/{GTIN}/profile", json={"profile": "15-25C"}, headers=h)
+    # Which limits a product travels under is QA's change control, not the registrar's.
+    denied = client.put(f"/api/v1/products/{GTIN}/profile", json={"profile": "15-25C"}, headers=h)
+    assert denied.status_code == 403
+    qa = _h(auth.create_token(db, org=1, name="qa", role=Role.QA, actor="test"))
+    res = client.put(f"/api/v1/products/{GTIN}/profile", json={"profile": "15-25C"}, headers=qa)
     assert res.status_code == 200, res.text
     body = {"id": "SO-CRT", "lots": [{"gtin": GTIN, "lot": "B1"}]}
     assert client.post("/api/v1/shipments", json=body, headers=h).json()["profile"] == "15-25C"
@@ -193,6 +199,5 @@ def test_products_default_the_shipment_profile(client: TestClient, admin_token: 
     assert client.post("/api/v1/shipments", json=body, headers=h).json()["profile"] == "frozen-20C"
     body = {"id": "SO-OTHER", "lots": [{"gtin": "09506000134376", "lot": "C1"}]}
     assert client.post("/api/v1/shipments", json=body, headers=h).json()["profile"] == "2-8C"
-    assert (
-        client.put(f"/api/v1/products/{GTIN}/profile", json={"profile": "nope"}, headers=h).status_code == 404
-    )
+    unknown = client.put(f"/api/v1/products/{GTIN}/profile", json={"profile": "nope"}, headers=qa)
+    assert unknown.status_code == 404

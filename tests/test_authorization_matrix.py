@@ -95,7 +95,7 @@ MATRIX: dict[tuple[str, str], Expectation] = {
     ("GET", "/api/v1/profiles/{profile_id}/versions"): (READ, True),
     ("POST", "/api/v1/profiles/{profile_id}/versions/{version}/approve"): (QA, True),
     ("POST", "/api/v1/profiles/{profile_id}/versions/{version}/rollback"): (QA, True),
-    ("PUT", "/api/v1/products/{gtin}/profile"): (REGISTER, False),
+    ("PUT", "/api/v1/products/{gtin}/profile"): (QA, False),  # which limits apply: QA's
     ("GET", "/api/v1/lots/{gtin}/{lot}"): (READ, True),
     ("POST", "/api/v1/lots/{gtin}/{lot}/credits"): (QA, True),
     ("POST", "/api/v1/lots/{gtin}/{lot}/disposition"): (QA, True),  # admin alone may not

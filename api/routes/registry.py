@@ -457,8 +457,10 @@ def create_profile(body: AlarmProfileBody, conn: Conn, caller: Caller) -> Profil
 def set_product_profile(
     gtin: GtinPath, body: ProductProfileBody, conn: Conn, caller: Caller
 ) -> ProductProfileOut:
-    """The alarm profile shipments of this product travel under when they name none."""
-    caller.require(Permission.REGISTER)
+    """The alarm profile shipments of this product travel under when they name none: which limits
+    a product is judged by is QA's change control (as on PATCH /products/{gtin}), not the
+    registrar's or the ERP's."""
+    caller.require(Permission.CHANGE_PROFILE)
     normalized = normalize_gtin(check_gtin(gtin))
     profiles.set_product_default(
         conn, org=caller.org_id, gtin=normalized, profile_id=body.profile, actor=caller.name
