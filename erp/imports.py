@@ -56,6 +56,7 @@ from coldchain.master_data import (
     check_window,
 )
 from coldchain.presets import list_presets
+from storage import device_config
 from storage import imports as store
 
 MAX_REPORTED_ERRORS = 1000
@@ -556,6 +557,11 @@ def run_import(
         counts = _stage_and_apply(conn, org, report, records, progress, may_change_limits)
         if report.error_count or dry_run:
             raise psycopg.Rollback()  # leaves the block; nothing of this import is kept
+        if report.kind is Kind.ASSIGNMENTS:  # each logger's config names the shipment it rides
+            for device_id in store.newly_assigned_devices(conn):
+                device_config.follow_assignment(
+                    conn, org=org, device_id=device_id, actor=actor, reason="assigned by a bulk import"
+                )
         _tally(report, counts)
         if report.inserted or report.updated:
             report.import_id = store.record_import(

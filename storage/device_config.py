@@ -16,6 +16,8 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from coldchain.errors import NotFoundError
+from coldchain.wire import DeviceConfig
+from storage import profiles, registry
 from storage.audit import record
 from storage.listen import Wakeup, wake
 from storage.rows import fetch_all, fetch_one
@@ -170,3 +172,41 @@ def mark_failed(conn: psycopg.Connection, *, device_key: int, error: str) -> Non
         " WHERE device_key = %s",
         (error[:500], device_key),
     )
+
+
+TIMING_KEYS = ("interval_s", "batch_size", "batch_age_s")
+
+
+def follow_assignment(
+    conn: psycopg.Connection,
+    *,
+    org: int,
+    device_id: str,
+    actor: str,
+    reason: str,
+    timing: dict[str, int] | None = None,
+) -> DesiredConfig:
+    """Write the device's next config version in the caller's transaction: the shipment it rides
+    with now (or next) and that shipment's local alarm, with `timing` (None: the interval and
+    batching of the last version, or the registered interval and the defaults). Every way a
+    logger is assigned (the API, a bulk import, a corrected window) ends here."""
+    if timing is None:
+        last = get(conn, org=org, device_id=device_id)
+        if last is not None:
+            timing = {k: int(last.body[k]) for k in TIMING_KEYS if k in last.body}
+        else:
+            timing = {"interval_s": registry.get_device(conn, org=org, device_id=device_id).device.interval_s}
+    assignment = current_assignment(conn, org=org, device_id=device_id)
+    profile = None
+    if assignment is not None:
+        profile = profiles.resolve_version(
+            conn, org=org, profile_id=assignment.profile_id, version=assignment.profile_version
+        ).edge_alarm()
+    config = DeviceConfig(
+        version=1,
+        shipment=None if assignment is None else assignment.shipment_id,
+        profile=profile,
+        **{k: v for k, v in timing.items() if k in TIMING_KEYS},
+    )
+    body = {k: getattr(config, k) for k in DeviceConfig.__slots__ if k != "version"}
+    return desire(conn, org=org, device_id=device_id, body=body, actor=actor, reason=reason)

@@ -368,6 +368,17 @@ def apply_assignments(conn: psycopg.Connection, *, org: int) -> Counts:
     return {"device_assignments": (inserted, 0)}
 
 
+def newly_assigned_devices(conn: psycopg.Connection) -> list[str]:
+    """The devices `apply_assignments` gave a new window (in its transaction), in id order."""
+    return [
+        str(r[0])
+        for r in conn.execute(
+            "SELECT DISTINCT d.id FROM import_new_assignments n JOIN devices d ON d.key = n.device_key"
+            " ORDER BY d.id"
+        )
+    ]
+
+
 # --- the record of an import -----------------------------------------------------------------------
 
 

@@ -280,8 +280,18 @@ def test_assignments_overlaps_and_readings_that_join_the_shipment(db: psycopg.Co
     assert [s for _, s in linked] == [so1[0], so1[0], None]
     queued = db.execute("SELECT shipment_key, late, min_c, max_c FROM rule_queue").fetchall()
     assert queued == [(so1[0], True, 4.5, 9.5)]
+    # Each logger assigned gets its next config (published retained): L2 rides SO-2 from now on,
+    # L1's window is over, so its config names no shipment.
+    configs = dict(
+        db.execute(
+            "SELECT d.id, c.body ->> 'shipment' FROM device_configs c JOIN devices d ON d.key = c.device_key"
+        ).fetchall()
+    )
+    assert configs == {"L1": None, "L2": "SO-2"}
+    versions = db.execute("SELECT sum(version) FROM device_configs").fetchone()
     again = run_import(db, org=1, kind="assignments", data=data.encode(), actor="t")
     assert (again.committed, again.inserted, again.unchanged) == (True, 0, 2)
+    assert db.execute("SELECT sum(version) FROM device_configs").fetchone() == versions  # nothing new
 
     clash = (
         "device,shipment,from,to\n"

@@ -21,7 +21,7 @@ from api.errors import AUTHED, WITH_BODY, responses
 from api.schemas import DEVICE_ID_PATTERN, IntervalSeconds, _In, _Out, whole_number
 from coldchain.access import Permission
 from coldchain.wire import MAX_READINGS, DeviceConfig
-from storage import device_config, profiles, registry
+from storage import device_config, registry
 
 router = APIRouter()
 
@@ -104,34 +104,12 @@ def configure(
     reason: str,
     timing: DeviceConfigIn | None = None,
 ) -> None:
-    """Write the device's next config version in the caller's transaction.
-
-    `timing` None keeps the interval and batching of the last version (or the registered
-    interval and the defaults); the shipment and local alarm always follow the assignment.
-    """
-    if timing is None:
-        last = device_config.get(conn, org=org, device_id=device_id)
-        if last is not None:
-            keep = {k: last.body[k] for k in ("interval_s", "batch_size", "batch_age_s") if k in last.body}
-        else:
-            keep = {"interval_s": registry.get_device(conn, org=org, device_id=device_id).device.interval_s}
-        timing = DeviceConfigIn.model_validate(keep)
-    assignment = device_config.current_assignment(conn, org=org, device_id=device_id)
-    profile = None
-    if assignment is not None:
-        profile = profiles.resolve_version(
-            conn, org=org, profile_id=assignment.profile_id, version=assignment.profile_version
-        ).edge_alarm()
-    config = DeviceConfig(
-        version=1,
-        interval_s=timing.interval_s,
-        batch_size=timing.batch_size,
-        batch_age_s=timing.batch_age_s,
-        shipment=None if assignment is None else assignment.shipment_id,
-        profile=profile,
+    """Write the device's next config version in the caller's transaction (the shipment and its
+    local alarm follow the assignment; storage.device_config.follow_assignment)."""
+    device_config.follow_assignment(
+        conn, org=org, device_id=device_id, actor=actor, reason=reason,
+        timing=None if timing is None else timing.model_dump(),
     )
-    body = {k: getattr(config, k) for k in DeviceConfig.__slots__ if k != "version"}
-    device_config.desire(conn, org=org, device_id=device_id, body=body, actor=actor, reason=reason)
 
 
 @router.put(
