@@ -5,12 +5,14 @@ What a document does here (docs/epcis.md):
 * An ObjectEvent with bizStep `shipping` or `receiving` is a movement of a shipment: the
   shipment's actual departure (the earliest shipping event) or arrival (the latest receiving
   event) and the location's GLN are recorded; the lots it names by LGTIN (`quantityList`) are put
-  on the shipment. The shipment is the one named in `bizTransactionList` as
-  `urn:coldchain:shipment:<id>` (the form our own EPCIS export writes), or the one an SSCC in
-  `epcList` was linked to before; a named shipment links the event's SSCCs to it. An SSCC that
-  belongs to no shipment, a location that is not the shipment's origin (shipping) or destination
-  (receiving) GLN, or an unknown shipment refuses the document: an ERP integrator fixes the master
-  data and sends the same document again, rather than finding shipments invented from events.
+  on the shipment, and so are the lots of the serialised items it names by SGTIN (`epcList`),
+  each found by its serial in the lots' serial lists and counted. The shipment is the one named
+  in `bizTransactionList` as `urn:coldchain:shipment:<id>` (the form our own EPCIS export
+  writes), or the one an SSCC in `epcList` was linked to before; a named shipment links the
+  event's SSCCs to it. An SSCC that belongs to no shipment, a location that is not the
+  shipment's origin (shipping) or destination (receiving) GLN, or an unknown shipment refuses
+  the document: an ERP integrator fixes the master data and sends the same document again,
+  rather than finding shipments invented from events.
 * A sensor report with a `value`, a time (its own, its element's, or the event's when the
   element states no interval) and a `deviceID` is a reading of that logger, through the same
   writer as MQTT and logger files: deduplicated by time, linked to the shipment the logger rode
@@ -50,6 +52,7 @@ from ingest.core import Message, Prepared
 from ingest.writer import GroupWriter
 from storage import epcis as store
 from storage import logger_files
+from storage import recalls as recall_store
 
 __all__ = [
     "CAPTURE_SEQ_BASE",
@@ -159,6 +162,8 @@ class _Movement:
     ssccs: list[str]
     lots: list[tuple[str, str, int | None]]
     shipment: str | None = None
+    # serialised items named by SGTIN in epcList: (position in epcList, GTIN, serial)
+    items: list[tuple[int, str, str]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -237,6 +242,7 @@ def _sensor_readings(i: int, ev: dict[str, Any], acc: _Readings, problems: list[
 
 def _movement(i: int, key: str, ev: dict[str, Any], step: str, problems: list[Problem]) -> _Movement:
     ssccs: list[str] = []
+    items: list[tuple[int, str, str]] = []
     lots: list[tuple[str, str, int | None]] = []
     for j, uri in enumerate(ev.get("epcList") or ()):
         try:
@@ -246,6 +252,8 @@ def _movement(i: int, key: str, ev: dict[str, Any], step: str, problems: list[Pr
             continue
         if epc.kind == "sscc" and epc.sscc is not None:
             ssccs.append(epc.sscc)
+        elif epc.kind == "sgtin" and epc.gtin is not None and epc.serial is not None:
+            items.append((j, epc.gtin, epc.serial))
     for j, q in enumerate(ev.get("quantityList") or ()):
         try:
             epc = parse_epc(q["epcClass"])
@@ -290,7 +298,32 @@ def _movement(i: int, key: str, ev: dict[str, Any], step: str, problems: list[Pr
         ssccs=sorted(set(ssccs)),
         lots=lots,
         shipment=next(iter(named)) if len(named) == 1 else None,
+        items=items,
     )
+
+
+def _lots_of_items(conn: psycopg.Connection, org: int, m: _Movement, problems: list[Problem]) -> None:
+    """Serialised items (SGTINs) become their lots on the shipment, counted: the lot whose serial
+    list (single serials or `A..B` ranges) holds each serial. A serial of no registered lot, or
+    of two, refuses the document: the lot's serials are master data to fix, not to guess."""
+    by_gtin: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    for j, gtin, serial in m.items:
+        by_gtin[gtin].append((j, serial))
+    counted: dict[tuple[str, str], int] = defaultdict(int)
+    for gtin, entries in by_gtin.items():
+        serials = sorted({s for _, s in entries})
+        found = recall_store.lots_of_serials(conn, org=org, gtin=gtin, serials=serials)
+        for j, serial in entries:
+            lots = found.get(serial, [])
+            if len(lots) != 1:
+                why = "no registered lot" if not lots else f"more than one lot ({', '.join(lots)})"
+                _problem(
+                    problems, _where(m.position, "epcList", j),
+                    f"SGTIN {gtin}.{serial}: the serial belongs to {why}; register the lot's serials",
+                )
+                continue
+            counted[(gtin, lots[0])] += 1
+    m.lots.extend((gtin, lot, count) for (gtin, lot), count in sorted(counted.items()))
 
 
 def _resolve(
@@ -428,6 +461,9 @@ def capture_document(
                 moves.append(_movement(i, keys[i], ev, step, problems))
         _sensor_readings(i, ev, acc, problems)
     legs = _resolve(conn, org, moves, problems) if moves else {}
+    for m in moves:
+        if m.items:
+            _lots_of_items(conn, org, m, problems)
     device_keys = store.device_keys(conn, org=org, device_ids=sorted(acc.by_device))
     for device in sorted(set(acc.by_device) - set(device_keys)):
         _problem(

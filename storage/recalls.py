@@ -408,6 +408,26 @@ def lots_with_serials(conn: psycopg.Connection, *, org: int, gtin: str, serials:
     return [(str(r[0]), str(r[1])) for r in rows]
 
 
+def lots_of_serials(
+    conn: psycopg.Connection, *, org: int, gtin: str, serials: list[str]
+) -> dict[str, list[str]]:
+    """For each serial of the GTIN, the lots whose serial list holds it (singly or in a range, as
+    `lots_with_serials` matches); serials of no lot are absent."""
+    rows = conn.execute(
+        "SELECT DISTINCT q.serial, l.lot FROM lots l CROSS JOIN LATERAL unnest(l.serials) AS entry(s)"
+        " JOIN unnest(%s::text[]) AS q(serial) ON q.serial = entry.s OR (position('..' IN entry.s) > 0"
+        "  AND length(q.serial) = length(split_part(entry.s, '..', 1))"
+        "  AND q.serial >= split_part(entry.s, '..', 1) COLLATE \"C\""
+        "  AND q.serial <= split_part(entry.s, '..', 2) COLLATE \"C\")"
+        " WHERE l.org_id = %s AND l.gtin = %s ORDER BY 1, 2",
+        (serials, org, gtin),
+    ).fetchall()
+    found: dict[str, list[str]] = {}
+    for serial, lot in rows:
+        found.setdefault(str(serial), []).append(str(lot))
+    return found
+
+
 @dataclass(frozen=True, slots=True)
 class RecallSummary:
     """A recall as the list shows it."""

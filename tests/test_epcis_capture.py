@@ -507,3 +507,38 @@ def test_the_services_role_captures_and_cannot_rewrite_a_capture(db_dsn: str, db
         ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 app.execute(statement)
+
+
+def test_serialised_items_put_their_lots_on_the_shipment_by_serial(
+    client: TestClient, erp: dict[str, str], db: psycopg.Connection
+) -> None:
+    """SGTINs in a shipping event name items: each is found in a lot's serial list (a single
+    serial or a range) and its lot goes on the shipment, counted; a serial of no lot refuses
+    the document, and nothing of it is stored."""
+    add_leg(db, "S1", ["D1"], 0, None)
+    db.execute(
+        "INSERT INTO lots (org_id, gtin, lot, serials) VALUES"
+        " (1, '09506000134352', 'B8', ARRAY['S0001..S0400']), (1, '09506000134352', 'B9', ARRAY['X7'])"
+    )
+    items = [
+        "urn:epc:id:sgtin:9506000.013435.S0007",
+        "https://id.gs1.org/01/09506000134352/21/S0399",
+        "urn:epc:id:sgtin:9506000.013435.X7",
+    ]
+    stray = _movement("shipping", 30, epcs=[*items, "urn:epc:id:sgtin:9506000.013435.S9999"],
+                      place=ORIGIN, shipment="S1")
+    before = _counts(db)
+    code, body = _post(client, erp, _document(stray))
+    assert code == 400, body
+    (problem,) = body["details"]
+    assert problem["field"] == "epcisBody.eventList[0].epcList[3]"
+    assert "S9999" in problem["message"] and "no registered lot" in problem["message"]
+    assert _counts(db) == before
+
+    shipping = _movement("shipping", 30, epcs=items, place=ORIGIN, shipment="S1")
+    code, body = _post(client, erp, _document(shipping))
+    assert code == 202, body
+    lots_on = db.execute(
+        "SELECT lot, quantity FROM shipment_lots WHERE lot IN ('B8', 'B9') ORDER BY lot"
+    ).fetchall()
+    assert lots_on == [("B8", 2), ("B9", 1)]
