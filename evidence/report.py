@@ -357,7 +357,7 @@ def _calibration_table(leg: LegEvidence, width: float, style: ParagraphStyle) ->
             ])
     if len(rows) == 1:
         rows.append(["–", "no loggers", "", "", "", "", "", ""])
-    table = Table(rows, colWidths=[width * w for w in (0.12, 0.18, 0.1, 0.1, 0.17, 0.08, 0.1, 0.15)],
+    table = Table(rows, colWidths=[width * w for w in (0.12, 0.18, 0.1, 0.1, 0.17, 0.08, 0.1, 0.15)], splitInRow=1,
                   repeatRows=1)
     table.setStyle(_GRID)
     return table
@@ -382,7 +382,7 @@ def _disposition_table(disposition: dict[str, Any], width: float, style: Paragra
         ])
     if not disposition.get("history"):
         rows.append(["–", "no QA decision yet", "", ""])
-    table = Table(rows, colWidths=[width * w for w in (0.2, 0.25, 0.3, 0.25)])
+    table = Table(rows, colWidths=[width * w for w in (0.2, 0.25, 0.3, 0.25)], splitInRow=1)
     table.setStyle(_GRID)
     return table
 
@@ -407,7 +407,11 @@ def _alarm_table(ev: Evidence, width: float, style: ParagraphStyle) -> Flowable:
             ])
     if len(rows) == 1:
         rows.append(["–", "no alarms", "", "", "", "", ""])
-    table = Table(rows, colWidths=[width * w for w in (0.06, 0.14, 0.11, 0.2, 0.08, 0.11, 0.3)], repeatRows=1)
+    # A lifecycle can outgrow a page (a long history, long comments): its row splits across pages.
+    table = Table(
+        rows, colWidths=[width * w for w in (0.06, 0.14, 0.11, 0.2, 0.08, 0.11, 0.3)], repeatRows=1,
+        splitInRow=1,
+    )
     table.setStyle(_GRID)
     return table
 
@@ -431,6 +435,6 @@ def _signature_block(ev: Evidence, width: float, style: ParagraphStyle) -> Flowa
         rows.append(["No electronic signature recorded for this record.", "", "", ""])
         for meaning in ("Reviewed by (QA)", "Approved / released by"):
             rows.append([f"{meaning}: ____________________", "Meaning: ________", "Date: __________", ""])
-    table = Table(rows, colWidths=[width * w for w in (0.38, 0.17, 0.2, 0.25)])
+    table = Table(rows, colWidths=[width * w for w in (0.38, 0.17, 0.2, 0.25)], splitInRow=1)
     table.setStyle(_GRID)
     return table

@@ -104,8 +104,8 @@ def checkpoint(conn: psycopg.Connection, *, sign: Sign, key_id: str) -> int:
             " WHERE h.last_id IS NOT NULL AND h.rows IS NOT NULL"
             " AND NOT EXISTS (SELECT 1 FROM audit_checkpoints c"
             "  WHERE c.org_id = h.org_id AND c.last_id = h.last_id AND c.hash = h.hash)"
-            " FOR UPDATE OF h"
-        ).fetchall()
+        ).fetchall()  # each head row is one consistent (last id, rows, hash): no lock needed
+        # (a row lock would need UPDATE on audit_heads, which the services' role must not hold)
         for org, last_id, rows, digest in heads:
             signature = sign(checkpoint_message(int(org), int(last_id), int(rows), bytes(digest)))
             conn.execute(

@@ -432,3 +432,23 @@ def test_http_freeze_thaw_profiles_and_large_uploads(
         extra = client.post("/api/v1/evidence/verify", headers=admin,
                             files={"file": ("x.bin", b"x")}, data={"note": "1"})
         assert extra.status_code == 422 and extra.json()["field"] == "note"
+
+
+def test_a_lifecycle_longer_than_a_page_splits_across_pages_in_the_pdf(
+    db: psycopg.Connection, lot: dict[str, tuple[np.ndarray, np.ndarray]], key: signing.SigningKey,
+) -> None:
+    """An alarm whose history outgrows a page (many steps, long comments) still prints: its row
+    continues on the next page instead of failing the report."""
+    from evidence.report import pdf_bytes
+
+    (alert_id,) = db.execute("SELECT id FROM alerts ORDER BY id LIMIT 1").fetchone() or (None,)
+    assert alert_id is not None
+    for i in range(60):
+        db.execute(
+            "INSERT INTO alert_events (alert_id, actor, action, comment) VALUES (%s, 'ops', 'assign', %s)",
+            (alert_id, f"note {i}: " + "the pallet was checked again at the cross-dock " * 6),
+        )
+    ev = model.lot_evidence(db, org=1, gtin=GTIN, lot="A1")
+    pdf = pdf_bytes(ev, record_sha256=bundle.record_sha256(ev), verify_url="http://qa.example/v", key=key)
+    text = "\n".join(page.extract_text() for page in PdfReader(io.BytesIO(pdf)).pages)
+    assert "note 0:" in text and "note 59:" in text

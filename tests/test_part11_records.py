@@ -400,3 +400,18 @@ def test_checkpoints_signed_with_the_platform_key_are_verified_offline_with_its_
         )
     done = verify("--public-key", str(pem), **auditor, SECRET_KEY=secret)
     assert done.returncode == 3 and "after the platform key took over" in done.stderr, done.stderr
+
+
+def test_the_services_role_signs_checkpoints_without_a_lock_it_may_not_take(
+    db_dsn: str, db: psycopg.Connection, tmp_path: Path
+) -> None:
+    """`coldchain up` signs checkpoints as coldchain_app, which holds no UPDATE on audit_heads
+    (so no row lock on it either): the checkpoint is made from the head as it stands."""
+    registry.create_device(db, org=1, device=Device(id="A"), actor="alice")
+    key = signing.signing_key(tmp_path)
+    with psycopg.connect(_app_dsn(db_dsn, db), autocommit=True) as app:
+        assert app.execute("SELECT current_user").fetchone() == ("coldchain_app",)
+        assert audit.checkpoint(app, sign=key.sign, key_id=key.key_id) == 1
+        assert audit.checkpoint(app, sign=key.sign, key_id=key.key_id) == 0  # the head did not move
+    made = db.execute("SELECT count(*) FROM audit_checkpoints WHERE key_id = %s", (key.key_id,)).fetchone()
+    assert made == (1,)
