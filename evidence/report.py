@@ -357,8 +357,8 @@ def _calibration_table(leg: LegEvidence, width: float, style: ParagraphStyle) ->
             ])
     if len(rows) == 1:
         rows.append(["–", "no loggers", "", "", "", "", "", ""])
-    table = Table(rows, colWidths=[width * w for w in (0.12, 0.18, 0.1, 0.1, 0.17, 0.08, 0.1, 0.15)], splitInRow=1,
-                  repeatRows=1)
+    table = Table(rows, colWidths=[width * w for w in (0.12, 0.18, 0.1, 0.1, 0.17, 0.08, 0.1, 0.15)],
+                  repeatRows=1, splitInRow=1)
     table.setStyle(_GRID)
     return table
 
