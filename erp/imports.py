@@ -558,10 +558,10 @@ def run_import(
         if report.error_count or dry_run:
             raise psycopg.Rollback()  # leaves the block; nothing of this import is kept
         if report.kind is Kind.ASSIGNMENTS:  # each logger's config names the shipment it rides
-            for device_id in store.newly_assigned_devices(conn):
-                device_config.follow_assignment(
-                    conn, org=org, device_id=device_id, actor=actor, reason="assigned by a bulk import"
-                )
+            device_config.follow_assignments(
+                conn, org=org, device_ids=store.newly_assigned_devices(conn), actor=actor,
+                reason="assigned by a bulk import",
+            )
         _tally(report, counts)
         if report.inserted or report.updated:
             report.import_id = store.record_import(

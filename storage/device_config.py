@@ -210,3 +210,64 @@ def follow_assignment(
     )
     body = {k: getattr(config, k) for k in DeviceConfig.__slots__ if k != "version"}
     return desire(conn, org=org, device_id=device_id, body=body, actor=actor, reason=reason)
+
+
+def follow_assignments(
+    conn: psycopg.Connection, *, org: int, device_ids: list[str], actor: str, reason: str
+) -> int:
+    """`follow_assignment` for many devices at once (a bulk import of assignments): a fixed number
+    of statements whatever their number, each device's version and audit row as one at a time
+    would write them, one wake-up for the publisher. Returns how many versions were written."""
+    if not device_ids:
+        return 0
+    rows = conn.execute(
+        "SELECT d.key, d.id, d.interval_s, c.version, c.body, ca.shipment_id, ca.profile_id,"
+        " ca.profile_version FROM devices d"
+        " LEFT JOIN device_configs c ON c.device_key = d.key"
+        " LEFT JOIN LATERAL (SELECT s.id AS shipment_id, s.profile_id, s.profile_version"
+        "  FROM device_assignments a JOIN shipments s ON s.key = a.shipment_key"
+        "  WHERE a.device_key = d.key AND (upper_inf(a.during) OR upper(a.during) > now())"
+        "  ORDER BY lower(a.during) LIMIT 1) ca ON true"
+        " WHERE d.org_id = %s AND d.id = ANY(%s) ORDER BY d.key FOR NO KEY UPDATE OF d",
+        (org, device_ids),
+    ).fetchall()
+    alarms: dict[tuple[str, int], dict[str, Any]] = {}
+    keys, versions, bodies, ids, olds = [], [], [], [], []
+    for key, device_id, interval_s, version, body, shipment_id, profile_id, profile_version in rows:
+        timing = (
+            {k: int(body[k]) for k in TIMING_KEYS if k in body}
+            if body is not None
+            else {"interval_s": int(interval_s)}
+        )
+        profile = None
+        if shipment_id is not None:
+            ref = (str(profile_id), int(profile_version))
+            if ref not in alarms:
+                alarms[ref] = profiles.resolve_version(
+                    conn, org=org, profile_id=ref[0], version=ref[1]
+                ).edge_alarm()
+            profile = alarms[ref]
+        config = DeviceConfig(version=1, shipment=shipment_id, profile=profile, **timing)
+        new = {k: getattr(config, k) for k in DeviceConfig.__slots__ if k != "version"}
+        next_version = 1 if version is None else int(version) + 1
+        keys.append(int(key))
+        versions.append(next_version)
+        bodies.append(Jsonb(new))
+        ids.append(str(device_id))
+        olds.append(None if version is None else Jsonb({"version": int(version), **body}))
+    conn.execute(
+        "INSERT INTO device_configs (device_key, org_id, version, body, changed_by)"
+        " SELECT k, %s, v, b, %s FROM unnest(%s::int4[], %s::int4[], %s::jsonb[]) AS x(k, v, b)"
+        " ON CONFLICT (device_key) DO UPDATE SET version = EXCLUDED.version, body = EXCLUDED.body,"
+        " changed_by = EXCLUDED.changed_by, changed_at = now(), publish_attempts = 0, last_error = NULL",
+        (org, actor, keys, versions, bodies),
+    )
+    conn.execute(
+        "SELECT audit_append(%s::smallint, %s, 'configure', 'device_config', i, o,"
+        " jsonb_build_object('version', v) || b, %s)"
+        " FROM unnest(%s::text[], %s::jsonb[], %s::int4[], %s::jsonb[]) WITH ORDINALITY AS x(i, o, v, b, n)"
+        " ORDER BY n",
+        (org, actor, reason, ids, olds, versions, bodies),
+    )
+    wake(conn, Wakeup.DEVICE_CONFIG, "")
+    return len(keys)

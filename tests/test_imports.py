@@ -20,7 +20,7 @@ from coldchain.gs1 import gtin_check_digit
 from coldchain.settings import Settings
 from erp.cli import ProgressBar
 from erp.imports import Kind, run_import
-from storage import auth, registry
+from storage import audit, auth, registry
 from storage.db import open_pool
 
 GTIN = "09506000134352"
@@ -288,6 +288,12 @@ def test_assignments_overlaps_and_readings_that_join_the_shipment(db: psycopg.Co
         ).fetchall()
     )
     assert configs == {"L1": None, "L2": "SO-2"}
+    configured = db.execute(
+        "SELECT entity_key, new_value ->> 'version' FROM audit_trail WHERE entity = 'device_config'"
+        " ORDER BY entity_key"
+    ).fetchall()
+    assert configured == [("L1", "1"), ("L2", "1")]  # one audit row each, in the hash chain
+    assert audit.verify_trail(db).intact
     versions = db.execute("SELECT sum(version) FROM device_configs").fetchone()
     again = run_import(db, org=1, kind="assignments", data=data.encode(), actor="t")
     assert (again.committed, again.inserted, again.unchanged) == (True, 0, 2)
