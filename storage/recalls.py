@@ -394,25 +394,17 @@ def registered_lots(conn: psycopg.Connection, *, org: int, lots: list[LotKey]) -
 
 
 def lots_with_serials(conn: psycopg.Connection, *, org: int, gtin: str, serials: list[str]) -> list[LotKey]:
-    """Lots of the GTIN whose serial list holds one of these serials, singly or in a range
-    `A..B` (serials of a range compare as text of the same length, as zero-padded serials do)."""
-    rows = conn.execute(
-        "SELECT DISTINCT l.gtin, l.lot FROM lots l CROSS JOIN LATERAL unnest(l.serials) AS entry(s)"
-        " JOIN unnest(%s::text[]) AS q(serial) ON q.serial = entry.s OR (position('..' IN entry.s) > 0"
-        "  AND length(q.serial) = length(split_part(entry.s, '..', 1))"
-        "  AND q.serial >= split_part(entry.s, '..', 1) COLLATE \"C\""
-        "  AND q.serial <= split_part(entry.s, '..', 2) COLLATE \"C\")"
-        " WHERE l.org_id = %s AND l.gtin = %s ORDER BY 1, 2",
-        (serials, org, gtin),
-    ).fetchall()
-    return [(str(r[0]), str(r[1])) for r in rows]
+    """Lots of the GTIN whose serial list holds one of these serials (see `lots_of_serials`)."""
+    found = lots_of_serials(conn, org=org, gtin=gtin, serials=serials)
+    return sorted({(gtin, lot) for lots in found.values() for lot in lots})
 
 
 def lots_of_serials(
     conn: psycopg.Connection, *, org: int, gtin: str, serials: list[str]
 ) -> dict[str, list[str]]:
-    """For each serial of the GTIN, the lots whose serial list holds it (singly or in a range, as
-    `lots_with_serials` matches); serials of no lot are absent."""
+    """For each serial of the GTIN, the lots whose serial list holds it, singly or in a range
+    `A..B` (serials of a range compare as text of the same length, as zero-padded serials do);
+    serials of no lot are absent."""
     rows = conn.execute(
         "SELECT DISTINCT q.serial, l.lot FROM lots l CROSS JOIN LATERAL unnest(l.serials) AS entry(s)"
         " JOIN unnest(%s::text[]) AS q(serial) ON q.serial = entry.s OR (position('..' IN entry.s) > 0"
