@@ -80,6 +80,30 @@ def _mac(key: bytes, payload_b64: str, context: bytes = _CONTEXT) -> bytes:
     return hmac.new(key, context + payload_b64.encode("ascii"), hashlib.sha256).digest()
 
 
+def _signed(secret: bytes | str, fields: dict[str, object], context: bytes) -> str:
+    """`payload.mac`: the fields as compact sorted JSON, and their HMAC under `context`."""
+    payload_b64 = _b64(json.dumps(fields, separators=(",", ":"), sort_keys=True).encode())
+    return f"{payload_b64}.{_b64(_mac(_key(secret), payload_b64, context))}"
+
+
+def _checked_payload(secret: bytes | str, token: str, context: bytes) -> str:
+    """The payload part of a token whose shape and HMAC under `context` hold; AckLinkInvalid
+    otherwise (before anything of the payload is read)."""
+    key = _key(secret)
+    if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_CHARS:
+        raise AckLinkInvalid("acknowledge link is malformed")
+    payload_b64, dot, mac_b64 = token.partition(".")
+    if not dot or not payload_b64 or not mac_b64 or "." in mac_b64:
+        raise AckLinkInvalid("acknowledge link is malformed")
+    try:
+        given = _unb64(mac_b64)
+    except (binascii.Error, ValueError):
+        raise AckLinkInvalid("acknowledge link is malformed") from None
+    if not hmac.compare_digest(_mac(key, payload_b64, context), given):
+        raise AckLinkInvalid("acknowledge link signature does not match")
+    return payload_b64
+
+
 def issue_ack_token(
     secret: bytes | str,
     *,
@@ -99,29 +123,13 @@ def issue_ack_token(
         expires=int(issued) + int(ttl_s),
         nonce=nonce or secrets.token_urlsafe(16),
     )
-    payload = json.dumps(
-        {"a": claims.alert_id, "c": claims.contact_id, "e": claims.expires, "n": claims.nonce},
-        separators=(",", ":"),
-        sort_keys=True,
-    ).encode()
-    payload_b64 = _b64(payload)
-    return f"{payload_b64}.{_b64(_mac(_key(secret), payload_b64))}"
+    fields = {"a": claims.alert_id, "c": claims.contact_id, "e": claims.expires, "n": claims.nonce}
+    return _signed(secret, fields, _CONTEXT)
 
 
 def verify_ack_token(secret: bytes | str, token: str, *, now: float | None = None) -> AckLinkClaims:
     """The claims of a genuine, unexpired token; raises AckLinkInvalid or AckLinkExpired."""
-    key = _key(secret)
-    if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_CHARS:
-        raise AckLinkInvalid("acknowledge link is malformed")
-    payload_b64, dot, mac_b64 = token.partition(".")
-    if not dot or not payload_b64 or not mac_b64 or "." in mac_b64:
-        raise AckLinkInvalid("acknowledge link is malformed")
-    try:
-        given = _unb64(mac_b64)
-    except (binascii.Error, ValueError):
-        raise AckLinkInvalid("acknowledge link is malformed") from None
-    if not hmac.compare_digest(_mac(key, payload_b64), given):
-        raise AckLinkInvalid("acknowledge link signature does not match")
+    payload_b64 = _checked_payload(secret, token, _CONTEXT)
     try:
         fields = json.loads(_unb64(payload_b64))
         claims = AckLinkClaims(
@@ -183,29 +191,14 @@ def issue_recall_ack_token(
     if ttl_s <= 0:
         raise ValidationError("ttl_s must be positive", field="ttl_s")
     issued = time.time() if now is None else now
-    payload = json.dumps(
-        {"r": consignee_id, "c": contact_id, "e": int(issued) + int(ttl_s), "n": secrets.token_urlsafe(16)},
-        separators=(",", ":"),
-        sort_keys=True,
-    ).encode()
-    payload_b64 = _b64(payload)
-    return f"{payload_b64}.{_b64(_mac(_key(secret), payload_b64, _RECALL_CONTEXT))}"
+    expires = int(issued) + int(ttl_s)
+    fields = {"r": consignee_id, "c": contact_id, "e": expires, "n": secrets.token_urlsafe(16)}
+    return _signed(secret, fields, _RECALL_CONTEXT)
 
 
 def verify_recall_ack_token(secret: bytes | str, token: str, *, now: float | None = None) -> RecallAckClaims:
     """The claims of a genuine, unexpired recall token; raises AckLinkInvalid or AckLinkExpired."""
-    key = _key(secret)
-    if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_CHARS:
-        raise AckLinkInvalid("acknowledge link is malformed")
-    payload_b64, dot, mac_b64 = token.partition(".")
-    if not dot or not payload_b64 or not mac_b64 or "." in mac_b64:
-        raise AckLinkInvalid("acknowledge link is malformed")
-    try:
-        given = _unb64(mac_b64)
-    except (binascii.Error, ValueError):
-        raise AckLinkInvalid("acknowledge link is malformed") from None
-    if not hmac.compare_digest(_mac(key, payload_b64, _RECALL_CONTEXT), given):
-        raise AckLinkInvalid("acknowledge link signature does not match")
+    payload_b64 = _checked_payload(secret, token, _RECALL_CONTEXT)
     try:
         fields = json.loads(_unb64(payload_b64))
         claims = RecallAckClaims(
