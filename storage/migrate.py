@@ -2,7 +2,10 @@
 
 Files are `NNN_name.sql` (every server), `NNN_name.timescale.sql` (only on the Timescale engine)
 and `NNN_name.plain.sql` (only on plain PostgreSQL). They run in name order, each in its own
-transaction, under an advisory lock so two services starting together do not race.
+transaction, under an advisory lock so two services starting together do not race. A transaction
+that loses a race on a catalog row to a session outside the lock (a GRANT from an operator's
+console, a TimescaleDB policy job started by an earlier migration) fails with "tuple concurrently
+updated"; it is run again, since it changed nothing.
 
 The engine is chosen once, when the schema is first created, and kept afterwards:
 
@@ -20,6 +23,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from importlib import resources
+from collections.abc import Callable
+from functools import partial
 from typing import Literal
 
 import psycopg
@@ -144,6 +149,33 @@ def migration_files(*, timescale: bool) -> list[tuple[str, str]]:
     return chosen
 
 
+_CATALOG_RACE = "tuple concurrently updated"
+_CATALOG_RACE_TRIES = 5
+
+
+def _in_transaction(conn: psycopg.Connection, step: str, work: Callable[[], None]) -> None:
+    """`work` in one transaction, run again when it lost a race on a catalog row."""
+    for attempt in range(1, _CATALOG_RACE_TRIES + 1):
+        try:
+            with conn.transaction():
+                work()
+            return
+        except psycopg.errors.InternalError as exc:
+            if _CATALOG_RACE not in str(exc) or attempt == _CATALOG_RACE_TRIES:
+                raise
+            log.warning("migration step %s lost a race on a catalog row; running it again (%d)", step, attempt)
+
+
+def _apply(conn: psycopg.Connection, version: str, sql: str) -> None:
+    conn.execute(sql.encode())  # bytes: run as a simple-query script
+    conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
+
+
+def _grant_and_freeze(conn: psycopg.Connection) -> None:
+    preset_versions.freeze(conn)
+    apply_app_grants(conn)
+
+
 def migrate(dsn: str, *, engine: Engine = "auto") -> list[str]:
     """Apply what is missing; return the versions applied now."""
     applied_now: list[str] = []
@@ -161,14 +193,10 @@ def migrate(dsn: str, *, engine: Engine = "auto") -> list[str]:
             for version, sql in migration_files(timescale=timescale):
                 if version in done:
                     continue
-                with conn.transaction():
-                    conn.execute(sql.encode())  # bytes: run as a simple-query script
-                    conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
+                _in_transaction(conn, version, partial(_apply, conn, version, sql))
                 log.info("applied migration %s", version)
                 applied_now.append(version)
-            with conn.transaction():
-                preset_versions.freeze(conn)
-                apply_app_grants(conn)
+            _in_transaction(conn, "grants", partial(_grant_and_freeze, conn))
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_ID,))
     return applied_now

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime
 
 import numpy as np
@@ -15,6 +16,7 @@ from storage import audit, auth, registry
 from storage.migrate import migrate
 from storage.readings import ReadingRows, copy_rows
 from tests.support.devices import known_devices
+from tests.support.waiting import wait_until
 
 GTIN = "09506000134352"
 
@@ -29,6 +31,42 @@ def _shipment(devices: tuple[DeviceAssignment, ...] = ()) -> Shipment:
 
 def test_migrate_is_idempotent(db_dsn: str) -> None:
     assert migrate(db_dsn) == []
+
+
+def test_migrate_runs_again_a_step_that_lost_a_race_on_a_catalog_row(db_dsn: str) -> None:
+    """Another session's uncommitted GRANT on a table holds its pg_class row; the migration's own
+    GRANT waits for it and, once it commits, fails with "tuple concurrently updated" (a race an
+    operator's console or a TimescaleDB job can start). The step is run again and the run ends."""
+    outcome: list[object] = []
+    with psycopg.connect(db_dsn) as other, psycopg.connect(db_dsn, autocommit=True) as watcher:
+        other.execute("GRANT SELECT ON devices TO coldchain_app")  # in an open transaction
+        runner = threading.Thread(target=lambda: outcome.append(_migrate_or_error(db_dsn)))
+        runner.start()
+
+        def waiting_for_it() -> bool:
+            row = watcher.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock' AND query LIKE 'GRANT%%'"
+            ).fetchone()
+            return bool(row and row[0])
+
+        assert wait_until(waiting_for_it, timeout=30)
+        other.commit()
+    runner.join(timeout=60)
+    assert outcome == [[]]  # nothing new applied, and no error
+    with psycopg.connect(db_dsn) as conn:
+        granted = conn.execute(
+            "SELECT has_table_privilege('coldchain_app', 'shipments', 'INSERT'),"
+            " has_table_privilege('coldchain_app', 'audit_trail', 'UPDATE')"
+        ).fetchone()
+    assert granted == (True, False)
+
+
+def _migrate_or_error(dsn: str) -> object:
+    try:
+        return migrate(dsn)
+    except psycopg.Error as exc:
+        return exc
 
 
 def test_registry_round_trip_and_overlap_refused(db: psycopg.Connection) -> None:
