@@ -21,10 +21,10 @@ The engine is chosen once, when the schema is first created, and kept afterwards
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from importlib import resources
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
+from importlib import resources
 from typing import Literal
 
 import psycopg
@@ -163,7 +163,8 @@ def _in_transaction(conn: psycopg.Connection, step: str, work: Callable[[], None
         except psycopg.errors.InternalError as exc:
             if _CATALOG_RACE not in str(exc) or attempt == _CATALOG_RACE_TRIES:
                 raise
-            log.warning("migration step %s lost a race on a catalog row; running it again (%d)", step, attempt)
+            log.warning("migration step %s lost a race on a catalog row; running it again (%d)",
+                        step, attempt)
 
 
 def _apply(conn: psycopg.Connection, version: str, sql: str) -> None:
