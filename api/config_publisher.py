@@ -105,22 +105,22 @@ class ConfigPublisher:
                 with conn.transaction():
                     device_config.mark_failed(conn, device_key=item.device_key, error=str(exc))
                 continue
-            error = self._publish(item.device_id, payload)
+            error = self._publish(item.mqtt_name, payload)
             with conn.transaction():
                 if error is None:
                     device_config.mark_published(conn, device_key=item.device_key, version=item.version)
                 else:
                     device_config.mark_failed(conn, device_key=item.device_key, error=error)
             if error is not None:
-                log.warning("config v%d for %s not published: %s", item.version, item.device_id, error)
+                log.warning("config v%d for %s not published: %s", item.version, item.mqtt_name, error)
                 return
             self.published += 1
-            log.info("config v%d for %s published", item.version, item.device_id)
+            log.info("config v%d for %s published", item.version, item.mqtt_name)
 
-    def _publish(self, device_id: str, payload: bytes) -> str | None:
+    def _publish(self, mqtt_name: str, payload: bytes) -> str | None:
         assert self._client is not None
         try:
-            info = self._client.publish(self.topics.config(device_id), payload, qos=1, retain=True)
+            info = self._client.publish(self.topics.config(mqtt_name), payload, qos=1, retain=True)
             info.wait_for_publish(PUBACK_TIMEOUT_S)
         except (RuntimeError, ValueError) as exc:  # not connected, or paho's queue is full
             return f"{type(exc).__name__}: {exc}"

@@ -18,6 +18,7 @@ from storage import device_credentials
 @dataclass(frozen=True, slots=True)
 class IssuedCredential:
     device_id: str
+    username: str  # the device's MQTT name
     password: str = field(repr=False)
     replaced: bool
     topics: tuple[str, ...]
@@ -39,20 +40,21 @@ def issue(
     """A new password for the device (an earlier one is revoked and its session cut)."""
     password = broker_accounts.new_secret()
     with conn.transaction():
-        replaced = device_credentials.issue(
+        change = device_credentials.issue(
             conn,
             org=org,
             device_id=device_id,
             password_hash=broker_accounts.hash_password(password),
             actor=actor,
         )
-        broker_control(settings).grant_device(device_id, password)  # raising rolls the record back
+        broker_control(settings).grant_device(change.mqtt_name, password)  # raising rolls the record back
     topics = Topics(settings.topic_prefix)
     return IssuedCredential(
         device_id=device_id,
+        username=change.mqtt_name,
         password=password,
-        replaced=replaced,
-        topics=(topics.readings(device_id), topics.status(device_id)),
+        replaced=change.had_one,
+        topics=(topics.readings(change.mqtt_name), topics.status(change.mqtt_name)),
     )
 
 
@@ -60,6 +62,6 @@ def revoke(conn: psycopg.Connection, settings: Settings, *, org: int, device_id:
     """Revoke the device's password; True when it had one. The broker is told in any case, so an
     account the database no longer knows of cannot linger there."""
     with conn.transaction():
-        had = device_credentials.revoke(conn, org=org, device_id=device_id, actor=actor)
-        broker_control(settings).revoke_device(device_id)
-    return had
+        change = device_credentials.revoke(conn, org=org, device_id=device_id, actor=actor)
+        broker_control(settings).revoke_device(change.mqtt_name)
+    return change.had_one

@@ -197,6 +197,10 @@ class DeviceStatusOut(_Out):
 
 class DeviceOut(_Out):
     id: str
+    mqtt_name: str = Field(
+        description="the device's MQTT username and topic level: its id in the default organization,"
+        " `{organization}~{id}` in another"
+    )
     kind: str
     interval_s: int
     name: str | None

@@ -71,20 +71,20 @@ def verify_password(password: str, hashed: str) -> bool:
     return hmac.compare_digest(base64.b64encode(digest).decode(), parsed.digest)
 
 
-def device_role(device_id: str) -> str:
-    return f"device:{device_id}"
+def device_role(mqtt_name: str) -> str:
+    return f"device:{mqtt_name}"
 
 
 def _acl(kind: str, topic: str) -> dict[str, Any]:
     return {"acltype": kind, "topic": topic, "priority": 0, "allow": True}
 
 
-def device_acls(topics: Topics, device_id: str) -> list[dict[str, Any]]:
+def device_acls(topics: Topics, mqtt_name: str) -> list[dict[str, Any]]:
     """A device publishes its own readings and status, and reads its own config: nothing else."""
     return [
-        _acl("publishClientSend", topics.readings(device_id)),
-        _acl("publishClientSend", topics.status(device_id)),
-        _acl("subscribePattern", topics.config(device_id)),
+        _acl("publishClientSend", topics.readings(mqtt_name)),
+        _acl("publishClientSend", topics.status(mqtt_name)),
+        _acl("subscribePattern", topics.config(mqtt_name)),
     ]
 
 
@@ -129,13 +129,13 @@ def dynsec_document(
     demo_devices: Iterable[str] = (),
     allow_anonymous: bool = False,
 ) -> dict[str, Any]:
-    """The plugin's whole account file, from the service hashes and each device's (id, hash): what
+    """The plugin's whole account file, from the service hashes and each device's (MQTT name, hash): what
     the broker starts with, so the database stays the one record of who may connect."""
     roles = [{"rolename": name, "acls": acls} for name, acls in service_roles(topics, demo_devices).items()]
     clients = [_client(name, hashed, name) for name, hashed in services.items()]
-    for device_id, hashed in devices:
-        roles.append({"rolename": device_role(device_id), "acls": device_acls(topics, device_id)})
-        clients.append(_client(device_id, hashed, device_role(device_id)))
+    for mqtt_name, hashed in devices:
+        roles.append({"rolename": device_role(mqtt_name), "acls": device_acls(topics, mqtt_name)})
+        clients.append(_client(mqtt_name, hashed, device_role(mqtt_name)))
     doc: dict[str, Any] = {
         "defaultACLAccess": {
             "publishClientSend": False,
@@ -171,31 +171,31 @@ class BrokerControl:
         self._topics = topics
         self._timeout_s = timeout_s
 
-    def grant_device(self, device_id: str, password: str) -> None:
+    def grant_device(self, mqtt_name: str, password: str) -> None:
         """The device's account and its role, replacing any earlier one (whose session is cut)."""
-        role = device_role(device_id)
+        role = device_role(mqtt_name)
         # One request: the plugin runs its commands in order, each on its own (deleting an account
         # that is not there answers "not found" and the rest still runs). The plugin rewrites its
         # account file after each command that changes something, so the commands are few.
         self._run(
             [
-                {"command": "deleteClient", "username": device_id},
+                {"command": "deleteClient", "username": mqtt_name},
                 {"command": "deleteRole", "rolename": role},
-                {"command": "createRole", "rolename": role, "acls": device_acls(self._topics, device_id)},
+                {"command": "createRole", "rolename": role, "acls": device_acls(self._topics, mqtt_name)},
                 {
                     "command": "createClient",
-                    "username": device_id,
+                    "username": mqtt_name,
                     "password": password,
                     "roles": [{"rolename": role}],
                 },
             ]
         )
 
-    def revoke_device(self, device_id: str) -> None:
+    def revoke_device(self, mqtt_name: str) -> None:
         """Delete the device's account: the broker disconnects a connected device at once. The
         role goes in a second request, so the cut-off does not wait for a second file rewrite."""
-        self._run([{"command": "deleteClient", "username": device_id}])
-        self._run([{"command": "deleteRole", "rolename": device_role(device_id)}])
+        self._run([{"command": "deleteClient", "username": mqtt_name}])
+        self._run([{"command": "deleteRole", "rolename": device_role(mqtt_name)}])
 
     def _run(self, commands: list[dict[str, Any]]) -> None:
         """Send the commands and wait for the plugin's answer; an error other than deleting what

@@ -380,7 +380,7 @@ class Servers:
         from storage.db import connect
 
         with connect(self.database_url()) as conn:
-            devices = [(c.device_id, c.password_hash) for c in device_credentials.active(conn)]
+            devices = [(c.mqtt_name, c.password_hash) for c in device_credentials.active(conn)]
         passwords = self._broker_passwords()
         if not demo:
             passwords.pop(broker_accounts.DEMO)
@@ -430,10 +430,10 @@ def _devices(args: argparse.Namespace, servers: Servers, settings: Settings) -> 
         issued = device_credentials.issue(conn, settings, org=org, device_id=args.device_id, actor="cli")
     broker = BrokerAddress.parse(servers.mqtt_url()) if servers.embedded_broker else None
     if args.json:
-        out = {"username": issued.device_id, "password": issued.password, "topics": list(issued.topics)}
+        out = {"username": issued.username, "password": issued.password, "topics": list(issued.topics)}
         print(json.dumps(out))
         return 0
-    print(f"username: {issued.device_id}")
+    print(f"username: {issued.username}")
     print(f"password: {issued.password}   (shown once: store it on the device now)")
     print(f"topics:   {', '.join(issued.topics)}")
     if broker is not None:

@@ -34,6 +34,9 @@ else:
 
 
 DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# A device's name on the broker (MQTT username, topic level, the batch's `device`): its id in the
+# default organization, `{organization slug}~{id}` in another (ids are unique per organization).
+DEVICE_NAME_RE = re.compile(r"^(?:[a-z0-9][a-z0-9-]{0,62}~)?[A-Za-z0-9_.-]{1,64}$")
 SHIPMENT_ID_RE = re.compile(r"^[A-Za-z0-9_.:/-]{1,64}$")
 
 
@@ -42,6 +45,17 @@ def validate_device_id(device_id: str) -> str:
     if not isinstance(device_id, str) or not DEVICE_ID_RE.match(device_id):
         raise ValidationError(f"device id {device_id!r} must match [A-Za-z0-9_.-]{{1,64}}", field="device")
     return device_id
+
+
+def validate_device_name(name: str) -> str:
+    """A device's MQTT name: `{id}`, or `{organization}~{id}` for a device of another organization
+    than the default one."""
+    if not isinstance(name, str) or not DEVICE_NAME_RE.match(name):
+        raise ValidationError(
+            f"device {name!r} must be a device id ([A-Za-z0-9_.-]{{1,64}}) or organization~id",
+            field="device",
+        )
+    return name
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,7 +39,7 @@ from typing import Any, Final
 
 import orjson
 
-from coldchain.domain import DEVICE_ID_RE, ReadingBatch, validate_device_id
+from coldchain.domain import DEVICE_NAME_RE, ReadingBatch, validate_device_name
 from coldchain.errors import DecodeError, ValidationError
 
 FORMAT_VERSION: Final = 1
@@ -76,13 +76,13 @@ class Topics:
         return f"{self.prefix}coldchain/v1"
 
     def readings(self, device_id: str) -> str:
-        return f"{self.root}/{validate_device_id(device_id)}/readings"
+        return f"{self.root}/{validate_device_name(device_id)}/readings"
 
     def status(self, device_id: str) -> str:
-        return f"{self.root}/{validate_device_id(device_id)}/status"
+        return f"{self.root}/{validate_device_name(device_id)}/status"
 
     def config(self, device_id: str) -> str:
-        return f"{self.root}/{validate_device_id(device_id)}/config"
+        return f"{self.root}/{validate_device_name(device_id)}/config"
 
     @property
     def all_readings(self) -> str:
@@ -104,7 +104,7 @@ class Topics:
         parts = topic[len(root) :].split("/")
         if len(parts) != 2:
             return None
-        return parts[0] if DEVICE_ID_RE.match(parts[0]) else None
+        return parts[0] if DEVICE_NAME_RE.match(parts[0]) else None
 
 
 # --------------------------------------------------------------------------- time
@@ -251,7 +251,7 @@ def decode_json(payload: bytes) -> ReadingBatch:
     if not isinstance(device, str):
         raise DecodeError("device must be a string", reason="bad_device", field="device")
     try:
-        validate_device_id(device)
+        validate_device_name(device)
     except ValidationError as exc:
         raise DecodeError(str(exc), reason="bad_device", field="device") from None
     seq = doc.get("seq")
@@ -443,7 +443,7 @@ def decode_binary(payload: bytes) -> ReadingBatch:
         raise DecodeError("binary batch is truncated", reason="truncated")
     try:
         device = payload[pos : pos + dev_len].decode("ascii")
-        validate_device_id(device)
+        validate_device_name(device)
     except (UnicodeDecodeError, ValidationError):
         raise DecodeError("device id is not valid", reason="bad_device") from None
     pos += dev_len

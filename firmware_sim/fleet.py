@@ -28,7 +28,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from coldchain.domain import ReadingBatch, validate_device_id
+from coldchain.domain import ReadingBatch, validate_device_name
 from coldchain.errors import ConfigurationError, ValidationError
 from coldchain.mqtt_url import BrokerAddress
 from coldchain.wire import MAX_READINGS, Topics, encode_binary, encode_json
@@ -51,7 +51,7 @@ class LoggerSpec:
     params: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        validate_device_id(self.device_id)
+        validate_device_name(self.device_id)
         if not 1 <= self.interval_s <= 86_400:
             raise ValidationError("interval_s must be between 1 and 86400", field="interval_s")
         if not 1 <= self.batch_size <= MAX_READINGS:

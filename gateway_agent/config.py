@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from coldchain.domain import validate_device_id
+from coldchain.domain import validate_device_name
 from coldchain.errors import ConfigurationError, ValidationError
 from coldchain.mqtt_url import BrokerAddress
 
@@ -41,7 +41,8 @@ _DEVICE_KEYS = {
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DeviceSettings:
-    """One logger the gateway serves: its driver, its credentials, its local defaults."""
+    """One logger the gateway serves: its driver, its credentials, its local defaults. `id` is
+    the logger's MQTT name: its device id, or `organization~id` outside the default organization."""
 
     id: str
     driver: str
@@ -59,7 +60,7 @@ class DeviceSettings:
 
     def __post_init__(self) -> None:
         try:
-            validate_device_id(self.id)
+            validate_device_name(self.id)
         except ValidationError as exc:
             raise ConfigurationError(str(exc)) from None
         if self.driver not in DRIVERS:

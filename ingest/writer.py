@@ -246,7 +246,7 @@ class GroupWriter:
         for m, s in staged.statuses:
             if s.device_id in devices:
                 device_state.update_status(
-                    conn, device_id=s.device_id, status=s.status, received_ms=m.received_ms
+                    conn, mqtt_name=s.device_id, status=s.status, received_ms=m.received_ms
                 )
                 result.statuses += 1
         return result
@@ -589,10 +589,10 @@ class GroupWriter:
                 gaps.append(batches.SeqGap(state.org_id, key, lo, hi))
                 log.warning(
                     "device %s skipped batches %d..%d",
-                    state.id,
+                    state.mqtt_name,
                     lo,
                     hi,
-                    extra={"device": state.id, "seq": lo, "count": hi - lo + 1},
+                    extra={"device": state.mqtt_name, "seq": lo, "count": hi - lo + 1},
                 )
             fill_keys += [key] * len(account.fills)
             fill_seqs += account.fills

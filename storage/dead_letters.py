@@ -16,7 +16,7 @@ class DeadLetterRow:
     """A rejected batch or set of readings, with its reason and (bounded) raw bytes."""
 
     topic: str
-    device_id: str | None
+    device_id: str | None  # as the topic or batch named it: the device's MQTT name
     reason: str
     detail: str
     payload: bytes
@@ -33,7 +33,7 @@ def insert_dead_letters(conn: psycopg.Connection, letters: Sequence[DeadLetterRo
         " payload_size)"
         " SELECT to_timestamp(u.r / 1000.0), u.tp, u.dv, d.org_id, u.rs, u.dt, u.p, u.n"
         " FROM unnest(%s::int8[], %s::text[], %s::text[], %s::text[], %s::text[], %s::bytea[],"
-        " %s::int4[]) AS u(r, tp, dv, rs, dt, p, n) LEFT JOIN devices d ON d.id = u.dv",
+        " %s::int4[]) AS u(r, tp, dv, rs, dt, p, n) LEFT JOIN devices d ON d.mqtt_name = u.dv",
         (
             [d.received_ms for d in letters],
             [d.topic for d in letters],
@@ -55,7 +55,7 @@ def insert_dead_letters(conn: psycopg.Connection, letters: Sequence[DeadLetterRo
             "UPDATE devices SET dead_letter_count = dead_letter_count + u.n,"
             " last_dead_letter_at = to_timestamp(u.r / 1000.0), last_dead_letter_reason = u.rs"
             " FROM unnest(%s::text[], %s::int8[], %s::int8[], %s::text[]) AS u(id, n, r, rs)"
-            " WHERE devices.id = u.id",
+            " WHERE devices.mqtt_name = u.id",
             (
                 ids,
                 [per_device[i][0] for i in ids],
@@ -70,7 +70,7 @@ class QuarantineRow:
     """A whole batch of a device nobody has registered (yet)."""
 
     topic: str
-    device_id: str
+    device_id: str  # the MQTT name it arrived under; released once a device has that name
     seq: int | None
     payload: bytes
     received_ms: int
@@ -111,7 +111,7 @@ def take_releasable(conn: psycopg.Connection, *, limit: int = 500) -> list[HeldB
         HeldBatch,
         "SELECT q.id, q.topic, q.payload, (extract(epoch FROM q.received_at) * 1000)::bigint AS received_ms"
         " FROM quarantine q WHERE q.released_at IS NULL"
-        " AND EXISTS (SELECT 1 FROM devices d WHERE d.id = q.device_id)"
+        " AND EXISTS (SELECT 1 FROM devices d WHERE d.mqtt_name = q.device_id)"
         " ORDER BY q.id LIMIT %s FOR UPDATE OF q SKIP LOCKED",
         (limit,),
     )

@@ -44,7 +44,7 @@ class PendingConfig:
     """A version the broker does not hold yet: what the publisher sends."""
 
     device_key: int
-    device_id: str
+    mqtt_name: str  # the topic level of its config
     version: int
     body: dict[str, Any]
 
@@ -149,7 +149,7 @@ def pending(conn: psycopg.Connection, *, limit: int = 500) -> list[PendingConfig
     return fetch_all(
         conn,
         PendingConfig,
-        "SELECT c.device_key, d.id AS device_id, c.version, c.body"
+        "SELECT c.device_key, d.mqtt_name, c.version, c.body"
         " FROM device_configs c JOIN devices d ON d.key = c.device_key"
         " WHERE c.published_version < c.version ORDER BY c.changed_at, c.device_key LIMIT %s",
         (limit,),

@@ -14,24 +14,37 @@ from storage.audit import record
 
 @dataclass(frozen=True, slots=True)
 class DeviceCredential:
-    device_id: str
+    mqtt_name: str  # the broker account's username
     password_hash: str
 
 
-def _lock_device(conn: psycopg.Connection, *, org: int, device_id: str) -> bool:
-    """Lock the device row (one change of its credential at a time); True when it has one now."""
+@dataclass(frozen=True, slots=True)
+class CredentialChange:
+    """What a change of a device's credential touched: the broker account, and whether the device
+    held a credential before."""
+
+    mqtt_name: str
+    had_one: bool
+
+
+def _lock_device(conn: psycopg.Connection, *, org: int, device_id: str) -> CredentialChange:
+    """Lock the device row (one change of its credential at a time)."""
     row = conn.execute(
-        "SELECT mqtt_password_hash IS NOT NULL FROM devices WHERE org_id = %s AND id = %s FOR UPDATE",
+        "SELECT mqtt_name, mqtt_password_hash IS NOT NULL FROM devices WHERE org_id = %s AND id = %s"
+        " FOR UPDATE",
         (org, device_id),
     ).fetchone()
     if row is None:
         raise NotFoundError("device", device_id)
-    return bool(row[0])
+    return CredentialChange(mqtt_name=str(row[0]), had_one=bool(row[1]))
 
 
-def issue(conn: psycopg.Connection, *, org: int, device_id: str, password_hash: str, actor: str) -> bool:
-    """Record a new credential (replacing any earlier one). True when it replaced one."""
-    replaced = _lock_device(conn, org=org, device_id=device_id)
+def issue(
+    conn: psycopg.Connection, *, org: int, device_id: str, password_hash: str, actor: str
+) -> CredentialChange:
+    """Record a new credential (replacing any earlier one)."""
+    change = _lock_device(conn, org=org, device_id=device_id)
+    replaced = change.had_one
     conn.execute(
         "UPDATE devices SET mqtt_password_hash = %s WHERE org_id = %s AND id = %s",
         (password_hash, org, device_id),
@@ -46,13 +59,14 @@ def issue(conn: psycopg.Connection, *, org: int, device_id: str, password_hash: 
         old={"mqtt_credentials": replaced},
         new={"mqtt_credentials": True},
     )
-    return replaced
+    return change
 
 
-def revoke(conn: psycopg.Connection, *, org: int, device_id: str, actor: str) -> bool:
-    """Forget the device's credential. False when it had none (nothing recorded then)."""
-    if not _lock_device(conn, org=org, device_id=device_id):
-        return False
+def revoke(conn: psycopg.Connection, *, org: int, device_id: str, actor: str) -> CredentialChange:
+    """Forget the device's credential (nothing is recorded when it had none)."""
+    change = _lock_device(conn, org=org, device_id=device_id)
+    if not change.had_one:
+        return change
     conn.execute(
         "UPDATE devices SET mqtt_password_hash = NULL WHERE org_id = %s AND id = %s", (org, device_id)
     )
@@ -66,13 +80,13 @@ def revoke(conn: psycopg.Connection, *, org: int, device_id: str, actor: str) ->
         old={"mqtt_credentials": True},
         new={"mqtt_credentials": False},
     )
-    return True
+    return change
 
 
 def active(conn: psycopg.Connection) -> list[DeviceCredential]:
     """Every device of every organization that holds a credential: what the broker starts with."""
     with conn.cursor(row_factory=class_row(DeviceCredential)) as cur:
         return cur.execute(
-            "SELECT id AS device_id, mqtt_password_hash AS password_hash FROM devices"
-            " WHERE mqtt_password_hash IS NOT NULL ORDER BY id"
+            "SELECT mqtt_name, mqtt_password_hash AS password_hash FROM devices"
+            " WHERE mqtt_password_hash IS NOT NULL ORDER BY mqtt_name"
         ).fetchall()

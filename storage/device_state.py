@@ -26,7 +26,7 @@ class Assignment:
 class KnownDevice:
     """What ingest needs to know of a registered device to store its readings."""
 
-    id: str
+    mqtt_name: str
     key: int
     org_id: int
     interval_s: int
@@ -47,9 +47,10 @@ _OPEN_END_MS = 1 << 62
 
 @dataclass(frozen=True, slots=True)
 class DeviceState:
-    """A registered device's row as ingest reads it (locked or not: see lock_devices, read_devices)."""
+    """A registered device's row as ingest reads it (locked or not: see lock_devices, read_devices),
+    found by its MQTT name: the device a topic and a batch name."""
 
-    id: str
+    mqtt_name: str
     key: int
     org_id: int
     interval_s: int
@@ -57,7 +58,7 @@ class DeviceState:
     clock_offset_ms: int | None
 
 
-_STATE_COLUMNS: Final = "id, key, org_id, interval_s, last_seq, clock_offset_ms"
+_STATE_COLUMNS: Final = "mqtt_name, key, org_id, interval_s, last_seq, clock_offset_ms"
 
 
 def device_id(conn: psycopg.Connection, device_key: int) -> str | None:
@@ -66,37 +67,40 @@ def device_id(conn: psycopg.Connection, device_key: int) -> str | None:
     return None if row is None else str(row[0])
 
 
-def lock_devices(conn: psycopg.Connection, device_ids: Sequence[str]) -> dict[str, DeviceState]:
-    """The registered devices among `device_ids`, row-locked in key order.
+def lock_devices(conn: psycopg.Connection, mqtt_names: Sequence[str]) -> dict[str, DeviceState]:
+    """The registered devices among `mqtt_names`, row-locked in key order.
 
     The lock serialises two ingest workers that hold batches of the same device, so `last_seq`
     (and the gaps computed from it) is exact; key order keeps two workers from deadlocking.
     It is FOR NO KEY UPDATE because ingest changes no key column: a FOR UPDATE lock would also
     block every foreign-key check on the device (rule state, alerts) for the whole group.
     """
-    if not device_ids:
+    if not mqtt_names:
         return {}
     rows = fetch_all(
         conn,
         DeviceState,
-        f"SELECT {_STATE_COLUMNS} FROM devices WHERE id = ANY(%s) ORDER BY key FOR NO KEY UPDATE",
-        (list(device_ids),),
+        f"SELECT {_STATE_COLUMNS} FROM devices WHERE mqtt_name = ANY(%s) ORDER BY key FOR NO KEY UPDATE",
+        (list(mqtt_names),),
     )
-    return {r.id: r for r in rows}
+    return {r.mqtt_name: r for r in rows}
 
 
-def read_devices(conn: psycopg.Connection, device_ids: Sequence[str]) -> dict[str, DeviceState]:
-    """The registered devices among `device_ids`, read without a lock.
+def read_devices(conn: psycopg.Connection, mqtt_names: Sequence[str]) -> dict[str, DeviceState]:
+    """The registered devices among `mqtt_names`, read without a lock.
 
     Key, organisation and clock offset are what the copy stage of a group needs; `last_seq` is
     only a hint here (lock_devices reads it exactly before it is used for accounting).
     """
-    if not device_ids:
+    if not mqtt_names:
         return {}
     rows = fetch_all(
-        conn, DeviceState, f"SELECT {_STATE_COLUMNS} FROM devices WHERE id = ANY(%s)", (list(device_ids),)
+        conn,
+        DeviceState,
+        f"SELECT {_STATE_COLUMNS} FROM devices WHERE mqtt_name = ANY(%s)",
+        (list(mqtt_names),),
     )
-    return {r.id: r for r in rows}
+    return {r.mqtt_name: r for r in rows}
 
 
 def load_assignments(
@@ -124,7 +128,7 @@ def load_assignments(
 
 def known_device(state: DeviceState, assignments: tuple[Assignment, ...]) -> KnownDevice:
     return KnownDevice(
-        id=state.id,
+        mqtt_name=state.mqtt_name,
         key=state.key,
         org_id=state.org_id,
         interval_s=state.interval_s,
@@ -154,13 +158,13 @@ def update_devices(
 
 
 def update_status(
-    conn: psycopg.Connection, *, device_id: str, status: dict[str, Any], received_ms: int
+    conn: psycopg.Connection, *, mqtt_name: str, status: dict[str, Any], received_ms: int
 ) -> bool:
     """Store a device's retained status; an older message never overwrites a newer one."""
     cur = conn.execute(
         "UPDATE devices SET status = %s::jsonb, status_at = to_timestamp(%s / 1000.0)"
-        " WHERE id = %s AND (status_at IS NULL OR status_at <= to_timestamp(%s / 1000.0))",
-        (Jsonb(status), received_ms, device_id, received_ms),
+        " WHERE mqtt_name = %s AND (status_at IS NULL OR status_at <= to_timestamp(%s / 1000.0))",
+        (Jsonb(status), received_ms, mqtt_name, received_ms),
     )
     return cur.rowcount > 0
 

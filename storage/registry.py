@@ -26,6 +26,7 @@ class DeviceRecord:
 
     device: Device
     key: int
+    mqtt_name: str  # what it goes by on the broker (migration 145)
     created_at: datetime
     last_seen_at: datetime | None
     last_seq: int | None
@@ -34,8 +35,8 @@ class DeviceRecord:
 
 
 _DEVICE_COLUMNS = (
-    "d.id, d.kind, d.interval_s, o.slug AS organization, d.name, d.key, d.created_at, d.last_seen_at,"
-    " d.last_seq, d.clock_offset_ms, d.status"
+    "d.id, d.kind, d.interval_s, o.slug AS organization, d.name, d.key, d.mqtt_name, d.created_at,"
+    " d.last_seen_at, d.last_seq, d.clock_offset_ms, d.status"
 )
 _DEVICE_FIELDS = ("id", "kind", "interval_s", "organization", "name")
 

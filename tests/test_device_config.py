@@ -227,7 +227,7 @@ def test_a_version_left_unpublished_by_a_crash_is_sent_when_the_api_starts(
         device_config.desire(conn, org=1, device_id=device, body={**body, "interval_s": 240},
                              actor="test", reason="test")
         conn.commit()
-        assert [p.version for p in device_config.pending(conn) if p.device_id == device] == [2]
+        assert [p.version for p in device_config.pending(conn) if p.mqtt_name == device] == [2]
     sub = Retained(int(mqtt_url.rsplit(":", 1)[1]), topics.config(device))
     try:
         with _api(db_dsn, mqtt_url, topics) as client:

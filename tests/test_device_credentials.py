@@ -244,9 +244,9 @@ def test_a_broker_built_from_the_database_takes_the_issued_passwords(
         gone = client.post("/api/v1/devices/DEV-L/credentials").json()["password"]
         assert client.delete("/api/v1/devices/DEV-L/credentials").status_code == 204
     creds = device_credentials.active(db)
-    assert [c.device_id for c in creds] == ["DEV-K"]
+    assert [c.mqtt_name for c in creds] == ["DEV-K"]
     doc = broker_accounts.dynsec_document(
-        TOPICS, services={}, devices=[(c.device_id, c.password_hash) for c in creds]
+        TOPICS, services={}, devices=[(c.mqtt_name, c.password_hash) for c in creds]
     )
     with MosquittoServer(accounts=doc) as rebuilt:
         assert _link(rebuilt.port, "DEV-K", kept).accepted
@@ -305,3 +305,40 @@ def test_concurrent_changes_each_get_their_own_answer(broker: tuple[MosquittoSer
     assert errors == []
     for device_id in ids:
         assert _link(server.port, device_id, f"pw-{device_id}").accepted
+
+
+def test_two_organizations_each_have_their_own_trk_9_on_the_broker(
+    db: psycopg.Connection, db_dsn: str, broker: tuple[MosquittoServer, dict[str, str]]
+) -> None:
+    """Device ids are unique per organization: a second tenant's "TRK-9" is registered, not
+    refused, and goes by `acme~TRK-9` on the broker; neither can publish as the other."""
+    server, passwords = broker
+    acme = auth.create_organization(db, "acme", "Acme Logistics")
+    ours = _register(db, "TRK-9")
+    theirs = auth.create_token(db, org=acme, name="acme-ops", role=Role.LOGISTICS, actor="t")
+    settings = _settings(db_dsn, server, passwords)
+    with api_client(db_dsn, settings, token=theirs) as client:
+        made = client.post("/api/v1/devices", json={"id": "TRK-9"})
+        assert made.status_code == 201, made.text
+        assert made.json()["mqtt_name"] == "acme~TRK-9"
+        assert client.post("/api/v1/devices", json={"id": "TRK-9"}).status_code == 409  # its own twice
+        acme_login = client.post("/api/v1/devices/TRK-9/credentials").json()
+    with api_client(db_dsn, settings, token=ours) as client:
+        assert client.get("/api/v1/devices/TRK-9").json()["mqtt_name"] == "TRK-9"
+        our_login = client.post("/api/v1/devices/TRK-9/credentials").json()
+    assert (acme_login["device"], acme_login["username"]) == ("TRK-9", "acme~TRK-9")
+    assert acme_login["topics"] == [TOPICS.readings("acme~TRK-9"), TOPICS.status("acme~TRK-9")]
+    assert our_login["username"] == "TRK-9"
+
+    theirs_link = _link(server.port, "acme~TRK-9", acme_login["password"])
+    ours_link = _link(server.port, "TRK-9", our_login["password"])
+    assert theirs_link.accepted and ours_link.accepted
+    assert not _link(server.port, "acme~TRK-9", our_login["password"]).accepted
+    assert not theirs_link.publish(TOPICS.readings("acme~TRK-9")).is_failure
+    assert theirs_link.publish(TOPICS.readings("TRK-9")).getName() == "Not authorized"
+    assert ours_link.publish(TOPICS.readings("acme~TRK-9")).getName() == "Not authorized"
+    assert not ours_link.publish(TOPICS.readings("TRK-9")).is_failure
+    keys = db.execute(
+        "SELECT org_id, id, mqtt_name FROM devices WHERE id = 'TRK-9' ORDER BY org_id"
+    ).fetchall()
+    assert keys == [(1, "TRK-9", "TRK-9"), (acme, "TRK-9", "acme~TRK-9")]

@@ -14,13 +14,13 @@ import orjson
 import psycopg
 import pytest
 
-from coldchain.domain import ReadingBatch
+from coldchain.domain import Device, ReadingBatch
 from coldchain.settings import Settings
 from coldchain.wire import DeviceStatus, Topics, encode_binary, encode_json
 from ingest import IngestService
 from ingest.core import AcceptanceBounds, Message, Prepared, decode_message
 from ingest.writer import GroupWriter
-from storage import batches, dead_letters
+from storage import auth, batches, dead_letters, registry
 from storage.readings import FLAG_CLOCK_CORRECTED, FLAG_DOOR_OPEN, FLAG_LATE
 from tests.support.contract import CONTRACT_EXAMPLE
 from tests.support.ingest import (
@@ -175,6 +175,40 @@ def test_unknown_device_is_quarantined_then_released(
     assert scalar(db, "SELECT count(*) FROM readings WHERE shipment_key IS NOT NULL") == 30
     # The service counts a release after its transaction commits: the readings can show first.
     assert wait_until(lambda: service.stats.released == 3)
+
+
+def test_two_organizations_loggers_of_one_id_stay_apart(
+    db: psycopg.Connection, service: IngestService, pub: Publisher, topics: Topics
+) -> None:
+    """Device ids are unique per organization: the default organization's TRK-1 publishes as
+    `TRK-1`, Acme's as `acme~TRK-1`; each batch lands on its own organization's logger, and a
+    batch of Acme's unregistered TRK-2 waits for Acme's registration, not the default's."""
+    acme = auth.create_organization(db, "acme", "Acme Logistics")
+    register(db, ["TRK-1"], shipment=None)
+    registry.create_device(db, org=acme, device=Device(id="TRK-1"), actor="test")
+    pub.publish(topics.readings("TRK-1"), encode_binary(make_batch("TRK-1", 1, n=10)))
+    pub.publish(topics.readings("acme~TRK-1"), encode_binary(make_batch("acme~TRK-1", 1, n=7)))
+    pub.publish(topics.readings("acme~TRK-2"), encode_binary(make_batch("acme~TRK-2", 1, n=5)))
+    pub.publish(topics.status("acme~TRK-1"), DeviceStatus(state="online", battery=0.5).encode())
+    assert wait_until(lambda: scalar(db, "SELECT count(*) FROM readings") == 17)
+    per_org = dict(db.execute(
+        "SELECT d.org_id, count(*) FROM readings r JOIN devices d ON d.key = r.device_key GROUP BY 1"
+    ).fetchall())
+    assert per_org == {1: 10, acme: 7}
+    assert wait_until(lambda: scalar(
+        db, "SELECT count(*) FROM devices WHERE org_id = %s AND status->>'state' = 'online'", (acme,)
+    ) == 1)
+    assert scalar(db, "SELECT count(*) FROM devices WHERE org_id = 1 AND status IS NOT NULL") == 0
+    assert dead_letters.held_count(db, "acme~TRK-2") == 1
+    register(db, ["TRK-2"], shipment=None)  # the default organization's TRK-2 is another logger
+    time.sleep(0.5)
+    assert dead_letters.held_count(db, "acme~TRK-2") == 1
+    registry.create_device(db, org=acme, device=Device(id="TRK-2"), actor="test")
+    assert wait_until(lambda: dead_letters.held_count(db, "acme~TRK-2") == 0)
+    assert wait_until(lambda: scalar(
+        db, "SELECT count(*) FROM readings r JOIN devices d ON d.key = r.device_key"
+        " WHERE d.org_id = %s AND d.id = 'TRK-2'", (acme,)
+    ) == 5)
 
 
 def test_seq_gap_is_a_data_loss_event_and_late_fill_resolves_it(

@@ -24,7 +24,10 @@ class DeviceCredentialOut(BaseModel):
     """The MQTT login of one device. `password` is shown here once and kept nowhere in clear."""
 
     device: str = Field(description="the device id")
-    username: str = Field(description="the MQTT username (the device id)")
+    username: str = Field(
+        description="the MQTT username, the device's MQTT name: its id in the default organization,"
+        " `{organization}~{id}` in another; the device publishes under it (topics and batches)"
+    )
     password: str = Field(description="the MQTT password; shown once, store it on the device")
     replaced: bool = Field(description="true when this revoked an earlier credential of the device")
     issued_at: datetime
@@ -53,7 +56,7 @@ def issue_credentials(
     )
     return DeviceCredentialOut(
         device=device_id,
-        username=device_id,
+        username=issued.username,
         password=issued.password,
         replaced=issued.replaced,
         issued_at=datetime.now(UTC),

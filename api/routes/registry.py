@@ -65,6 +65,7 @@ GtinPath = Annotated[
 def _device(rec: DeviceRecord) -> DeviceOut:
     return DeviceOut(
         id=rec.device.id,
+        mqtt_name=rec.mqtt_name,
         kind=rec.device.kind,
         interval_s=rec.device.interval_s,
         name=rec.device.name,

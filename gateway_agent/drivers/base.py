@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from coldchain.domain import validate_device_id
+from coldchain.domain import validate_device_name
 from coldchain.errors import ValidationError
 
 
@@ -21,7 +21,7 @@ class Sample:
     extras: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        validate_device_id(self.device_id)
+        validate_device_name(self.device_id)
         if not math.isfinite(self.celsius) or not -273.15 <= self.celsius <= 1000:
             raise ValidationError(f"temperature {self.celsius!r} is not physical", field="c")
         if self.rh is not None and not (math.isfinite(self.rh) and 0.0 <= self.rh <= 100.0):
