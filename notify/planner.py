@@ -18,6 +18,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, time, timedelta
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -337,21 +338,11 @@ class Planner:
             if pairs is not None and (item.contact_id, item.channel) not in pairs:
                 continue
             contact = by_id[item.contact_id]
-            recent = [
-                RecentSend(at=sent.created_at, alert_id=sent.alert_id, severity=Severity(sent.severity))
-                for sent in notify_outbox.recent_sends(
-                    conn,
-                    org=facts.org_id,
-                    contact_id=contact.id,
-                    channel=item.channel.value,
-                    since=now - timedelta(seconds=self.rate_limit.window_s),
-                )
-            ]
             decision = gate_notification(
                 contact=contact,
                 channel=item.channel,
                 severity=scope.severity,
-                recent=recent,
+                recent=partial(self._recent_sends, conn, facts.org_id, contact.id, item.channel, now),
                 limit=self.rate_limit,
                 now=now,
             )
@@ -388,6 +379,20 @@ class Planner:
         if enqueued:
             log.info("alert %d: %d notification(s) enqueued", alert_id, enqueued, extra={"alert": alert_id})
         return PlanOutcome(alert_id, enqueued=enqueued, next_check_at=next_check)
+
+    def _recent_sends(
+        self, conn: psycopg.Connection, org: int, contact_id: str, channel: Channel, now: datetime
+    ) -> list[RecentSend]:
+        return [
+            RecentSend(at=sent.created_at, alert_id=sent.alert_id, severity=Severity(sent.severity))
+            for sent in notify_outbox.recent_sends(
+                conn,
+                org=org,
+                contact_id=contact_id,
+                channel=channel.value,
+                since=now - timedelta(seconds=self.rate_limit.window_s),
+            )
+        ]
 
     @staticmethod
     def _withdrawal_notices(

@@ -11,7 +11,7 @@ customer must be one of them). A contact with no scope at all covers every alert
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from enum import StrEnum
@@ -282,7 +282,7 @@ def gate_notification(
     contact: Contact,
     channel: Channel,
     severity: Severity,
-    recent: Sequence[RecentSend],
+    recent: Sequence[RecentSend] | Callable[[], Sequence[RecentSend]],
     limit: RateLimit,
     now: datetime,
 ) -> GateDecision:
@@ -291,6 +291,8 @@ def gate_notification(
     Order: no address -> suppress; critical -> send (ignores quiet hours and the rate limit);
     quiet hours -> digest at their end; over the rate limit -> digest for low severity (at the
     next digest slot), suppress otherwise (the alert stays visible and keeps escalating).
+    `recent` may be a function that reads the sends: it is called only when the rate limit is
+    weighed, so a critical alert in a flood does not read the recipient's whole window.
     """
     _aware(now, "now")
     if contact.address_for(channel) is None:
@@ -300,6 +302,8 @@ def gate_notification(
     local = contact.local_time(now)
     if contact.quiet_hours is not None and contact.quiet_hours.contains(local):
         return GateDecision(Verdict.DIGEST, "quiet_hours", contact.quiet_hours.ends_after(local))
+    if callable(recent):
+        recent = recent()
     since = now - timedelta(seconds=limit.window_s)
     in_window = sum(1 for r in recent if since < r.at <= now)
     if in_window < limit.max_sends:

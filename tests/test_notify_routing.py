@@ -114,6 +114,30 @@ def test_rate_limit_digests_low_severity_and_suppresses_the_rest_with_a_reason()
     assert old_enough.verdict is Verdict.SEND
 
 
+def test_recent_sends_are_read_only_when_the_rate_limit_is_weighed() -> None:
+    """A critical alert in a flood is sent without reading the recipient's window; a warning
+    reads it once, and is weighed against it."""
+    anna = contact("anna")
+    now = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+    reads: list[int] = []
+
+    def window() -> list[RecentSend]:
+        reads.append(1)
+        return [
+            RecentSend(at=now - timedelta(minutes=m), alert_id=m, severity=Severity.ALARM) for m in (1, 2, 3)
+        ]
+
+    limit = RateLimit(max_sends=3, window_s=900)
+    critical = gate_notification(
+        contact=anna, channel=Channel.SMS, severity=Severity.CRITICAL, recent=window, limit=limit, now=now,
+    )  # fmt: skip
+    assert critical.verdict is Verdict.SEND and reads == []
+    alarm = gate_notification(
+        contact=anna, channel=Channel.SMS, severity=Severity.ALARM, recent=window, limit=limit, now=now,
+    )  # fmt: skip
+    assert alarm.verdict is Verdict.SUPPRESS and alarm.reason == "rate_limited" and reads == [1]
+
+
 def test_no_address_for_the_channel_is_suppressed_with_a_reason() -> None:
     no_mail = contact("anna")
     decision = gate_notification(
