@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -282,6 +283,15 @@ class Agent:
 
     async def run(self, *, sample: bool = True, status_server: bool = True) -> None:
         """Run until `stop()` (or cancellation); publishers drain the outbox meanwhile."""
+        loop = asyncio.get_running_loop()
+        previous = loop.get_exception_handler()
+        loop.set_exception_handler(socket_race_handler(previous))
+        try:
+            await self._run(sample=sample, status_server=status_server)
+        finally:
+            loop.set_exception_handler(previous)
+
+    async def _run(self, *, sample: bool, status_server: bool) -> None:
         server = None
         if status_server and self.settings.status_port:
             from gateway_agent.status import StatusServer
@@ -321,3 +331,29 @@ class Agent:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+
+ExceptionHandler = Any  # asyncio's (loop, context) -> None, or None for the default
+
+
+def socket_race_handler(previous: ExceptionHandler) -> ExceptionHandler:
+    """An event-loop exception handler that lets one known race pass with a warning: paho closes
+    a socket (the broker or the network dropped it) before aiomqtt's scheduled callback registers
+    it with the loop, and the callback fails with EBADF. Nothing is lost: the publisher sees the
+    disconnection and reconnects, and unacknowledged batches stay in the outbox. Anything else
+    goes to the handler that was there before."""
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if (
+            isinstance(exc, OSError)
+            and exc.errno == errno.EBADF
+            and "aiomqtt" in repr(context.get("handle", ""))
+        ):
+            log.warning("an MQTT socket closed before the event loop took it; the publisher reconnects")
+            return
+        if previous is None:
+            loop.default_exception_handler(context)
+        else:
+            previous(loop, context)
+
+    return handle

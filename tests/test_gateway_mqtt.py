@@ -452,3 +452,31 @@ async def test_retained_config_is_applied_and_reported(
     out = capsys.readouterr().out
     assert "ALARM" in out and "H1" in out and "9.50 °C" in out and "config v7" in out
     assert "queue 1 readings" in out  # 4 readings, one batch of 3 sent, one raw left
+
+
+def test_a_socket_closed_under_aiomqtt_is_a_warning_and_anything_else_goes_on() -> None:
+    """The agent's loop handler lets aiomqtt's EBADF race through with a warning and hands every
+    other error to the handler that was there before."""
+    import errno as errno_
+
+    from gateway_agent.agent import socket_race_handler
+
+    seen: list[dict[str, object]] = []
+    loop = asyncio.new_event_loop()
+    try:
+        handle = socket_race_handler(lambda _loop, context: seen.append(context))
+
+        class _AiomqttHandle:
+            def __repr__(self) -> str:
+                return "<Handle Client._on_socket_register_write.<locals>.callback() at aiomqtt/client.py>"
+
+        race = {"exception": OSError(errno_.EBADF, "Bad file descriptor"), "handle": _AiomqttHandle()}
+        handle(loop, race)
+        assert seen == []
+        other = {"exception": OSError(errno_.EBADF, "Bad file descriptor"), "handle": "<Handle mine()>"}
+        handle(loop, other)
+        broken = {"exception": ValueError("a real bug"), "handle": _AiomqttHandle()}
+        handle(loop, broken)
+        assert seen == [other, broken]
+    finally:
+        loop.close()
