@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from coldchain import __version__
 from coldchain.errors import ColdchainError
 from coldchain.log import configure_logging
 from coldchain.settings import Settings, load_settings
@@ -118,9 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     identity_cli.add_parsers(sub, _common)
 
-    from coldchain import backup_cli  # argparse only: cheap to import
-
-    backup_cli.add_parsers(sub, _common)
+    _add_backup_parsers(sub, _common)
 
     sim = sub.add_parser(
         "sim", help="simulated loggers and fleets (see `coldchain sim --help`)", add_help=False
@@ -195,9 +197,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
             return run_import(args, servers.database_url())
         if args.command in ("backup", "restore"):
-            from coldchain import backup_cli
-
-            run = backup_cli.backup if args.command == "backup" else backup_cli.restore
+            run = _backup if args.command == "backup" else _restore
             return run(args, servers, settings)
         if args.command in _IDENTITY_COMMANDS:
             from api import identity_cli
@@ -759,6 +759,110 @@ def _serve_api(settings: Settings) -> None:
 
     app = create_app(settings)
     uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_config=None)
+
+
+# -- backup and restore: the installation (embedded/), the database (storage/) and the audit check.
+# A restore goes into an empty installation only, and ends by proving what it restored: the audit
+# trail verified, link by link, against the heads the backup recorded.
+
+
+def _add_backup_parsers(sub: Any, common: Any) -> None:
+    made = sub.add_parser("backup", help="the database, keys and evidence files in one archive")
+    common(made)
+    made.add_argument("file", type=Path, help="the archive to write (a tar file, mode 0600)")
+    back = sub.add_parser("restore", help="an archive into an empty installation, then verified")
+    common(back)
+    back.add_argument("file", type=Path, help="an archive written by `coldchain backup`")
+
+
+def _superuser_url(servers: Any, settings: Any) -> str:
+    return servers.role_url("superuser") if servers.embedded_database else str(settings.database_url)
+
+
+def _backup(args: argparse.Namespace, servers: Any, settings: Any) -> int:
+    import psycopg
+
+    from embedded import backup as archive
+    from storage import backup as store
+
+    servers.database_url()  # the embedded cluster started, secured and migrated
+    url = _superuser_url(servers, settings)
+    with psycopg.connect(url, autocommit=True) as conn:
+        facts = store.facts(conn)
+    target = args.file.resolve()
+    with tempfile.TemporaryDirectory(prefix="coldchain-backup-") as tmp:
+        dump = Path(tmp) / archive.DATABASE_MEMBER
+        store.dump(url, dump)
+        members = [(archive.DATABASE_MEMBER, dump), *archive.data_files(settings.data_dir.resolve())]
+        doc = archive.write(
+            target,
+            members,
+            {
+                "created_at": datetime.now(UTC).isoformat(),
+                "platform_version": __version__,
+                "database": facts.to_dict(),
+            },
+        )
+    size = target.stat().st_size
+    print(f"backup written: {target} ({size:,} bytes, {len(doc['files'])} files,"
+          f" {len(facts.migrations)} migrations, TimescaleDB {facts.timescaledb or 'no'})")
+    print("it holds the platform's signing key and secrets: keep it as safe as the data folder")
+    return 0
+
+
+def _restore(args: argparse.Namespace, servers: Any, settings: Any) -> int:
+    import psycopg
+
+    from embedded import backup as archive
+    from storage import audit
+    from storage import backup as store
+    from storage.migrate import migrate
+
+    with tempfile.TemporaryDirectory(prefix="coldchain-restore-") as tmp:
+        unpacked = Path(tmp)
+        try:
+            doc = archive.read(args.file.resolve(), unpacked)
+        except archive.BackupError as exc:
+            raise ColdchainError(str(exc)) from None
+        recorded = store.DatabaseFacts.from_dict(doc["database"])
+        superuser = servers.empty_database_url() if servers.embedded_database else str(settings.database_url)
+        with psycopg.connect(superuser, autocommit=True) as conn:
+            if store.holds_data(conn):
+                raise ColdchainError("the installation already holds a platform; restore into an empty one")
+        _restore_files(unpacked / "data", settings.data_dir.resolve())
+        hypertables = recorded.timescaledb is not None
+        store.restore(superuser, unpacked / archive.DATABASE_MEMBER, timescaledb=hypertables)
+    owner = servers.database_url()
+    migrate(owner, engine=settings.database_engine)  # newer migrations, grants, released presets
+    with psycopg.connect(owner, autocommit=True) as conn:
+        verdict = audit.verify_trail(conn)
+        now = store.facts(conn)
+    heads_match = all(now.audit_heads.get(org) == head for org, head in recorded.audit_heads.items())
+    print(f"restored {args.file}: {len(recorded.migrations)} migrations from the backup,"
+          f" audit trail {'intact' if verdict.intact else 'BROKEN'} ({verdict.rows} rows),"
+          f" heads {'as recorded' if heads_match else 'DIFFERENT from the backup'}")
+    if not verdict.intact:
+        print(f"coldchain: audit trail broken at row {verdict.row_id}: {verdict.reason}", file=sys.stderr)
+    return 0 if verdict.intact and heads_match else 1
+
+
+def _restore_files(source: Path, data_dir: Path) -> None:
+    """The backup's data-folder files into `data_dir`: keys, secrets and evidence bundles. The
+    database passwords an installation already made for its own cluster stay its own."""
+    if not source.is_dir():
+        return
+    for path in sorted(source.rglob("*")):
+        if not path.is_file():
+            continue
+        relative = path.relative_to(source)
+        target = data_dir / relative
+        if relative.parts[0] == "secrets" and relative.name.startswith("postgres-") and target.exists():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if relative.parts[0] == "secrets":
+            target.parent.chmod(0o700)
+        shutil.copy2(path, target)
+        target.chmod(0o600)
 
 
 if __name__ == "__main__":
