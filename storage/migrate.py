@@ -5,7 +5,7 @@ and `NNN_name.plain.sql` (only on plain PostgreSQL). They run in name order, eac
 transaction, under an advisory lock so two services starting together do not race. A transaction
 that loses a race on a catalog row to a session outside the lock (a GRANT from an operator's
 console, a TimescaleDB policy job started by an earlier migration) fails with "tuple concurrently
-updated"; it is run again, since it changed nothing.
+updated" (or "deleted"); it is run again, since it changed nothing.
 
 The engine is chosen once, when the schema is first created, and kept afterwards:
 
@@ -149,7 +149,9 @@ def migration_files(*, timescale: bool) -> list[tuple[str, str]]:
     return chosen
 
 
-_CATALOG_RACE = "tuple concurrently updated"
+# Both forms of the race: a catalog row updated, or deleted (a policy job's row when a later
+# migration drops the aggregate it refreshes), by another session since this one read it.
+_CATALOG_RACES = ("tuple concurrently updated", "tuple concurrently deleted")
 _CATALOG_RACE_TRIES = 5
 
 
@@ -161,7 +163,7 @@ def _in_transaction(conn: psycopg.Connection, step: str, work: Callable[[], None
                 work()
             return
         except psycopg.errors.InternalError as exc:
-            if _CATALOG_RACE not in str(exc) or attempt == _CATALOG_RACE_TRIES:
+            if not any(r in str(exc) for r in _CATALOG_RACES) or attempt == _CATALOG_RACE_TRIES:
                 raise
             log.warning("migration step %s lost a race on a catalog row; running it again (%d)",
                         step, attempt)
